@@ -1,0 +1,110 @@
+//! The image driver interface shared by VHD and VHDX, and format detection.
+
+use std::sync::Arc;
+
+use crate::layer::Layer;
+use crate::params::{Identity, ImageInfo, OpenOptions, ParentLinkage, ParentLocator};
+use crate::{Finding, Result, Storage};
+
+/// An opened image file (one layer of a chain).
+pub trait Image: Layer {
+    fn info(&self) -> ImageInfo;
+    /// What children link to (VHDX DataWriteGuid; VHD Unique Id + Time Stamp).
+    fn identity(&self) -> Identity;
+    /// The recorded parent linkage; `None` for a base image.
+    fn parent_linkage(&self) -> Option<ParentLinkage>;
+    /// The decoded parent locator; `None` for a base image.
+    fn parent_locator(&self) -> Option<ParentLocator>;
+    /// Findings collected while opening (tolerated problems: warnings, and
+    /// errors overridden by `ignore_checksums`).
+    fn open_findings(&self) -> Vec<Finding>;
+    /// Full validation (FORMATS.md 2.9 / 3.12): every structure, every BAT
+    /// entry. Includes `open_findings`.
+    fn check(&self) -> Result<Vec<Finding>>;
+    /// The file behind the image.
+    fn storage(&self) -> &Arc<dyn Storage>;
+
+    /// Write whole logical sectors at a virtual offset (both multiples of
+    /// the logical sector size, inside the virtual size). Each call leaves
+    /// the file consistent at every crash point (old or new sectors, leaked
+    /// space at worst). Requires a writable open.
+    fn write_sectors(&mut self, offset: u64, data: &[u8]) -> Result<()>;
+
+    /// Make whole sectors read as zeros and hide any parent.
+    fn zero_sectors(&mut self, offset: u64, len: u64) -> Result<()>;
+
+    /// Start an atomic batch (the merge's write path): nothing staged is
+    /// visible to any reader until `MergeBatch::commit`, and after it all is.
+    fn begin_batch(&mut self) -> Result<Box<dyn MergeBatch + '_>>;
+}
+
+/// An atomic batch of changes to one image. Staging writes payload only into
+/// space that no committed metadata references; the commit is a single
+/// sector-sized (VHD footer, VHD journal commit record) or header-sized
+/// (VHDX header) write, so a crash at any instant leaves old or new.
+pub trait MergeBatch {
+    /// Stage bytes for whole sectors at `offset` (virtual).
+    fn write(&mut self, offset: u64, data: &[u8]) -> Result<()>;
+    /// Stage bytes copied from another file (lets the kernel move them).
+    /// Default: read into memory and `write`.
+    fn copy(&mut self, offset: u64, len: u64, src: &dyn Storage, src_offset: u64) -> Result<()> {
+        let mut buf = vec![0u8; len as usize];
+        src.read_at(&mut buf, src_offset)
+            .map_err(|e| crate::Error::io("merge source", e))?;
+        self.write(offset, &buf)
+    }
+    /// Stage: whole sectors read zeros and hide any parent.
+    fn zero(&mut self, offset: u64, len: u64) -> Result<()>;
+    /// Stage growth of the virtual size (never shrinks).
+    fn grow(&mut self, new_virtual_size: u64) -> Result<()>;
+    /// Make every staged byte durable (flush), still invisible to readers.
+    fn prepare(&mut self) -> Result<()>;
+    /// The single commit point, then apply and clean up. The image takes
+    /// `new_identity` (a new VHDX DataWriteGuid; a new VHD Unique Id and
+    /// Time Stamp) so that stale children no longer link to it.
+    fn commit(self: Box<Self>, new_identity: Identity) -> Result<()>;
+}
+
+/// Sniff the format of a file from its first and last bytes.
+pub fn detect(storage: &dyn Storage) -> std::io::Result<Option<crate::params::Format>> {
+    let len = storage.len()?;
+    if len >= 8 {
+        let mut sig = [0u8; 8];
+        storage.read_at(&mut sig, 0)?;
+        if &sig == b"vhdxfile" {
+            return Ok(Some(crate::params::Format::Vhdx));
+        }
+        if &sig == b"conectix" {
+            return Ok(Some(crate::params::Format::Vhd));
+        }
+    }
+    for back in [512u64, 511] {
+        if len >= back {
+            let mut sig = [0u8; 8];
+            storage.read_at(&mut sig, len - back)?;
+            if &sig == b"conectix" {
+                return Ok(Some(crate::params::Format::Vhd));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Open any image, detecting its format. `journal` is the fixed-VHD redo
+/// journal beside the file (`<path>.cfjournal`) when one exists.
+pub fn open(
+    name: &str,
+    storage: Arc<dyn Storage>,
+    journal: Option<crate::storage::JournalSlot>,
+    opts: OpenOptions,
+) -> Result<Box<dyn Image>> {
+    let format = detect(storage.as_ref()).map_err(|e| crate::Error::io(name, e))?;
+    match format {
+        Some(crate::params::Format::Vhdx) => crate::vhdx::open_image(name, storage, opts),
+        Some(crate::params::Format::Vhd) => crate::vhd::open_image(name, storage, journal, opts),
+        None => Err(crate::Error::NotAnImage {
+            file: name.to_string(),
+            message: "no `vhdxfile` signature at offset 0 and no `conectix` footer".into(),
+        }),
+    }
+}

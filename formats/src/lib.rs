@@ -1,0 +1,25 @@
+//! chainfold's format layer: every VHD and VHDX on-disk structure as a
+//! declarative binrw schema, checksums, validation, the storage model, the
+//! image drivers (open, read, write, create) and chains of images.
+//!
+//! Layout mirrors DESIGN.md: `storage` (section 2), `vhd` and `vhdx` (one
+//! module per on-disk structure plus an image driver), `image` (the driver
+//! interface and format detection), `chain` (section 3).
+
+pub mod checksum;
+pub mod error;
+pub mod finding;
+pub mod image;
+pub mod layer;
+pub mod params;
+pub mod storage;
+pub mod vhd;
+pub mod vhdx;
+
+pub use error::{Error, Result};
+pub use finding::{Finding, Severity};
+pub use image::{Image, MergeBatch};
+pub use layer::{Layer, Run, RunKind};
+pub use storage::{
+    Access, EntryKind, FsNamespace, JournalSlot, MemNamespace, MemStorage, Namespace, Storage,
+};

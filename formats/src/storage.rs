@@ -1,0 +1,576 @@
+//! The storage model (DESIGN.md section 2).
+//!
+//! Everything that touches bytes goes through [`Storage`] (one file) and
+//! [`Namespace`] (the files of a chain), so the same code runs on real files,
+//! on memory, and on the simulator's crash storage. Code above this module
+//! must never reach for `std::fs` directly: the crash simulator can only
+//! judge what it can see.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// One file: positional I/O, length and a durability barrier.
+pub trait Storage: Send + Sync + Debug {
+    /// Fill `buf` from `offset`. Bytes past the end of the file read as an
+    /// `UnexpectedEof` error, never as silent zeros.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Write all of `buf` at `offset`, extending the file when needed.
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    fn len(&self) -> io::Result<u64>;
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Durability barrier (fdatasync). Nothing written after the last flush
+    /// is promised to survive a crash.
+    fn flush(&self) -> io::Result<()>;
+
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Copy `len` bytes from `src` at `src_offset` to `self` at `dst_offset`.
+    /// Implementations may use kernel copy offload; the default reads and
+    /// writes in 4 MiB pieces.
+    fn copy_from(
+        &self,
+        src: &dyn Storage,
+        src_offset: u64,
+        dst_offset: u64,
+        len: u64,
+    ) -> io::Result<()> {
+        const PIECE: u64 = 4 << 20;
+        let mut buf = vec![0u8; PIECE.min(len) as usize];
+        let mut done = 0;
+        while done < len {
+            let n = PIECE.min(len - done) as usize;
+            src.read_at(&mut buf[..n], src_offset + done)?;
+            self.write_at(&buf[..n], dst_offset + done)?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    /// The real file behind this storage, for kernel copy offload.
+    fn as_file(&self) -> Option<&File> {
+        None
+    }
+}
+
+/// How a file of a chain is opened: shared lock for reading, exclusive for
+/// writing or merging.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+}
+
+/// What a path names, without following a final symlink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+    /// Device, FIFO, socket: never opened as an image.
+    Other,
+    Missing,
+}
+
+/// The files of a chain: open with a lock, create, remove, rename and make
+/// directory changes durable.
+pub trait Namespace: Send + Sync + Debug {
+    /// Open an existing file. Fails with `WouldBlock` when a conflicting
+    /// lock is held. The lock lives as long as the returned storage.
+    fn open(&self, path: &Path, access: Access) -> io::Result<Arc<dyn Storage>>;
+    /// Create a new, empty file (fails if it exists), locked exclusively.
+    fn create(&self, path: &Path) -> io::Result<Arc<dyn Storage>>;
+    /// What `path` is, not following a final symlink.
+    fn kind(&self, path: &Path) -> io::Result<EntryKind>;
+    /// Resolve symlinks (only called when the user allowed following them).
+    fn canonicalize(&self, path: &Path) -> io::Result<PathBuf>;
+    fn read_dir(&self, dir: &Path) -> io::Result<Vec<PathBuf>>;
+    fn remove(&self, path: &Path) -> io::Result<()>;
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Make creates, removes and renames in `dir` durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+}
+
+/// A real file, with an advisory `flock` held for its lifetime.
+#[derive(Debug)]
+pub struct FileStorage {
+    file: File,
+}
+
+impl FileStorage {
+    pub fn new(file: File) -> Self {
+        FileStorage { file }
+    }
+
+    fn lock(file: &File, access: Access) -> io::Result<()> {
+        let r = match access {
+            Access::Read => file.try_lock_shared(),
+            Access::Write => file.try_lock(),
+        };
+        match r {
+            Ok(()) => Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) => Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "locked by another process",
+            )),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+}
+
+impl Storage for FileStorage {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.file.write_all_at(buf, offset)
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+    fn flush(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+    fn as_file(&self) -> Option<&File> {
+        Some(&self.file)
+    }
+}
+
+/// The real filesystem.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FsNamespace;
+
+impl Namespace for FsNamespace {
+    fn open(&self, path: &Path, access: Access) -> io::Result<Arc<dyn Storage>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(access == Access::Write)
+            .open(path)?;
+        FileStorage::lock(&file, access)?;
+        Ok(Arc::new(FileStorage::new(file)))
+    }
+    fn create(&self, path: &Path) -> io::Result<Arc<dyn Storage>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)?;
+        FileStorage::lock(&file, Access::Write)?;
+        Ok(Arc::new(FileStorage::new(file)))
+    }
+    fn kind(&self, path: &Path) -> io::Result<EntryKind> {
+        match std::fs::symlink_metadata(path) {
+            Ok(m) => {
+                let t = m.file_type();
+                Ok(if t.is_symlink() {
+                    EntryKind::Symlink
+                } else if t.is_file() {
+                    EntryKind::File
+                } else if t.is_dir() {
+                    EntryKind::Dir
+                } else {
+                    EntryKind::Other
+                })
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(EntryKind::Missing),
+            Err(e) => Err(e),
+        }
+    }
+    fn canonicalize(&self, path: &Path) -> io::Result<PathBuf> {
+        std::fs::canonicalize(path)
+    }
+    fn read_dir(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir)? {
+            out.push(e?.path());
+        }
+        out.sort();
+        Ok(out)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let d = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        File::open(d)?.sync_all()
+    }
+}
+
+/// An in-memory file.
+#[derive(Debug, Default)]
+pub struct MemStorage {
+    data: Mutex<Vec<u8>>,
+}
+
+impl MemStorage {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn from_vec(v: Vec<u8>) -> Self {
+        MemStorage {
+            data: Mutex::new(v),
+        }
+    }
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.data.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+fn eof() -> io::Error {
+    io::Error::new(io::ErrorKind::UnexpectedEof, "read past end of file")
+}
+
+impl Storage for MemStorage {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let d = self.data.lock().unwrap_or_else(|e| e.into_inner());
+        let end = offset.checked_add(buf.len() as u64).ok_or_else(eof)?;
+        if end > d.len() as u64 {
+            return Err(eof());
+        }
+        buf.copy_from_slice(&d[offset as usize..end as usize]);
+        Ok(())
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let mut d = self.data.lock().unwrap_or_else(|e| e.into_inner());
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .filter(|e| *e <= usize::MAX as u64 / 2)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "write offset too large"))?;
+        if end as usize > d.len() {
+            d.resize(end as usize, 0);
+        }
+        d[offset as usize..end as usize].copy_from_slice(buf);
+        Ok(())
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.data.lock().unwrap_or_else(|e| e.into_inner()).len() as u64)
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        if len > usize::MAX as u64 / 2 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "length too large",
+            ));
+        }
+        self.data
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .resize(len as usize, 0);
+        Ok(())
+    }
+    fn flush(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An in-memory directory tree of files, with the same lock rules as files.
+#[derive(Debug, Default)]
+pub struct MemNamespace {
+    inner: Mutex<MemInner>,
+}
+
+#[derive(Debug, Default)]
+struct MemInner {
+    files: HashMap<PathBuf, Arc<MemStorage>>,
+    /// Locks held: path -> (shared count, exclusive).
+    locks: HashMap<PathBuf, (usize, bool)>,
+}
+
+/// A lock-holding handle onto a shared in-memory file.
+#[derive(Debug)]
+struct MemHandle {
+    path: PathBuf,
+    file: Arc<MemStorage>,
+    access: Access,
+    ns: Arc<MemNamespace>,
+}
+
+impl Drop for MemHandle {
+    fn drop(&mut self) {
+        let mut inner = self.ns.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(l) = inner.locks.get_mut(&self.path) {
+            match self.access {
+                Access::Read => l.0 = l.0.saturating_sub(1),
+                Access::Write => l.1 = false,
+            }
+        }
+    }
+}
+
+impl Storage for MemHandle {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.file.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        if self.access == Access::Read {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "opened read-only",
+            ));
+        }
+        self.file.write_at(buf, offset)
+    }
+    fn len(&self) -> io::Result<u64> {
+        self.file.len()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        if self.access == Access::Read {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "opened read-only",
+            ));
+        }
+        self.file.set_len(len)
+    }
+    fn flush(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl MemNamespace {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Put a file with the given bytes at `path` (test setup).
+    pub fn insert(&self, path: impl Into<PathBuf>, bytes: Vec<u8>) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner
+            .files
+            .insert(path.into(), Arc::new(MemStorage::from_vec(bytes)));
+    }
+
+    /// The bytes of the file at `path`.
+    pub fn get(&self, path: &Path) -> Option<Vec<u8>> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.files.get(path).map(|f| f.to_vec())
+    }
+
+    pub fn paths(&self) -> Vec<PathBuf> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = inner.files.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    fn take_lock(inner: &mut MemInner, path: &Path, access: Access) -> io::Result<()> {
+        let l = inner.locks.entry(path.to_path_buf()).or_default();
+        let free = match access {
+            Access::Read => !l.1,
+            Access::Write => !l.1 && l.0 == 0,
+        };
+        if !free {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "locked by another handle",
+            ));
+        }
+        match access {
+            Access::Read => l.0 += 1,
+            Access::Write => l.1 = true,
+        }
+        Ok(())
+    }
+}
+
+/// `Namespace` is implemented on `Arc<MemNamespace>` so that handles can
+/// release their locks when dropped.
+impl Namespace for Arc<MemNamespace> {
+    fn open(&self, path: &Path, access: Access) -> io::Result<Arc<dyn Storage>> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let file = inner
+            .files
+            .get(path)
+            .cloned()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such file"))?;
+        MemNamespace::take_lock(&mut inner, path, access)?;
+        Ok(Arc::new(MemHandle {
+            path: path.to_path_buf(),
+            file,
+            access,
+            ns: Arc::clone(self),
+        }))
+    }
+    fn create(&self, path: &Path) -> io::Result<Arc<dyn Storage>> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if inner.files.contains_key(path) {
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, "file exists"));
+        }
+        let file = Arc::new(MemStorage::new());
+        inner.files.insert(path.to_path_buf(), Arc::clone(&file));
+        MemNamespace::take_lock(&mut inner, path, Access::Write)?;
+        Ok(Arc::new(MemHandle {
+            path: path.to_path_buf(),
+            file,
+            access: Access::Write,
+            ns: Arc::clone(self),
+        }))
+    }
+    fn kind(&self, path: &Path) -> io::Result<EntryKind> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if inner.files.contains_key(path) {
+            Ok(EntryKind::File)
+        } else if inner.files.keys().any(|p| p.starts_with(path)) {
+            Ok(EntryKind::Dir)
+        } else {
+            Ok(EntryKind::Missing)
+        }
+    }
+    fn canonicalize(&self, path: &Path) -> io::Result<PathBuf> {
+        Ok(path.to_path_buf())
+    }
+    fn read_dir(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = inner
+            .files
+            .keys()
+            .filter(|p| p.parent() == Some(dir))
+            .cloned()
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner
+            .files
+            .remove(path)
+            .map(|_| ())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such file"))
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let f = inner
+            .files
+            .remove(from)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such file"))?;
+        inner.files.insert(to.to_path_buf(), f);
+        Ok(())
+    }
+    fn sync_dir(&self, _dir: &Path) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mem_storage_reads_past_end_fail() {
+        let s = MemStorage::new();
+        s.write_at(b"abc", 2).unwrap();
+        assert_eq!(s.len().unwrap(), 5);
+        let mut b = [0u8; 4];
+        assert!(s.read_at(&mut b, 2).is_err());
+        let mut b = [9u8; 5];
+        s.read_at(&mut b, 0).unwrap();
+        assert_eq!(&b, &[0, 0, b'a', b'b', b'c']);
+    }
+
+    #[test]
+    fn mem_namespace_locks_conflict_and_release() {
+        let ns = MemNamespace::new();
+        ns.insert("/d/a", vec![1, 2, 3]);
+        let p = Path::new("/d/a");
+        let r1 = ns.open(p, Access::Read).unwrap();
+        let _r2 = ns.open(p, Access::Read).unwrap();
+        assert_eq!(
+            ns.open(p, Access::Write).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        drop(r1);
+        drop(_r2);
+        let w = ns.open(p, Access::Write).unwrap();
+        assert_eq!(
+            ns.open(p, Access::Read).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        drop(w);
+        ns.open(p, Access::Read).unwrap();
+    }
+
+    #[test]
+    fn file_locks_conflict() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x");
+        std::fs::write(&p, b"hello").unwrap();
+        let w = FsNamespace.open(&p, Access::Write).unwrap();
+        assert_eq!(
+            FsNamespace.open(&p, Access::Read).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        drop(w);
+        FsNamespace.open(&p, Access::Read).unwrap();
+    }
+}
+
+/// The redo-journal file beside an image (`<image>.cfjournal`), used by the
+/// fixed-VHD merge commit. Carries the namespace so the driver can create,
+/// sync and remove it with directory durability.
+#[derive(Debug, Clone)]
+pub struct JournalSlot {
+    pub ns: Arc<dyn Namespace>,
+    pub path: PathBuf,
+}
+
+impl JournalSlot {
+    pub fn for_image(ns: Arc<dyn Namespace>, image: &Path) -> Self {
+        let mut p = image.as_os_str().to_owned();
+        p.push(".cfjournal");
+        JournalSlot {
+            ns,
+            path: PathBuf::from(p),
+        }
+    }
+    fn dir(&self) -> PathBuf {
+        self.path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    }
+    /// The journal, if one exists.
+    pub fn open_existing(&self, access: Access) -> io::Result<Option<Arc<dyn Storage>>> {
+        match self.ns.kind(&self.path)? {
+            EntryKind::File => Ok(Some(self.ns.open(&self.path, access)?)),
+            EntryKind::Missing => Ok(None),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "journal path is not a regular file",
+            )),
+        }
+    }
+    /// Create a fresh journal (removing a stale one) and make the name durable.
+    pub fn create(&self) -> io::Result<Arc<dyn Storage>> {
+        if self.ns.kind(&self.path)? != EntryKind::Missing {
+            self.ns.remove(&self.path)?;
+        }
+        let s = self.ns.create(&self.path)?;
+        self.ns.sync_dir(&self.dir())?;
+        Ok(s)
+    }
+    /// Remove the journal and make the removal durable.
+    pub fn remove(&self) -> io::Result<()> {
+        if self.ns.kind(&self.path)? != EntryKind::Missing {
+            self.ns.remove(&self.path)?;
+            self.ns.sync_dir(&self.dir())?;
+        }
+        Ok(())
+    }
+}

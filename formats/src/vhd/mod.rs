@@ -1,0 +1,20 @@
+//! Placeholder until the driver lands.
+use std::sync::Arc;
+
+use crate::image::Image;
+use crate::params::OpenOptions;
+use crate::storage::JournalSlot;
+use crate::{Error, Result, Storage};
+
+/// Open a VHD image (format already detected).
+pub fn open_image(
+    name: &str,
+    _storage: Arc<dyn Storage>,
+    _journal: Option<JournalSlot>,
+    _opts: OpenOptions,
+) -> Result<Box<dyn Image>> {
+    Err(Error::Unsupported {
+        file: name.into(),
+        message: "driver not built yet".into(),
+    })
+}
