@@ -6,7 +6,10 @@
 //! module per on-disk structure plus an image driver), `image` (the driver
 //! interface and format detection), `chain` (section 3).
 
+pub mod chain;
 pub mod checksum;
+pub mod create;
+pub mod entropy;
 pub mod error;
 pub mod finding;
 pub mod image;

@@ -61,8 +61,9 @@ pub trait Storage: Send + Sync + Debug {
 
 /// How a file of a chain is opened: shared lock for reading, exclusive for
 /// writing or merging.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Access {
+    #[default]
     Read,
     Write,
 }

@@ -1,1 +1,369 @@
-//! See ARCHITECTURE.md.
+//! chainfold's merge: `MergeVirtualHardDisk(SourcePath, DestinationPath)`
+//! offline. Folds the layers above the destination into it through the
+//! destination driver's atomic batch (DESIGN.md sections 4, 5, 7, 8).
+//!
+//! Order of a merge, and why:
+//! 1. finish an interrupted merge if `<source>.cfmerge` says it committed;
+//! 2. open the whole chain with exclusive locks, read-only, and run every
+//!    refusal check (differencing source, ancestor destination, siblings,
+//!    validation) — a refused merge has changed no byte;
+//! 3. reopen the destination writable (from the same locked handle) and
+//!    stage the folded runs into its batch (fresh space only);
+//! 4. prepare (payload durable), write the merge record (durable), commit
+//!    (the single commit point inside the driver);
+//! 5. finish: remove merged files if asked, then the record.
+
+pub mod codes;
+mod error;
+pub mod job;
+pub mod plan;
+pub mod record;
+pub mod siblings;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use formats::chain::{Chain, ChainOptions, Source};
+use formats::params::{Identity, OpenOptions};
+use formats::{Access, JournalSlot, Namespace, Severity};
+use serde::Serialize;
+
+pub use codes::ReturnValue;
+pub use error::MergeError;
+pub use job::{JobHandle, JobState, JobStatus};
+pub use plan::MergePlan;
+
+/// Largest single copy handed to the destination batch.
+const PIECE: u64 = 8 << 20;
+
+/// A merge request, as the command line takes it.
+#[derive(Debug, Clone, Default)]
+pub struct MergeRequest {
+    pub source: PathBuf,
+    /// None: the source's immediate parent.
+    pub destination: Option<PathBuf>,
+    pub remove_merged: bool,
+    /// Merge even when other images depend on the destination or an
+    /// intermediate.
+    pub force: bool,
+    pub chain: ChainOptions,
+}
+
+/// What a merge did (the `--json` result).
+#[derive(Debug, Clone, Serialize)]
+pub struct MergeOutcome {
+    pub return_value: u32,
+    pub state: JobState,
+    pub source: String,
+    pub destination: Option<String>,
+    pub bytes_merged: u64,
+    pub bytes_total: u64,
+    /// True when this run only finished a merge committed by an earlier,
+    /// interrupted run.
+    pub resumed: bool,
+    pub removed: Vec<String>,
+    pub siblings: Vec<String>,
+    pub error: Option<String>,
+}
+
+/// Run a merge to the end and describe it; never fails (the outcome carries
+/// the return value and the error).
+pub fn run(ns: &Arc<dyn Namespace>, req: &MergeRequest, job: &JobHandle) -> MergeOutcome {
+    job.set_state(JobState::Running);
+    let mut out = MergeOutcome {
+        return_value: 0,
+        state: JobState::Running,
+        source: req.source.display().to_string(),
+        destination: req.destination.as_ref().map(|p| p.display().to_string()),
+        bytes_merged: 0,
+        bytes_total: 0,
+        resumed: false,
+        removed: Vec::new(),
+        siblings: Vec::new(),
+        error: None,
+    };
+    match merge(ns, req, job, &mut out) {
+        Ok(()) => {
+            out.state = JobState::Completed;
+            out.return_value = ReturnValue::Completed.code();
+        }
+        Err(e) => {
+            out.state = if matches!(e, MergeError::Cancelled) {
+                JobState::Cancelled
+            } else {
+                JobState::Failed
+            };
+            out.return_value = codes::classify(&e).code();
+            if let MergeError::Siblings { siblings, .. } = &e {
+                out.siblings = siblings.iter().map(|p| p.display().to_string()).collect();
+            }
+            out.error = Some(e.to_string());
+        }
+    }
+    job.set_state(out.state);
+    out.bytes_merged = job.status().bytes_done;
+    out
+}
+
+fn new_identity_like(old: &Identity) -> Identity {
+    match old {
+        Identity::Vhdx { .. } => Identity::Vhdx {
+            data_write_guid: formats::entropy::new_guid(),
+        },
+        Identity::Vhd { .. } => Identity::Vhd {
+            unique_id: *formats::entropy::new_guid().as_bytes(),
+            // VHD time stamps count seconds from 2000-01-01 UTC.
+            timestamp: formats::entropy::now_unix().saturating_sub(946_684_800) as u32,
+        },
+    }
+}
+
+fn same_file(ns: &Arc<dyn Namespace>, a: &Path, b: &Path) -> bool {
+    let ca = ns.canonicalize(a).unwrap_or_else(|_| a.to_path_buf());
+    let cb = ns.canonicalize(b).unwrap_or_else(|_| b.to_path_buf());
+    ca == cb
+}
+
+/// The merge itself; `out` collects what is known as it goes.
+pub fn merge(
+    ns: &Arc<dyn Namespace>,
+    req: &MergeRequest,
+    job: &JobHandle,
+    out: &mut MergeOutcome,
+) -> Result<(), MergeError> {
+    let rec_path = record::record_path(&req.source);
+
+    // 1. An earlier run may have committed and stopped before finishing.
+    if let Some(rec) = record::read(ns, &rec_path) {
+        if let Some(done) = finish_if_committed(ns, req, &rec, &rec_path, job, out)? {
+            return done;
+        }
+    }
+
+    // 2. Open everything locked, read-only, and refuse early.
+    let mut opts = req.chain.clone();
+    opts.access = Access::Write;
+    opts.writable = false;
+    let mut chain = Chain::open(ns, &req.source, &opts)?;
+    if !chain.top().is_differencing() {
+        return Err(MergeError::NotDifferencing {
+            file: req.source.display().to_string(),
+        });
+    }
+    let dest_index = match &req.destination {
+        None => 1,
+        Some(d) => chain
+            .links
+            .iter()
+            .enumerate()
+            .skip(1)
+            .find(|(_, l)| same_file(ns, &l.path, d))
+            .map(|(i, _)| i)
+            .ok_or_else(|| MergeError::NotAnAncestor {
+                source_path: req.source.display().to_string(),
+                destination: d.display().to_string(),
+                chain: chain
+                    .paths()
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect(),
+            })?,
+    };
+    let dest_path = chain.links[dest_index].path.clone();
+    out.destination = Some(dest_path.display().to_string());
+
+    for link in &chain.links[..=dest_index] {
+        let findings = link.image.check()?;
+        let errors: Vec<String> = findings
+            .iter()
+            .filter(|f| f.severity == Severity::Error)
+            .map(|f| f.to_string())
+            .collect();
+        if !errors.is_empty() && !req.chain.ignore_checksums {
+            return Err(MergeError::Unhealthy {
+                file: link.path.display().to_string(),
+                findings: errors.join("; "),
+            });
+        }
+    }
+
+    if !req.force {
+        let deps = siblings::find(ns, &chain, dest_index, &req.chain.search_dirs)?;
+        if !deps.is_empty() {
+            return Err(MergeError::Siblings {
+                parents: chain.links[1..=dest_index]
+                    .iter()
+                    .map(|l| l.path.display().to_string())
+                    .collect(),
+                siblings: deps,
+            });
+        }
+    }
+
+    let plan = MergePlan::new(&chain, dest_index)?;
+    job.set_total(plan.bytes_total);
+    out.bytes_total = plan.bytes_total;
+    if job.is_cancelled() {
+        return Err(MergeError::Cancelled);
+    }
+
+    // 3. Every check passed: reopen the destination writable from the
+    // handle we already hold locked.
+    let dest_storage = Arc::clone(chain.links[dest_index].image.storage());
+    let new_identity = new_identity_like(&chain.links[dest_index].image.identity());
+    let dest_name = dest_path.display().to_string();
+    let mut dest = formats::image::open(
+        &dest_name,
+        dest_storage,
+        Some(JournalSlot::for_image(Arc::clone(ns), &dest_path)),
+        OpenOptions {
+            writable: true,
+            ignore_checksums: req.chain.ignore_checksums,
+        },
+    )?;
+    {
+        let layers = chain.layers();
+        let sources: Vec<_> = chain.links[..dest_index]
+            .iter()
+            .map(|l| Arc::clone(l.image.storage()))
+            .collect();
+        let mut batch = dest.begin_batch()?;
+        if plan.virtual_size > plan.destination_size {
+            batch.grow(plan.virtual_size)?;
+        }
+        plan.for_each_run(&layers, |r| {
+            if job.is_cancelled() {
+                return Err(formats::Error::Cancelled);
+            }
+            match r.source {
+                Source::Layer { layer, file_offset } => {
+                    let mut done = 0;
+                    while done < r.len {
+                        let n = PIECE.min(r.len - done);
+                        batch.copy(
+                            r.offset + done,
+                            n,
+                            sources[layer].as_ref(),
+                            file_offset + done,
+                        )?;
+                        done += n;
+                        job.add_done(n);
+                    }
+                }
+                Source::Zero => {
+                    batch.zero(r.offset, r.len)?;
+                    job.add_done(r.len);
+                }
+                Source::NotHeld => {}
+            }
+            Ok(())
+        })
+        .map_err(|e| match e {
+            formats::Error::Cancelled => MergeError::Cancelled,
+            e => MergeError::Format(e),
+        })?;
+        batch.prepare()?;
+        if job.is_cancelled() {
+            return Err(MergeError::Cancelled);
+        }
+
+        // 4. The record must be durable before the commit point, so a
+        // re-run after a crash past the commit knows to finish, not redo.
+        let merged: Vec<PathBuf> = chain.links[..dest_index]
+            .iter()
+            .map(|l| l.path.clone())
+            .collect();
+        let rec = record::MergeRecord {
+            version: 1,
+            source: req.source.clone(),
+            destination: dest_path.clone(),
+            merged,
+            remove_merged: req.remove_merged,
+            new_identity: record::identity_text(&new_identity),
+        };
+        record::write(ns, &rec_path, &rec)?;
+        batch.commit(new_identity)?;
+        job.set_committed();
+    }
+    drop(dest);
+    let merged_paths: Vec<PathBuf> = chain.links[..dest_index]
+        .iter()
+        .map(|l| l.path.clone())
+        .collect();
+    // Release the locks of the obsolete files before removing them.
+    chain.links.clear();
+    finish(ns, req.remove_merged, &merged_paths, &rec_path, out)?;
+    Ok(())
+}
+
+/// Complete a merge whose commit is already durable: remove merged files if
+/// asked, then the record.
+fn finish(
+    ns: &Arc<dyn Namespace>,
+    remove_merged: bool,
+    merged: &[PathBuf],
+    rec_path: &Path,
+    out: &mut MergeOutcome,
+) -> Result<(), MergeError> {
+    if remove_merged {
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for p in merged {
+            let name = p.display().to_string();
+            match ns.kind(p).map_err(|e| formats::Error::io(&name, e))? {
+                formats::EntryKind::Missing => {}
+                _ => {
+                    ns.remove(p).map_err(|e| formats::Error::io(&name, e))?;
+                    out.removed.push(name);
+                }
+            }
+            let d = p.parent().map(Path::to_path_buf).unwrap_or_default();
+            if !dirs.contains(&d) {
+                dirs.push(d);
+            }
+        }
+        for d in dirs {
+            ns.sync_dir(&d)
+                .map_err(|e| formats::Error::io(d.display().to_string(), e))?;
+        }
+    }
+    record::remove(ns, rec_path)?;
+    Ok(())
+}
+
+/// If `rec` describes a merge whose destination already took the new
+/// identity, finish it and return the result; `None` to merge normally.
+fn finish_if_committed(
+    ns: &Arc<dyn Namespace>,
+    req: &MergeRequest,
+    rec: &record::MergeRecord,
+    rec_path: &Path,
+    job: &JobHandle,
+    out: &mut MergeOutcome,
+) -> Result<Option<Result<(), MergeError>>, MergeError> {
+    let mut opts = req.chain.clone();
+    opts.access = Access::Write;
+    // Writable: a committed-but-unapplied VHDX log or VHD journal is
+    // replayed here, which is exactly the finishing step.
+    opts.writable = true;
+    let dest = match formats::chain::open_image_file(ns, &rec.destination, &opts) {
+        Ok(d) => d,
+        Err(formats::Error::FileNotFound { .. }) => {
+            record::remove(ns, rec_path)?;
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if record::identity_text(&dest.identity()) != rec.new_identity {
+        // Not committed: the destination is the old image. Start over.
+        drop(dest);
+        record::remove(ns, rec_path)?;
+        return Ok(None);
+    }
+    drop(dest);
+    out.destination = Some(rec.destination.display().to_string());
+    out.resumed = true;
+    job.set_committed();
+    let remove = req.remove_merged || rec.remove_merged;
+    finish(ns, remove, &rec.merged, rec_path, out)?;
+    Ok(Some(Ok(())))
+}

@@ -1,1 +1,79 @@
-fn main() {}
+//! `cargo xtask`: chainfold's command line and the project's automation
+//! (tests, simulation, fuzzing, benchmarks) in one place, instead of shell
+//! scripts.
+
+mod cli_util;
+mod cmd_check;
+mod cmd_convert;
+mod cmd_create;
+mod cmd_demo;
+mod cmd_info;
+mod cmd_merge;
+mod cmd_write;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "chainfold: merge, validate and inspect VHD/VHDX images"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+/// Options shared by every command that opens a chain.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ChainArgs {
+    /// Parent of the image (repeatable, nearest first); bypasses the locators.
+    #[arg(long = "parent", value_name = "PATH")]
+    pub parents: Vec<PathBuf>,
+    /// Also look for parents in this directory (repeatable).
+    #[arg(long = "search-dir", value_name = "DIR")]
+    pub search_dirs: Vec<PathBuf>,
+    /// Follow symbolic links when opening parents.
+    #[arg(long)]
+    pub follow_symlinks: bool,
+    /// Read structures whose checksum is wrong (reported, not refused).
+    #[arg(long)]
+    pub ignore_checksums: bool,
+    /// Accept a parent whose linkage (DataWriteGuid / Unique Id) does not match.
+    #[arg(long)]
+    pub ignore_linkage: bool,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Describe an image and its chain.
+    Info(cmd_info::InfoArgs),
+    /// Validate an image and its chain (exit 0 clean, 1 errors, 2 unreadable).
+    Check(cmd_check::CheckArgs),
+    /// Write the virtual content of a chain to a raw file, or flatten it into a new .vhd/.vhdx.
+    Convert(cmd_convert::ConvertArgs),
+    /// Create a fixed, dynamic or differencing image.
+    Create(cmd_create::CreateArgs),
+    /// Write bytes at a virtual offset through an image.
+    Write(cmd_write::WriteArgs),
+    /// Merge a differencing image into its parent or an ancestor (MergeVirtualHardDisk).
+    Merge(cmd_merge::MergeArgs),
+    /// Build a three-level VHDX chain under target/demo, merge it and verify the result.
+    Demo(cmd_demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.cmd {
+        Cmd::Info(a) => cmd_info::run(a),
+        Cmd::Check(a) => cmd_check::run(a),
+        Cmd::Convert(a) => cmd_convert::run(a),
+        Cmd::Create(a) => cmd_create::run(a),
+        Cmd::Write(a) => cmd_write::run(a),
+        Cmd::Merge(a) => cmd_merge::run(a),
+        Cmd::Demo(a) => cmd_demo::run(a),
+    };
+    ExitCode::from(code)
+}

@@ -1,0 +1,66 @@
+//! The merge plan: which layers fold into which destination, and the
+//! folded runs streamed window by window so memory stays bounded whatever
+//! the virtual size.
+
+use formats::chain::{fold, Chain, FoldedRun, Source};
+use formats::layer::Layer;
+use formats::Result;
+
+/// Virtual bytes folded per step. Bounds the run list (at most one run per
+/// sector pair in the worst bitmap) to a few MiB.
+pub const WINDOW: u64 = 256 << 20;
+
+/// What one merge does.
+#[derive(Debug, Clone)]
+pub struct MergePlan {
+    /// Index of the destination in the chain (0 = source).
+    pub destination: usize,
+    /// The source's virtual size: the destination grows to it if smaller.
+    pub virtual_size: u64,
+    pub destination_size: u64,
+    /// Bytes the folded layers hold (data and zero runs).
+    pub bytes_total: u64,
+}
+
+impl MergePlan {
+    pub fn new(chain: &Chain, destination: usize) -> Result<MergePlan> {
+        let layers = chain.layers();
+        let virtual_size = layers[0].virtual_size();
+        let destination_size = layers[destination].virtual_size();
+        let mut plan = MergePlan {
+            destination,
+            virtual_size,
+            destination_size,
+            bytes_total: 0,
+        };
+        let mut total = 0;
+        plan.for_each_run(&layers, |r| {
+            total += r.len;
+            Ok(())
+        })?;
+        plan.bytes_total = total;
+        Ok(plan)
+    }
+
+    /// Call `f` for every folded run a layer above the destination holds
+    /// (never for `NotHeld`), in virtual order.
+    pub fn for_each_run(
+        &self,
+        layers: &[&dyn Layer],
+        mut f: impl FnMut(&FoldedRun) -> Result<()>,
+    ) -> Result<()> {
+        let above = &layers[..self.destination];
+        let mut runs = Vec::new();
+        let mut offset = 0;
+        while offset < self.virtual_size {
+            let len = WINDOW.min(self.virtual_size - offset);
+            runs.clear();
+            fold(above, offset, len, &mut runs)?;
+            for r in runs.iter().filter(|r| r.source != Source::NotHeld) {
+                f(r)?;
+            }
+            offset += len;
+        }
+        Ok(())
+    }
+}

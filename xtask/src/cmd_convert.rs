@@ -1,0 +1,157 @@
+//! `convert SOURCE DEST`: the virtual content seen through SOURCE's chain,
+//! as a raw file (sparse where zero) or flattened into a new dynamic
+//! `.vhd` / `.vhdx`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::Args;
+use formats::chain::{Chain, Source};
+use formats::params::{CreateParams, DiskType, Identity, OpenOptions};
+use formats::{Access, Error, Namespace};
+
+use crate::cli_util::{chain_options, fs};
+use crate::ChainArgs;
+
+#[derive(Args)]
+pub struct ConvertArgs {
+    pub source: PathBuf,
+    /// `.raw`/`.img` (or any other name): raw; `.vhd`/`.vhdx`: a new dynamic image.
+    pub dest: PathBuf,
+    /// Block size of a .vhd/.vhdx output.
+    #[arg(long, value_parser = crate::cli_util::parse_size)]
+    pub block_size: Option<u64>,
+    #[command(flatten)]
+    pub chain: ChainArgs,
+}
+
+const CHUNK: u64 = 4 << 20;
+
+pub fn convert(args: &ConvertArgs) -> Result<u64, Error> {
+    let ns = fs();
+    let chain = Chain::open(&ns, &args.source, &chain_options(&args.chain))?;
+    match formats::create::format_for_path(&args.dest) {
+        Ok(_) => to_image(&ns, &chain, &args.dest, args.block_size),
+        Err(_) => to_raw(&ns, &chain, &args.dest),
+    }
+}
+
+fn to_raw(ns: &Arc<dyn Namespace>, chain: &Chain, dest: &Path) -> Result<u64, Error> {
+    let name = dest.display().to_string();
+    let out = ns.create(dest).map_err(|e| Error::io(&name, e))?;
+    let layers = chain.layers();
+    let size = chain.top().virtual_size();
+    let mut reader = chain.reader();
+    let mut runs = Vec::new();
+    let mut offset = 0;
+    while offset < size {
+        let len = (64 * CHUNK).min(size - offset);
+        runs.clear();
+        runs.extend_from_slice(reader.runs(offset, len)?);
+        for r in &runs {
+            if let Source::Layer { layer, file_offset } = r.source {
+                // Let the kernel move the bytes where it can.
+                let src = chain.links[layer].image.storage();
+                out.copy_from(src.as_ref(), file_offset, r.offset, r.len)
+                    .map_err(|e| Error::io(&name, e))?;
+            }
+        }
+        offset += len;
+    }
+    let _ = &layers;
+    out.set_len(size).map_err(|e| Error::io(&name, e))?;
+    out.flush().map_err(|e| Error::io(&name, e))?;
+    Ok(size)
+}
+
+fn to_image(
+    ns: &Arc<dyn Namespace>,
+    chain: &Chain,
+    dest: &Path,
+    block_size: Option<u64>,
+) -> Result<u64, Error> {
+    let info = chain.top().info();
+    let params = CreateParams {
+        virtual_size: info.virtual_size,
+        disk_type: DiskType::Dynamic,
+        block_size: block_size.map(|b| b as u32),
+        logical_sector_size: if formats::create::format_for_path(dest)?
+            == formats::params::Format::Vhdx
+        {
+            info.logical_sector_size
+        } else {
+            512
+        },
+        physical_sector_size: info.physical_sector_size,
+        parent: None,
+    };
+    formats::create::create_file(ns, dest, &params)?;
+    let name = dest.display().to_string();
+    let storage = ns
+        .open(dest, Access::Write)
+        .map_err(|e| Error::io(&name, e))?;
+    let mut img = formats::image::open(
+        &name,
+        storage,
+        None,
+        OpenOptions {
+            writable: true,
+            ignore_checksums: false,
+        },
+    )?;
+    let identity = match img.identity() {
+        Identity::Vhdx { .. } => Identity::Vhdx {
+            data_write_guid: formats::entropy::new_guid(),
+        },
+        Identity::Vhd { timestamp, .. } => Identity::Vhd {
+            unique_id: *formats::entropy::new_guid().as_bytes(),
+            timestamp,
+        },
+    };
+    let size = info.virtual_size;
+    let mut batch = img.begin_batch()?;
+    let mut reader = chain.reader();
+    let mut runs = Vec::new();
+    let mut offset = 0;
+    while offset < size {
+        let len = (64 * CHUNK).min(size - offset);
+        runs.clear();
+        runs.extend_from_slice(reader.runs(offset, len)?);
+        for r in &runs {
+            if let Source::Layer { layer, file_offset } = r.source {
+                let src = chain.links[layer].image.storage();
+                let mut done = 0;
+                while done < r.len {
+                    let n = CHUNK.min(r.len - done);
+                    batch.copy(r.offset + done, n, src.as_ref(), file_offset + done)?;
+                    done += n;
+                }
+            }
+        }
+        offset += len;
+    }
+    batch.prepare()?;
+    batch.commit(identity)?;
+    Ok(size)
+}
+
+pub fn run(args: ConvertArgs) -> u8 {
+    match convert(&args) {
+        Ok(n) => {
+            eprintln!(
+                "{} -> {}: {n} bytes of virtual disk",
+                args.source.display(),
+                args.dest.display()
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            if let Error::ParentNotFound { .. } | Error::FileNotFound { .. } = e {
+                3
+            } else {
+                1
+            }
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! `merge SOURCE [DESTINATION]`: MergeVirtualHardDisk offline.
+//!
+//! Exit status (the `--json` output always carries the exact
+//! MergeVirtualHardDisk `return_value`):
+//!
+//! | exit | return_value | meaning |
+//! |---|---|---|
+//! | 0 | 0 | completed |
+//! | 2 | 32773 | invalid parameter (destination not an ancestor, bad option) |
+//! | 3 | 32779 | a file (source, destination or a parent) not found |
+//! | 4 | 32774 | an image is in use (locked by another process) |
+//! | 5 | 32775 | invalid state (broken linkage, other children depend on the destination) |
+//! | 6 | 32770 | not supported (source is not a differencing image) |
+//! | 7 | 32776 | not a VHD/VHDX, or corrupt |
+//! | 8 | 32769 | access denied |
+//! | 1 | other | failed (I/O error, cancelled, ...) |
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use merge::{JobHandle, MergeOutcome, MergeRequest, ReturnValue};
+
+use crate::cli_util::{chain_options, fs, print_json};
+use crate::ChainArgs;
+
+#[derive(Args)]
+pub struct MergeArgs {
+    /// The differencing image to merge (SourcePath).
+    pub source: PathBuf,
+    /// The ancestor to merge into (DestinationPath); default: the source's parent.
+    pub destination: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+    /// Delete the source and intermediates once the merge is durably committed.
+    #[arg(long)]
+    pub remove_merged: bool,
+    /// Merge even if other images depend on the destination or an intermediate.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub chain: ChainArgs,
+}
+
+pub fn exit_code(return_value: u32) -> u8 {
+    match return_value {
+        0 => 0,
+        32773 => 2,
+        32779 => 3,
+        32774 => 4,
+        32775 => 5,
+        32770 => 6,
+        32776 => 7,
+        32769 => 8,
+        _ => 1,
+    }
+}
+
+pub fn request(args: &MergeArgs) -> MergeRequest {
+    MergeRequest {
+        source: args.source.clone(),
+        destination: args.destination.clone(),
+        remove_merged: args.remove_merged,
+        force: args.force,
+        chain: chain_options(&args.chain),
+    }
+}
+
+/// Run a merge with a progress display on stderr (a bar on a terminal,
+/// plain lines otherwise, nothing with `quiet`).
+pub fn run_with_progress(req: MergeRequest, quiet: bool) -> MergeOutcome {
+    let job = JobHandle::new();
+    let worker = {
+        let job = job.clone();
+        std::thread::spawn(move || merge::run(&fs(), &req, &job))
+    };
+    let tty = std::io::stderr().is_terminal();
+    let bar = (!quiet && tty).then(|| {
+        let b = indicatif::ProgressBar::new(100);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} merging [{bar:40}] {pos:>3}% {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        b
+    });
+    let mut last_line = 0u8;
+    while !worker.is_finished() {
+        std::thread::sleep(Duration::from_millis(100));
+        let s = job.status();
+        if let Some(b) = &bar {
+            b.set_position(u64::from(s.percent_complete));
+            b.set_message(format!("{} / {} bytes", s.bytes_done, s.bytes_total));
+        } else if !quiet && s.percent_complete >= last_line.saturating_add(10) {
+            last_line = s.percent_complete / 10 * 10;
+            eprintln!(
+                "merge: {:>3}% ({} / {} bytes)",
+                s.percent_complete, s.bytes_done, s.bytes_total
+            );
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    worker.join().unwrap_or_else(|_| MergeOutcome {
+        return_value: ReturnValue::Failed.code(),
+        state: merge::JobState::Failed,
+        source: String::new(),
+        destination: None,
+        bytes_merged: 0,
+        bytes_total: 0,
+        resumed: false,
+        removed: Vec::new(),
+        siblings: Vec::new(),
+        error: Some("merge thread panicked".into()),
+    })
+}
+
+pub fn run(args: MergeArgs) -> u8 {
+    let out = run_with_progress(request(&args), args.json);
+    if args.json {
+        print_json(&out);
+    } else if out.return_value == 0 {
+        eprintln!(
+            "merged {} into {}: {} bytes{}{}",
+            out.source,
+            out.destination.as_deref().unwrap_or("?"),
+            out.bytes_merged,
+            if out.resumed {
+                " (finished an interrupted merge)"
+            } else {
+                ""
+            },
+            if out.removed.is_empty() {
+                String::new()
+            } else {
+                format!("; removed {}", out.removed.join(", "))
+            }
+        );
+    } else {
+        eprintln!(
+            "merge failed (return value {}): {}",
+            out.return_value,
+            out.error.as_deref().unwrap_or("unknown error")
+        );
+    }
+    exit_code(out.return_value)
+}
