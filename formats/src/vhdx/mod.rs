@@ -18,3 +18,8 @@ pub fn open_image(
         message: "driver not built yet".into(),
     })
 }
+
+/// Placeholder.
+pub fn create(_storage: &dyn Storage, _params: &crate::params::CreateParams) -> Result<()> {
+    Err(Error::InvalidParameter("driver not built yet".into()))
+}
