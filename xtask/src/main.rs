@@ -3,6 +3,7 @@
 //! scripts.
 
 mod cli_util;
+mod cmd_ci;
 mod cmd_check;
 mod cmd_convert;
 mod cmd_create;
@@ -62,6 +63,8 @@ enum Cmd {
     Merge(cmd_merge::MergeArgs),
     /// Build a three-level VHDX chain under target/demo, merge it and verify the result.
     Demo(cmd_demo::DemoArgs),
+    /// Run everything CI runs (fmt, clippy, tests, demo, sim and fuzz slices).
+    Ci(cmd_ci::CiArgs),
 }
 
 fn main() -> ExitCode {
@@ -74,6 +77,7 @@ fn main() -> ExitCode {
         Cmd::Write(a) => cmd_write::run(a),
         Cmd::Merge(a) => cmd_merge::run(a),
         Cmd::Demo(a) => cmd_demo::run(a),
+        Cmd::Ci(a) => cmd_ci::run(a),
     };
     ExitCode::from(code)
 }

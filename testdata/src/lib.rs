@@ -1,0 +1,152 @@
+//! Test support shared by the crates' tests: the real images of
+//! `../shared/testdata/real` (never copied into this repository) decompressed
+//! on demand into a cache under `target/`, and hashing of virtual content.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+/// The workspace root (this crate lives in `<root>/testdata`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// `../shared/testdata/real` relative to the workspace root, if present.
+pub fn real_dir() -> Option<PathBuf> {
+    let d = workspace_root().join("../shared/testdata/real");
+    d.is_dir().then_some(d)
+}
+
+/// Decompress (once) the real image `name` (e.g. `dynamic.vhdx`, found as
+/// `dynamic.vhdx.gz`, `.bz2` or uncompressed) and return a path to a private
+/// read-write copy in a fresh directory under `dir`. `None`, with a printed
+/// reason, when the shared test data is absent.
+pub fn real_image_copy(name: &str, dir: &Path) -> Option<PathBuf> {
+    let cached = real_image_cached(name)?;
+    let dst = dir.join(name);
+    std::fs::copy(&cached, &dst).ok()?;
+    Some(dst)
+}
+
+/// Path of the decompressed real image in the shared cache (read it only).
+pub fn real_image_cached(name: &str) -> Option<PathBuf> {
+    let Some(real) = real_dir() else {
+        eprintln!("skipping: ../shared/testdata/real is absent (test data is not shipped with the repository)");
+        return None;
+    };
+    let cache = workspace_root().join("target/testdata-cache");
+    std::fs::create_dir_all(&cache).ok()?;
+    let out = cache.join(name);
+    if out.exists() {
+        return Some(out);
+    }
+    let plain = real.join(name);
+    let gz = real.join(format!("{name}.gz"));
+    let bz = real.join(format!("{name}.bz2"));
+    let mut reader: Box<dyn Read> = if gz.exists() {
+        Box::new(flate2::read::GzDecoder::new(File::open(&gz).ok()?))
+    } else if bz.exists() {
+        Box::new(bzip2::read::BzDecoder::new(File::open(&bz).ok()?))
+    } else if plain.exists() {
+        Box::new(File::open(&plain).ok()?)
+    } else {
+        eprintln!("skipping: {name} not found in {}", real.display());
+        return None;
+    };
+    // Decompress to a private name, then rename: test binaries run in
+    // parallel and must never see a half-written cache file.
+    let tmp = cache.join(format!("{name}.{}.tmp", std::process::id()));
+    let mut f = File::create(&tmp).ok()?;
+    copy_sparse(&mut reader, &mut f).ok()?;
+    f.flush().ok()?;
+    drop(f);
+    std::fs::rename(&tmp, &out).ok()?;
+    Some(out)
+}
+
+/// Copy, seeking over all-zero 64 KiB pieces so multi-GiB sparse images stay
+/// sparse on disk.
+fn copy_sparse(r: &mut dyn Read, f: &mut File) -> io::Result<()> {
+    use std::io::{Seek, SeekFrom};
+    let mut buf = vec![0u8; 64 << 10];
+    let mut len = 0u64;
+    loop {
+        let mut n = 0;
+        while n < buf.len() {
+            let k = r.read(&mut buf[n..])?;
+            if k == 0 {
+                break;
+            }
+            n += k;
+        }
+        if n == 0 {
+            break;
+        }
+        if buf[..n].iter().all(|b| *b == 0) {
+            f.seek(SeekFrom::Current(n as i64))?;
+        } else {
+            f.write_all(&buf[..n])?;
+        }
+        len += n as u64;
+        if n < buf.len() {
+            break;
+        }
+    }
+    f.set_len(len)
+}
+
+/// SHA-256 of the whole virtual content seen through `layers` (top first).
+pub fn hash_layers(layers: Vec<&dyn formats::Layer>) -> formats::Result<String> {
+    let mut reader = formats::chain::ChainReader::new(layers);
+    let size = reader.virtual_size();
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 4 << 20];
+    let mut off = 0;
+    while off < size {
+        let n = (buf.len() as u64).min(size - off) as usize;
+        reader.read(off, &mut buf[..n])?;
+        h.update(&buf[..n]);
+        off += n as u64;
+    }
+    Ok(hex(&h.finalize()))
+}
+
+pub fn sha256(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+pub fn sha256_file(p: &Path) -> io::Result<String> {
+    let mut f = File::open(p)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// `qemu-img` on PATH?
+pub fn have_qemu() -> bool {
+    let ok = std::process::Command::new("qemu-img")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        eprintln!("skipping qemu interop: qemu-img not installed (.ci/run installs qemu-utils)");
+    }
+    ok
+}
