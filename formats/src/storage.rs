@@ -144,6 +144,61 @@ impl Storage for FileStorage {
     fn as_file(&self) -> Option<&File> {
         Some(&self.file)
     }
+
+    /// Let the kernel move the bytes (copy_file_range: reflink or in-kernel
+    /// copy on the same filesystem), falling back to large positional reads
+    /// and writes when it cannot.
+    fn copy_from(
+        &self,
+        src: &dyn Storage,
+        src_offset: u64,
+        dst_offset: u64,
+        len: u64,
+    ) -> io::Result<()> {
+        let mut done = 0u64;
+        if let Some(src_file) = src.as_file() {
+            while done < len {
+                let mut off_in = src_offset + done;
+                let mut off_out = dst_offset + done;
+                let want = (len - done).min(1 << 30) as usize;
+                match rustix::fs::copy_file_range(
+                    src_file,
+                    Some(&mut off_in),
+                    &self.file,
+                    Some(&mut off_out),
+                    want,
+                ) {
+                    Ok(0) => break,
+                    Ok(n) => done += n as u64,
+                    Err(_) => break,
+                }
+            }
+        }
+        if done < len {
+            copy_by_buffer(src, self, src_offset + done, dst_offset + done, len - done)?;
+        }
+        Ok(())
+    }
+}
+
+/// Copy through a bounded buffer (4 MiB pieces).
+pub fn copy_by_buffer(
+    src: &dyn Storage,
+    dst: &dyn Storage,
+    src_offset: u64,
+    dst_offset: u64,
+    len: u64,
+) -> io::Result<()> {
+    const PIECE: u64 = 4 << 20;
+    let mut buf = vec![0u8; PIECE.min(len) as usize];
+    let mut done = 0;
+    while done < len {
+        let n = PIECE.min(len - done) as usize;
+        src.read_at(&mut buf[..n], src_offset + done)?;
+        dst.write_at(&buf[..n], dst_offset + done)?;
+        done += n as u64;
+    }
+    Ok(())
 }
 
 /// The real filesystem.
