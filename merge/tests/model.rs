@@ -56,36 +56,50 @@ fn ops(max: usize) -> impl Strategy<Value = Vec<Op>> {
 }
 
 fn chain_spec() -> impl Strategy<Value = ChainSpec> {
-    (any::<bool>(), any::<bool>(), any::<bool>(), 1usize..=4).prop_flat_map(|(vhdx, fixed_base, big_sector, depth)| {
-        let sector = if vhdx && big_sector { 4096 } else { 512 };
-        let blocks: Vec<u32> = if vhdx {
-            vec![1 << 20, 2 << 20, 32 << 20]
-        } else {
-            vec![512 << 10, 2 << 20]
-        };
-        let child = (prop::sample::select(blocks.clone()), prop_oneof![4 => Just(0u64), 1 => 1u64..4], ops(6))
-            .prop_map(|(block_size, grow_mib, ops)| LayerSpec { block_size, grow_mib, ops });
-        (
-            Just(vhdx),
-            Just(fixed_base),
-            Just(sector),
-            4u64..20,
-            prop::sample::select(blocks),
-            ops(6),
-            prop::collection::vec(child, depth..=depth),
-            1usize..=depth,
-        )
-            .prop_map(|(vhdx, fixed_base, sector, base_mib, base_block, base_ops, children, dest)| ChainSpec {
-                vhdx,
-                fixed_base,
-                sector,
-                base_mib,
-                base_block,
-                base_ops,
-                children,
-                dest,
-            })
-    })
+    (any::<bool>(), any::<bool>(), any::<bool>(), 1usize..=4).prop_flat_map(
+        |(vhdx, fixed_base, big_sector, depth)| {
+            let sector = if vhdx && big_sector { 4096 } else { 512 };
+            let blocks: Vec<u32> = if vhdx {
+                vec![1 << 20, 2 << 20, 32 << 20]
+            } else {
+                vec![512 << 10, 2 << 20]
+            };
+            let child = (
+                prop::sample::select(blocks.clone()),
+                prop_oneof![4 => Just(0u64), 1 => 1u64..4],
+                ops(6),
+            )
+                .prop_map(|(block_size, grow_mib, ops)| LayerSpec {
+                    block_size,
+                    grow_mib,
+                    ops,
+                });
+            (
+                Just(vhdx),
+                Just(fixed_base),
+                Just(sector),
+                4u64..20,
+                prop::sample::select(blocks),
+                ops(6),
+                prop::collection::vec(child, depth..=depth),
+                1usize..=depth,
+            )
+                .prop_map(
+                    |(vhdx, fixed_base, sector, base_mib, base_block, base_ops, children, dest)| {
+                        ChainSpec {
+                            vhdx,
+                            fixed_base,
+                            sector,
+                            base_mib,
+                            base_block,
+                            base_ops,
+                            children,
+                            dest,
+                        }
+                    },
+                )
+        },
+    )
 }
 
 fn pattern(seed: u8, offset: u64, len: usize) -> Vec<u8> {
@@ -161,7 +175,11 @@ fn build(ns: &Arc<dyn Namespace>, spec: &ChainSpec) -> (Vec<PathBuf>, Vec<u8>) {
         &base,
         &CreateParams {
             virtual_size: size,
-            disk_type: if spec.fixed_base { DiskType::Fixed } else { DiskType::Dynamic },
+            disk_type: if spec.fixed_base {
+                DiskType::Fixed
+            } else {
+                DiskType::Dynamic
+            },
             block_size: Some(spec.base_block),
             logical_sector_size: spec.sector as u32,
             physical_sector_size: 4096,
@@ -174,9 +192,13 @@ fn build(ns: &Arc<dyn Namespace>, spec: &ChainSpec) -> (Vec<PathBuf>, Vec<u8>) {
     let mut paths = vec![base];
     for (i, c) in spec.children.iter().enumerate() {
         let parent = paths.last().unwrap().clone();
-        let path = PathBuf::from(format!("/c/child{i}.{}", if spec.vhdx { "avhdx" } else { "vhd" }));
+        let path = PathBuf::from(format!(
+            "/c/child{i}.{}",
+            if spec.vhdx { "avhdx" } else { "vhd" }
+        ));
         let p = open_image_file(ns, &parent, &ChainOptions::default()).expect("open parent");
-        let mut spec_p = formats::create::parent_spec(ns, p.as_ref(), &parent, &path).expect("spec");
+        let mut spec_p =
+            formats::create::parent_spec(ns, p.as_ref(), &parent, &path).expect("spec");
         drop(p);
         let vsize = model.len() as u64 + c.grow_mib * MIB;
         spec_p.virtual_size = model.len() as u64;
@@ -204,7 +226,11 @@ fn run_case(spec: &ChainSpec) -> Result<(), TestCaseError> {
     let (_mem, ns) = ns();
     let (paths, model) = build(&ns, spec);
     let source = paths.last().unwrap().clone();
-    prop_assert_eq!(read_all(&ns, &source), model.clone(), "chain reads its model before the merge");
+    prop_assert_eq!(
+        read_all(&ns, &source),
+        model.clone(),
+        "chain reads its model before the merge"
+    );
     let dest = paths[paths.len() - 1 - spec.dest].clone();
     let out = merge::run(
         &ns,
@@ -218,7 +244,10 @@ fn run_case(spec: &ChainSpec) -> Result<(), TestCaseError> {
     prop_assert_eq!(out.return_value, 0, "merge failed: {:?}", out.error);
     let got = read_all(&ns, &dest);
     prop_assert_eq!(got.len(), model.len());
-    prop_assert!(got == model, "destination differs from the pre-merge view of the source");
+    prop_assert!(
+        got == model,
+        "destination differs from the pre-merge view of the source"
+    );
     let errs = errors(&ns, &dest);
     prop_assert!(errs.is_empty(), "check errors after merge: {:?}", errs);
     Ok(())
@@ -241,7 +270,11 @@ fn merge_refuses_a_base_image_as_source() {
         sector: 512,
         base_mib: 4,
         base_block: 1 << 20,
-        base_ops: vec![Op::Write { at: 0, len: 8, seed: 1 }],
+        base_ops: vec![Op::Write {
+            at: 0,
+            len: 8,
+            seed: 1,
+        }],
         children: vec![],
         dest: 1,
     };
@@ -249,7 +282,10 @@ fn merge_refuses_a_base_image_as_source() {
     let before = _m.get(&paths[0]);
     let out = merge::run(
         &ns,
-        &MergeRequest { source: paths[0].clone(), ..Default::default() },
+        &MergeRequest {
+            source: paths[0].clone(),
+            ..Default::default()
+        },
         &JobHandle::new(),
     );
     assert_eq!(out.return_value, 32770, "{:?}", out.error);

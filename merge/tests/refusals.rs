@@ -38,7 +38,11 @@ fn create(ns: &Arc<dyn Namespace>, path: &Path, parent: Option<&Path>, vhdx: boo
         params.disk_type = DiskType::Differencing;
     }
     formats::create::create_file(ns, path, &params).unwrap();
-    let opts = ChainOptions { access: Access::Write, writable: true, ..Default::default() };
+    let opts = ChainOptions {
+        access: Access::Write,
+        writable: true,
+        ..Default::default()
+    };
     let mut img = open_image_file(ns, path, &opts).unwrap();
     img.write_sectors(4096, &vec![0x5a; 8192]).unwrap();
 }
@@ -46,7 +50,11 @@ fn create(ns: &Arc<dyn Namespace>, path: &Path, parent: Option<&Path>, vhdx: boo
 /// base <- mid <- top in `dir`.
 fn chain(dir: &Path, vhdx: bool) -> (PathBuf, PathBuf, PathBuf) {
     let ns = fs();
-    let (e, c) = if vhdx { ("vhdx", "avhdx") } else { ("vhd", "vhd") };
+    let (e, c) = if vhdx {
+        ("vhdx", "avhdx")
+    } else {
+        ("vhd", "vhd")
+    };
     let base = dir.join(format!("base.{e}"));
     let mid = dir.join(format!("mid.{c}"));
     let top = dir.join(format!("top2.{c}"));
@@ -90,7 +98,9 @@ fn refusals_change_nothing() {
         create(&fs(), &other, None, vhdx);
         refused(d.path(), 32773, || merge(&top, Some(&other), false));
         // Missing source.
-        refused(d.path(), 32779, || merge(&d.path().join("nope.vhdx"), None, false));
+        refused(d.path(), 32779, || {
+            merge(&d.path().join("nope.vhdx"), None, false)
+        });
         // A file of the chain locked by someone else.
         {
             let held = FsNamespace.open(&base, Access::Read).unwrap();
@@ -104,7 +114,11 @@ fn refusals_change_nothing() {
         std::fs::remove_file(&sib).unwrap();
         // Broken linkage: the parent changed after the child was made.
         {
-            let opts = ChainOptions { access: Access::Write, writable: true, ..Default::default() };
+            let opts = ChainOptions {
+                access: Access::Write,
+                writable: true,
+                ..Default::default()
+            };
             let mut img = open_image_file(&fs(), &base, &opts).unwrap();
             img.write_sectors(0, &[7u8; 512]).unwrap();
         }

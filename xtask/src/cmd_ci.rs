@@ -40,7 +40,14 @@ pub fn run(args: CiArgs) -> u8 {
     c.args(["fmt", "--all", "--check"]);
     steps.push(("fmt", c));
     let mut c = cargo();
-    c.args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
+    c.args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]);
     steps.push(("clippy", c));
     let mut c = cargo();
     c.args(["test", "--workspace"]);

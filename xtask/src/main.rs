@@ -3,8 +3,9 @@
 //! scripts.
 
 mod cli_util;
-mod cmd_ci;
+mod cmd_bench;
 mod cmd_check;
+mod cmd_ci;
 mod cmd_convert;
 mod cmd_create;
 mod cmd_demo;
@@ -63,6 +64,11 @@ enum Cmd {
     Merge(cmd_merge::MergeArgs),
     /// Build a three-level VHDX chain under target/demo, merge it and verify the result.
     Demo(cmd_demo::DemoArgs),
+    /// Merge throughput, memory and scaling against cp and qemu-img.
+    Bench(cmd_bench::BenchArgs),
+    /// Run a command and print its wall time and peak RSS (used by bench).
+    #[command(hide = true)]
+    Measure(cmd_bench::MeasureArgs),
     /// Run everything CI runs (fmt, clippy, tests, demo, sim and fuzz slices).
     Ci(cmd_ci::CiArgs),
 }
@@ -78,6 +84,8 @@ fn main() -> ExitCode {
         Cmd::Merge(a) => cmd_merge::run(a),
         Cmd::Demo(a) => cmd_demo::run(a),
         Cmd::Ci(a) => cmd_ci::run(a),
+        Cmd::Bench(a) => cmd_bench::run(a),
+        Cmd::Measure(a) => cmd_bench::measure(a),
     };
     ExitCode::from(code)
 }

@@ -1,25 +1,32 @@
-//! Placeholder until the driver lands.
-use std::sync::Arc;
+//! The VHDX driver (FORMATS.md section 3): one module per on-disk
+//! structure, the log, and the image driver built on them.
 
-use crate::image::Image;
-use crate::params::OpenOptions;
+pub(crate) mod codec;
 
-use crate::{Error, Result, Storage};
+pub mod bat;
+pub mod batch;
+pub mod check;
+pub mod create;
+pub mod file_identifier;
+pub mod header;
+pub mod image;
+pub mod log;
+pub mod metadata_items;
+pub mod metadata_table;
+pub mod overlay;
+pub mod region_table;
+pub mod sector_bitmap;
+pub mod write;
 
-/// Open a VHDX image (format already detected).
-pub fn open_image(
-    name: &str,
-    _storage: Arc<dyn Storage>,
-
-    _opts: OpenOptions,
-) -> Result<Box<dyn Image>> {
-    Err(Error::Unsupported {
-        file: name.into(),
-        message: "driver not built yet".into(),
-    })
-}
-
-/// Placeholder.
-pub fn create(_storage: &dyn Storage, _params: &crate::params::CreateParams) -> Result<()> {
-    Err(Error::InvalidParameter("driver not built yet".into()))
-}
+pub use bat::{BatEntry, BatGeometry};
+pub use create::create;
+pub use file_identifier::FileIdentifier;
+pub use header::VhdxHeader;
+pub use image::{open_image, VhdxImage};
+pub use log::{DataDescriptor, DataSector, Descriptor, LogEntryHeader, ZeroDescriptor};
+pub use metadata_items::{
+    FileParameters, LogicalSectorSize, ParentLocatorHeader, ParentLocatorKeyValueEntry,
+    PhysicalSectorSize, VirtualDiskId, VirtualDiskSize,
+};
+pub use metadata_table::{MetadataTable, MetadataTableEntry, MetadataTableHeader};
+pub use region_table::{RegionTable, RegionTableEntry, RegionTableHeader};

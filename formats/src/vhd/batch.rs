@@ -1,0 +1,583 @@
+//! The merge's atomic write path (DESIGN.md section 5, VHD bullets).
+//!
+//! Dynamic / differencing: shadow paging. Every staged byte goes into fresh
+//! space past the committed end of the file; blocks the image already holds
+//! are copied on write. `prepare` writes a complete new BAT and dynamic
+//! header there too; `commit` switches to them with one 512-byte write of the
+//! end footer (Data Offset -> new header), then refreshes the copy at 0.
+//! The old BAT, header slot and copied blocks are leaked (a later compaction
+//! can reclaim them).
+//!
+//! Crash safety: the file must end in a valid footer describing the old image
+//! until the commit. Fresh space is therefore *reserved*: a copy of the
+//! current footer is written (and flushed) at the end of a reserved region
+//! before anything is written inside it, so whatever subset of later writes
+//! survives, EOF-512 is a valid old footer and no committed structure
+//! references the fresh bytes.
+//!
+//! Fixed: a redo journal (see `journal.rs`).
+
+use std::sync::Arc;
+
+use super::bat::{BlockAllocationTable, BAT_UNALLOCATED};
+use super::codec::align512;
+use super::footer::{HardDiskFooter, FOOTER_SIZE};
+use super::geometry::chs_for_size;
+use super::image::{FooterSource, VhdImage, MAX_SPARSE_SIZE};
+use super::journal::{
+    self, JournalHeader, JournalRecordHeader, JOURNAL_HEADER_SIZE, RECORD_COMMIT, RECORD_DATA,
+    RECORD_HEADER_SIZE, RECORD_ZERO,
+};
+use super::write::ZEROS;
+use crate::error::IoContext;
+use crate::image::MergeBatch;
+use crate::params::Identity;
+use crate::{Error, Result, Storage};
+
+/// Reservations grow geometrically from this size, capped at `MAX_RESERVE`.
+const MIN_RESERVE: u64 = 4 << 20;
+const MAX_RESERVE: u64 = 1 << 30;
+
+pub(super) fn begin(img: &mut VhdImage) -> Result<Box<dyn MergeBatch + '_>> {
+    if !img.opts.writable {
+        return Err(Error::PermissionDenied {
+            file: img.name.clone(),
+            message: "a merge batch needs a writable open".into(),
+        });
+    }
+    if img.footer.saved_state != 0 {
+        return Err(Error::Unsupported {
+            file: img.name.clone(),
+            message:
+                "the image holds a saved VM state (Saved State = 1); structural changes are refused"
+                    .into(),
+        });
+    }
+    if img.sparse.is_some() {
+        Ok(Box::new(ShadowBatch::new(img)?))
+    } else {
+        Ok(Box::new(JournalBatch::new(img)?))
+    }
+}
+
+fn new_footer(
+    old: &HardDiskFooter,
+    new_size: u64,
+    id: Identity,
+    name: &str,
+) -> Result<HardDiskFooter> {
+    let Identity::Vhd {
+        unique_id,
+        timestamp,
+    } = id
+    else {
+        return Err(Error::InvalidParameter(format!(
+            "{name}: a VHD takes a VHD identity (unique id + time stamp)"
+        )));
+    };
+    let mut f = old.clone();
+    f.unique_id = unique_id;
+    f.time_stamp = timestamp;
+    if new_size != old.current_size {
+        f.current_size = new_size;
+        let (c, h, s) = chs_for_size(new_size);
+        f.cylinders = c;
+        f.heads = h;
+        f.sectors_per_track = s;
+    }
+    Ok(f)
+}
+
+fn check_grow(name: &str, old: u64, new: u64, cap: u64) -> Result<()> {
+    if new < old || !new.is_multiple_of(512) || new > cap {
+        return Err(Error::InvalidParameter(format!(
+            "{name}: cannot grow from {old} to {new} bytes (must not shrink, whole sectors, at most {cap})"
+        )));
+    }
+    Ok(())
+}
+
+struct ShadowBatch<'a> {
+    img: &'a mut VhdImage,
+    st: Arc<dyn Storage>,
+    new_bat: Vec<u32>,
+    /// One bit per block: already moved to fresh space in this batch.
+    fresh: Vec<u64>,
+    /// Next fresh byte.
+    next_free: u64,
+    /// Offset of the footer copy that ends the file (reservation end).
+    reserved_at: u64,
+    /// Superseded reservation footer copies: fresh space to zero if a new
+    /// (not copied) block lands on them.
+    stale: Vec<u64>,
+    old_footer: [u8; FOOTER_SIZE],
+    new_size: u64,
+    /// (BAT offset, header offset, footer offset) once prepared.
+    prepared: Option<(u64, u64, u64)>,
+}
+
+impl<'a> ShadowBatch<'a> {
+    fn new(img: &'a mut VhdImage) -> Result<Self> {
+        let st = Arc::clone(&img.storage);
+        let len = st.len().ctx(&img.name)?;
+        let Some(s) = &img.sparse else {
+            return Err(Error::InvalidParameter("not a dynamic VHD".into()));
+        };
+        let new_bat = s.bat.clone();
+        let fresh = vec![0u64; new_bat.len().div_ceil(64)];
+        let old_footer = img.footer.to_bytes()?;
+        let next_free =
+            align512(len).ok_or_else(|| Error::InvalidParameter("file too large".into()))?;
+        let ok_end = img.footer_source == FooterSource::End;
+        let new_size = img.footer.current_size;
+        let mut b = ShadowBatch {
+            img,
+            st,
+            new_bat,
+            fresh,
+            next_free,
+            reserved_at: len.saturating_sub(FOOTER_SIZE as u64),
+            stale: Vec::new(),
+            old_footer,
+            new_size,
+            prepared: None,
+        };
+        if !ok_end {
+            // Make sure the file ends in a valid footer before anything else.
+            b.reserve(b.next_free + FOOTER_SIZE as u64)?;
+        }
+        Ok(b)
+    }
+
+    fn name(&self) -> String {
+        self.img.name.clone()
+    }
+
+    /// Make `[.., upto)` fresh space that lies before the footer copy ending
+    /// the file.
+    fn reserve(&mut self, upto: u64) -> Result<()> {
+        if upto <= self.reserved_at {
+            return Ok(());
+        }
+        let grown = self
+            .reserved_at
+            .saturating_sub(self.next_free.min(self.reserved_at));
+        let step = grown.clamp(MIN_RESERVE, MAX_RESERVE);
+        let at = align512(upto.max(self.reserved_at.saturating_add(step)))
+            .ok_or_else(|| Error::InvalidParameter("file too large".into()))?;
+        self.st.write_at(&self.old_footer, at).ctx(&self.name())?;
+        // Ordering: the new last sector (a copy of the committed footer) is
+        // durable before any write lands in the space it covers.
+        self.st.flush().ctx(&self.name())?;
+        if self.reserved_at >= self.next_free {
+            self.stale.push(self.reserved_at);
+        }
+        self.reserved_at = at;
+        Ok(())
+    }
+
+    fn alloc(&mut self, bytes: u64) -> Result<u64> {
+        let at = self.next_free;
+        let end = at
+            .checked_add(bytes)
+            .and_then(align512)
+            .ok_or_else(|| Error::InvalidParameter("file too large".into()))?;
+        self.reserve(end)?;
+        self.next_free = end;
+        Ok(at)
+    }
+
+    fn is_fresh(&self, b: u64) -> bool {
+        self.fresh
+            .get((b / 64) as usize)
+            .is_some_and(|w| w & (1 << (b % 64)) != 0)
+    }
+
+    /// The fresh copy of block `b` (bitmap offset), creating it.
+    fn fresh_block(&mut self, b: u64) -> Result<u64> {
+        let name = self.name();
+        let (span, bitmap_bytes, table_offset) = {
+            let s = self
+                .img
+                .sparse
+                .as_ref()
+                .ok_or_else(|| Error::InvalidParameter("not dynamic".into()))?;
+            (s.block_span(), s.bitmap_bytes, s.header.table_offset)
+        };
+        let entry = self.new_bat.get(b as usize).copied().ok_or_else(|| {
+            Error::InvalidParameter(format!("{name}: block {b} beyond the table"))
+        })?;
+        if self.is_fresh(b) {
+            return Ok(u64::from(entry) * 512);
+        }
+        let at = self.alloc(span)?;
+        let sector = u32::try_from(at / 512)
+            .ok()
+            .filter(|s| *s != BAT_UNALLOCATED)
+            .ok_or_else(|| Error::Unsupported {
+                file: name.clone(),
+                message: "a VHD file cannot grow past 2 TiB (32-bit BAT sector numbers)".into(),
+            })?;
+        if entry != BAT_UNALLOCATED {
+            // Copy on write: bitmap and data of the committed block.
+            let old = u64::from(entry) * 512;
+            let len = self.st.len().ctx(&name)?;
+            if old + span > len {
+                return Err(Error::corrupt(
+                    &name,
+                    "block allocation table",
+                    table_offset + 4 * b,
+                    format!("block {b} at {old:#x} lies outside the file"),
+                ));
+            }
+            self.st
+                .copy_from(self.st.as_ref(), old, at, span)
+                .ctx(&name)?;
+        } else {
+            self.st
+                .write_at(&vec![0u8; bitmap_bytes as usize], at)
+                .ctx(&name)?;
+            // Unwritten sectors of a new block must read zeros: clear any
+            // superseded reservation footer that lies in its data area.
+            for &f in &self.stale {
+                if f >= at + bitmap_bytes && f < at + span {
+                    self.st.write_at(&[0u8; FOOTER_SIZE], f).ctx(&name)?;
+                }
+            }
+        }
+        if let Some(w) = self.fresh.get_mut((b / 64) as usize) {
+            *w |= 1 << (b % 64);
+        }
+        if let Some(e) = self.new_bat.get_mut(b as usize) {
+            *e = sector;
+        }
+        Ok(at)
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<()> {
+        if !offset.is_multiple_of(512)
+            || !len.is_multiple_of(512)
+            || offset.checked_add(len).is_none_or(|e| e > self.new_size)
+        {
+            return Err(Error::InvalidParameter(format!(
+                "{}: range {offset}+{len} is not whole sectors inside the {}-byte disk",
+                self.img.name, self.new_size
+            )));
+        }
+        if self.prepared.is_some() {
+            return Err(Error::InvalidParameter("batch already prepared".into()));
+        }
+        Ok(())
+    }
+
+    fn block_size(&self) -> (u64, u64, bool) {
+        self.img
+            .sparse
+            .as_ref()
+            .map(|s| (s.block_size, s.bitmap_bytes, s.differencing))
+            .unwrap_or((512, 512, false))
+    }
+
+    /// Stage `[offset, offset+len)`; `fill` writes one piece at a file offset.
+    fn stage(
+        &mut self,
+        offset: u64,
+        len: u64,
+        zero: bool,
+        mut fill: impl FnMut(&dyn Storage, u64, u64, u64) -> std::io::Result<()>,
+    ) -> Result<()> {
+        self.check_range(offset, len)?;
+        let (bs, bitmap_bytes, differencing) = self.block_size();
+        let name = self.name();
+        let end = offset + len;
+        let mut pos = offset;
+        while pos < end {
+            let b = pos / bs;
+            let in_block = pos % bs;
+            let n = (bs - in_block).min(end - pos);
+            let unallocated = self.new_bat.get(b as usize).copied() == Some(BAT_UNALLOCATED);
+            if zero && !differencing && unallocated {
+                // Dynamic: an unallocated block already reads zeros.
+                pos += n;
+                continue;
+            }
+            let was_fresh_new = unallocated;
+            let base = self.fresh_block(b)?;
+            let data = base + bitmap_bytes + in_block;
+            if !(zero && was_fresh_new) {
+                fill(self.st.as_ref(), pos - offset, data, n).ctx(&name)?;
+            }
+            self.img
+                .set_bits(base, in_block / 512, (in_block + n) / 512)?;
+            pos += n;
+        }
+        Ok(())
+    }
+}
+
+impl MergeBatch for ShadowBatch<'_> {
+    fn write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        self.stage(offset, data.len() as u64, false, |st, rel, at, n| {
+            st.write_at(&data[rel as usize..(rel + n) as usize], at)
+        })
+    }
+
+    fn copy(&mut self, offset: u64, len: u64, src: &dyn Storage, src_offset: u64) -> Result<()> {
+        self.stage(offset, len, false, |st, rel, at, n| {
+            st.copy_from(src, src_offset + rel, at, n)
+        })
+    }
+
+    fn zero(&mut self, offset: u64, len: u64) -> Result<()> {
+        self.stage(offset, len, true, |st, _rel, at, n| {
+            let mut done = 0;
+            while done < n {
+                let k = (ZEROS.len() as u64).min(n - done) as usize;
+                st.write_at(&ZEROS[..k], at + done)?;
+                done += k as u64;
+            }
+            Ok(())
+        })
+    }
+
+    fn grow(&mut self, new_virtual_size: u64) -> Result<()> {
+        check_grow(
+            &self.img.name,
+            self.new_size,
+            new_virtual_size,
+            MAX_SPARSE_SIZE,
+        )?;
+        if self.prepared.is_some() {
+            return Err(Error::InvalidParameter("batch already prepared".into()));
+        }
+        let (bs, _, _) = self.block_size();
+        let entries = new_virtual_size.div_ceil(bs) as usize;
+        if entries > self.new_bat.len() {
+            self.new_bat.resize(entries, BAT_UNALLOCATED);
+            self.fresh.resize(entries.div_ceil(64), 0);
+        }
+        self.new_size = new_virtual_size;
+        Ok(())
+    }
+
+    fn prepare(&mut self) -> Result<()> {
+        if self.prepared.is_some() {
+            return Ok(());
+        }
+        let name = self.name();
+        let Some(s) = &self.img.sparse else {
+            return Ok(());
+        };
+        let mut header = s.header.clone();
+        let count = u32::try_from(self.new_bat.len())
+            .map_err(|_| Error::InvalidParameter(format!("{name}: BAT too large")))?;
+        let bat = BlockAllocationTable {
+            entries: self.new_bat.clone(),
+        }
+        .to_bytes()?;
+        let bat_at = self.alloc(bat.len() as u64)?;
+        let header_at = self.alloc(super::dynamic_header::HEADER_SIZE as u64)?;
+        let footer_at = self.alloc(FOOTER_SIZE as u64)?;
+        header.table_offset = bat_at;
+        header.max_table_entries = count;
+        self.st.write_at(&bat, bat_at).ctx(&name)?;
+        self.st
+            .write_at(&header.to_bytes()?, header_at)
+            .ctx(&name)?;
+        // The old footer at the exact future footer slot, so the file can be
+        // trimmed to end there.
+        self.st.write_at(&self.old_footer, footer_at).ctx(&name)?;
+        // Ordering: everything staged is durable (still unreferenced by the
+        // committed end footer) before the trim and the commit.
+        self.st.flush().ctx(&name)?;
+        let end = footer_at + FOOTER_SIZE as u64;
+        if self.st.len().ctx(&name)? > end {
+            // Either length leaves the file ending in a copy of the old footer.
+            self.st.set_len(end).ctx(&name)?;
+            self.st.flush().ctx(&name)?;
+        }
+        self.prepared = Some((bat_at, header_at, footer_at));
+        Ok(())
+    }
+
+    fn commit(mut self: Box<Self>, new_identity: Identity) -> Result<()> {
+        self.prepare()?;
+        let name = self.name();
+        let Some((bat_at, header_at, footer_at)) = self.prepared else {
+            return Err(Error::InvalidParameter("batch not prepared".into()));
+        };
+        let mut footer = new_footer(&self.img.footer, self.new_size, new_identity, &name)?;
+        footer.data_offset = header_at;
+        let bytes = footer.to_bytes()?;
+        // THE commit point: one 512-byte sector, the end footer now points at
+        // the new header and BAT.
+        self.st.write_at(&bytes, footer_at).ctx(&name)?;
+        self.st.flush().ctx(&name)?;
+        // Then the redundant copy at 0 (a crash before this leaves a stale
+        // copy, reported as a warning and healed by the next writable open).
+        self.st.write_at(&bytes, 0).ctx(&name)?;
+        self.st.flush().ctx(&name)?;
+        let img = &mut *self.img;
+        img.footer = footer;
+        img.footer_offset = footer_at;
+        img.footer_source = FooterSource::End;
+        if let Some(s) = &mut img.sparse {
+            s.header.table_offset = bat_at;
+            s.header.max_table_entries = self.new_bat.len() as u32;
+            s.header_offset = header_at;
+            s.bat = std::mem::take(&mut self.new_bat);
+        }
+        Ok(())
+    }
+}
+
+/// Fixed disk: every change goes into the redo journal first.
+struct JournalBatch<'a> {
+    img: &'a mut VhdImage,
+    slot: crate::storage::JournalSlot,
+    jst: Arc<dyn Storage>,
+    pos: u64,
+    new_size: u64,
+    prepared: bool,
+    /// The commit record may have been written: the journal must survive.
+    committed: bool,
+}
+
+impl<'a> JournalBatch<'a> {
+    fn new(img: &'a mut VhdImage) -> Result<Self> {
+        let Some(slot) = img.journal.clone() else {
+            return Err(Error::Unsupported {
+                file: img.name.clone(),
+                message: "a fixed VHD merge needs a journal slot (<image>.cfjournal)".into(),
+            });
+        };
+        if img.footer_offset != img.footer.current_size {
+            return Err(Error::Unsupported {
+                file: img.name.clone(),
+                message: "fixed VHD whose footer is not right after the data".into(),
+            });
+        }
+        let jname = slot.path.display().to_string();
+        let jst = slot.create().ctx(&jname)?;
+        let len = img.storage.len().ctx(&img.name)?;
+        let h = JournalHeader::new(img.footer.unique_id, img.footer.time_stamp, len);
+        jst.write_at(&h.to_bytes()?, 0).ctx(&jname)?;
+        let new_size = img.footer.current_size;
+        Ok(JournalBatch {
+            img,
+            slot,
+            jst,
+            pos: JOURNAL_HEADER_SIZE,
+            new_size,
+            prepared: false,
+            committed: false,
+        })
+    }
+
+    fn jname(&self) -> String {
+        self.slot.path.display().to_string()
+    }
+
+    fn record(&mut self, kind: u32, offset: u64, length: u64) -> Result<u64> {
+        let jname = self.jname();
+        let h = JournalRecordHeader::data(kind, offset, length).to_bytes()?;
+        self.jst.write_at(&h, self.pos).ctx(&jname)?;
+        self.pos += RECORD_HEADER_SIZE;
+        let data_at = self.pos;
+        if kind == RECORD_DATA {
+            self.pos += length;
+        }
+        Ok(data_at)
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<()> {
+        if !offset.is_multiple_of(512)
+            || !len.is_multiple_of(512)
+            || offset.checked_add(len).is_none_or(|e| e > self.new_size)
+        {
+            return Err(Error::InvalidParameter(format!(
+                "{}: range {offset}+{len} is not whole sectors inside the {}-byte disk",
+                self.img.name, self.new_size
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl MergeBatch for JournalBatch<'_> {
+    fn write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        self.check_range(offset, data.len() as u64)?;
+        let at = self.record(RECORD_DATA, offset, data.len() as u64)?;
+        self.jst.write_at(data, at).ctx(&self.jname())
+    }
+
+    fn copy(&mut self, offset: u64, len: u64, src: &dyn Storage, src_offset: u64) -> Result<()> {
+        self.check_range(offset, len)?;
+        let at = self.record(RECORD_DATA, offset, len)?;
+        self.jst
+            .copy_from(src, src_offset, at, len)
+            .ctx(&self.jname())
+    }
+
+    fn zero(&mut self, offset: u64, len: u64) -> Result<()> {
+        self.check_range(offset, len)?;
+        self.record(RECORD_ZERO, offset, len)?;
+        Ok(())
+    }
+
+    fn grow(&mut self, new_virtual_size: u64) -> Result<()> {
+        check_grow(&self.img.name, self.new_size, new_virtual_size, 1 << 44)?;
+        self.new_size = new_virtual_size;
+        Ok(())
+    }
+
+    fn prepare(&mut self) -> Result<()> {
+        // Staged records durable (the journal is still uncommitted).
+        self.jst.flush().ctx(&self.jname())?;
+        self.prepared = true;
+        Ok(())
+    }
+
+    fn commit(mut self: Box<Self>, new_identity: Identity) -> Result<()> {
+        let (name, jname) = (self.img.name.clone(), self.jname());
+        let old_size = self.img.footer.current_size;
+        let footer = new_footer(&self.img.footer, self.new_size, new_identity, &name)?;
+        let fb = footer.to_bytes()?;
+        if self.new_size != old_size {
+            // The old footer becomes disk data: zeros.
+            let old_len = self.img.storage.len().ctx(&name)?;
+            self.record(RECORD_ZERO, old_size, old_len.min(self.new_size) - old_size)?;
+        }
+        // Last record: the new footer (journal::recover reads the new
+        // identity from it).
+        let at = self.record(RECORD_DATA, self.new_size, FOOTER_SIZE as u64)?;
+        self.jst.write_at(&fb, at).ctx(&jname)?;
+        self.jst.flush().ctx(&jname)?;
+        let mut c = JournalRecordHeader::data(RECORD_COMMIT, self.pos, 0);
+        c.crc = journal::crc_of(self.jst.as_ref(), self.pos).ctx(&jname)?;
+        self.committed = true;
+        self.jst.write_at(&c.to_bytes()?, self.pos).ctx(&jname)?;
+        // THE commit point: the commit record durable. Records were flushed
+        // before it, so a surviving commit record implies complete records
+        // (and the CRC rejects any torn state anyway).
+        self.jst.flush().ctx(&jname)?;
+        let cj = journal::scan(self.jst.as_ref(), &jname)?
+            .map_err(|why| Error::corrupt(&jname, "redo journal", 0, why))?;
+        journal::apply(self.img.storage.as_ref(), self.jst.as_ref(), &cj, &name)?;
+        // Ordering: apply is flushed (inside apply) before the journal goes.
+        self.slot.remove().ctx(&jname)?;
+        self.img.footer = footer;
+        self.img.footer_offset = self.new_size;
+        Ok(())
+    }
+}
+
+impl Drop for JournalBatch<'_> {
+    fn drop(&mut self) {
+        // An abandoned batch leaves an uncommitted journal; it is discarded
+        // by the next open, but remove it now when possible.
+        if !self.committed {
+            let _ = self.slot.remove();
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! Full validation (FORMATS.md 2.9). Everything open refused is already an
+//! error; this adds what open tolerates: warnings, blocks outside the file,
+//! overlapping structures, a stale footer copy.
+
+use super::bat::{BlockAllocationTable, BAT_UNALLOCATED};
+use super::dynamic_header::HEADER_SIZE;
+use super::footer::{HardDiskFooter, FEATURES_RESERVED, FILE_FORMAT_VERSION, FOOTER_SIZE};
+use super::image::{FooterSource, VhdImage};
+use crate::error::IoContext;
+use crate::{Finding, Result};
+
+/// Findings of one kind beyond this are summarised.
+const MAX_PER_KIND: usize = 50;
+
+pub(super) fn check(img: &VhdImage) -> Result<Vec<Finding>> {
+    let name = img.name.as_str();
+    let mut out = img.findings.clone();
+    let f = &img.footer;
+    let foff = match img.footer_source {
+        FooterSource::End => img.footer_offset,
+        FooterSource::CopyAtZero => 0,
+    };
+    if f.file_format_version != FILE_FORMAT_VERSION {
+        out.push(Finding::warning(
+            name,
+            "hard disk footer",
+            foff + 0x0C,
+            format!(
+                "File Format Version {:#010x} is not 0x00010000",
+                f.file_format_version
+            ),
+        ));
+    }
+    if f.features & FEATURES_RESERVED == 0 {
+        out.push(Finding::warning(
+            name,
+            "hard disk footer",
+            foff + 0x08,
+            "Features bit 1 (reserved, must be set) is clear",
+        ));
+    }
+    if f.features & !0x3 != 0 {
+        out.push(Finding::warning(
+            name,
+            "hard disk footer",
+            foff + 0x08,
+            format!("Features {:#010x} has undefined bits set", f.features),
+        ));
+    }
+    if f.saved_state != 0 {
+        out.push(Finding::warning(
+            name,
+            "hard disk footer",
+            foff + 0x54,
+            "Saved State is set: the disk belongs to a saved VM; structural changes are refused",
+        ));
+    }
+    let len = img.storage.len().ctx(name)?;
+    let Some(s) = &img.sparse else {
+        if img.footer_offset > f.current_size {
+            out.push(Finding::warning(
+                name,
+                "hard disk footer",
+                img.footer_offset,
+                format!(
+                    "{} bytes between the end of the {}-byte data area and the footer",
+                    img.footer_offset - f.current_size,
+                    f.current_size
+                ),
+            ));
+        }
+        return Ok(out);
+    };
+
+    // The footer copy at 0 must equal the footer in use.
+    if img.footer_source == FooterSource::End && len >= 2 * FOOTER_SIZE as u64 {
+        let mut b = [0u8; FOOTER_SIZE];
+        img.storage.read_at(&mut b, 0).ctx(name)?;
+        let (copy, ok) = HardDiskFooter::parse(&b, name, 0)?;
+        if !copy.cookie_ok() || !ok {
+            out.push(Finding::warning(
+                name,
+                "hard disk footer copy",
+                0u64,
+                "the footer copy at offset 0 is missing or has a bad checksum (repairable)",
+            ));
+        } else if copy != *f {
+            out.push(Finding::warning(
+                name,
+                "hard disk footer copy",
+                0u64,
+                "the footer copy at offset 0 differs from the end footer (repairable)",
+            ));
+        }
+    }
+
+    // Metadata extents: (start, end, what, where the describing field is).
+    let mut meta: Vec<(u64, u64, String, u64)> = vec![
+        (0, FOOTER_SIZE as u64, "footer copy".into(), 0),
+        (
+            s.header_offset,
+            s.header_offset + HEADER_SIZE as u64,
+            "dynamic disk header".into(),
+            foff + 0x10,
+        ),
+        (
+            s.header.table_offset,
+            s.header.table_offset + BlockAllocationTable::disk_size(s.header.max_table_entries),
+            "block allocation table".into(),
+            s.header_offset + 0x10,
+        ),
+    ];
+    for (e, eoff, _) in &s.locators {
+        let start = e.platform_data_offset;
+        let end = start.saturating_add(u64::from(e.platform_data_length));
+        if end > len {
+            continue; // already reported at open
+        }
+        meta.push((
+            start,
+            end,
+            format!("{} parent locator data", e.code_text()),
+            *eoff,
+        ));
+    }
+    if !s.differencing {
+        for (i, e) in s.header.parent_locators.iter().enumerate() {
+            if e.is_used() {
+                out.push(Finding::warning(
+                    name,
+                    "parent locator entry",
+                    s.header_offset + 0x240 + 24 * i as u64,
+                    "a dynamic (non-differencing) disk has a parent locator entry",
+                ));
+            }
+        }
+    }
+    for i in 0..meta.len() {
+        for j in i + 1..meta.len() {
+            let (a, b) = (&meta[i], &meta[j]);
+            if a.0 < b.1 && b.0 < a.1 {
+                out.push(Finding::error(
+                    name,
+                    "file layout",
+                    b.3,
+                    format!(
+                        "{} [{:#x}, {:#x}) overlaps {} [{:#x}, {:#x})",
+                        b.2, b.0, b.1, a.2, a.0, a.1
+                    ),
+                ));
+            }
+        }
+    }
+
+    // Blocks: inside the file (before the end footer), no overlaps.
+    let span = s.block_span();
+    let mut blocks: Vec<(u64, u32)> = Vec::new();
+    let mut outside = 0usize;
+    for (b, &e) in s.bat.iter().enumerate() {
+        if e == BAT_UNALLOCATED {
+            continue;
+        }
+        let start = u64::from(e) * 512;
+        let end = start + span;
+        if end > img.footer_offset {
+            outside += 1;
+            if outside <= MAX_PER_KIND {
+                let what = if end > len {
+                    "lies outside the file"
+                } else {
+                    "overlaps the end footer"
+                };
+                out.push(Finding::error(
+                    name,
+                    "block allocation table",
+                    s.header.table_offset + 4 * b as u64,
+                    format!("block {b} [{start:#x}, {end:#x}) {what} (footer at {:#x}, file {len} bytes)", img.footer_offset),
+                ));
+            }
+        }
+        blocks.push((start, b as u32));
+    }
+    if outside > MAX_PER_KIND {
+        out.push(Finding::error(
+            name,
+            "block allocation table",
+            s.header.table_offset,
+            format!("{} more blocks outside the file", outside - MAX_PER_KIND),
+        ));
+    }
+    blocks.sort_unstable();
+    let mut overlaps = 0usize;
+    for w in blocks.windows(2) {
+        if w[1].0 < w[0].0 + span {
+            overlaps += 1;
+            if overlaps <= MAX_PER_KIND {
+                out.push(Finding::error(
+                    name,
+                    "block allocation table",
+                    s.header.table_offset + 4 * u64::from(w[1].1),
+                    format!(
+                        "block {} at {:#x} overlaps block {} at {:#x}",
+                        w[1].1, w[1].0, w[0].1, w[0].0
+                    ),
+                ));
+            }
+        }
+    }
+    for m in &meta {
+        let first = blocks.partition_point(|b| b.0 + span <= m.0);
+        for b in blocks[first..].iter().take_while(|b| b.0 < m.1) {
+            overlaps += 1;
+            if overlaps <= MAX_PER_KIND {
+                out.push(Finding::error(
+                    name,
+                    "block allocation table",
+                    s.header.table_offset + 4 * u64::from(b.1),
+                    format!(
+                        "block {} [{:#x}, {:#x}) overlaps the {} [{:#x}, {:#x})",
+                        b.1,
+                        b.0,
+                        b.0 + span,
+                        m.2,
+                        m.0,
+                        m.1
+                    ),
+                ));
+            }
+        }
+    }
+    if overlaps > MAX_PER_KIND {
+        out.push(Finding::error(
+            name,
+            "block allocation table",
+            s.header.table_offset,
+            format!("{} more overlapping blocks", overlaps - MAX_PER_KIND),
+        ));
+    }
+    Ok(out)
+}

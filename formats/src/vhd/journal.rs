@@ -1,0 +1,518 @@
+//! The fixed-VHD redo journal (`<image>.cfjournal`, DESIGN.md section 5).
+//!
+//! A fixed VHD has no indirection, so a merge batch logs every change to the
+//! image file here first. Layout: a [`JournalHeader`], then records (a
+//! [`JournalRecordHeader`], followed for data records by `length` bytes), and
+//! a final commit record whose CRC-32C covers every byte before it. A journal
+//! without a matching commit record is torn or unfinished and is discarded;
+//! a committed one is replayed (writable open) or overlaid in memory
+//! (read-only open). Records are absolute overwrites, so replay is idempotent
+//! and a crash during apply is finished by the next writable open.
+
+use std::io;
+use std::sync::Arc;
+
+use binrw::binrw;
+
+use super::codec;
+use super::footer::{HardDiskFooter, FOOTER_SIZE};
+use crate::error::IoContext;
+use crate::params::Identity;
+use crate::storage::{Access, JournalSlot};
+use crate::{Finding, Result, Storage};
+
+pub const JOURNAL_MAGIC: [u8; 8] = *b"cfvhdjnl";
+pub const JOURNAL_VERSION: u32 = 1;
+pub const JOURNAL_HEADER_SIZE: u64 = 48;
+pub const RECORD_HEADER_SIZE: u64 = 32;
+
+pub const RECORD_DATA: u32 = 1;
+pub const RECORD_ZERO: u32 = 2;
+pub const RECORD_COMMIT: u32 = 3;
+
+/// Records may not reach past this image offset (16 TiB): a bound on what a
+/// hostile journal can make replay write.
+const MAX_TARGET: u64 = 1 << 44;
+/// Index size bound for hostile journals.
+const MAX_RECORDS: usize = 1 << 24;
+
+#[binrw]
+#[brw(little)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalHeader {
+    pub magic: [u8; 8],
+    pub version: u32,
+    pub header_size: u32,
+    /// Identity of the image the journal was written against.
+    pub unique_id: [u8; 16],
+    pub time_stamp: u32,
+    pub reserved: u32,
+    /// Image file length when the journal was started.
+    pub image_length: u64,
+}
+
+#[binrw]
+#[brw(little)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalRecordHeader {
+    pub kind: u32,
+    pub reserved: u32,
+    /// Data/zero: image byte offset. Commit: journal length before it.
+    pub offset: u64,
+    /// Data/zero: bytes. Commit: 0.
+    pub length: u64,
+    /// Commit: CRC-32C of the journal bytes before this record.
+    pub crc: u32,
+    pub reserved2: u32,
+}
+
+impl JournalHeader {
+    pub fn new(identity: [u8; 16], time_stamp: u32, image_length: u64) -> Self {
+        JournalHeader {
+            magic: JOURNAL_MAGIC,
+            version: JOURNAL_VERSION,
+            header_size: JOURNAL_HEADER_SIZE as u32,
+            unique_id: identity,
+            time_stamp,
+            reserved: 0,
+            image_length,
+        }
+    }
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        codec::encode(self, "journal header")
+    }
+}
+
+impl JournalRecordHeader {
+    pub fn data(kind: u32, offset: u64, length: u64) -> Self {
+        JournalRecordHeader {
+            kind,
+            reserved: 0,
+            offset,
+            length,
+            crc: 0,
+            reserved2: 0,
+        }
+    }
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        codec::encode(self, "journal record")
+    }
+}
+
+/// One indexed change: bytes `[offset, offset+length)` of the image become
+/// the journal bytes at `data_at` (None: zeros).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalRecord {
+    pub offset: u64,
+    pub length: u64,
+    pub data_at: Option<u64>,
+}
+
+/// A committed journal, indexed (record data stays in the file).
+#[derive(Debug, Clone)]
+pub struct CommittedJournal {
+    pub header: JournalHeader,
+    pub records: Vec<JournalRecord>,
+}
+
+impl CommittedJournal {
+    /// Image length after replay.
+    pub fn final_length(&self) -> u64 {
+        self.records
+            .iter()
+            .map(|r| r.offset + r.length)
+            .max()
+            .unwrap_or(0)
+            .max(self.header.image_length)
+    }
+}
+
+/// CRC-32C of `[0, len)` of a storage, read in bounded pieces.
+pub fn crc_of(st: &dyn Storage, len: u64) -> io::Result<u32> {
+    let mut buf = vec![0u8; (1 << 20).min(len) as usize];
+    let mut crc = 0u32;
+    let mut pos = 0;
+    while pos < len {
+        let n = (buf.len() as u64).min(len - pos) as usize;
+        st.read_at(&mut buf[..n], pos)?;
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+        pos += n as u64;
+    }
+    Ok(crc)
+}
+
+/// Scan a journal. Ok(Err(reason)) when it is not a valid committed journal.
+pub fn scan(st: &dyn Storage, file: &str) -> Result<std::result::Result<CommittedJournal, String>> {
+    let len = st.len().ctx(file)?;
+    if len < JOURNAL_HEADER_SIZE {
+        return Ok(Err(format!(
+            "journal is {len} bytes, shorter than its header"
+        )));
+    }
+    let mut hb = [0u8; JOURNAL_HEADER_SIZE as usize];
+    st.read_at(&mut hb, 0).ctx(file)?;
+    let header: JournalHeader = codec::decode(&hb, file, "journal header", 0)?;
+    if header.magic != JOURNAL_MAGIC || header.version != JOURNAL_VERSION {
+        return Ok(Err("bad journal magic or version".into()));
+    }
+    let mut records = Vec::new();
+    let mut pos = JOURNAL_HEADER_SIZE;
+    loop {
+        // Each iteration consumes at least RECORD_HEADER_SIZE bytes of a
+        // file of known length, so the loop is bounded.
+        let Some(end) = pos.checked_add(RECORD_HEADER_SIZE).filter(|e| *e <= len) else {
+            return Ok(Err(format!("no commit record (journal ends at {len})")));
+        };
+        let mut rb = [0u8; RECORD_HEADER_SIZE as usize];
+        st.read_at(&mut rb, pos).ctx(file)?;
+        let r: JournalRecordHeader = codec::decode(&rb, file, "journal record", pos)?;
+        match r.kind {
+            RECORD_DATA | RECORD_ZERO => {
+                let target_end = r.offset.checked_add(r.length).filter(|e| *e <= MAX_TARGET);
+                if target_end.is_none() {
+                    return Ok(Err(format!("record at {pos} targets beyond 16 TiB")));
+                }
+                let data_at = if r.kind == RECORD_DATA {
+                    let Some(next) = end.checked_add(r.length).filter(|e| *e <= len) else {
+                        return Ok(Err(format!("record at {pos} is truncated")));
+                    };
+                    let at = end;
+                    pos = next;
+                    Some(at)
+                } else {
+                    pos = end;
+                    None
+                };
+                if records.len() >= MAX_RECORDS {
+                    return Ok(Err("too many journal records".into()));
+                }
+                records.push(JournalRecord {
+                    offset: r.offset,
+                    length: r.length,
+                    data_at,
+                });
+            }
+            RECORD_COMMIT => {
+                if r.offset != pos {
+                    return Ok(Err(format!(
+                        "commit record at {pos} names length {}",
+                        r.offset
+                    )));
+                }
+                let crc = crc_of(st, pos).ctx(file)?;
+                if crc != r.crc {
+                    return Ok(Err(format!(
+                        "commit record CRC-32C {:#010x} does not match the journal ({crc:#010x})",
+                        r.crc
+                    )));
+                }
+                return Ok(Ok(CommittedJournal { header, records }));
+            }
+            k => return Ok(Err(format!("unknown record kind {k} at {pos}"))),
+        }
+    }
+}
+
+/// The identity the journal gives the image: that of its last record when
+/// it is a complete, valid footer.
+fn new_identity(st: &dyn Storage, j: &CommittedJournal, file: &str) -> Option<Identity> {
+    let last = j.records.last()?;
+    if last.length != FOOTER_SIZE as u64 {
+        return None;
+    }
+    let mut b = [0u8; FOOTER_SIZE];
+    st.read_at(&mut b, last.data_at?).ok()?;
+    let (f, ok) = HardDiskFooter::parse(&b, file, 0).ok()?;
+    (ok && f.cookie_ok()).then(|| f.identity())
+}
+
+/// The identity of the image's current end footer, if it is valid.
+fn image_identity(image: &dyn Storage) -> Option<Identity> {
+    let len = image.len().ok()?;
+    let mut b = [0u8; FOOTER_SIZE];
+    image
+        .read_at(&mut b, len.checked_sub(FOOTER_SIZE as u64)?)
+        .ok()?;
+    let (f, ok) = HardDiskFooter::parse(&b, "", 0).ok()?;
+    (ok && f.cookie_ok()).then(|| f.identity())
+}
+
+/// Write the records into the image and flush.
+pub fn apply(
+    image: &dyn Storage,
+    jst: &dyn Storage,
+    j: &CommittedJournal,
+    file: &str,
+) -> Result<()> {
+    let zeros = vec![0u8; 1 << 20];
+    for r in &j.records {
+        match r.data_at {
+            Some(at) => image.copy_from(jst, at, r.offset, r.length).ctx(file)?,
+            None => {
+                let mut done = 0;
+                while done < r.length {
+                    let n = (zeros.len() as u64).min(r.length - done) as usize;
+                    image.write_at(&zeros[..n], r.offset + done).ctx(file)?;
+                    done += n as u64;
+                }
+            }
+        }
+    }
+    // Ordering: the applied image must be durable before the journal that
+    // could redo it is removed.
+    image.flush().ctx(file)
+}
+
+/// What open found in the journal slot.
+pub enum Recovery {
+    /// No journal, or it was replayed/removed.
+    Clean,
+    /// Read-only open of a committed journal: read through this overlay.
+    Overlay(Arc<dyn Storage>),
+}
+
+/// Handle a journal beside the image at open time.
+pub fn recover(
+    name: &str,
+    image: &Arc<dyn Storage>,
+    slot: &JournalSlot,
+    writable: bool,
+    findings: &mut Vec<Finding>,
+) -> Result<Recovery> {
+    let jname = slot.path.display().to_string();
+    let Some(jst) = slot
+        .open_existing(if writable {
+            Access::Write
+        } else {
+            Access::Read
+        })
+        .ctx(&jname)?
+    else {
+        return Ok(Recovery::Clean);
+    };
+    let verdict = scan(jst.as_ref(), &jname)?;
+    let verdict = verdict.and_then(|j| {
+        let old = Identity::Vhd {
+            unique_id: j.header.unique_id,
+            timestamp: j.header.time_stamp,
+        };
+        match image_identity(image.as_ref()) {
+            // A footer torn by an interrupted apply: the journal finishes it.
+            None => Ok(j),
+            Some(id) if id == old || Some(id) == new_identity(jst.as_ref(), &j, &jname) => Ok(j),
+            Some(_) => Err("journal belongs to another state of the image".to_string()),
+        }
+    });
+    match (verdict, writable) {
+        (Ok(j), true) => {
+            apply(image.as_ref(), jst.as_ref(), &j, name)?;
+            drop(jst);
+            slot.remove().ctx(&jname)?;
+            Ok(Recovery::Clean)
+        }
+        (Ok(j), false) => {
+            findings.push(Finding::warning(
+                name,
+                "redo journal",
+                None,
+                format!(
+                    "{jname}: committed journal not yet applied ({} records); reads show its content, a writable open applies it",
+                    j.records.len()
+                ),
+            ));
+            Ok(Recovery::Overlay(Arc::new(JournalOverlay::new(
+                Arc::clone(image),
+                jst,
+                j,
+                name,
+            )?)))
+        }
+        (Err(why), true) => {
+            drop(jst);
+            slot.remove().ctx(&jname)?;
+            findings.push(Finding::warning(
+                name,
+                "redo journal",
+                None,
+                format!("{jname}: discarded an uncommitted journal: {why}"),
+            ));
+            Ok(Recovery::Clean)
+        }
+        (Err(why), false) => {
+            findings.push(Finding::warning(
+                name,
+                "redo journal",
+                None,
+                format!("{jname}: ignoring an uncommitted journal: {why}"),
+            ));
+            Ok(Recovery::Clean)
+        }
+    }
+}
+
+/// A read-only view of the image with a committed journal laid over it.
+/// Reads walk the record index (later records win); no record data is held
+/// in memory.
+#[derive(Debug)]
+pub struct JournalOverlay {
+    base: Arc<dyn Storage>,
+    journal: Arc<dyn Storage>,
+    records: Vec<JournalRecord>,
+    len: u64,
+}
+
+impl JournalOverlay {
+    pub fn new(
+        base: Arc<dyn Storage>,
+        journal: Arc<dyn Storage>,
+        j: CommittedJournal,
+        file: &str,
+    ) -> Result<Self> {
+        let base_len = base.len().ctx(file)?;
+        let len = j.final_length().max(base_len);
+        Ok(JournalOverlay {
+            base,
+            journal,
+            records: j.records,
+            len,
+        })
+    }
+}
+
+impl Storage for JournalOverlay {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .filter(|e| *e <= self.len)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "read past end of file"))?;
+        let base_len = self.base.len()?;
+        let in_base = base_len.clamp(offset, end) - offset;
+        if in_base > 0 {
+            self.base.read_at(&mut buf[..in_base as usize], offset)?;
+        }
+        buf[in_base as usize..].fill(0);
+        for r in &self.records {
+            let (s, e) = (r.offset.max(offset), (r.offset + r.length).min(end));
+            if s >= e {
+                continue;
+            }
+            let dst = &mut buf[(s - offset) as usize..(e - offset) as usize];
+            match r.data_at {
+                Some(at) => self.journal.read_at(dst, at + (s - r.offset))?,
+                None => dst.fill(0),
+            }
+        }
+        Ok(())
+    }
+    fn write_at(&self, _buf: &[u8], _offset: u64) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "read-only view of an image with a pending journal",
+        ))
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.len)
+    }
+    fn set_len(&self, _len: u64) -> io::Result<()> {
+        self.write_at(&[], 0)
+    }
+    fn flush(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemStorage;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn headers_round_trip(id in any::<[u8; 16]>(), ts in any::<u32>(), len in any::<u64>(),
+                              kind in any::<u32>(), off in any::<u64>(), l in any::<u64>(), crc in any::<u32>()) {
+            let h = JournalHeader::new(id, ts, len);
+            let b = h.to_bytes().unwrap();
+            prop_assert_eq!(b.len() as u64, JOURNAL_HEADER_SIZE);
+            let back: JournalHeader = codec::decode(&b, "t", "h", 0).unwrap();
+            prop_assert_eq!(back, h);
+            let r = JournalRecordHeader { kind, reserved: 0, offset: off, length: l, crc, reserved2: 0 };
+            let b = r.to_bytes().unwrap();
+            prop_assert_eq!(b.len() as u64, RECORD_HEADER_SIZE);
+            let back: JournalRecordHeader = codec::decode(&b, "t", "r", 0).unwrap();
+            prop_assert_eq!(back, r);
+        }
+
+        #[test]
+        fn scanning_garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+            let mut b = bytes;
+            if b.len() >= 12 {
+                b[..8].copy_from_slice(&JOURNAL_MAGIC);
+                b[8..12].copy_from_slice(&1u32.to_le_bytes());
+            }
+            let st = MemStorage::from_vec(b);
+            let _ = scan(&st, "j");
+        }
+    }
+
+    fn build(records: &[(u32, u64, &[u8])], commit: bool) -> MemStorage {
+        let st = MemStorage::new();
+        st.write_at(&JournalHeader::new([1; 16], 7, 4096).to_bytes().unwrap(), 0)
+            .unwrap();
+        let mut pos = JOURNAL_HEADER_SIZE;
+        for (kind, off, data) in records {
+            let len = if *kind == RECORD_DATA {
+                data.len() as u64
+            } else {
+                512
+            };
+            st.write_at(
+                &JournalRecordHeader::data(*kind, *off, len)
+                    .to_bytes()
+                    .unwrap(),
+                pos,
+            )
+            .unwrap();
+            pos += RECORD_HEADER_SIZE;
+            if *kind == RECORD_DATA {
+                st.write_at(data, pos).unwrap();
+                pos += data.len() as u64;
+            }
+        }
+        if commit {
+            let mut c = JournalRecordHeader::data(RECORD_COMMIT, pos, 0);
+            c.crc = crc_of(&st, pos).unwrap();
+            st.write_at(&c.to_bytes().unwrap(), pos).unwrap();
+        }
+        st
+    }
+
+    #[test]
+    fn committed_journal_overlays_and_torn_one_is_rejected() {
+        let j = build(
+            &[
+                (RECORD_DATA, 10, b"hello"),
+                (RECORD_ZERO, 0, b""),
+                (RECORD_DATA, 600, b"xy"),
+            ],
+            true,
+        );
+        let cj = scan(&j, "j").unwrap().unwrap();
+        assert_eq!(cj.records.len(), 3);
+        assert_eq!(cj.final_length(), 4096);
+        let base: Arc<dyn Storage> = Arc::new(MemStorage::from_vec(vec![9u8; 4096]));
+        let ov = JournalOverlay::new(Arc::clone(&base), Arc::new(j), cj, "i").unwrap();
+        let mut b = vec![0u8; 1024];
+        ov.read_at(&mut b, 0).unwrap();
+        // The zero record (0..512) was after the "hello" record, so it wins.
+        assert!(b[..512].iter().all(|&x| x == 0));
+        assert_eq!(&b[600..602], b"xy");
+        assert_eq!(b[602], 9);
+        let torn = build(&[(RECORD_DATA, 10, b"hello")], true);
+        torn.write_at(b"X", JOURNAL_HEADER_SIZE + RECORD_HEADER_SIZE + 1)
+            .unwrap();
+        assert!(scan(&torn, "j").unwrap().is_err());
+        let uncommitted = build(&[(RECORD_DATA, 10, b"hello")], false);
+        assert!(scan(&uncommitted, "j").unwrap().is_err());
+    }
+}

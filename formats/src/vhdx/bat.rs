@@ -1,0 +1,182 @@
+//! The Block Allocation Table: entry layout, states, and the interleaving
+//! of payload and sector-bitmap entries (3.7).
+
+use binrw::binrw;
+
+use super::codec::le_codec;
+
+pub const PAYLOAD_NOT_PRESENT: u8 = 0;
+pub const PAYLOAD_UNDEFINED: u8 = 1;
+pub const PAYLOAD_ZERO: u8 = 2;
+pub const PAYLOAD_UNMAPPED: u8 = 3;
+/// VHDX 0.95 drafts (and old QEMU) used 5 for UNMAPPED; accepted with a warning.
+pub const PAYLOAD_UNMAPPED_V095: u8 = 5;
+pub const PAYLOAD_FULLY_PRESENT: u8 = 6;
+pub const PAYLOAD_PARTIALLY_PRESENT: u8 = 7;
+pub const SB_NOT_PRESENT: u8 = 0;
+pub const SB_PRESENT: u8 = 6;
+
+const MIB: u64 = 1 << 20;
+const RESERVED_MASK: u64 = 0x000F_FFF8;
+const OFFSET_MASK: u64 = 0xFFFF_FFFF_FFF0_0000;
+
+#[binrw]
+#[brw(little)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BatEntry {
+    pub raw: u64,
+}
+le_codec!(BatEntry, 8);
+
+impl BatEntry {
+    pub fn new(state: u8, file_offset: u64) -> Self {
+        BatEntry {
+            raw: (file_offset & OFFSET_MASK) | u64::from(state & 7),
+        }
+    }
+    pub fn state(self) -> u8 {
+        (self.raw & 7) as u8
+    }
+    pub fn file_offset(self) -> u64 {
+        self.raw & OFFSET_MASK
+    }
+    pub fn file_offset_mb(self) -> u64 {
+        self.raw >> 20
+    }
+    pub fn reserved_bits(self) -> u64 {
+        self.raw & RESERVED_MASK
+    }
+}
+
+pub fn payload_state_name(s: u8) -> &'static str {
+    match s {
+        PAYLOAD_NOT_PRESENT => "NOT_PRESENT",
+        PAYLOAD_UNDEFINED => "UNDEFINED",
+        PAYLOAD_ZERO => "ZERO",
+        PAYLOAD_UNMAPPED => "UNMAPPED",
+        PAYLOAD_UNMAPPED_V095 => "UNMAPPED(v0.95)",
+        PAYLOAD_FULLY_PRESENT => "FULLY_PRESENT",
+        PAYLOAD_PARTIALLY_PRESENT => "PARTIALLY_PRESENT",
+        _ => "reserved",
+    }
+}
+
+/// Sizes and counts derived from the metadata (3.7 formulas).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatGeometry {
+    pub block_size: u64,
+    pub logical_sector_size: u64,
+    pub virtual_size: u64,
+    pub has_parent: bool,
+    pub chunk_ratio: u64,
+    pub payload_blocks: u64,
+    pub sector_bitmap_blocks: u64,
+    pub total_entries: u64,
+}
+
+impl BatGeometry {
+    /// `None` for parameters outside the spec's limits (callers validate
+    /// them first and report which one is wrong).
+    pub fn new(block_size: u64, lss: u64, virtual_size: u64, has_parent: bool) -> Option<Self> {
+        if !block_size.is_power_of_two()
+            || !(MIB..=256 * MIB).contains(&block_size)
+            || !(lss == 512 || lss == 4096)
+        {
+            return None;
+        }
+        let chunk_ratio = ((1u64 << 23) * lss) / block_size;
+        let payload_blocks = virtual_size.div_ceil(block_size);
+        let sector_bitmap_blocks = payload_blocks.div_ceil(chunk_ratio);
+        let total_entries = if has_parent {
+            sector_bitmap_blocks.checked_mul(chunk_ratio + 1)?
+        } else if payload_blocks == 0 {
+            0
+        } else {
+            payload_blocks + (payload_blocks - 1) / chunk_ratio
+        };
+        Some(BatGeometry {
+            block_size,
+            logical_sector_size: lss,
+            virtual_size,
+            has_parent,
+            chunk_ratio,
+            payload_blocks,
+            sector_bitmap_blocks,
+            total_entries,
+        })
+    }
+
+    pub fn payload_index(&self, p: u64) -> u64 {
+        p + p / self.chunk_ratio
+    }
+
+    pub fn sb_index(&self, k: u64) -> u64 {
+        k * (self.chunk_ratio + 1) + self.chunk_ratio
+    }
+
+    /// Whether BAT index `i` is a sector-bitmap entry.
+    pub fn is_sb_index(&self, i: u64) -> bool {
+        i % (self.chunk_ratio + 1) == self.chunk_ratio
+    }
+
+    /// Sectors per payload block.
+    pub fn sectors_per_block(&self) -> u64 {
+        self.block_size / self.logical_sector_size
+    }
+
+    /// BAT region bytes needed, rounded to 1 MiB.
+    pub fn region_bytes(&self) -> u64 {
+        (self.total_entries * 8).div_ceil(MIB) * MIB
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn entry_round_trip(raw in any::<u64>()) {
+            let e = BatEntry { raw };
+            prop_assert_eq!(BatEntry::decode(&e.encode()).unwrap(), e);
+            prop_assert_eq!(e.file_offset() | e.reserved_bits() | u64::from(e.state()), raw);
+        }
+    }
+
+    #[test]
+    fn chunk_ratios_from_the_spec() {
+        let g = |bs: u64, lss: u64| {
+            BatGeometry::new(bs, lss, 1 << 30, false)
+                .unwrap()
+                .chunk_ratio
+        };
+        assert_eq!(g(32 * MIB, 512), 128);
+        assert_eq!(g(2 * MIB, 512), 2048);
+        assert_eq!(g(256 * MIB, 512), 16);
+        assert_eq!(g(MIB, 4096), 32768);
+    }
+
+    #[test]
+    fn counts_and_indexes() {
+        // differencing.avhdx: 8 GiB, 2 MiB blocks: 4096 payload + 2 SB entries.
+        let d = BatGeometry::new(2 * MIB, 512, 8 << 30, true).unwrap();
+        assert_eq!(d.payload_blocks, 4096);
+        assert_eq!(d.sector_bitmap_blocks, 2);
+        assert_eq!(d.total_entries, 2 * 2049);
+        assert_eq!(d.payload_index(2048), 2049);
+        assert_eq!(d.sb_index(0), 2048);
+        assert!(d.is_sb_index(2048) && !d.is_sb_index(2049));
+        let f = BatGeometry::new(2 * MIB, 512, 8 << 30, false).unwrap();
+        assert_eq!(f.total_entries, 4096 + 1);
+        assert!(BatGeometry::new(3 * MIB, 512, 1, false).is_none());
+    }
+
+    #[test]
+    fn entry_fields() {
+        let e = BatEntry::new(PAYLOAD_FULLY_PRESENT, 26 * MIB);
+        assert_eq!(e.state(), 6);
+        assert_eq!(e.file_offset_mb(), 26);
+        assert_eq!(e.reserved_bits(), 0);
+    }
+}

@@ -1,0 +1,549 @@
+//! The merge's atomic write path (DESIGN.md 5, VHDX).
+//!
+//! Staging never touches a live byte: payload goes to fresh space past the
+//! committed end of the file (blocks the image already holds are copied on
+//! write into fresh blocks, and so are the sector-bitmap blocks whose bits
+//! change), a grown BAT is written whole into fresh space, and only the
+//! new BAT entries are remembered in memory. `commit` turns the changed BAT
+//! sectors (or the region table, when the BAT moved) and metadata sectors
+//! into ONE log entry; the header write that names its LogGuid is the single
+//! commit point.
+
+use std::collections::BTreeMap;
+
+use uuid::Uuid;
+
+use super::bat::{self, BatEntry, BatGeometry};
+use super::codec::round_up;
+use super::image::{VhdxImage, MIB};
+use super::log::writer::{self, SectorSource};
+use super::metadata_items as items;
+use super::region_table::{self as rt};
+use super::sector_bitmap;
+use crate::error::IoContext;
+use crate::image::MergeBatch;
+use crate::params::Identity;
+use crate::{Error, Result};
+
+pub(crate) fn begin(img: &mut VhdxImage) -> Result<Box<dyn MergeBatch + '_>> {
+    img.require_writable()?;
+    let committed_end = img.storage.len().ctx(&img.name)?;
+    let geometry = img.geometry;
+    Ok(Box::new(VhdxBatch {
+        img,
+        geometry,
+        staged: BTreeMap::new(),
+        sb_copies: BTreeMap::new(),
+        committed_end,
+        done: false,
+    }))
+}
+
+struct VhdxBatch<'a> {
+    img: &'a mut VhdxImage,
+    /// Geometry after any staged growth.
+    geometry: BatGeometry,
+    /// New BAT entries by index. A staged FULLY/PARTIALLY_PRESENT entry
+    /// always names a fresh block owned by this batch.
+    staged: BTreeMap<u64, BatEntry>,
+    /// Chunk -> fresh copy of its sector-bitmap block.
+    sb_copies: BTreeMap<u64, u64>,
+    committed_end: u64,
+    done: bool,
+}
+
+impl Drop for VhdxBatch<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            // Nothing references the staged space: give it back (best effort;
+            // leaked space past the end is harmless too).
+            let _ = self.img.storage.set_len(self.committed_end);
+        }
+    }
+}
+
+impl VhdxBatch<'_> {
+    fn name(&self) -> String {
+        self.img.name.clone()
+    }
+
+    fn old_entry(&self, idx: u64) -> BatEntry {
+        // Entries past the old BAT (after growth) are NOT_PRESENT.
+        self.img.bat.get(idx as usize).copied().unwrap_or_default()
+    }
+
+    fn entry(&self, idx: u64) -> BatEntry {
+        self.staged
+            .get(&idx)
+            .copied()
+            .unwrap_or_else(|| self.old_entry(idx))
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<()> {
+        let lss = self.geometry.logical_sector_size;
+        if !offset.is_multiple_of(lss)
+            || !len.is_multiple_of(lss)
+            || offset
+                .checked_add(len)
+                .is_none_or(|e| e > self.geometry.virtual_size)
+        {
+            return Err(Error::InvalidParameter(format!(
+                "{}: batch range {offset:#x}+{len:#x} is not whole sectors inside the virtual size",
+                self.img.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// The fresh, writable copy of chunk `k`'s sector bitmap block.
+    fn sb_copy(&mut self, k: u64) -> Result<u64> {
+        if let Some(o) = self.sb_copies.get(&k) {
+            return Ok(*o);
+        }
+        let g = self.geometry;
+        let off = self.img.allocate(sector_bitmap::BLOCK_SIZE)?;
+        let old = self.old_entry(g.sb_index(k));
+        if old.state() == bat::SB_PRESENT {
+            let s = &*self.img.storage;
+            s.copy_from(s, old.file_offset(), off, sector_bitmap::BLOCK_SIZE)
+                .ctx(&self.img.name)?;
+        }
+        self.staged
+            .insert(g.sb_index(k), BatEntry::new(bat::SB_PRESENT, off));
+        self.sb_copies.insert(k, off);
+        Ok(off)
+    }
+
+    /// Set the bits of sectors `[s0, s0 + n)` of block `blk` in its chunk's
+    /// fresh bitmap copy (read-modify-write of the bytes involved).
+    fn set_bits(&mut self, blk: u64, s0: u64, n: u64) -> Result<()> {
+        let g = self.geometry;
+        let sb = self.sb_copy(blk / g.chunk_ratio)?;
+        let first = (blk % g.chunk_ratio) * g.sectors_per_block() + s0;
+        let (b0, b1) = (first / 8, (first + n).div_ceil(8));
+        let mut bytes = vec![0u8; (b1 - b0) as usize];
+        self.img
+            .storage
+            .read_at(&mut bytes, sb + b0)
+            .ctx(&self.img.name)?;
+        sector_bitmap::set_bits(&mut bytes, first - b0 * 8, n, true);
+        self.img
+            .storage
+            .write_at(&bytes, sb + b0)
+            .ctx(&self.img.name)
+    }
+
+    /// Clear every bit of block `blk` in its chunk's fresh bitmap copy.
+    fn clear_bits(&mut self, blk: u64) -> Result<()> {
+        let g = self.geometry;
+        let sb = self.sb_copy(blk / g.chunk_ratio)?;
+        let spb = g.sectors_per_block();
+        let start = (blk % g.chunk_ratio) * spb / 8;
+        let zeros = vec![0u8; (spb / 8) as usize];
+        self.img
+            .storage
+            .write_at(&zeros, sb + start)
+            .ctx(&self.img.name)
+    }
+
+    fn write_in_block(&mut self, blk: u64, in_off: u64, data: &[u8]) -> Result<()> {
+        let g = self.geometry;
+        let idx = g.payload_index(blk);
+        let lss = g.logical_sector_size;
+        let in_disk = (g.virtual_size - blk * g.block_size).min(g.block_size);
+        let whole = in_off == 0 && data.len() as u64 == in_disk;
+        let e = self.entry(idx);
+        let staged = self.staged.contains_key(&idx);
+        let name = self.name();
+        match e.state() {
+            bat::PAYLOAD_FULLY_PRESENT | bat::PAYLOAD_PARTIALLY_PRESENT if staged => {
+                self.img
+                    .storage
+                    .write_at(data, e.file_offset() + in_off)
+                    .ctx(&name)?;
+                if e.state() == bat::PAYLOAD_PARTIALLY_PRESENT {
+                    self.set_bits(blk, in_off / lss, data.len() as u64 / lss)?;
+                }
+            }
+            s @ (bat::PAYLOAD_FULLY_PRESENT | bat::PAYLOAD_PARTIALLY_PRESENT) => {
+                // Copy on write: the live block is never touched.
+                let off = self.img.allocate(g.block_size)?;
+                if !whole {
+                    let st = &*self.img.storage;
+                    st.copy_from(st, e.file_offset(), off, in_disk).ctx(&name)?;
+                }
+                self.img.storage.write_at(data, off + in_off).ctx(&name)?;
+                let partial = s == bat::PAYLOAD_PARTIALLY_PRESENT && !whole;
+                if partial {
+                    self.set_bits(blk, in_off / lss, data.len() as u64 / lss)?;
+                }
+                let state = if partial {
+                    s
+                } else {
+                    bat::PAYLOAD_FULLY_PRESENT
+                };
+                self.staged.insert(idx, BatEntry::new(state, off));
+            }
+            bat::PAYLOAD_NOT_PRESENT if g.has_parent && !whole => {
+                let off = self.img.allocate(g.block_size)?;
+                self.img.storage.write_at(data, off + in_off).ctx(&name)?;
+                // Bits a NOT_PRESENT block may have left behind mean nothing.
+                self.clear_bits(blk)?;
+                self.set_bits(blk, in_off / lss, data.len() as u64 / lss)?;
+                self.staged
+                    .insert(idx, BatEntry::new(bat::PAYLOAD_PARTIALLY_PRESENT, off));
+            }
+            bat::PAYLOAD_NOT_PRESENT
+            | bat::PAYLOAD_ZERO
+            | bat::PAYLOAD_UNMAPPED
+            | bat::PAYLOAD_UNDEFINED
+            | bat::PAYLOAD_UNMAPPED_V095 => {
+                // Fresh space reads zeros: the rest of the block keeps
+                // reading zeros (and hides any parent).
+                let off = self.img.allocate(g.block_size)?;
+                self.img.storage.write_at(data, off + in_off).ctx(&name)?;
+                self.staged
+                    .insert(idx, BatEntry::new(bat::PAYLOAD_FULLY_PRESENT, off));
+            }
+            s => {
+                return Err(Error::corrupt(
+                    name,
+                    "BAT entry",
+                    self.img.bat_region.0 + idx * 8,
+                    format!("payload block {blk} has reserved state {s}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// BAT sector `k` (of a region laid out from index 0) with staged entries
+/// applied over the committed ones.
+fn bat_sector(old: &[BatEntry], staged: &BTreeMap<u64, BatEntry>, k: u64, buf: &mut [u8; 4096]) {
+    buf.fill(0);
+    let first = k * 512;
+    for j in 0..512u64 {
+        let e = old.get((first + j) as usize).copied().unwrap_or_default();
+        buf[(j * 8) as usize..(j * 8 + 8) as usize].copy_from_slice(&e.raw.to_le_bytes());
+    }
+    for (&i, e) in staged.range(first..first + 512) {
+        let at = ((i - first) * 8) as usize;
+        buf[at..at + 8].copy_from_slice(&e.raw.to_le_bytes());
+    }
+}
+
+/// The sectors of the commit entry: BAT sectors generated on demand from
+/// the in-memory BAT plus staged entries, then a few small ones.
+struct CommitSectors<'b> {
+    old: &'b [BatEntry],
+    staged: &'b BTreeMap<u64, BatEntry>,
+    bat_base: u64,
+    bat_sectors: Vec<u64>,
+    extra: Vec<(u64, Box<[u8; 4096]>)>,
+}
+
+impl SectorSource for CommitSectors<'_> {
+    fn count(&self) -> u64 {
+        (self.bat_sectors.len() + self.extra.len()) as u64
+    }
+    fn sector(&self, i: u64, buf: &mut [u8; 4096]) -> Result<u64> {
+        let n = self.bat_sectors.len() as u64;
+        if i < n {
+            let k = self.bat_sectors[i as usize];
+            bat_sector(self.old, self.staged, k, buf);
+            Ok(self.bat_base + k * 4096)
+        } else {
+            let (off, b) = self
+                .extra
+                .get((i - n) as usize)
+                .ok_or_else(|| Error::InvalidParameter("commit sector index".into()))?;
+            buf.copy_from_slice(&b[..]);
+            Ok(*off)
+        }
+    }
+}
+
+/// Read-modify-write the 4 KiB sectors covering `[abs, abs + bytes.len())`.
+fn patched_sectors(
+    img: &VhdxImage,
+    abs: u64,
+    bytes: &[u8],
+    out: &mut Vec<(u64, Box<[u8; 4096]>)>,
+) -> Result<()> {
+    let first = abs / 4096 * 4096;
+    let end = abs + bytes.len() as u64;
+    let mut sec = first;
+    while sec < end {
+        let mut b = Box::new([0u8; 4096]);
+        img.storage.read_at(&mut b[..], sec).ctx(&img.name)?;
+        for (i, v) in bytes.iter().enumerate() {
+            let a = abs + i as u64;
+            if a >= sec && a < sec + 4096 {
+                b[(a - sec) as usize] = *v;
+            }
+        }
+        out.push((sec, b));
+        sec += 4096;
+    }
+    Ok(())
+}
+
+impl MergeBatch for VhdxBatch<'_> {
+    fn write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        self.check_range(offset, data.len() as u64)?;
+        let bs = self.geometry.block_size;
+        let mut pos = 0usize;
+        while pos < data.len() {
+            let v = offset + pos as u64;
+            let n = ((bs - v % bs) as usize).min(data.len() - pos);
+            self.write_in_block(v / bs, v % bs, &data[pos..pos + n])?;
+            pos += n;
+        }
+        Ok(())
+    }
+
+    fn zero(&mut self, offset: u64, len: u64) -> Result<()> {
+        self.check_range(offset, len)?;
+        let g = self.geometry;
+        let fixed = self.img.file_parameters.leave_block_allocated() && !g.has_parent;
+        let zeros = vec![0u8; MIB.min(len) as usize];
+        let end = offset + len;
+        let mut v = offset;
+        while v < end {
+            let blk = v / g.block_size;
+            let in_off = v % g.block_size;
+            let n = (g.block_size - in_off).min(end - v);
+            let in_disk = (g.virtual_size - blk * g.block_size).min(g.block_size);
+            let idx = g.payload_index(blk);
+            let state = self.entry(idx).state();
+            let reads_zero = matches!(
+                state,
+                bat::PAYLOAD_ZERO
+                    | bat::PAYLOAD_UNMAPPED
+                    | bat::PAYLOAD_UNDEFINED
+                    | bat::PAYLOAD_UNMAPPED_V095
+            ) || (state == bat::PAYLOAD_NOT_PRESENT && !g.has_parent);
+            if reads_zero {
+            } else if in_off == 0 && n == in_disk && !fixed {
+                self.staged.insert(idx, BatEntry::new(bat::PAYLOAD_ZERO, 0));
+            } else {
+                let mut done = 0;
+                while done < n {
+                    let k = (zeros.len() as u64).min(n - done);
+                    self.write_in_block(blk, in_off + done, &zeros[..k as usize])?;
+                    done += k;
+                }
+            }
+            v += n;
+        }
+        Ok(())
+    }
+
+    fn grow(&mut self, new_virtual_size: u64) -> Result<()> {
+        let g = self.geometry;
+        if new_virtual_size < g.virtual_size {
+            return Err(Error::InvalidParameter(
+                "a batch never shrinks the virtual size".into(),
+            ));
+        }
+        if !new_virtual_size.is_multiple_of(g.logical_sector_size)
+            || new_virtual_size > items::MAX_VIRTUAL_SIZE
+        {
+            return Err(Error::InvalidParameter(format!(
+                "virtual size {new_virtual_size} must be a multiple of {} and at most 64 TiB",
+                g.logical_sector_size
+            )));
+        }
+        self.geometry = BatGeometry::new(
+            g.block_size,
+            g.logical_sector_size,
+            new_virtual_size,
+            g.has_parent,
+        )
+        .ok_or_else(|| Error::InvalidParameter("bad geometry".into()))?;
+        Ok(())
+    }
+
+    fn prepare(&mut self) -> Result<()> {
+        // Every staged byte durable before the commit can reference it.
+        self.img.storage.flush().ctx(&self.img.name)
+    }
+
+    fn commit(mut self: Box<Self>, new_identity: Identity) -> Result<()> {
+        let Identity::Vhdx {
+            data_write_guid: g_new,
+        } = new_identity
+        else {
+            return Err(Error::InvalidParameter(
+                "a VHDX needs a VHDX identity (DataWriteGuid)".into(),
+            ));
+        };
+        // From here on the staged space may be referenced: never give it back.
+        self.done = true;
+        // The committed BAT and the staged entries are read while the image
+        // header changes; take them out of the batch for the duration.
+        let old = std::mem::take(&mut self.img.bat);
+        let staged = std::mem::take(&mut self.staged);
+        let r = commit_steps(self.img, &old, &staged, self.geometry, g_new);
+        self.img.bat = old;
+        self.staged = staged;
+        r?;
+        let name = self.name();
+
+        // Adopt the committed state from disk.
+        let opts = self.img.opts;
+        let storage = std::sync::Arc::clone(&self.img.storage);
+        let findings = std::mem::take(&mut self.img.findings);
+        let mut fresh = VhdxImage::load(&name, storage, opts)?;
+        fresh.findings = findings;
+        fresh.data_write_guid_renewed = true;
+        *self.img = fresh;
+        Ok(())
+    }
+}
+
+/// The commit protocol; see the ordering comments inline.
+fn commit_steps(
+    img: &mut VhdxImage,
+    old: &[BatEntry],
+    staged: &BTreeMap<u64, BatEntry>,
+    geometry: BatGeometry,
+    g_new: Uuid,
+) -> Result<()> {
+    let name = img.name.clone();
+    let g = geometry;
+    let grown = g.virtual_size != img.geometry.virtual_size;
+    let mut extra = Vec::new();
+
+    // A BAT that no longer fits moves, whole, into fresh space; only the
+    // region table changes through the log then.
+    let need = g.total_entries.saturating_mul(8);
+    let (bat_base, bat_sectors) = if need > img.bat_region.1 {
+        let len = g.region_bytes();
+        if len > u64::from(u32::MAX) / MIB * MIB {
+            return Err(Error::Unsupported {
+                file: name,
+                message: "BAT region too large".into(),
+            });
+        }
+        let off = img.allocate(len)?;
+        let mut buf = [0u8; 4096];
+        for k in 0..need.div_ceil(4096) {
+            bat_sector(old, staged, k, &mut buf);
+            img.storage.write_at(&buf, off + k * 4096).ctx(&name)?;
+        }
+        let mut table = img.region_table.clone();
+        if let Some(e) = table.find_mut(rt::BAT_GUID) {
+            e.file_offset = off;
+            e.length = len as u32;
+        }
+        let bytes = table.to_bytes();
+        for copy in rt::COPY_OFFSETS {
+            let mut cur = vec![0u8; rt::SIZE];
+            img.storage.read_at(&mut cur, copy).ctx(&name)?;
+            for (k, (new_s, old_s)) in bytes.chunks(4096).zip(cur.chunks(4096)).enumerate() {
+                if new_s != old_s {
+                    let mut b = Box::new([0u8; 4096]);
+                    b.copy_from_slice(new_s);
+                    extra.push((copy + k as u64 * 4096, b));
+                }
+            }
+        }
+        (off, Vec::new())
+    } else {
+        (img.bat_region.0, changed_bat_sectors(staged))
+    };
+    if grown {
+        let m = &img.metadata_table;
+        let e = m
+            .entries
+            .iter()
+            .find(|e| e.item_id == items::VIRTUAL_DISK_SIZE && !e.is_user())
+            .ok_or_else(|| {
+                Error::corrupt(
+                    &name,
+                    "metadata table",
+                    img.metadata_region.0,
+                    "no Virtual Disk Size item",
+                )
+            })?;
+        let abs = img.metadata_region.0 + u64::from(e.offset);
+        patched_sectors(
+            img,
+            abs,
+            &items::VirtualDiskSize {
+                size: g.virtual_size,
+            }
+            .encode(),
+            &mut extra,
+        )?;
+    }
+
+    // Payload, copies, SB copies and a moved BAT durable before the
+    // entry that references them.
+    img.storage.flush().ctx(&name)?;
+
+    let src = CommitSectors {
+        old,
+        staged,
+        bat_base,
+        bat_sectors,
+        extra,
+    };
+    let entry_len = writer::entry_length(src.count());
+    let (orig_lo, orig_ll) = (img.header.log_offset, img.header.log_length);
+    // The entry goes into the existing log when it fits, else into a
+    // fresh 1 MiB-aligned area at the end of the file.
+    let (lo, ll) = if entry_len <= u64::from(orig_ll) {
+        (orig_lo, u64::from(orig_ll))
+    } else {
+        let len = round_up(entry_len, MIB)
+            .ok_or_else(|| Error::InvalidParameter("log too large".into()))?;
+        if len > u64::from(u32::MAX) / MIB * MIB {
+            return Err(Error::Unsupported {
+                file: name,
+                message: "commit entry larger than 4 GiB".into(),
+            });
+        }
+        (img.allocate(len)?, len)
+    };
+    let l = Uuid::new_v4();
+    let params = img.entry_params(l)?;
+    writer::write_entry(&*img.storage, &name, lo, ll, &params, &src)?;
+    // (1) The entry is durable before any header names its LogGuid.
+    img.storage.flush().ctx(&name)?;
+    // (2) THE commit point: one header write into the non-current slot
+    // (sequence + 1, LogGuid L, DataWriteGuid G, the log's location);
+    // header_update flushes it. Torn, it fails its CRC and the old
+    // header stays current; complete, every replaying reader sees new.
+    img.header_update(|h| {
+        h.log_guid = l;
+        h.data_write_guid = g_new;
+        h.log_offset = lo;
+        h.log_length = ll as u32;
+    })?;
+    // (3) Apply in place, flush: from here a crash replays the entry.
+    writer::apply_in_place(&*img.storage, &name, &src)?;
+    drop(src);
+    img.storage.flush().ctx(&name)?;
+    // (4) Log empty again, back at its original place; header_update flushes.
+    img.header_update(|h| {
+        h.log_guid = Uuid::nil();
+        h.log_offset = orig_lo;
+        h.log_length = orig_ll;
+    })?;
+    // (5) Only after that header is durable may a temporary log area go.
+    if lo != orig_lo {
+        img.storage.set_len(lo).ctx(&name)?;
+        img.storage.flush().ctx(&name)?;
+    }
+    Ok(())
+}
+
+/// Sectors of the BAT region that hold staged entries.
+fn changed_bat_sectors(staged: &BTreeMap<u64, BatEntry>) -> Vec<u64> {
+    let mut v: Vec<u64> = staged.keys().map(|i| i * 8 / 4096).collect();
+    v.dedup();
+    v
+}

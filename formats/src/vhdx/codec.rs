@@ -1,0 +1,39 @@
+//! Glue shared by every on-disk structure: GUID field mapping and the
+//! fixed-size little-endian encode/decode helpers each binrw type gets.
+
+/// GUID fields are stored Microsoft-style (Data1..3 little-endian).
+pub(crate) fn guid_from_le(bytes: [u8; 16]) -> uuid::Uuid {
+    uuid::Uuid::from_bytes_le(bytes)
+}
+
+/// Gives a fixed-size `#[binrw]` little-endian type `SIZE`, `decode` (from
+/// the first `SIZE` bytes of a buffer; `None` when it is too short) and
+/// `encode` (exactly `SIZE` bytes). Checksums are handled by the callers
+/// that know which bytes a checksum covers.
+macro_rules! le_codec {
+    ($t:ty, $size:expr) => {
+        impl $t {
+            pub const SIZE: usize = $size;
+
+            pub fn decode(bytes: &[u8]) -> Option<Self> {
+                let b = bytes.get(..$size)?;
+                <$t as binrw::BinRead>::read_le(&mut std::io::Cursor::new(b)).ok()
+            }
+
+            pub fn encode(&self) -> Vec<u8> {
+                let mut c = std::io::Cursor::new(Vec::with_capacity($size));
+                // Writing plain integers into a Vec cannot fail.
+                let _ = binrw::BinWrite::write_le(self, &mut c);
+                let mut v = c.into_inner();
+                v.resize($size, 0);
+                v
+            }
+        }
+    };
+}
+pub(crate) use le_codec;
+
+/// Round `v` up to a multiple of `to` (a power of two), `None` on overflow.
+pub(crate) fn round_up(v: u64, to: u64) -> Option<u64> {
+    v.checked_add(to - 1).map(|x| x & !(to - 1))
+}

@@ -1,0 +1,88 @@
+//! Replaying the active sequence into a sink: the file itself (writable
+//! open) or the in-memory overlay (read-only open).
+
+use uuid::Uuid;
+
+use super::descriptor::Descriptor;
+use super::sequence::{read_entry, EntryRef};
+use super::LogRing;
+use crate::error::IoContext;
+use crate::{Error, Result, Storage};
+
+/// Where replayed sectors go.
+pub trait ReplaySink {
+    fn data(&mut self, offset: u64, sector: &[u8; 4096]) -> Result<()>;
+    fn zero(&mut self, offset: u64, length: u64) -> Result<()>;
+    /// Make the file at least `len` bytes long.
+    fn extend_to(&mut self, len: u64) -> Result<()>;
+}
+
+/// Apply every descriptor of `active` (tail to head, in order), then grow
+/// the file to the head's LastFileOffset.
+pub fn replay(
+    ring: &LogRing<'_>,
+    log_guid: Uuid,
+    active: &[EntryRef],
+    sink: &mut dyn ReplaySink,
+) -> Result<()> {
+    for r in active {
+        // Entries were validated by the search; re-read them one at a time
+        // so only one entry is ever held in memory.
+        let e = read_entry(ring, r.pos, log_guid)?
+            .map_err(|m| Error::corrupt(ring.name, "log entry", ring.offset + r.pos, m))?;
+        let mut data = e.data_sectors.iter();
+        for d in &e.descriptors {
+            match d {
+                Descriptor::Zero(z) => sink.zero(z.file_offset, z.zero_length)?,
+                Descriptor::Data(dd) => {
+                    let ds = data.next().ok_or_else(|| {
+                        Error::corrupt(
+                            ring.name,
+                            "log entry",
+                            ring.offset + r.pos,
+                            "missing data sector",
+                        )
+                    })?;
+                    sink.data(
+                        dd.file_offset,
+                        &ds.join(&dd.leading_bytes, &dd.trailing_bytes),
+                    )?;
+                }
+            }
+        }
+    }
+    if let Some(head) = active.last() {
+        sink.extend_to(head.last_file_offset)?;
+    }
+    Ok(())
+}
+
+/// Replays straight into the file (writable open).
+pub struct StorageSink<'a> {
+    pub storage: &'a dyn Storage,
+    pub name: &'a str,
+}
+
+impl ReplaySink for StorageSink<'_> {
+    fn data(&mut self, offset: u64, sector: &[u8; 4096]) -> Result<()> {
+        self.storage.write_at(sector, offset).ctx(self.name)
+    }
+    fn zero(&mut self, offset: u64, length: u64) -> Result<()> {
+        let buf = vec![0u8; (1u64 << 20).min(length) as usize];
+        let mut done = 0;
+        while done < length {
+            let n = (buf.len() as u64).min(length - done);
+            self.storage
+                .write_at(&buf[..n as usize], offset + done)
+                .ctx(self.name)?;
+            done += n;
+        }
+        Ok(())
+    }
+    fn extend_to(&mut self, len: u64) -> Result<()> {
+        if self.storage.len().ctx(self.name)? < len {
+            self.storage.set_len(len).ctx(self.name)?;
+        }
+        Ok(())
+    }
+}

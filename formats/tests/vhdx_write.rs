@@ -1,0 +1,842 @@
+//! Creating VHDX files, writing through the log, crash cut points, and
+//! qemu-img interoperability when it is installed.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use formats::params::{CreateParams, DiskType, Identity, OpenOptions, ParentSpec};
+use formats::vhdx::{self, VhdxImage};
+use formats::{Image, Layer, MemStorage, RunKind, Severity, Storage};
+
+const MIB: u64 = 1 << 20;
+
+/// Tiny deterministic PRNG (xorshift) so failures reproduce.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn params(kind: DiskType, size: u64, bs: u32, lss: u32) -> CreateParams {
+    CreateParams {
+        virtual_size: size,
+        disk_type: kind,
+        block_size: Some(bs),
+        logical_sector_size: lss,
+        physical_sector_size: 4096,
+        parent: None,
+    }
+}
+
+fn diff_params(size: u64, bs: u32, lss: u32) -> CreateParams {
+    CreateParams {
+        parent: Some(ParentSpec {
+            identity: Identity::Vhdx {
+                data_write_guid: uuid::Uuid::new_v4(),
+            },
+            relative_path: r".\base.vhdx".into(),
+            absolute_path: r"C:\vms\base.vhdx".into(),
+            file_name: "base.vhdx".into(),
+            virtual_size: size,
+            logical_sector_size: lss,
+            physical_sector_size: 4096,
+            virtual_disk_id: Some(uuid::Uuid::new_v4()),
+            geometry: None,
+        }),
+        ..params(DiskType::Differencing, size, bs, lss)
+    }
+}
+
+fn open(s: Arc<dyn Storage>, writable: bool) -> VhdxImage {
+    VhdxImage::open(
+        "test.vhdx",
+        s,
+        OpenOptions {
+            writable,
+            ignore_checksums: false,
+        },
+    )
+    .unwrap()
+}
+
+/// What the model expects each sector of this layer alone to read as.
+#[derive(Clone)]
+struct Model {
+    lss: usize,
+    bytes: Vec<u8>,
+    /// Sector held by this layer (differencing: hides the parent).
+    held: Vec<bool>,
+}
+
+impl Model {
+    fn new(size: u64, lss: u32, all_held: bool) -> Self {
+        Model {
+            lss: lss as usize,
+            bytes: vec![0; size as usize],
+            held: vec![all_held; (size / u64::from(lss)) as usize],
+        }
+    }
+    fn write(&mut self, off: usize, data: &[u8]) {
+        self.bytes[off..off + data.len()].copy_from_slice(data);
+        for s in off / self.lss..(off + data.len()) / self.lss {
+            self.held[s] = true;
+        }
+    }
+}
+
+/// Compare the layer with the model: Present bytes equal, Zero held and
+/// zero, Transparent not held (or, in a base, zeros).
+fn assert_matches(img: &VhdxImage, m: &Model) {
+    let mut runs = Vec::new();
+    img.map(0, img.virtual_size(), &mut runs).unwrap();
+    let diff = img.is_differencing();
+    for r in &runs {
+        let (o, n) = (r.offset as usize, r.len as usize);
+        match r.kind {
+            RunKind::Present { file_offset } => {
+                let mut buf = vec![0u8; n];
+                img.read_file(file_offset, &mut buf).unwrap();
+                assert!(buf == m.bytes[o..o + n], "bytes differ in run {r:?}");
+                assert!(
+                    m.held[o / m.lss..(o + n) / m.lss].iter().all(|h| *h),
+                    "{r:?}"
+                );
+            }
+            RunKind::Zero => {
+                assert!(
+                    m.bytes[o..o + n].iter().all(|b| *b == 0),
+                    "zero run over data {r:?}"
+                );
+                if diff {
+                    assert!(
+                        m.held[o / m.lss..(o + n) / m.lss].iter().all(|h| *h),
+                        "{r:?}"
+                    );
+                }
+            }
+            RunKind::Transparent => {
+                if diff {
+                    assert!(
+                        m.held[o / m.lss..(o + n) / m.lss].iter().all(|h| !*h),
+                        "held sectors transparent {r:?}"
+                    );
+                } else {
+                    assert!(m.bytes[o..o + n].iter().all(|b| *b == 0), "{r:?}");
+                }
+            }
+        }
+    }
+}
+
+fn no_errors(img: &VhdxImage) {
+    let errs: Vec<_> = img
+        .check()
+        .unwrap()
+        .into_iter()
+        .filter(|f| f.severity == Severity::Error)
+        .collect();
+    assert!(errs.is_empty(), "{errs:#?}");
+}
+
+fn random_session(img: &mut VhdxImage, m: &mut Model, rng: &mut Rng, ops: usize) {
+    let size = img.virtual_size();
+    let lss = u64::from(img.logical_sector_size());
+    let bs = img.block_size();
+    for _ in 0..ops {
+        let sectors = size / lss;
+        let start = rng.below(sectors);
+        // Mostly small writes, sometimes a block or more, sometimes zeroing.
+        let max = match rng.below(4) {
+            0 => (2 * bs / lss).max(1),
+            _ => 16,
+        };
+        let n = (1 + rng.below(max)).min(sectors - start);
+        let (off, len) = (start * lss, n * lss);
+        if rng.below(5) == 0 {
+            img.zero_sectors(off, len).unwrap();
+            m.write(off as usize, &vec![0u8; len as usize]);
+        } else {
+            let fill = (rng.next() & 0xff) as u8 | 1;
+            let data: Vec<u8> = (0..len)
+                .map(|i| fill.wrapping_add((i / 512) as u8))
+                .collect();
+            img.write_sectors(off, &data).unwrap();
+            m.write(off as usize, &data);
+        }
+    }
+}
+
+fn exercise(p: CreateParams, seed: u64) -> (Arc<MemStorage>, Model) {
+    let mem = Arc::new(MemStorage::new());
+    vhdx::create(&*mem, &p).unwrap();
+    let size = p.virtual_size;
+    let lss = p
+        .parent
+        .as_ref()
+        .map_or(p.logical_sector_size, |x| x.logical_sector_size);
+    let diff = p.parent.is_some();
+    let mut m = Model::new(size, lss, !diff);
+    {
+        let img = open(mem.clone(), false);
+        assert_eq!(
+            img.info().disk_type,
+            if diff {
+                DiskType::Differencing
+            } else {
+                p.disk_type
+            }
+        );
+        assert_eq!(img.virtual_size(), size);
+        assert_matches(&img, &m);
+        no_errors(&img);
+    }
+    let mut rng = Rng(seed);
+    let mut img = open(mem.clone(), true);
+    let before = img.identity();
+    random_session(&mut img, &mut m, &mut rng, 60);
+    assert_ne!(
+        img.identity(),
+        before,
+        "DataWriteGuid must change with the data"
+    );
+    assert_matches(&img, &m);
+    drop(img);
+    let img = open(mem.clone(), false);
+    assert!(img.header().log_guid.is_nil());
+    assert_matches(&img, &m);
+    no_errors(&img);
+    (mem, m)
+}
+
+#[test]
+fn create_and_write_every_kind() {
+    let mut seed = 0x9e37_79b9_7f4a_7c15;
+    for lss in [512u32, 4096] {
+        for bs in [MIB as u32, 32 * MIB as u32] {
+            for kind in [DiskType::Dynamic, DiskType::Fixed] {
+                seed += 1;
+                // A size that ends inside a block.
+                exercise(params(kind, 70 * MIB + 8 * 4096, bs, lss), seed);
+            }
+            seed += 1;
+            exercise(diff_params(70 * MIB + 8 * 4096, bs, lss), seed);
+        }
+    }
+}
+
+#[test]
+fn differencing_creation_records_the_parent() {
+    let p = diff_params(64 * MIB, 2 * MIB as u32, 512);
+    let mem = Arc::new(MemStorage::new());
+    vhdx::create(&*mem, &p).unwrap();
+    let img = open(mem, false);
+    let parent = p.parent.unwrap();
+    let Identity::Vhdx { data_write_guid } = parent.identity else {
+        unreachable!()
+    };
+    assert_eq!(
+        img.parent_linkage(),
+        Some(formats::params::ParentLinkage::Vhdx {
+            parent_linkage: data_write_guid,
+            parent_linkage2: None
+        })
+    );
+    let loc = img.parent_locator().unwrap();
+    assert!(loc
+        .entries
+        .contains(&("parent_linkage".into(), format!("{{{data_write_guid}}}"))));
+    assert!(loc
+        .entries
+        .contains(&("relative_path".into(), r".\base.vhdx".into())));
+    assert_eq!(
+        img.info()
+            .details
+            .iter()
+            .find(|(k, _)| k == "virtual_disk_id")
+            .unwrap()
+            .1,
+        parent.virtual_disk_id.unwrap().to_string()
+    );
+    // Differencing BAT count: SB blocks x (chunk ratio + 1).
+    assert_eq!(img.geometry().total_entries, 2049);
+}
+
+#[test]
+fn differencing_partial_write_sets_bits_and_whole_zero_hides_parent() {
+    let p = diff_params(16 * MIB, MIB as u32, 512);
+    let mem = Arc::new(MemStorage::new());
+    vhdx::create(&*mem, &p).unwrap();
+    let mut img = open(mem.clone(), true);
+    img.write_sectors(3 * 512, &[0xab; 1024]).unwrap();
+    img.zero_sectors(2 * MIB, MIB).unwrap();
+    drop(img);
+    let img = open(mem, false);
+    let (c, sb) = img.state_counts();
+    assert_eq!(c[7], 1, "one PARTIALLY_PRESENT block");
+    assert_eq!(c[2], 1, "one ZERO block");
+    assert_eq!(sb, 1);
+    let mut runs = Vec::new();
+    img.map(0, 3 * MIB, &mut runs).unwrap();
+    assert_eq!(
+        runs[0],
+        formats::Run {
+            offset: 0,
+            len: 1536,
+            kind: RunKind::Transparent
+        }
+    );
+    assert!(
+        matches!(runs[1].kind, RunKind::Present { .. })
+            && runs[1].offset == 1536
+            && runs[1].len == 1024
+    );
+    assert_eq!(runs[2].kind, RunKind::Transparent);
+    assert_eq!(
+        *runs.last().unwrap(),
+        formats::Run {
+            offset: 2 * MIB,
+            len: MIB,
+            kind: RunKind::Zero
+        }
+    );
+    no_errors(&img);
+}
+
+/// A storage that refuses every write after `limit` writes (a crash).
+#[derive(Debug)]
+struct Cut {
+    inner: Arc<MemStorage>,
+    writes: AtomicU64,
+    limit: AtomicU64,
+}
+
+impl Storage for Cut {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        if self.writes.fetch_add(1, Ordering::SeqCst) >= self.limit.load(Ordering::SeqCst) {
+            return Err(io::Error::other("crashed"));
+        }
+        self.inner.write_at(buf, offset)
+    }
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        if self.writes.fetch_add(1, Ordering::SeqCst) >= self.limit.load(Ordering::SeqCst) {
+            return Err(io::Error::other("crashed"));
+        }
+        self.inner.set_len(len)
+    }
+    fn flush(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn content(img: &VhdxImage) -> Vec<u8> {
+    let mut out = vec![0u8; img.virtual_size() as usize];
+    let mut runs = Vec::new();
+    img.map(0, img.virtual_size(), &mut runs).unwrap();
+    for r in runs {
+        if let RunKind::Present { file_offset } = r.kind {
+            img.read_file(
+                file_offset,
+                &mut out[r.offset as usize..(r.offset + r.len) as usize],
+            )
+            .unwrap();
+        }
+    }
+    out
+}
+
+/// Cut the write sequence of one write_sectors after every possible number
+/// of writes: the reopened file shows old or new content and checks clean;
+/// the cut right after the commit header leaves a pending log that the next
+/// open replays.
+#[test]
+fn every_cut_point_of_a_write_is_old_or_new() {
+    for diff in [false, true] {
+        let p = if diff {
+            diff_params(8 * MIB, MIB as u32, 512)
+        } else {
+            params(DiskType::Dynamic, 8 * MIB, MIB as u32, 512)
+        };
+        let base = Arc::new(MemStorage::new());
+        vhdx::create(&*base, &p).unwrap();
+        {
+            let mut img = open(base.clone(), true);
+            img.write_sectors(0, &[1u8; 4096]).unwrap();
+        }
+        let old = content(&open(base.clone(), false));
+        let data = vec![0x5au8; 3 * 512];
+        let mut new = old.clone();
+        new[MIB as usize + 512..MIB as usize + 2048].copy_from_slice(&data);
+        let mut saw_pending = false;
+        let mut n = 0;
+        loop {
+            let mem = Arc::new(MemStorage::from_vec(base.to_vec()));
+            let cut = Arc::new(Cut {
+                inner: mem.clone(),
+                writes: AtomicU64::new(0),
+                limit: AtomicU64::new(u64::MAX),
+            });
+            let mut img = open(cut.clone(), true);
+            cut.writes.store(0, Ordering::SeqCst);
+            cut.limit.store(n, Ordering::SeqCst);
+            let done = img.write_sectors(MIB + 512, &data).is_ok();
+            drop(img);
+            let ro = open(mem.clone(), false);
+            let c = content(&ro);
+            assert!(
+                c == old || c == new,
+                "cut after {n} writes: neither old nor new"
+            );
+            no_errors(&ro);
+            if !ro.header().log_guid.is_nil() {
+                saw_pending = true;
+                assert!(c == new, "a pending log must hold the new content");
+                let before = mem.to_vec();
+                drop(ro);
+                assert!(mem.to_vec() == before);
+                let rw = open(mem.clone(), true);
+                assert!(rw.header().log_guid.is_nil());
+                assert!(content(&rw) == new);
+                no_errors(&rw);
+            }
+            if done {
+                assert!(c == new);
+                break;
+            }
+            n += 1;
+        }
+        assert!(saw_pending, "no cut point left a pending log");
+    }
+}
+
+#[test]
+fn bad_parameters_are_refused() {
+    let mem = MemStorage::new();
+    assert!(vhdx::create(&mem, &params(DiskType::Dynamic, 1000, MIB as u32, 512)).is_err());
+    assert!(vhdx::create(&mem, &params(DiskType::Dynamic, MIB, 3 * MIB as u32, 512)).is_err());
+    assert!(vhdx::create(&mem, &params(DiskType::Dynamic, MIB, 512 * MIB as u32, 512)).is_err());
+    assert!(vhdx::create(&mem, &params(DiskType::Dynamic, MIB, MIB as u32, 1024)).is_err());
+    assert!(vhdx::create(
+        &mem,
+        &params(DiskType::Dynamic, (64 << 40) + 512, MIB as u32, 512)
+    )
+    .is_err());
+    assert_eq!(mem.len().unwrap(), 0);
+    let mut img = open(
+        Arc::new({
+            let m = MemStorage::new();
+            vhdx::create(&m, &params(DiskType::Dynamic, 4 * MIB, MIB as u32, 512)).unwrap();
+            m
+        }),
+        false,
+    );
+    assert!(
+        img.write_sectors(0, &[0u8; 512]).is_err(),
+        "read-only open must refuse writes"
+    );
+}
+
+fn qemu_img() -> Option<std::path::PathBuf> {
+    let p = std::path::PathBuf::from("/usr/bin/qemu-img");
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!("skipping qemu-img interop: qemu-img not found");
+        None
+    }
+}
+
+#[test]
+fn qemu_img_checks_and_compares() {
+    let Some(q) = qemu_img() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut seed = 77;
+    for kind in [DiskType::Dynamic, DiskType::Fixed] {
+        for bs in [MIB as u32, 32 * MIB as u32] {
+            seed += 1;
+            let (mem, m) = exercise(params(kind, 70 * MIB + 8 * 4096, bs, 512), seed);
+            let img = dir.path().join(format!("t{seed}.vhdx"));
+            let raw = dir.path().join(format!("t{seed}.raw"));
+            std::fs::write(&img, mem.to_vec()).unwrap();
+            std::fs::write(&raw, &m.bytes).unwrap();
+            let out = std::process::Command::new(&q)
+                .args(["check", "-f", "vhdx"])
+                .arg(&img)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "qemu-img check: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            let out = std::process::Command::new(&q)
+                .args(["compare", "-f", "vhdx", "-F", "raw"])
+                .arg(&img)
+                .arg(&raw)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "qemu-img compare: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+    }
+}
+
+/// A file qemu wrote: we read what qemu says it holds.
+#[test]
+fn reads_what_qemu_writes() {
+    let Some(q) = qemu_img() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("q.vhdx");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&q).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "create",
+        "-f",
+        "vhdx",
+        "-o",
+        "block_size=1M",
+        img.to_str().unwrap(),
+        "20M",
+    ]);
+    let qio = std::path::Path::new("/usr/bin/qemu-io");
+    if qio.exists() {
+        let out = std::process::Command::new(qio)
+            .args([
+                "-f",
+                "vhdx",
+                "-c",
+                "write -P 0xab 1M 64k",
+                "-c",
+                "write -z 4M 1M",
+            ])
+            .arg(&img)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+    let s: Arc<dyn Storage> = Arc::new(formats::storage::FileStorage::new(
+        std::fs::File::open(&img).unwrap(),
+    ));
+    let v = open(s, false);
+    let c = content(&v);
+    if qio.exists() {
+        assert!(c[MIB as usize..MIB as usize + 65536]
+            .iter()
+            .all(|b| *b == 0xab));
+        assert!(c[..MIB as usize].iter().all(|b| *b == 0));
+    }
+    no_errors(&v);
+}
+
+// ---- the merge batch ----
+
+use formats::MergeBatch;
+
+/// A base image with some content: FULLY_PRESENT, ZERO and (for a child)
+/// PARTIALLY_PRESENT blocks.
+fn prepared(diff: bool, size: u64) -> (Arc<MemStorage>, Model) {
+    let p = if diff {
+        diff_params(size, MIB as u32, 512)
+    } else {
+        params(DiskType::Dynamic, size, MIB as u32, 512)
+    };
+    let mem = Arc::new(MemStorage::new());
+    vhdx::create(&*mem, &p).unwrap();
+    let mut m = Model::new(size, 512, !diff);
+    let mut img = open(mem.clone(), true);
+    for (off, len, v) in [
+        (0u64, 2 * MIB, 1u8),
+        (3 * MIB + 512, 4096, 2),
+        (5 * MIB, 1024, 3),
+    ] {
+        let d = vec![v; len as usize];
+        img.write_sectors(off, &d).unwrap();
+        m.write(off as usize, &d);
+    }
+    img.zero_sectors(6 * MIB, MIB).unwrap();
+    m.write(6 * MIB as usize, &vec![0; MIB as usize]);
+    drop(img);
+    (mem, m)
+}
+
+/// Stage a mix of writes and zeros on `b`, mirrored into `m`.
+fn stage(b: &mut dyn MergeBatch, m: &mut Model) -> formats::Result<()> {
+    let ops: [(u64, u64, Option<u8>); 7] = [
+        (512, 1024, Some(0x11)),    // inside a FULLY_PRESENT block: copy on write
+        (3 * MIB, 512, Some(0x22)), // next to existing sectors of a partial block
+        (5 * MIB + 4096, 8192, Some(0x33)),
+        (6 * MIB + 8192, 4096, Some(0x44)), // into a ZERO block: rest stays zero
+        (7 * MIB, MIB, None),               // whole block zeroed
+        (MIB + 4096, 4096, None),           // partial zero inside a present block
+        (9 * MIB - 512, 1024, Some(0x55)),  // across a block boundary
+    ];
+    for (off, len, v) in ops {
+        match v {
+            Some(v) => {
+                let d = vec![v; len as usize];
+                b.write(off, &d)?;
+                m.write(off as usize, &d);
+            }
+            None => {
+                b.zero(off, len)?;
+                m.write(off as usize, &vec![0; len as usize]);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn batch_commit_and_abandon() {
+    for diff in [false, true] {
+        let (mem, old) = prepared(diff, 16 * MIB);
+        let old_bytes = mem.to_vec();
+        // Dropped before commit: the old image, checking clean.
+        {
+            let mut img = open(mem.clone(), true);
+            let mut m = old.clone();
+            let mut b = img.begin_batch().unwrap();
+            stage(&mut *b, &mut m).unwrap();
+            b.prepare().unwrap();
+            drop(b);
+            assert_matches(&img, &old);
+        }
+        let ro = open(mem.clone(), false);
+        assert_matches(&ro, &old);
+        no_errors(&ro);
+        drop(ro);
+        // Live bytes were never written by staging: past the header slots
+        // (FileWriteGuid updates) the file is unchanged, and the staged space
+        // was given back.
+        let now = mem.to_vec();
+        assert_eq!(now.len(), old_bytes.len());
+        assert!(now[0x30000..] == old_bytes[0x30000..]);
+
+        // Committed: the new content and the new identity.
+        let mut img = open(mem.clone(), true);
+        let mut m = old.clone();
+        let g = uuid::Uuid::new_v4();
+        {
+            let mut b = img.begin_batch().unwrap();
+            stage(&mut *b, &mut m).unwrap();
+            b.prepare().unwrap();
+            b.commit(Identity::Vhdx { data_write_guid: g }).unwrap();
+        }
+        assert_eq!(img.identity(), Identity::Vhdx { data_write_guid: g });
+        assert_matches(&img, &m);
+        drop(img);
+        let ro = open(mem.clone(), false);
+        assert!(ro.header().log_guid.is_nil());
+        assert_eq!(ro.identity(), Identity::Vhdx { data_write_guid: g });
+        assert_matches(&ro, &m);
+        no_errors(&ro);
+    }
+}
+
+#[test]
+fn batch_grow_in_place_and_with_a_moved_bat() {
+    for (diff, new_size) in [
+        (false, 40 * MIB),
+        (true, 40 * MIB),
+        (false, 300u64 << 30),
+        (true, 300u64 << 30),
+    ] {
+        let (mem, old) = prepared(diff, 16 * MIB);
+        let mut img = open(mem.clone(), true);
+        let old_bat_region = img
+            .info()
+            .details
+            .iter()
+            .find(|(k, _)| k == "bat_region")
+            .unwrap()
+            .1
+            .clone();
+        let mut m = old.clone();
+        {
+            let mut b = img.begin_batch().unwrap();
+            b.grow(new_size).unwrap();
+            stage(&mut *b, &mut m).unwrap();
+            let tail = vec![0x77u8; 4096];
+            b.write(new_size - 4096, &tail).unwrap();
+            b.prepare().unwrap();
+            b.commit(Identity::Vhdx {
+                data_write_guid: uuid::Uuid::new_v4(),
+            })
+            .unwrap();
+            // Model of the grown disk: only check the first 16 MiB and the tail.
+            m.bytes.truncate(16 * MIB as usize);
+        }
+        drop(img);
+        let ro = open(mem.clone(), false);
+        assert_eq!(ro.virtual_size(), new_size);
+        let moved = ro
+            .info()
+            .details
+            .iter()
+            .find(|(k, _)| k == "bat_region")
+            .unwrap()
+            .1
+            != old_bat_region;
+        assert_eq!(
+            moved,
+            new_size > (1u64 << 30),
+            "BAT moves only when it must"
+        );
+        let mut buf = vec![0u8; 4096];
+        let mut runs = Vec::new();
+        ro.map(new_size - 4096, 4096, &mut runs).unwrap();
+        let RunKind::Present { file_offset } = runs[0].kind else {
+            panic!("{runs:?}")
+        };
+        ro.read_file(file_offset, &mut buf).unwrap();
+        assert!(buf.iter().all(|b| *b == 0x77));
+        let mut first = Vec::new();
+        ro.map(0, 16 * MIB, &mut first).unwrap();
+        for r in first {
+            let (o, n) = (r.offset as usize, r.len as usize);
+            match r.kind {
+                RunKind::Present { file_offset } => {
+                    let mut b = vec![0u8; n];
+                    ro.read_file(file_offset, &mut b).unwrap();
+                    assert!(b == m.bytes[o..o + n]);
+                }
+                RunKind::Zero => assert!(m.bytes[o..o + n].iter().all(|b| *b == 0)),
+                RunKind::Transparent => {
+                    assert!(!diff || m.held[o / 512..(o + n) / 512].iter().all(|h| !*h))
+                }
+            }
+        }
+        no_errors(&ro);
+        // A grown file is still a valid VHDX for qemu (base images only).
+        if let (false, Some(q)) = (diff, qemu_img()) {
+            let dir = tempfile::tempdir().unwrap();
+            let f = dir.path().join("g.vhdx");
+            std::fs::write(&f, mem.to_vec()).unwrap();
+            let out = std::process::Command::new(q)
+                .args(["check", "-f", "vhdx"])
+                .arg(&f)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+    }
+}
+
+/// An entry too large for the 1 MiB log goes to a temporary log area at the
+/// end of the file, which is gone after the commit.
+#[test]
+fn batch_with_a_large_entry_uses_a_temporary_log() {
+    let size = 200u64 << 30;
+    let mem = Arc::new(MemStorage::new());
+    vhdx::create(&*mem, &diff_params(size, MIB as u32, 512)).unwrap();
+    let mut img = open(mem.clone(), true);
+    let len_before = mem.len().unwrap();
+    {
+        let mut b = img.begin_batch().unwrap();
+        // Every 512th block zeroed: one BAT sector each, ~400 sectors.
+        for k in 0..400u64 {
+            b.zero(k * 512 * MIB, MIB).unwrap();
+        }
+        b.prepare().unwrap();
+        b.commit(Identity::Vhdx {
+            data_write_guid: uuid::Uuid::new_v4(),
+        })
+        .unwrap();
+    }
+    assert_eq!(img.header().log_offset, MIB);
+    assert_eq!(img.header().log_length as u64, MIB);
+    assert_eq!(
+        mem.len().unwrap(),
+        len_before,
+        "temporary log area not truncated"
+    );
+    drop(img);
+    let ro = open(mem.clone(), false);
+    assert_eq!(ro.state_counts().0[2], 400);
+    no_errors(&ro);
+}
+
+/// Cut the whole batch (staging and commit) after every number of writes:
+/// the file always opens as the complete old or the complete new image.
+#[test]
+fn batch_every_cut_point_is_old_or_new() {
+    for diff in [false, true] {
+        let (base, _) = prepared(diff, 16 * MIB);
+        let old = content(&open(base.clone(), false));
+        let new = {
+            let mem = Arc::new(MemStorage::from_vec(base.to_vec()));
+            let mut img = open(mem.clone(), true);
+            let mut m = Model::new(16 * MIB, 512, true);
+            let mut b = img.begin_batch().unwrap();
+            stage(&mut *b, &mut m).unwrap();
+            b.commit(Identity::Vhdx {
+                data_write_guid: uuid::Uuid::new_v4(),
+            })
+            .unwrap();
+            drop(img);
+            content(&open(mem, false))
+        };
+        assert!(old != new);
+        let mut n = 0;
+        loop {
+            let mem = Arc::new(MemStorage::from_vec(base.to_vec()));
+            let cut = Arc::new(Cut {
+                inner: mem.clone(),
+                writes: AtomicU64::new(0),
+                limit: AtomicU64::new(u64::MAX),
+            });
+            let mut img = open(cut.clone(), true);
+            cut.writes.store(0, Ordering::SeqCst);
+            cut.limit.store(n, Ordering::SeqCst);
+            let mut m = Model::new(16 * MIB, 512, true);
+            let done = (|| -> formats::Result<()> {
+                let mut b = img.begin_batch()?;
+                stage(&mut *b, &mut m)?;
+                b.prepare()?;
+                b.commit(Identity::Vhdx {
+                    data_write_guid: uuid::Uuid::new_v4(),
+                })
+            })()
+            .is_ok();
+            drop(img);
+            let ro = open(mem.clone(), false);
+            let c = content(&ro);
+            assert!(
+                c == old || c == new,
+                "diff={diff}: cut after {n} writes: neither old nor new"
+            );
+            no_errors(&ro);
+            if done {
+                assert!(c == new);
+                break;
+            }
+            n += 1;
+        }
+    }
+}

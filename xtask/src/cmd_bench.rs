@@ -1,0 +1,708 @@
+//! `bench [--quick] [--json]`: merge throughput against `cp` and
+//! `qemu-img commit`, convert against `qemu-img convert`, peak memory and
+//! scaling with the virtual size. Workloads are made with chainfold's own
+//! create/write code in a temp dir; every timed command runs as a child of
+//! `xtask measure`, which reports its wall time and peak RSS from the
+//! kernel's accounting (getrusage of that one child). Commands alternate
+//! within each pair; medians are reported.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::Args;
+use formats::chain::{open_image_file, ChainOptions};
+use formats::params::{CreateParams, DiskType, Identity};
+use formats::{Access, FsNamespace, Namespace};
+use serde::Serialize;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// 1 GiB workloads only, fewer pairs.
+    #[arg(long)]
+    pub quick: bool,
+    #[arg(long)]
+    pub json: bool,
+    /// Timed pairs per comparison (at least 5).
+    #[arg(long, default_value_t = 5)]
+    pub pairs: usize,
+    /// Work directory (default: a temp dir under target/).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct MeasureArgs {
+    #[arg(trailing_var_arg = true, required = true)]
+    pub cmd: Vec<String>,
+}
+
+#[derive(Serialize, serde::Deserialize, Clone, Copy, Debug)]
+pub struct Measurement {
+    pub wall_s: f64,
+    pub max_rss_kib: i64,
+    pub success: bool,
+}
+
+/// `xtask measure -- CMD...`: run CMD, print its wall time and peak RSS.
+pub fn measure(args: MeasureArgs) -> u8 {
+    let start = Instant::now();
+    let status = Command::new(&args.cmd[0])
+        .args(&args.cmd[1..])
+        .stdout(std::process::Stdio::null())
+        .status();
+    let wall_s = start.elapsed().as_secs_f64();
+    let max_rss_kib = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
+        .map(|u| u.max_rss())
+        .unwrap_or(-1);
+    let m = Measurement {
+        wall_s,
+        max_rss_kib,
+        success: status.map(|s| s.success()).unwrap_or(false),
+    };
+    println!("{}", serde_json::to_string(&m).unwrap_or_default());
+    0
+}
+
+fn exe() -> PathBuf {
+    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("xtask"))
+}
+
+fn timed(cmd: &[&str]) -> Measurement {
+    let out = Command::new(exe())
+        .arg("measure")
+        .arg("--")
+        .args(cmd)
+        .output();
+    out.ok()
+        .and_then(|o| serde_json::from_slice(&o.stdout).ok())
+        .unwrap_or(Measurement {
+            wall_s: f64::NAN,
+            max_rss_kib: -1,
+            success: false,
+        })
+}
+
+fn sh(cmd: &[&str]) -> bool {
+    Command::new(cmd[0])
+        .args(&cmd[1..])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+fn ns() -> Arc<dyn Namespace> {
+    Arc::new(FsNamespace)
+}
+
+/// How the child's data is laid out.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub enum Fill {
+    /// Whole blocks.
+    Full,
+    /// 4 KiB written, 4 KiB not, over twice the space.
+    Half,
+    /// `n` runs of 512 bytes, one every `stride` bytes.
+    Scattered { runs: u64, stride: u64 },
+}
+
+pub struct Workload {
+    pub name: String,
+    pub dir: PathBuf,
+    pub base: PathBuf,
+    pub child: PathBuf,
+    pub data_bytes: u64,
+}
+
+fn pattern(len: usize, salt: u64) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    for (i, c) in v.chunks_mut(8).enumerate() {
+        let x = (i as u64 ^ salt).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
+    }
+    v
+}
+
+/// Base (empty dynamic) + differencing child holding `data` bytes.
+fn make_workload(
+    root: &Path,
+    name: &str,
+    vhdx: bool,
+    block: u32,
+    virtual_size: u64,
+    data: u64,
+    fill: Fill,
+) -> formats::Result<Workload> {
+    let ns = ns();
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).map_err(|e| formats::Error::io(dir.display().to_string(), e))?;
+    let (be, ce) = if vhdx {
+        ("vhdx", "avhdx")
+    } else {
+        ("vhd", "vhd")
+    };
+    let base = dir.join(format!("base.{be}"));
+    let child = dir.join(format!("child.{ce}"));
+    let bp = CreateParams {
+        virtual_size,
+        disk_type: DiskType::Dynamic,
+        block_size: Some(block),
+        ..Default::default()
+    };
+    formats::create::create_file(&ns, &base, &bp)?;
+    let parent = open_image_file(&ns, &base, &ChainOptions::default())?;
+    let spec = formats::create::parent_spec(&ns, parent.as_ref(), &base, &child)?;
+    drop(parent);
+    formats::create::create_file(
+        &ns,
+        &child,
+        &CreateParams {
+            disk_type: DiskType::Differencing,
+            parent: Some(spec),
+            ..bp
+        },
+    )?;
+    let mut img = open_image_file(
+        &ns,
+        &child,
+        &ChainOptions {
+            access: Access::Write,
+            writable: true,
+            ..Default::default()
+        },
+    )?;
+    let id = img.identity();
+    let mut batch = img.begin_batch()?;
+    let piece = pattern(4 << 20, 7);
+    match fill {
+        Fill::Full => {
+            let mut off = 0;
+            while off < data {
+                let n = (piece.len() as u64).min(data - off) as usize;
+                batch.write(off, &piece[..n])?;
+                off += n as u64;
+            }
+        }
+        Fill::Half => {
+            let mut off = 0;
+            while off < 2 * data {
+                batch.write(off, &piece[(off as usize) % (4 << 20)..][..4096])?;
+                off += 8192;
+            }
+        }
+        Fill::Scattered { runs, stride } => {
+            for i in 0..runs {
+                batch.write(i * stride, &piece[(i as usize * 512) % (4 << 20)..][..512])?;
+            }
+        }
+    }
+    batch.prepare()?;
+    let new_id = match id {
+        Identity::Vhdx { .. } => Identity::Vhdx {
+            data_write_guid: formats::entropy::new_guid(),
+        },
+        v @ Identity::Vhd { .. } => v,
+    };
+    batch.commit(new_id)?;
+    Ok(Workload {
+        name: name.into(),
+        dir,
+        base,
+        child,
+        data_bytes: data,
+    })
+}
+
+/// Fresh copies of the pristine workload files into `run/`.
+fn fresh(w: &Workload) -> (PathBuf, PathBuf) {
+    let run = w.dir.join("run");
+    let _ = std::fs::remove_dir_all(&run);
+    let _ = std::fs::create_dir_all(&run);
+    let b = run.join(w.base.file_name().unwrap_or_default());
+    let c = run.join(w.child.file_name().unwrap_or_default());
+    sh(&[
+        "cp",
+        "--reflink=auto",
+        &w.base.display().to_string(),
+        &b.display().to_string(),
+    ]);
+    sh(&[
+        "cp",
+        "--reflink=auto",
+        &w.child.display().to_string(),
+        &c.display().to_string(),
+    ]);
+    (b, c)
+}
+
+#[derive(Serialize, Debug)]
+pub struct Comparison {
+    pub workload: String,
+    pub data_bytes: u64,
+    pub chainfold_s: f64,
+    pub baseline: String,
+    pub baseline_s: f64,
+    pub ratio: f64,
+    pub target: f64,
+    pub holds: bool,
+    pub chainfold_max_rss_mib: f64,
+}
+
+#[derive(Serialize, Debug, Default)]
+pub struct Report {
+    pub command: String,
+    pub comparisons: Vec<Comparison>,
+    pub memory: Vec<MemoryResult>,
+    pub scaling: Vec<ScalingResult>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct MemoryResult {
+    pub workload: String,
+    pub max_rss_mib: f64,
+    pub wall_s: f64,
+    pub limit_mib: f64,
+    pub holds: bool,
+}
+
+#[derive(Serialize, Debug)]
+pub struct ScalingResult {
+    pub small_virtual: u64,
+    pub large_virtual: u64,
+    pub small_s: f64,
+    pub large_s: f64,
+    pub difference_s: f64,
+    pub large_bat_read_s: f64,
+    pub holds: bool,
+}
+
+fn merge_cmd(b: &Path, c: &Path) -> Vec<String> {
+    vec![
+        exe().display().to_string(),
+        "merge".into(),
+        c.display().to_string(),
+        b.display().to_string(),
+        "--json".into(),
+    ]
+}
+
+fn as_strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn have(cmd: &str) -> bool {
+    sh(&[cmd, "--version"])
+}
+
+/// Raw file with the same data as the workload (for cp and qemu).
+fn raw_twin(w: &Workload, virtual_size: u64) -> formats::Result<PathBuf> {
+    let raw = w.dir.join("data.raw");
+    if !raw.exists() {
+        let ns = ns();
+        let chain = formats::chain::Chain::open(&ns, &w.child, &ChainOptions::default())?;
+        let out = ns
+            .create(&raw)
+            .map_err(|e| formats::Error::io(raw.display().to_string(), e))?;
+        let mut r = chain.reader();
+        let runs: Vec<_> = r.runs(0, virtual_size)?.to_vec();
+        for run in runs {
+            if let formats::chain::Source::Layer { layer, file_offset } = run.source {
+                out.copy_from(
+                    chain.links[layer].image.storage().as_ref(),
+                    file_offset,
+                    run.offset,
+                    run.len,
+                )
+                .map_err(|e| formats::Error::io("data.raw", e))?;
+            }
+        }
+        out.set_len(virtual_size)
+            .map_err(|e| formats::Error::io("data.raw", e))?;
+    }
+    Ok(raw)
+}
+
+fn compare_merge(
+    w: &Workload,
+    virtual_size: u64,
+    pairs: usize,
+    report: &mut Report,
+) -> formats::Result<()> {
+    let dense = w.dir.join("dense.bin");
+    if !dense.exists() {
+        std::fs::write(&dense, pattern(w.data_bytes as usize, 3))
+            .map_err(|e| formats::Error::io("dense.bin", e))?;
+    }
+    let qemu = have("qemu-img");
+    let mut qcow_ready = false;
+    if qemu {
+        let raw = raw_twin(w, virtual_size)?;
+        let qb = w.dir.join("base.qcow2");
+        let qo = w.dir.join("overlay.qcow2");
+        let vs = virtual_size.to_string();
+        qcow_ready = sh(&[
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            &qb.display().to_string(),
+            &vs,
+        ]) && sh(&[
+            "qemu-img",
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            "-B",
+            &qb.display().to_string(),
+            "-F",
+            "qcow2",
+            &raw.display().to_string(),
+            &qo.display().to_string(),
+        ]);
+    }
+    let (mut ours, mut cps, mut qemus, mut rss) = (vec![], vec![], vec![], 0i64);
+    for _ in 0..pairs {
+        let (b, c) = fresh(w);
+        let m = timed(&as_strs(&merge_cmd(&b, &c)));
+        if !m.success {
+            return Err(formats::Error::InvalidParameter(format!(
+                "bench merge of {} failed",
+                w.name
+            )));
+        }
+        ours.push(m.wall_s);
+        rss = rss.max(m.max_rss_kib);
+        let copy = w.dir.join("copy.bin");
+        let _ = std::fs::remove_file(&copy);
+        cps.push(
+            timed(&[
+                "cp",
+                &dense.display().to_string(),
+                &copy.display().to_string(),
+            ])
+            .wall_s,
+        );
+        let _ = std::fs::remove_file(&copy);
+        if qcow_ready {
+            let run = w.dir.join("qrun");
+            let _ = std::fs::remove_dir_all(&run);
+            let _ = std::fs::create_dir_all(&run);
+            let qb = run.join("base.qcow2");
+            let qo = run.join("overlay.qcow2");
+            sh(&[
+                "cp",
+                "--reflink=auto",
+                &w.dir.join("base.qcow2").display().to_string(),
+                &qb.display().to_string(),
+            ]);
+            sh(&[
+                "cp",
+                "--reflink=auto",
+                &w.dir.join("overlay.qcow2").display().to_string(),
+                &qo.display().to_string(),
+            ]);
+            // The overlay names its backing file by the path it was made
+            // with; point it at this run's copy.
+            sh(&[
+                "qemu-img",
+                "rebase",
+                "-u",
+                "-F",
+                "qcow2",
+                "-b",
+                &qb.display().to_string(),
+                &qo.display().to_string(),
+            ]);
+            qemus.push(timed(&["qemu-img", "commit", "-q", &qo.display().to_string()]).wall_s);
+        }
+    }
+    let (o, c) = (median(ours), median(cps));
+    let rss_mib = rss as f64 / 1024.0;
+    report.comparisons.push(Comparison {
+        workload: w.name.clone(),
+        data_bytes: w.data_bytes,
+        chainfold_s: o,
+        baseline: "cp".into(),
+        baseline_s: c,
+        ratio: o / c,
+        target: 1.1,
+        holds: o / c <= 1.1,
+        chainfold_max_rss_mib: rss_mib,
+    });
+    if !qemus.is_empty() {
+        let q = median(qemus);
+        report.comparisons.push(Comparison {
+            workload: w.name.clone(),
+            data_bytes: w.data_bytes,
+            chainfold_s: o,
+            baseline: "qemu-img commit".into(),
+            baseline_s: q,
+            ratio: o / q,
+            target: 0.5,
+            holds: o / q <= 0.5,
+            chainfold_max_rss_mib: rss_mib,
+        });
+    }
+    Ok(())
+}
+
+fn compare_convert(w: &Workload, pairs: usize, report: &mut Report) -> formats::Result<()> {
+    if !have("qemu-img") {
+        return Ok(());
+    }
+    let flat = w.dir.join("flat.vhdx");
+    if !flat.exists() {
+        let ok = sh(&[
+            &exe().display().to_string(),
+            "convert",
+            &w.child.display().to_string(),
+            &flat.display().to_string(),
+        ]);
+        if !ok {
+            return Ok(());
+        }
+    }
+    let (mut ours, mut theirs) = (vec![], vec![]);
+    let out = w.dir.join("out.raw");
+    for _ in 0..pairs {
+        let _ = std::fs::remove_file(&out);
+        ours.push(
+            timed(&[
+                &exe().display().to_string(),
+                "convert",
+                &w.child.display().to_string(),
+                &out.display().to_string(),
+            ])
+            .wall_s,
+        );
+        let _ = std::fs::remove_file(&out);
+        theirs.push(
+            timed(&[
+                "qemu-img",
+                "convert",
+                "-f",
+                "vhdx",
+                "-O",
+                "raw",
+                &flat.display().to_string(),
+                &out.display().to_string(),
+            ])
+            .wall_s,
+        );
+        let _ = std::fs::remove_file(&out);
+    }
+    let (o, t) = (median(ours), median(theirs));
+    report.comparisons.push(Comparison {
+        workload: format!("{} (convert to raw)", w.name),
+        data_bytes: w.data_bytes,
+        chainfold_s: o,
+        baseline: "qemu-img convert -O raw".into(),
+        baseline_s: t,
+        ratio: o / t,
+        target: 1.0,
+        holds: o <= t,
+        chainfold_max_rss_mib: f64::NAN,
+    });
+    Ok(())
+}
+
+fn memory(w: &Workload, report: &mut Report) {
+    let (b, c) = fresh(w);
+    let m = timed(&as_strs(&merge_cmd(&b, &c)));
+    let mib = m.max_rss_kib as f64 / 1024.0;
+    report.memory.push(MemoryResult {
+        workload: w.name.clone(),
+        max_rss_mib: mib,
+        wall_s: m.wall_s,
+        limit_mib: 64.0,
+        holds: m.success && mib < 64.0,
+    });
+}
+
+pub fn bench(args: &BenchArgs) -> formats::Result<Report> {
+    let tmp;
+    let root = match &args.dir {
+        Some(d) => d.clone(),
+        None => {
+            let base = Path::new("target");
+            let _ = std::fs::create_dir_all(base);
+            tmp = tempfile::Builder::new()
+                .prefix("bench-")
+                .tempdir_in(base)
+                .map_err(|e| formats::Error::io("target/bench", e))?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let pairs = args.pairs.max(5);
+    let mut report = Report {
+        command: format!(
+            "cargo xtask bench{}{}",
+            if args.quick { " --quick" } else { "" },
+            if args.json { " --json" } else { "" }
+        ),
+        ..Default::default()
+    };
+    const GIB: u64 = 1 << 30;
+    let sizes: &[u64] = if args.quick { &[GIB] } else { &[GIB, 4 * GIB] };
+    for &data in sizes {
+        let gib = data / GIB;
+        for (vhdx, block, fill, label) in [
+            (true, 32u32 << 20, Fill::Full, "vhdx-32M-full"),
+            (false, 2 << 20, Fill::Full, "vhd-2M-full"),
+            (true, 32 << 20, Fill::Half, "vhdx-32M-half4k"),
+            (false, 2 << 20, Fill::Half, "vhd-2M-half4k"),
+        ] {
+            let vs = 4 * data;
+            let name = format!("{label}-{gib}G");
+            eprintln!("bench: preparing {name}");
+            let w = make_workload(&root, &name, vhdx, block, vs, data, fill)?;
+            eprintln!("bench: timing {name}");
+            compare_merge(&w, vs, pairs, &mut report)?;
+            if matches!(fill, Fill::Full) && vhdx {
+                compare_convert(&w, pairs, &mut report)?;
+            }
+            let _ = std::fs::remove_dir_all(&w.dir);
+        }
+    }
+    // Memory: a 64 TiB virtual VHDX holding 4 GiB (1 GiB in quick mode),
+    // and 1,000,000 scattered 512-byte runs.
+    let data = if args.quick { GIB } else { 4 * GIB };
+    eprintln!("bench: memory workloads");
+    let w = make_workload(&root, "mem-64T", true, 32 << 20, 64 << 40, data, Fill::Full)?;
+    memory(&w, &mut report);
+    let _ = std::fs::remove_dir_all(&w.dir);
+    let w = make_workload(
+        &root,
+        "mem-1M-runs",
+        true,
+        32 << 20,
+        64 << 30,
+        1_000_000 * 512,
+        Fill::Scattered {
+            runs: 1_000_000,
+            stride: 64 << 10,
+        },
+    )?;
+    memory(&w, &mut report);
+    let _ = std::fs::remove_dir_all(&w.dir);
+    // Scaling: the same 1 GiB in a 64 GiB and a 64 TiB virtual disk.
+    eprintln!("bench: scaling");
+    let small = make_workload(
+        &root,
+        "scale-64G",
+        true,
+        32 << 20,
+        64 << 30,
+        GIB,
+        Fill::Full,
+    )?;
+    let large = make_workload(
+        &root,
+        "scale-64T",
+        true,
+        32 << 20,
+        64 << 40,
+        GIB,
+        Fill::Full,
+    )?;
+    let (mut s, mut l) = (vec![], vec![]);
+    for _ in 0..pairs {
+        let (b, c) = fresh(&small);
+        s.push(timed(&as_strs(&merge_cmd(&b, &c))).wall_s);
+        let (b, c) = fresh(&large);
+        l.push(timed(&as_strs(&merge_cmd(&b, &c))).wall_s);
+    }
+    // Time to read the larger BAT: the whole BAT region of the 64 TiB child.
+    let bat_bytes: u64 = ((64u64 << 40) / (32 << 20)) * 8;
+    let start = Instant::now();
+    let mut buf = vec![0u8; bat_bytes as usize];
+    if let Ok(f) = std::fs::File::open(&large.child) {
+        use std::os::unix::fs::FileExt;
+        let _ = f.read_at(&mut buf, 3 << 20);
+    }
+    let bat_s = start.elapsed().as_secs_f64();
+    let (ms, ml) = (median(s), median(l));
+    report.scaling.push(ScalingResult {
+        small_virtual: 64 << 30,
+        large_virtual: 64 << 40,
+        small_s: ms,
+        large_s: ml,
+        difference_s: ml - ms,
+        large_bat_read_s: bat_s,
+        holds: (ml - ms) < bat_s.max(0.0) || (ml - ms) <= 0.0,
+    });
+    let _ = std::fs::remove_dir_all(&small.dir);
+    let _ = std::fs::remove_dir_all(&large.dir);
+    Ok(report)
+}
+
+pub fn run(args: BenchArgs) -> u8 {
+    match bench(&args) {
+        Ok(r) => {
+            if args.json {
+                crate::cli_util::print_json(&r);
+            } else {
+                println!("{}", r.command);
+                println!(
+                    "{:<28} {:>10} {:>26} {:>10} {:>7} {:>7} {:>6} {:>8}",
+                    "workload",
+                    "chainfold",
+                    "baseline",
+                    "base s",
+                    "ratio",
+                    "target",
+                    "holds",
+                    "RSS MiB"
+                );
+                for c in &r.comparisons {
+                    println!(
+                        "{:<28} {:>9.3}s {:>26} {:>9.3}s {:>7.2} {:>7.2} {:>6} {:>8.1}",
+                        c.workload,
+                        c.chainfold_s,
+                        c.baseline,
+                        c.baseline_s,
+                        c.ratio,
+                        c.target,
+                        c.holds,
+                        c.chainfold_max_rss_mib
+                    );
+                }
+                for m in &r.memory {
+                    println!(
+                        "memory {:<22} peak RSS {:>7.1} MiB (limit {}) in {:.2}s: {}",
+                        m.workload,
+                        m.max_rss_mib,
+                        m.limit_mib,
+                        m.wall_s,
+                        if m.holds { "holds" } else { "FAILS" }
+                    );
+                }
+                for s in &r.scaling {
+                    println!(
+                        "scaling 64 GiB {:.3}s vs 64 TiB {:.3}s: difference {:.3}s, reading the larger BAT {:.3}s: {}",
+                        s.small_s, s.large_s, s.difference_s, s.large_bat_read_s, if s.holds { "holds" } else { "FAILS" }
+                    );
+                }
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("bench failed: {e}");
+            1
+        }
+    }
+}
