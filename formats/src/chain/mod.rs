@@ -3,6 +3,7 @@
 pub mod fold;
 pub mod reader;
 pub mod resolve;
+pub mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use std::sync::Arc;
 pub use fold::{fold, FoldedRun, Source};
 pub use reader::ChainReader;
 pub use resolve::{linkage_matches, open_image_file, ChainOptions, Resolution};
+pub use writer::write_through;
 
 use crate::image::Image;
 use crate::layer::Layer;
