@@ -102,6 +102,15 @@ pub fn open(
     match format {
         Some(crate::params::Format::Vhdx) => crate::vhdx::open_image(name, storage, opts),
         Some(crate::params::Format::Vhd) => crate::vhd::open_image(name, storage, journal, opts),
+        // A fixed VHD whose journal apply was interrupted may not end in a
+        // footer yet; its committed journal knows how to finish it.
+        None if journal
+            .as_ref()
+            .and_then(|j| j.open_existing(crate::Access::Read).ok().flatten())
+            .is_some() =>
+        {
+            crate::vhd::open_image(name, storage, journal, opts)
+        }
         None => Err(crate::Error::NotAnImage {
             file: name.to_string(),
             message: "no `vhdxfile` signature at offset 0 and no `conectix` footer".into(),

@@ -26,6 +26,11 @@ pub trait Scenario: Send + Sync {
     fn sector_size(&self) -> usize {
         512
     }
+    /// The `--strategy` value of `cargo xtask sim` that selects this
+    /// scenario (merge scenarios exist once per merge strategy).
+    fn cli_strategy(&self) -> &'static str {
+        "safe"
+    }
     /// Build the starting files. Everything it leaves is durable.
     fn setup(&self, ns: &Arc<dyn Namespace>) -> Result<(), String>;
     /// The operation under test. Runs once; every storage op is recorded.
@@ -240,8 +245,11 @@ impl Report {
     }
 }
 
-pub fn replay_command(scenario: &str, seed: u64, strategy: Strategy) -> String {
-    format!("cargo xtask sim --seed {seed} --scenario {scenario} --strategy {strategy}")
+/// The command that re-runs the exploration that found a violation. The
+/// enumeration (`Strategy`) needs no flag: a `run_for` random round's seed,
+/// given as `--seed`, draws the same samples in the first (exhaustive) pass.
+pub fn replay_command(scenario: &str, seed: u64, cli_strategy: &str) -> String {
+    format!("cargo xtask sim --seed {seed} --scenario {scenario} --strategy {cli_strategy}")
 }
 
 /// A scenario set up and run once on the crash storage.
@@ -346,6 +354,7 @@ pub fn explore_prepared(
     budget: &Budget,
 ) -> (ScenarioSummary, Vec<Violation>) {
     let name = prepared.name.clone();
+    let cli_strategy = scenario.cli_strategy();
     let mut summary = ScenarioSummary {
         name: name.clone(),
         rounds: 1,
@@ -361,7 +370,7 @@ pub fn explore_prepared(
         state,
         description,
         state_description: sd,
-        replay_command: replay_command(&name, budget.seed, strategy),
+        replay_command: replay_command(&name, budget.seed, cli_strategy),
     };
     let Some(model) = prepared.model.as_ref() else {
         summary.violation_count = 1;

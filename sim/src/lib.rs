@@ -6,6 +6,7 @@
 
 pub mod crash_storage;
 pub mod explore;
+pub mod merge_scenarios;
 pub mod model;
 pub mod pages;
 pub mod rng;
@@ -19,6 +20,7 @@ pub use explore::{
     explore, explore_prepared, prepare, replay_command, replay_state, run_for, run_for_with,
     Budget, CrashContext, Marks, Prepared, Report, Scenario, ScenarioSummary, Strategy, Violation,
 };
+pub use merge_scenarios::{MergeParams, MergeScenario, MergeStrategy};
 pub use model::{Choice, CrashModel, Keep, PointSpace};
 pub use trace::{Ino, Op};
 
@@ -26,15 +28,45 @@ pub use trace::{Ino, Op};
 /// protocol (merge scenarios join here), none of the deliberately broken
 /// toys.
 pub fn default_scenarios() -> Vec<Arc<dyn Scenario>> {
-    toy::correct()
+    default_scenarios_for(MergeStrategy::Safe)
+}
+
+/// The default scenarios for a merge strategy: the merge scenarios merged
+/// that way, plus the correct toys for the safe strategy.
+pub fn default_scenarios_for(strategy: MergeStrategy) -> Vec<Arc<dyn Scenario>> {
+    // Toys first: they finish early and `run_for` passes their unused time
+    // on to the merge scenarios.
+    let mut v = if strategy == MergeStrategy::Safe {
+        toy::correct()
+    } else {
+        Vec::new()
+    };
+    v.extend(merge_scenarios::scenarios(
+        &merge_scenarios::default_params(),
+        strategy,
+    ));
+    v
 }
 
 /// Every known scenario, for `--scenario NAME` lookup (including the broken
 /// toys, so their violations can be replayed).
 pub fn all_scenarios() -> Vec<Arc<dyn Scenario>> {
-    toy::all()
+    all_scenarios_for(MergeStrategy::Safe)
+}
+
+/// Every merge parameter combination merged with `strategy`, plus every toy.
+pub fn all_scenarios_for(strategy: MergeStrategy) -> Vec<Arc<dyn Scenario>> {
+    let mut v = merge_scenarios::scenarios(&merge_scenarios::all_params(), strategy);
+    v.extend(toy::all());
+    v
 }
 
 pub fn find_scenario(name: &str) -> Option<Arc<dyn Scenario>> {
-    all_scenarios().into_iter().find(|s| s.name() == name)
+    find_scenario_for(name, MergeStrategy::Safe)
+}
+
+pub fn find_scenario_for(name: &str, strategy: MergeStrategy) -> Option<Arc<dyn Scenario>> {
+    all_scenarios_for(strategy)
+        .into_iter()
+        .find(|s| s.name() == name)
 }

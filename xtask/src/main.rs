@@ -9,8 +9,10 @@ mod cmd_ci;
 mod cmd_convert;
 mod cmd_create;
 mod cmd_demo;
+mod cmd_fuzz;
 mod cmd_info;
 mod cmd_merge;
+mod cmd_sim;
 mod cmd_write;
 
 use std::path::PathBuf;
@@ -64,6 +66,10 @@ enum Cmd {
     Merge(cmd_merge::MergeArgs),
     /// Build a three-level VHDX chain under target/demo, merge it and verify the result.
     Demo(cmd_demo::DemoArgs),
+    /// Run the crash simulator over the merge scenarios.
+    Sim(cmd_sim::SimArgs),
+    /// Run the libFuzzer targets (cargo-fuzz, installed when missing).
+    Fuzz(cmd_fuzz::FuzzArgs),
     /// Merge throughput, memory and scaling against cp and qemu-img.
     Bench(cmd_bench::BenchArgs),
     /// Run a command and print its wall time and peak RSS (used by bench).
@@ -85,6 +91,8 @@ fn main() -> ExitCode {
         Cmd::Demo(a) => cmd_demo::run(a),
         Cmd::Ci(a) => cmd_ci::run(a),
         Cmd::Bench(a) => cmd_bench::run(a),
+        Cmd::Sim(a) => cmd_sim::run(a),
+        Cmd::Fuzz(a) => cmd_fuzz::run(a),
         Cmd::Measure(a) => cmd_bench::measure(a),
     };
     ExitCode::from(code)

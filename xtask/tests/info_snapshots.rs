@@ -27,7 +27,9 @@ const IMAGES: &[&str] = &[
 fn info_json_of_real_images() {
     let dir = tempfile::tempdir().unwrap();
     for name in IMAGES {
-        let Some(p) = testdata::real_image_copy(name, dir.path()) else { return };
+        let Some(p) = testdata::real_image_copy(name, dir.path()) else {
+            return;
+        };
         let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
             .args(["info", "--json", p.to_str().unwrap()])
             .output()

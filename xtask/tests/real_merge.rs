@@ -26,7 +26,11 @@ fn s(p: &Path) -> &str {
 
 fn json(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("{e}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
     })
 }
 
@@ -42,8 +46,12 @@ fn hashes(dir: &Path) -> BTreeMap<PathBuf, String> {
 #[test]
 fn dfvfs_child_merges_into_its_parent_only_with_the_override() {
     let d = tempfile::tempdir().unwrap();
-    let Some(parent) = testdata::real_image_copy("image.vhd", d.path()) else { return };
-    let Some(child) = testdata::real_image_copy("image-differential.vhd", d.path()) else { return };
+    let Some(parent) = testdata::real_image_copy("image.vhd", d.path()) else {
+        return;
+    };
+    let Some(child) = testdata::real_image_copy("image-differential.vhd", d.path()) else {
+        return;
+    };
     let before = hashes(d.path());
     let out = xtask(&["merge", s(&child), "--json"]);
     let v = json(&out);
@@ -59,7 +67,11 @@ fn dfvfs_child_merges_into_its_parent_only_with_the_override() {
     let raw = d.path().join("merged.raw");
     // The commit rewrote the parent's footers with valid checksums.
     let conv = xtask(&["convert", s(&parent), s(&raw)]);
-    assert!(conv.status.success(), "{}", String::from_utf8_lossy(&conv.stderr));
+    assert!(
+        conv.status.success(),
+        "{}",
+        String::from_utf8_lossy(&conv.stderr)
+    );
     assert_eq!(
         testdata::sha256_file(&raw).unwrap(),
         "c6db12a7db548e193c29420c1b4533e4708b20c5033db5cc29ef075d48316d25"
@@ -70,7 +82,11 @@ fn dfvfs_child_merges_into_its_parent_only_with_the_override() {
 /// Patch both VHDX headers to carry `guid` as DataWriteGuid (what Hyper-V's
 /// parent had), keeping every other field and fixing the CRC.
 fn set_data_write_guid(path: &Path, guid: uuid::Uuid) {
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
     for slot in [64u64 << 10, 128 << 10] {
         let mut raw = vec![0u8; 4096];
         f.read_exact_at(&mut raw, slot).unwrap();
@@ -91,7 +107,11 @@ fn held_windows(chain: &Chain) -> Vec<u64> {
     let mut off = 0;
     while off < size {
         let len = W.min(size - off);
-        if r.runs(off, len).unwrap().iter().any(|x| matches!(x.source, Source::Layer { .. })) {
+        if r.runs(off, len)
+            .unwrap()
+            .iter()
+            .any(|x| matches!(x.source, Source::Layer { .. }))
+        {
             out.push(off);
         }
         off += len;
@@ -102,8 +122,12 @@ fn held_windows(chain: &Chain) -> Vec<u64> {
 #[test]
 fn hyperv_checkpoint_merges_into_a_stand_in_parent() {
     let d = tempfile::tempdir().unwrap();
-    let Some(child) = testdata::real_image_copy("differencing.avhdx", d.path()) else { return };
-    let parent = d.path().join("Generation 1_49C4BAF3-4B25-4406-8C4B-D39E65C32385.avhdx");
+    let Some(child) = testdata::real_image_copy("differencing.avhdx", d.path()) else {
+        return;
+    };
+    let parent = d
+        .path()
+        .join("Generation 1_49C4BAF3-4B25-4406-8C4B-D39E65C32385.avhdx");
     let o = xtask(&["create", s(&parent), "--size", "8G", "--block-size", "32M"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // Parent content under and around the child's present sectors.
@@ -113,7 +137,10 @@ fn hyperv_checkpoint_merges_into_a_stand_in_parent() {
         let o = xtask(&["write", s(&parent), "--offset", off, "--input", s(&input)]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
-    set_data_write_guid(&parent, "ff34003b-11ed-4cf8-a166-b2be05e20b80".parse().unwrap());
+    set_data_write_guid(
+        &parent,
+        "ff34003b-11ed-4cf8-a166-b2be05e20b80".parse().unwrap(),
+    );
 
     let info = json(&xtask(&["info", "--json", s(&child)]));
     assert_eq!(info["parent"]["resolved"], true, "{info}");
@@ -146,7 +173,10 @@ fn hyperv_checkpoint_merges_into_a_stand_in_parent() {
         let n = (256u64 << 20).min(dest.top().virtual_size() - w) as usize;
         raw.read_exact_at(&mut a[..n], w).unwrap();
         r.read(w, &mut b[..n]).unwrap();
-        assert!(a[..n] == b[..n], "merged parent differs from the pre-merge view in window {w:#x}");
+        assert!(
+            a[..n] == b[..n],
+            "merged parent differs from the pre-merge view in window {w:#x}"
+        );
     }
     assert_eq!(xtask(&["check", s(&parent)]).status.code(), Some(0));
     // The checkpoint is kept but no longer links to the modified parent.

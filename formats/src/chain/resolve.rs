@@ -186,6 +186,22 @@ fn candidates(
     }
 }
 
+/// The first directory on the way from `base` down `rel` (the file itself
+/// excluded) that is a symbolic link. A kind check on the final component
+/// alone would let `.\sub\p.vhdx` with `sub -> /elsewhere` escape the
+/// directory without `follow_symlinks`; only paths inside are looked at.
+fn symlinked_dir(ns: &Arc<dyn Namespace>, base: &Path, rel: &Path) -> Option<PathBuf> {
+    let comps: Vec<Component> = rel.components().collect();
+    let mut p = base.to_path_buf();
+    for c in comps.iter().take(comps.len().saturating_sub(1)) {
+        p.push(c);
+        if matches!(ns.kind(&p), Ok(EntryKind::Symlink)) {
+            return Some(p);
+        }
+    }
+    None
+}
+
 /// Does `parent` satisfy the child's recorded linkage?
 pub fn linkage_matches(
     linkage: &ParentLinkage,
@@ -343,6 +359,10 @@ pub fn resolve_parent(
         let mut seen: Vec<PathBuf> = Vec::new();
         for hint in &hints {
             let (label, text) = hint_label(hint);
+            let rel = match hint {
+                PathHint::Relative(s) if !opts.follow_symlinks => contained_relative(s),
+                _ => None,
+            };
             match candidates(hint, &child_dir, &opts.search_dirs) {
                 Ok(paths) => {
                     for path in paths {
@@ -350,6 +370,22 @@ pub fn resolve_parent(
                             continue;
                         }
                         seen.push(path.clone());
+                        let through_link = rel.as_ref().and_then(|r| {
+                            let base = path.ancestors().nth(r.components().count())?;
+                            symlinked_dir(ns, base, r)
+                        });
+                        if let Some(link) = through_link {
+                            resolution.attempts.push(Attempt {
+                                hint: label.to_string(),
+                                locator: text.to_string(),
+                                path: Some(path.display().to_string()),
+                                outcome: format!(
+                                    "reached through the symbolic link {}; pass --follow-symlinks to follow it",
+                                    link.display()
+                                ),
+                            });
+                            continue;
+                        }
                         if let Some(found) = try_path(label, text, path, resolution) {
                             resolution.resolved_path = Some(found.path.display().to_string());
                             resolution.resolved_by = Some(label.to_string());

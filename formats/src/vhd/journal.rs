@@ -245,6 +245,19 @@ pub fn apply(
     file: &str,
 ) -> Result<()> {
     let zeros = vec![0u8; 1 << 20];
+    // Ordering: the new footer (always the last record) goes first and is
+    // flushed, so that at every later crash point the file still ends in a
+    // valid footer and is recognised as a VHD whose journal then finishes
+    // the apply. Writing data past the old end first would leave a file
+    // that ends in payload and is detected as no image at all.
+    if let Some(last) = j.records.last() {
+        if let Some(at) = last.data_at {
+            image
+                .copy_from(jst, at, last.offset, last.length)
+                .ctx(file)?;
+            image.flush().ctx(file)?;
+        }
+    }
     for r in &j.records {
         match r.data_at {
             Some(at) => image.copy_from(jst, at, r.offset, r.length).ctx(file)?,

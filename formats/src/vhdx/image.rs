@@ -853,10 +853,14 @@ impl VhdxImage {
                 "payload block {p} is PARTIALLY_PRESENT but its sector bitmap entry is not SB_BLOCK_PRESENT")));
         }
         let spb = g.sectors_per_block();
-        let start = sb.file_offset() + (p % g.chunk_ratio) * spb / 8;
         let len = spb / 8;
         let file_len = self.view.len().ctx(&self.name)?;
-        if sb.file_offset() < MIB || start + len > file_len {
+        // The entry's offset is a file field (up to 2^64 - 1 MiB): checked.
+        let start = sb
+            .file_offset()
+            .checked_add((p % g.chunk_ratio) * spb / 8)
+            .filter(|s| s.checked_add(len).is_some_and(|e| e <= file_len));
+        let Some(start) = start.filter(|_| sb.file_offset() >= MIB) else {
             return Err(corrupt(
                 &self.name,
                 "BAT",
@@ -866,7 +870,7 @@ impl VhdxImage {
                     sb.file_offset()
                 ),
             ));
-        }
+        };
         let bytes = read_vec(&*self.view, &self.name, start, len as usize)?;
         *self.sb_cache.lock().unwrap_or_else(|e| e.into_inner()) = Some((p, bytes.clone()));
         Ok(bytes)
@@ -891,7 +895,9 @@ impl VhdxImage {
         let g = &self.geometry;
         let in_disk = (g.virtual_size - p * g.block_size).min(g.block_size);
         let len = self.view.len().ctx(&self.name)?;
-        if e.file_offset() < MIB || e.file_offset() + in_disk > len {
+        // Checked: a hostile entry's offset can be near 2^64.
+        let end = e.file_offset().checked_add(in_disk);
+        if e.file_offset() < MIB || end.is_none_or(|end| end > len) {
             let i = g.payload_index(p);
             return Err(corrupt(
                 &self.name,

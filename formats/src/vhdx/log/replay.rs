@@ -25,6 +25,41 @@ pub fn replay(
     active: &[EntryRef],
     sink: &mut dyn ReplaySink,
 ) -> Result<()> {
+    // A log may legitimately extend the file (a lost, unflushed extension
+    // is covered by LastFileOffset), but never by more than one transaction
+    // allocates: the largest payload block (256 MiB) plus a sector-bitmap
+    // block, rounded up. A hostile entry aimed terabytes past the end must
+    // not make a tiny file huge, so every target is checked before any
+    // byte is written.
+    const GROWTH_LIMIT: u64 = 258 << 20;
+    let file_len = ring.storage.len().ctx(ring.name)?;
+    let limit = file_len.saturating_add(GROWTH_LIMIT);
+    for r in active {
+        let too_far = |what: &str, end: u64| {
+            Error::corrupt(
+                ring.name,
+                "log entry",
+                ring.offset + r.pos,
+                format!(
+                    "{what} ends at {end:#x}, more than {GROWTH_LIMIT} bytes past the end of the {file_len}-byte file"
+                ),
+            )
+        };
+        if r.last_file_offset > limit {
+            return Err(too_far("LastFileOffset", r.last_file_offset));
+        }
+        let e = read_entry(ring, r.pos, log_guid)?
+            .map_err(|m| Error::corrupt(ring.name, "log entry", ring.offset + r.pos, m))?;
+        for d in &e.descriptors {
+            let end = match d {
+                Descriptor::Zero(z) => z.file_offset.saturating_add(z.zero_length),
+                Descriptor::Data(dd) => dd.file_offset.saturating_add(4096),
+            };
+            if end > limit {
+                return Err(too_far("a descriptor's target", end));
+            }
+        }
+    }
     for r in active {
         // Entries were validated by the search; re-read them one at a time
         // so only one entry is ever held in memory.

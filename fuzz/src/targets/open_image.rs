@@ -1,0 +1,65 @@
+//! `open_image`: bytes as a whole file — open, check, read the whole
+//! virtual disk. Byte 0 picks the mode: raw bytes (strict or tolerant of
+//! checksums), or a structured image: created valid by chainfold, written
+//! to, then corrupted field by field with checksums recomputed.
+
+use arbitrary::{Arbitrary, Unstructured};
+use formats::chain::{Chain, ChainOptions};
+use formats::Severity;
+
+use crate::harness;
+use crate::mutate::{self, Mutation};
+use crate::template::{self, BaseSpec};
+
+#[derive(Debug, Arbitrary)]
+struct Input {
+    base: BaseSpec,
+    mutations: Vec<Mutation>,
+    /// bit 0: ignore checksums; bit 1: also open writable.
+    flags: u8,
+}
+
+pub fn run(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    match mode % 4 {
+        0 => harness::open_bytes(rest.to_vec(), false),
+        1 => harness::open_bytes(rest.to_vec(), true),
+        _ => structured(rest),
+    }
+}
+
+fn structured(rest: &[u8]) {
+    let mut u = Unstructured::new(rest);
+    let Ok(input) = Input::arbitrary(&mut u) else {
+        return;
+    };
+    let (m, ns) = harness::mem_ns();
+    let (path, model) = template::build_base(&ns, &input.base);
+    if input.mutations.is_empty() {
+        // Oracle: what was written is what is read, and a file chainfold
+        // made and wrote passes its own validation.
+        let chain = Chain::open(&ns, &path, &ChainOptions::default())
+            .unwrap_or_else(|e| panic!("valid image does not open: {e}"));
+        let mut got = vec![0u8; model.len()];
+        chain
+            .reader()
+            .read(0, &mut got)
+            .unwrap_or_else(|e| panic!("valid image does not read: {e}"));
+        assert!(got == model, "image reads differ from what was written");
+        let errs: Vec<String> = chain
+            .top()
+            .check()
+            .unwrap_or_else(|e| panic!("check fails on a valid image: {e}"))
+            .into_iter()
+            .filter(|f| f.severity == Severity::Error)
+            .map(|f| f.to_string())
+            .collect();
+        assert!(errs.is_empty(), "check errors on a valid image: {errs:?}");
+    }
+    let mut bytes = m.get(&path).expect("image exists");
+    mutate::apply_all(&mut bytes, &input.mutations);
+    m.insert(&path, bytes);
+    harness::open_file_both_ways(&m, &path, input.flags);
+}

@@ -1,0 +1,727 @@
+//! Issue 8: parent resolution under hostile locators. Every case goes through
+//! the library entry points (`Chain::open_partial`, `merge::run`) on a
+//! `Namespace` wrapper that records every path the library asks the file
+//! system about, so "the outside target is never opened" is observed, not
+//! assumed. Each case must also fail fast (< 1 s) and change no byte.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use formats::chain::{open_image_file, Chain, ChainOptions};
+use formats::params::{CreateParams, DiskType, Identity, ParentSpec};
+use formats::{Access, EntryKind, Error, FsNamespace, Namespace, Storage};
+use merge::{JobHandle, MergeRequest};
+
+/// FsNamespace, recording (operation, path) for every call.
+#[derive(Debug, Default)]
+struct Recording {
+    calls: Mutex<Vec<(&'static str, PathBuf)>>,
+}
+
+impl Recording {
+    fn note(&self, op: &'static str, p: &Path) {
+        self.calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((op, p.to_path_buf()));
+    }
+    fn calls(&self) -> Vec<(&'static str, PathBuf)> {
+        self.calls.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    fn clear(&self) {
+        self.calls.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+    /// Calls of kind `op` whose path lies under `prefix`.
+    fn touching(&self, ops: &[&str], prefix: &Path) -> Vec<(&'static str, PathBuf)> {
+        self.calls()
+            .into_iter()
+            .filter(|(op, p)| ops.contains(op) && p.starts_with(prefix))
+            .collect()
+    }
+}
+
+impl Namespace for Recording {
+    fn open(&self, path: &Path, access: Access) -> std::io::Result<Arc<dyn Storage>> {
+        self.note("open", path);
+        FsNamespace.open(path, access)
+    }
+    fn create(&self, path: &Path) -> std::io::Result<Arc<dyn Storage>> {
+        self.note("create", path);
+        FsNamespace.create(path)
+    }
+    fn kind(&self, path: &Path) -> std::io::Result<EntryKind> {
+        self.note("kind", path);
+        FsNamespace.kind(path)
+    }
+    fn canonicalize(&self, path: &Path) -> std::io::Result<PathBuf> {
+        self.note("canonicalize", path);
+        FsNamespace.canonicalize(path)
+    }
+    fn read_dir(&self, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+        self.note("read_dir", dir);
+        FsNamespace.read_dir(dir)
+    }
+    fn remove(&self, path: &Path) -> std::io::Result<()> {
+        self.note("remove", path);
+        FsNamespace.remove(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        self.note("rename", from);
+        FsNamespace.rename(from, to)
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        self.note("sync_dir", dir);
+        FsNamespace.sync_dir(dir)
+    }
+}
+
+fn recording() -> (Arc<Recording>, Arc<dyn Namespace>) {
+    let r = Arc::new(Recording::default());
+    let ns: Arc<dyn Namespace> = r.clone();
+    (r, ns)
+}
+
+/// Tests of this file run one at a time: a test that spawns a process
+/// (`mkfifo`) forks while another test holds an image open, and the child
+/// shares the flock'd file description until it execs, so the other test's
+/// next open would see a spurious "locked".
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn fs() -> Arc<dyn Namespace> {
+    Arc::new(FsNamespace)
+}
+
+fn ext(vhdx: bool, child: bool) -> &'static str {
+    match (vhdx, child) {
+        (true, true) => "avhdx",
+        (true, false) => "vhdx",
+        (false, _) => "vhd",
+    }
+}
+
+/// A dynamic 8 MiB base with some data.
+fn make_base(path: &Path, vhdx: bool) {
+    let ns = fs();
+    let params = CreateParams {
+        virtual_size: 8 << 20,
+        disk_type: DiskType::Dynamic,
+        block_size: Some(if vhdx { 1 << 20 } else { 512 << 10 }),
+        ..Default::default()
+    };
+    formats::create::create_file(&ns, path, &params).unwrap();
+    let opts = ChainOptions {
+        access: Access::Write,
+        writable: true,
+        ..Default::default()
+    };
+    let mut img = open_image_file(&ns, path, &opts).unwrap();
+    img.write_sectors(0, &vec![0x11; 4096]).unwrap();
+}
+
+/// The spec for a child of `parent`, with the parent's real identity.
+fn spec_for(parent: &Path, child: &Path) -> ParentSpec {
+    let ns = fs();
+    let p = open_image_file(&ns, parent, &ChainOptions::default()).unwrap();
+    formats::create::parent_spec(&ns, p.as_ref(), parent, child).unwrap()
+}
+
+/// A differencing child whose locators say what the test wants, linked to
+/// `spec`'s identity (so a parent found by following them would match).
+fn make_child(child: &Path, mut spec: ParentSpec, rel: &str, abs: &str, name: &str) {
+    spec.relative_path = rel.into();
+    spec.absolute_path = abs.into();
+    spec.file_name = name.into();
+    let params = CreateParams {
+        virtual_size: spec.virtual_size,
+        disk_type: DiskType::Differencing,
+        block_size: Some(if child.extension().is_some_and(|e| e == "vhd") {
+            512 << 10
+        } else {
+            1 << 20
+        }),
+        parent: Some(spec),
+        ..Default::default()
+    };
+    formats::create::create_file(&fs(), child, &params).unwrap();
+}
+
+fn hashes(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut m = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let t = std::fs::symlink_metadata(&p).unwrap().file_type();
+            if t.is_dir() {
+                stack.push(p);
+            } else if t.is_file() {
+                m.insert(p.clone(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    m
+}
+
+/// Run `f` on another thread; a hang fails the test instead of blocking it.
+fn quickly<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    let start = Instant::now();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    let v = rx
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap_or_else(|_| panic!("{what}: hung (no answer in 10 s)"));
+    let t = start.elapsed();
+    assert!(t < Duration::from_secs(1), "{what}: took {t:?}");
+    v
+}
+
+/// Open the chain of `child` through a recording namespace; returns the
+/// number of links, the broken error text and the recorder.
+fn open_partial(child: &Path, opts: ChainOptions) -> (usize, Option<String>, Arc<Recording>) {
+    let (rec, ns) = recording();
+    let child = child.to_path_buf();
+    let (n, broken) = quickly("Chain::open_partial", move || {
+        let c = Chain::open_partial(&ns, &child, &opts).unwrap();
+        (
+            c.links.len(),
+            c.broken.map(|e| (e.to_string(), kind_of(&e))),
+        )
+    });
+    match broken {
+        Some((text, _)) => (n, Some(text), rec),
+        None => (n, None, rec),
+    }
+}
+
+fn kind_of(e: &Error) -> &'static str {
+    match e {
+        Error::ParentNotFound { .. } => "parent-not-found",
+        Error::Corrupt { .. } => "corrupt",
+        Error::InvalidParameter(_) => "invalid-parameter",
+        Error::Linkage { .. } => "linkage",
+        _ => "other",
+    }
+}
+
+/// `merge::run` through a recording namespace, timed; every file under
+/// `root` must be byte-identical afterwards.
+fn merge_refused(
+    root: &Path,
+    child: &Path,
+    opts: ChainOptions,
+) -> (merge::MergeOutcome, Arc<Recording>) {
+    let before = hashes(root);
+    let (rec, ns) = recording();
+    let req = MergeRequest {
+        source: child.to_path_buf(),
+        chain: opts,
+        ..Default::default()
+    };
+    let out = quickly("merge::run", move || {
+        merge::run(&ns, &req, &JobHandle::new())
+    });
+    assert_ne!(out.return_value, 0, "merge should have been refused");
+    assert!(out.error.is_some());
+    assert_eq!(hashes(root), before, "a refused merge changed bytes");
+    (out, rec)
+}
+
+const ALL_OPS: &[&str] = &["open", "kind", "canonicalize", "read_dir", "create"];
+
+#[test]
+fn relative_locator_climbing_out_is_not_followed() {
+    let _serial = serial();
+    for vhdx in [true, false] {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path().canonicalize().unwrap();
+        let elsewhere = root.join("elsewhere");
+        let child_dir = root.join("a/b");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::fs::create_dir_all(&child_dir).unwrap();
+        // A valid parent with the right identity: following the locator
+        // would succeed.
+        let parent = elsewhere.join(format!("p.{}", ext(vhdx, false)));
+        make_base(&parent, vhdx);
+        let child = child_dir.join(format!("c.{}", ext(vhdx, true)));
+        let rel = format!(r"..\..\elsewhere\p.{}", ext(vhdx, false));
+        make_child(
+            &child,
+            spec_for(&parent, &child),
+            &rel,
+            &parent.display().to_string(),
+            &format!("../../elsewhere/p.{}", ext(vhdx, false)),
+        );
+
+        let (n, broken, rec) = open_partial(&child, ChainOptions::default());
+        assert_eq!(n, 1, "the parent must not be in the chain");
+        let msg = broken.expect("chain must be broken");
+        assert!(msg.contains("parent not found"), "{msg}");
+        // The message quotes locators Debug-style (backslashes doubled).
+        assert!(
+            msg.contains(&format!("{rel:?}")),
+            "error names the locator: {msg}"
+        );
+        assert!(msg.contains("leaves the child's directory"), "{msg}");
+        assert!(
+            msg.contains("--search-dir"),
+            "error names the option: {msg}"
+        );
+        assert_eq!(
+            rec.touching(ALL_OPS, &elsewhere),
+            vec![],
+            "touched the outside target"
+        );
+
+        let (out, rec) = merge_refused(&root, &child, ChainOptions::default());
+        assert_eq!(out.return_value, 32779, "{:?}", out.error);
+        assert_eq!(rec.touching(ALL_OPS, &elsewhere), vec![]);
+
+        // Control: the options that widen the search do find it, so the
+        // refusal above is the policy and not a broken parent.
+        let (n, broken, _) = open_partial(
+            &child,
+            ChainOptions {
+                search_dirs: vec![elsewhere.clone()],
+                ..Default::default()
+            },
+        );
+        assert_eq!((n, broken), (2, None));
+        let (n, broken, _) = open_partial(
+            &child,
+            ChainOptions {
+                parents: vec![parent.clone()],
+                ..Default::default()
+            },
+        );
+        assert_eq!((n, broken), (2, None));
+    }
+}
+
+#[test]
+fn locator_naming_etc_passwd_is_not_opened() {
+    let _serial = serial();
+    for vhdx in [true, false] {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path().canonicalize().unwrap();
+        let base = root.join(format!("base.{}", ext(vhdx, false)));
+        make_base(&base, vhdx);
+        let child = root.join(format!("c.{}", ext(vhdx, true)));
+        make_child(
+            &child,
+            spec_for(&base, &child),
+            "/etc/passwd",
+            "/etc/passwd",
+            "/etc/passwd",
+        );
+        let (n, broken, rec) = open_partial(&child, ChainOptions::default());
+        assert_eq!(n, 1);
+        let msg = broken.expect("broken");
+        assert!(
+            msg.contains("parent not found") && msg.contains("/etc/passwd"),
+            "{msg}"
+        );
+        assert_eq!(rec.touching(ALL_OPS, Path::new("/etc")), vec![]);
+        // The only candidates are inside the child's directory.
+        for (op, p) in rec.calls() {
+            assert!(
+                p.starts_with(&root),
+                "{op} {} is outside the child's dir",
+                p.display()
+            );
+        }
+        let (out, rec) = merge_refused(&root, &child, ChainOptions::default());
+        assert_eq!(out.return_value, 32779, "{:?}", out.error);
+        assert_eq!(rec.touching(ALL_OPS, Path::new("/etc")), vec![]);
+    }
+}
+
+#[test]
+fn devices_are_never_opened() {
+    let _serial = serial();
+    for vhdx in [true, false] {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path().canonicalize().unwrap();
+        let base = root.join(format!("base.{}", ext(vhdx, false)));
+        make_base(&base, vhdx);
+        let spec = spec_for(&base, &root.join("x"));
+
+        // The plain device path in every locator: only its file name is
+        // looked up, in the child's directory.
+        let child = root.join(format!("dev.{}", ext(vhdx, true)));
+        make_child(&child, spec.clone(), "/dev/null", "/dev/null", "/dev/null");
+        let (n, broken, rec) = open_partial(&child, ChainOptions::default());
+        assert_eq!(n, 1);
+        assert!(broken.unwrap().contains("parent not found"));
+        assert_eq!(rec.touching(ALL_OPS, Path::new("/dev")), vec![]);
+
+        // The device given explicitly (--parent /dev/null): looked at, but
+        // refused as not a regular file without being opened.
+        let (n, broken, rec) = open_partial(
+            &child,
+            ChainOptions {
+                parents: vec![PathBuf::from("/dev/null")],
+                ..Default::default()
+            },
+        );
+        assert_eq!(n, 1);
+        let msg = broken.unwrap();
+        assert!(msg.contains("not a regular file"), "{msg}");
+        assert_eq!(rec.touching(&["open"], Path::new("/dev")), vec![]);
+
+        // A symlink inside the directory resolving to the device.
+        let link = root.join(format!("null.{}", ext(vhdx, false)));
+        std::os::unix::fs::symlink("/dev/null", &link).unwrap();
+        let child = root.join(format!("sym.{}", ext(vhdx, true)));
+        let name = link.file_name().unwrap().to_str().unwrap().to_string();
+        make_child(&child, spec.clone(), &format!(r".\{name}"), "", &name);
+        let (n, broken, rec) = open_partial(&child, ChainOptions::default());
+        assert_eq!(n, 1);
+        let msg = broken.unwrap();
+        assert!(msg.contains("--follow-symlinks"), "{msg}");
+        assert_eq!(rec.touching(&["open"], Path::new("/dev")), vec![]);
+        assert_eq!(rec.touching(&["open"], &link), vec![]);
+        let (n, broken, rec) = open_partial(
+            &child,
+            ChainOptions {
+                follow_symlinks: true,
+                ..Default::default()
+            },
+        );
+        assert_eq!(n, 1);
+        let msg = broken.unwrap();
+        assert!(msg.contains("not a regular file"), "{msg}");
+        assert_eq!(rec.touching(&["open"], Path::new("/dev")), vec![]);
+        assert_eq!(rec.touching(&["open"], &link), vec![]);
+        let (out, _) = merge_refused(
+            &root,
+            &child,
+            ChainOptions {
+                follow_symlinks: true,
+                ..Default::default()
+            },
+        );
+        assert_eq!(out.return_value, 32779, "{:?}", out.error);
+    }
+}
+
+fn mkfifo(p: &Path) {
+    let ok = std::process::Command::new("mkfifo")
+        .arg(p)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "mkfifo {} failed", p.display());
+}
+
+#[test]
+fn fifo_and_socket_named_as_parent_do_not_hang() {
+    let _serial = serial();
+    for vhdx in [true, false] {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path().canonicalize().unwrap();
+        let base = root.join(format!("base.{}", ext(vhdx, false)));
+        make_base(&base, vhdx);
+        let spec = spec_for(&base, &root.join("x"));
+        let fifo = root.join(format!("fifo.{}", ext(vhdx, false)));
+        mkfifo(&fifo);
+        let sock = root.join(format!("sock.{}", ext(vhdx, false)));
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        for special in [&fifo, &sock] {
+            let name = special.file_name().unwrap().to_str().unwrap().to_string();
+            let child = root.join(format!("c-{name}.{}", ext(vhdx, true)));
+            make_child(&child, spec.clone(), &format!(r".\{name}"), "", &name);
+            for follow in [false, true] {
+                let opts = ChainOptions {
+                    follow_symlinks: follow,
+                    ..Default::default()
+                };
+                let (n, broken, rec) = open_partial(&child, opts.clone());
+                assert_eq!(n, 1);
+                let msg = broken.unwrap();
+                assert!(msg.contains("not a regular file"), "{msg}");
+                assert!(msg.contains(&name), "error names the candidate: {msg}");
+                assert_eq!(rec.touching(&["open"], special), vec![]);
+                // merge: also the sibling scan must skip it (not hang).
+                let (out, rec) = merge_refused(&root, &child, opts);
+                assert_eq!(out.return_value, 32779, "{:?}", out.error);
+                assert_eq!(rec.touching(&["open"], special), vec![]);
+            }
+            // A symlink to the FIFO, followed.
+            let link = root.join(format!("l{name}"));
+            std::os::unix::fs::symlink(special, &link).unwrap();
+            let lname = link.file_name().unwrap().to_str().unwrap().to_string();
+            let child = root.join(format!("cl-{name}.{}", ext(vhdx, true)));
+            make_child(&child, spec.clone(), &format!(r".\{lname}"), "", &lname);
+            let (n, broken, rec) = open_partial(
+                &child,
+                ChainOptions {
+                    follow_symlinks: true,
+                    ..Default::default()
+                },
+            );
+            assert_eq!(n, 1);
+            assert!(broken.unwrap().contains("not a regular file"));
+            assert_eq!(rec.touching(&["open"], special), vec![]);
+            assert_eq!(rec.touching(&["open"], &link), vec![]);
+        }
+    }
+}
+
+#[test]
+fn symlinked_parent_needs_follow_symlinks() {
+    let _serial = serial();
+    for vhdx in [true, false] {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path().canonicalize().unwrap();
+        let real = root.join("real");
+        let dir = root.join("vm");
+        std::fs::create_dir_all(&real).unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
+        let target = real.join(format!("p.{}", ext(vhdx, false)));
+        make_base(&target, vhdx);
+        let link = dir.join(format!("p.{}", ext(vhdx, false)));
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let child = dir.join(format!("c.{}", ext(vhdx, true)));
+        let name = link.file_name().unwrap().to_str().unwrap().to_string();
+        make_child(
+            &child,
+            spec_for(&target, &child),
+            &format!(r".\{name}"),
+            &format!(r"C:\vms\{name}"),
+            &name,
+        );
+        let (n, broken, rec) = open_partial(&child, ChainOptions::default());
+        assert_eq!(n, 1);
+        let msg = broken.unwrap();
+        assert!(
+            msg.contains("symbolic link") && msg.contains("--follow-symlinks"),
+            "{msg}"
+        );
+        assert!(msg.contains(&link.display().to_string()), "{msg}");
+        assert_eq!(rec.touching(&["open", "kind"], &real), vec![]);
+        assert_eq!(rec.touching(&["open"], &link), vec![]);
+        let (out, rec) = merge_refused(&root, &child, ChainOptions::default());
+        assert_eq!(out.return_value, 32779, "{:?}", out.error);
+        assert_eq!(rec.touching(&["open", "kind"], &real), vec![]);
+
+        let (n, broken, _) = open_partial(
+            &child,
+            ChainOptions {
+                follow_symlinks: true,
+                ..Default::default()
+            },
+        );
+        assert_eq!((n, broken), (2, None), "followed symlink resolves");
+    }
+}
+
+#[test]
+fn locator_naming_the_child_itself_is_a_cycle() {
+    let _serial = serial();
+    for vhdx in [true, false] {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path().canonicalize().unwrap();
+        let base = root.join(format!("base.{}", ext(vhdx, false)));
+        make_base(&base, vhdx);
+        let child = root.join(format!("self.{}", ext(vhdx, true)));
+        let name = child.file_name().unwrap().to_str().unwrap().to_string();
+        make_child(
+            &child,
+            spec_for(&base, &child),
+            &format!(r".\{name}"),
+            &format!(r"C:\x\{name}"),
+            &name,
+        );
+        let (n, broken, rec) = open_partial(&child, ChainOptions::default());
+        assert_eq!(n, 1);
+        let msg = broken.unwrap();
+        assert!(msg.contains("cycle"), "{msg}");
+        assert!(
+            msg.contains("parent locator"),
+            "error names the structure: {msg}"
+        );
+        let opens = rec.touching(&["open"], &child);
+        assert_eq!(opens.len(), 1, "the child is opened once: {opens:?}");
+        let (out, _) = merge_refused(&root, &child, ChainOptions::default());
+        assert!(out.error.unwrap().contains("cycle"));
+    }
+}
+
+/// Replace every occurrence of `from` by `to` (same length) in `file`.
+fn patch_all(file: &Path, from: &[u8], to: &[u8]) -> usize {
+    assert_eq!(from.len(), to.len());
+    let mut b = std::fs::read(file).unwrap();
+    let mut n = 0;
+    let mut i = 0;
+    while i + from.len() <= b.len() {
+        if &b[i..i + from.len()] == from {
+            b[i..i + from.len()].copy_from_slice(to);
+            n += 1;
+            i += from.len();
+        } else {
+            i += 1;
+        }
+    }
+    std::fs::write(file, b).unwrap();
+    n
+}
+
+fn utf16(s: &str) -> Vec<u8> {
+    s.encode_utf16().flat_map(|u| u.to_le_bytes()).collect()
+}
+
+fn identity(p: &Path) -> Identity {
+    open_image_file(&fs(), p, &ChainOptions::default())
+        .unwrap()
+        .identity()
+}
+
+/// A's parent is B and B's parent is A, with matching linkage both ways.
+fn two_file_cycle(dir: &Path, vhdx: bool) -> (PathBuf, PathBuf) {
+    let a = dir.join(format!("a.{}", ext(vhdx, true)));
+    let b = dir.join(format!("b.{}", ext(vhdx, true)));
+    make_base(&a, vhdx);
+    let old_a = identity(&a);
+    let a_name = a.file_name().unwrap().to_str().unwrap().to_string();
+    make_child(&b, spec_for(&a, &b), &format!(r".\{a_name}"), "", &a_name);
+    // Recreate A as a child of B (new identity), then point B at the new A.
+    std::fs::remove_file(&a).unwrap();
+    let b_name = b.file_name().unwrap().to_str().unwrap().to_string();
+    make_child(&a, spec_for(&b, &a), &format!(r".\{b_name}"), "", &b_name);
+    let new_a = identity(&a);
+    match (old_a, new_a) {
+        (Identity::Vhdx { data_write_guid: o }, Identity::Vhdx { data_write_guid: n }) => {
+            // parent_linkage is UTF-16 text in the metadata (no checksum).
+            let mut hits = 0;
+            for (fo, fnew) in [
+                (o.hyphenated().to_string(), n.hyphenated().to_string()),
+                (
+                    o.hyphenated().to_string().to_uppercase(),
+                    n.hyphenated().to_string().to_uppercase(),
+                ),
+            ] {
+                hits += patch_all(&b, &utf16(&fo), &utf16(&fnew));
+            }
+            assert!(hits > 0, "parent_linkage not found in b");
+        }
+        (Identity::Vhd { unique_id: o, .. }, Identity::Vhd { unique_id: n, .. }) => {
+            // Parent Unique ID in the dynamic header; fix its checksum.
+            let mut bytes = std::fs::read(&b).unwrap();
+            let ho = u64::from_be_bytes(bytes[16..24].try_into().unwrap()) as usize;
+            assert_eq!(&bytes[ho + 0x28..ho + 0x38], &o);
+            bytes[ho + 0x28..ho + 0x38].copy_from_slice(&n);
+            let sum = formats::checksum::vhd_checksum(&bytes[ho..ho + 1024], 0x24);
+            bytes[ho + 0x24..ho + 0x28].copy_from_slice(&sum.to_be_bytes());
+            std::fs::write(&b, bytes).unwrap();
+        }
+        _ => unreachable!(),
+    }
+    (a, b)
+}
+
+#[test]
+fn two_file_cycle_is_an_error_not_a_hang() {
+    let _serial = serial();
+    for vhdx in [true, false] {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path().canonicalize().unwrap();
+        let (a, b) = two_file_cycle(&root, vhdx);
+        for (top, other) in [(&a, &b), (&b, &a)] {
+            let (n, broken, rec) = open_partial(top, ChainOptions::default());
+            // The linkage matched one step (so the cycle is real), then the
+            // second step found a file already in the chain.
+            assert_eq!(n, 2, "{broken:?}");
+            let msg = broken.unwrap();
+            assert!(
+                msg.contains("cycle") && msg.contains("parent locator"),
+                "{msg}"
+            );
+            assert_eq!(rec.touching(&["open"], top).len(), 1);
+            assert_eq!(rec.touching(&["open"], other).len(), 1);
+            let (out, _) = merge_refused(&root, top, ChainOptions::default());
+            assert!(out.error.unwrap().contains("cycle"));
+        }
+    }
+}
+
+/// `kind` on an outside path would already reveal whether it exists (and for
+/// automounted or network paths, trigger I/O): the recorder must not see any
+/// call outside the child's directory when no option widens the search.
+#[test]
+fn no_filesystem_call_leaves_the_child_directory() {
+    let _serial = serial();
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path().canonicalize().unwrap();
+    let dir = root.join("vm");
+    std::fs::create_dir_all(&dir).unwrap();
+    let base = root.join("base.vhdx");
+    make_base(&base, true);
+    let child = dir.join("c.avhdx");
+    make_child(
+        &child,
+        spec_for(&base, &child),
+        r"..\base.vhdx",
+        &base.display().to_string(),
+        "base.vhdx",
+    );
+    let (_, broken, rec) = open_partial(&child, ChainOptions::default());
+    assert!(broken.is_some());
+    for (op, p) in rec.calls() {
+        assert!(p.starts_with(&dir), "{op} {}", p.display());
+    }
+    rec.clear();
+    let (out, rec) = merge_refused(&root, &child, ChainOptions::default());
+    assert_eq!(out.return_value, 32779);
+    for (op, p) in rec.calls() {
+        assert!(p.starts_with(&dir), "merge: {op} {}", p.display());
+    }
+}
+
+/// `.\sub\p.vhdx` where `sub` is a symlink to a directory outside: the
+/// final component is a regular file, but reaching it follows a symlink, so
+/// it needs `--follow-symlinks` like a symlinked file does.
+#[test]
+fn symlinked_directory_in_a_relative_locator_needs_follow_symlinks() {
+    let _serial = serial();
+    for vhdx in [true, false] {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path().canonicalize().unwrap();
+        let elsewhere = root.join("elsewhere");
+        let dir = root.join("vm");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
+        let parent = elsewhere.join(format!("p.{}", ext(vhdx, false)));
+        make_base(&parent, vhdx);
+        std::os::unix::fs::symlink(&elsewhere, dir.join("sub")).unwrap();
+        let child = dir.join(format!("c.{}", ext(vhdx, true)));
+        let rel = format!(r".\sub\p.{}", ext(vhdx, false));
+        // No name-only hints: the relative path is the only way there.
+        make_child(&child, spec_for(&parent, &child), &rel, "", "");
+        let (n, broken, rec) = open_partial(&child, ChainOptions::default());
+        assert_eq!(
+            n, 1,
+            "a symlinked directory was followed without --follow-symlinks"
+        );
+        let msg = broken.unwrap();
+        assert!(msg.contains("--follow-symlinks"), "{msg}");
+        assert_eq!(rec.touching(&["open"], &dir.join("sub")), vec![]);
+        let (out, _) = merge_refused(&root, &child, ChainOptions::default());
+        assert_eq!(out.return_value, 32779, "{:?}", out.error);
+        let (n, broken, _) = open_partial(
+            &child,
+            ChainOptions {
+                follow_symlinks: true,
+                ..Default::default()
+            },
+        );
+        assert_eq!((n, broken), (2, None));
+    }
+}

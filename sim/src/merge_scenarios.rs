@@ -1,0 +1,825 @@
+//! Merge scenarios: small chains folded into every kind of destination
+//! (VHD and VHDX, fixed / dynamic / differencing), judged against DESIGN.md
+//! section 5 after every simulated crash.
+//!
+//! The checker recovers as a user would: open the destination (chainfold's
+//! open replays a VHDX log or a VHD journal), `check` it, compare its whole
+//! virtual content with the two allowed ones (old destination view, merged
+//! view), and, where it still shows the old content, require the source
+//! chain to read exactly as before (invariant B). Then it re-runs the merge
+//! unless the state shows it finished, and requires return value 0 and the
+//! merged content.
+//!
+//! "Committed" is decided from the post-crash state itself (the merge code
+//! carries no marks): a destination showing the merged content committed.
+//!
+//! `MergeStrategy::UnsafeInPlace` is the negative control: the same chains
+//! merged by a deliberately broken test double (raw in-place payload
+//! writes, no journal, no ordering, no flush). The checker must catch it.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
+
+use formats::chain::{fold, open_image_file, Chain, ChainOptions, FoldedRun, Source};
+use formats::layer::{Run, RunKind};
+use formats::params::{CreateParams, DiskType, OpenOptions};
+use formats::{Access, EntryKind, JournalSlot, Namespace, Severity};
+use merge::{JobHandle, MergeRequest};
+
+use crate::explore::{CrashContext, Marks, Scenario};
+use crate::rng::SplitMix64;
+
+const MIB: u64 = 1 << 20;
+const KIB: u64 = 1 << 10;
+const DIR: &str = "/m";
+
+/// How the operation under test merges (the `--strategy` of `xtask sim`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MergeStrategy {
+    /// chainfold's merge (`merge::run`).
+    Safe,
+    /// Negative control: raw in-place writes, no journal, no ordering.
+    UnsafeInPlace,
+}
+
+impl MergeStrategy {
+    pub fn name(self) -> &'static str {
+        match self {
+            MergeStrategy::Safe => "safe",
+            MergeStrategy::UnsafeInPlace => "unsafe-in-place",
+        }
+    }
+}
+
+impl fmt::Display for MergeStrategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for MergeStrategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "safe" | "merge" => Ok(MergeStrategy::Safe),
+            "unsafe-in-place" => Ok(MergeStrategy::UnsafeInPlace),
+            _ => Err(format!(
+                "unknown merge strategy {s:?} (safe, merge, unsafe-in-place)"
+            )),
+        }
+    }
+}
+
+/// Destination kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DestKind {
+    Fixed,
+    Dynamic,
+    Differencing,
+}
+
+impl DestKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            DestKind::Fixed => "fixed",
+            DestKind::Dynamic => "dynamic",
+            DestKind::Differencing => "diff",
+        }
+    }
+}
+
+/// The parameters of one merge scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MergeParams {
+    pub vhdx: bool,
+    pub dest: DestKind,
+    /// Layers folded into the destination (1 = the source is its child).
+    pub depth: usize,
+    /// VHDX 4096-byte logical sectors (tears at 4096 too).
+    pub sector_4k: bool,
+    /// The source is one block larger than the destination.
+    pub grow: bool,
+}
+
+impl MergeParams {
+    /// `vhdx-dynamic-d2-4k-grow` style.
+    pub fn name(&self) -> String {
+        format!(
+            "{}-{}-d{}{}{}",
+            if self.vhdx { "vhdx" } else { "vhd" },
+            self.dest.name(),
+            self.depth,
+            if self.sector_4k { "-4k" } else { "" },
+            if self.grow { "-grow" } else { "" }
+        )
+    }
+    fn sector(&self) -> u64 {
+        if self.sector_4k {
+            4096
+        } else {
+            512
+        }
+    }
+    fn block(&self) -> u32 {
+        if self.vhdx {
+            MIB as u32
+        } else {
+            512 * KIB as u32
+        }
+    }
+    /// Virtual size of the destination (and its base): two blocks, so a
+    /// merge has a whole block and partial ones (checks read all of it).
+    fn dest_size(&self) -> u64 {
+        2 * u64::from(self.block())
+    }
+    fn ext(&self, base: bool) -> &'static str {
+        match (self.vhdx, base) {
+            (false, _) => "vhd",
+            (true, true) => "vhdx",
+            (true, false) => "avhdx",
+        }
+    }
+    fn base_path(&self) -> PathBuf {
+        PathBuf::from(format!("{DIR}/base.{}", self.ext(true)))
+    }
+    pub fn dest_path(&self) -> PathBuf {
+        PathBuf::from(format!(
+            "{DIR}/dest.{}",
+            self.ext(self.dest != DestKind::Differencing)
+        ))
+    }
+    fn child_path(&self, i: usize) -> PathBuf {
+        PathBuf::from(format!("{DIR}/c{i}.{}", self.ext(false)))
+    }
+    pub fn source_path(&self) -> PathBuf {
+        self.child_path(self.depth)
+    }
+    fn request(&self) -> MergeRequest {
+        MergeRequest {
+            source: self.source_path(),
+            destination: Some(self.dest_path()),
+            ..Default::default()
+        }
+    }
+}
+
+/// The contents every post-crash state is compared with.
+#[derive(Debug)]
+struct Expected {
+    /// What the destination (with its own ancestors) showed before.
+    old: Content,
+    /// What the source showed before: the merged content.
+    merged: Content,
+}
+
+/// One merge scenario: a chain built by `setup`, merged by `run` with the
+/// chosen strategy.
+#[derive(Debug)]
+pub struct MergeScenario {
+    pub params: MergeParams,
+    pub strategy: MergeStrategy,
+    /// Deterministic GUIDs and clock for setup / run / check.
+    pub seed: u64,
+    expected: OnceLock<Result<Expected, String>>,
+}
+
+impl MergeScenario {
+    pub fn new(params: MergeParams, strategy: MergeStrategy) -> Self {
+        MergeScenario {
+            params,
+            strategy,
+            seed: 0x5eed_0000 ^ name_hash(&params.name()),
+            expected: OnceLock::new(),
+        }
+    }
+
+    fn expected(&self) -> Result<&Expected, String> {
+        self.expected
+            .get_or_init(|| {
+                formats::entropy::with_seed(self.seed, || {
+                    let m = formats::MemNamespace::new();
+                    let ns: Arc<dyn Namespace> = Arc::new(m);
+                    build(&ns, &self.params)?;
+                    let old = read_chain(&ns, &self.params.dest_path())?;
+                    let merged = read_chain(&ns, &self.params.source_path())?;
+                    if old == merged {
+                        return Err("scenario makes no change".into());
+                    }
+                    Ok(Expected {
+                        old: Content::new(old),
+                        merged: Content::new(merged),
+                    })
+                })
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+}
+
+fn name_hash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+fn e2s(e: impl fmt::Display) -> String {
+    e.to_string()
+}
+
+/// Deterministic bytes for a write (different per tag).
+fn pattern(tag: u64, len: usize) -> Vec<u8> {
+    let mut r = SplitMix64::new(tag);
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        v.extend_from_slice(&r.next_u64().to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+enum Edit {
+    Write { at: u64, len: u64, tag: u64 },
+    Zero { at: u64, len: u64 },
+}
+
+/// The edits of layer `level` (0 = the destination's base or the destination
+/// itself, 1.. = the layers above). Each layer mixes a partial block write
+/// into a block its parent holds, a sector-sized write, and one layer writes
+/// a whole block and another a ZERO range; `grow` sources also write past
+/// the old end.
+fn edits(p: &MergeParams, level: usize, size: u64) -> Vec<Edit> {
+    let s = p.sector();
+    let b = u64::from(p.block());
+    let l = level as u64;
+    let mut v = vec![
+        // Partial, in the first block (every layer touches it, at
+        // overlapping places).
+        Edit::Write {
+            at: (l * 3 * s) % (b / 2),
+            len: 4 * s,
+            tag: 100 + l,
+        },
+        // One sector, inside the last block of the destination.
+        Edit::Write {
+            at: p.dest_size() - b + s * (2 + l),
+            len: s,
+            tag: 200 + l,
+        },
+    ];
+    if level == 1 {
+        // A whole block (a full-block run of the merge).
+        v.push(Edit::Write {
+            at: b,
+            len: b.min(size - b),
+            tag: 300,
+        });
+    }
+    if level == 2 || (level == 1 && p.depth == 1) {
+        // Hide what the parent holds: a ZERO range over written sectors.
+        v.push(Edit::Zero {
+            at: (l * 3 * s) % (b / 2) + s,
+            len: 2 * s,
+        });
+    }
+    if p.grow && level == p.depth {
+        v.push(Edit::Write {
+            at: p.dest_size() + s,
+            len: 2 * s,
+            tag: 400,
+        });
+    }
+    v
+}
+
+fn apply(ns: &Arc<dyn Namespace>, path: &Path, edits: &[Edit]) -> Result<(), String> {
+    let opts = ChainOptions {
+        access: Access::Write,
+        writable: true,
+        ..Default::default()
+    };
+    let mut img = open_image_file(ns, path, &opts).map_err(e2s)?;
+    for e in edits {
+        match e {
+            Edit::Write { at, len, tag } => img
+                .write_sectors(*at, &pattern(*tag, *len as usize))
+                .map_err(e2s)?,
+            Edit::Zero { at, len } => img.zero_sectors(*at, *len).map_err(e2s)?,
+        }
+    }
+    Ok(())
+}
+
+fn create(
+    ns: &Arc<dyn Namespace>,
+    p: &MergeParams,
+    path: &Path,
+    disk_type: DiskType,
+    size: u64,
+    parent: Option<&Path>,
+) -> Result<(), String> {
+    let parent = match parent {
+        None => None,
+        Some(pp) => {
+            let img = open_image_file(ns, pp, &ChainOptions::default()).map_err(e2s)?;
+            let spec = formats::create::parent_spec(ns, img.as_ref(), pp, path).map_err(e2s)?;
+            Some(spec)
+        }
+    };
+    formats::create::create_file(
+        ns,
+        path,
+        &CreateParams {
+            virtual_size: size,
+            disk_type,
+            block_size: Some(p.block()),
+            logical_sector_size: p.sector() as u32,
+            physical_sector_size: 4096,
+            parent,
+        },
+    )
+    .map_err(|e| format!("create {}: {e}", path.display()))
+}
+
+/// Build the chain: [base <-] dest <- c1 <- ... <- c{depth}.
+fn build(ns: &Arc<dyn Namespace>, p: &MergeParams) -> Result<(), String> {
+    let size = p.dest_size();
+    let dest = p.dest_path();
+    match p.dest {
+        DestKind::Fixed | DestKind::Dynamic => {
+            let t = if p.dest == DestKind::Fixed {
+                DiskType::Fixed
+            } else {
+                DiskType::Dynamic
+            };
+            create(ns, p, &dest, t, size, None)?;
+            apply(ns, &dest, &edits(p, 0, size))?;
+        }
+        DestKind::Differencing => {
+            let base = p.base_path();
+            create(ns, p, &base, DiskType::Dynamic, size, None)?;
+            apply(ns, &base, &edits(p, 0, size))?;
+            create(ns, p, &dest, DiskType::Differencing, size, Some(&base))?;
+            // The destination's own sectors differ from its base's.
+            apply(
+                ns,
+                &dest,
+                &[Edit::Write {
+                    at: 8 * p.sector(),
+                    len: 2 * p.sector(),
+                    tag: 50,
+                }],
+            )?;
+        }
+    }
+    let mut parent = dest;
+    for i in 1..=p.depth {
+        let c = p.child_path(i);
+        let csize = if p.grow && i == p.depth {
+            size + u64::from(p.block())
+        } else {
+            size
+        };
+        create(ns, p, &c, DiskType::Differencing, csize, Some(&parent))?;
+        apply(ns, &c, &edits(p, i, csize))?;
+        parent = c;
+    }
+    Ok(())
+}
+
+fn read_chain(ns: &Arc<dyn Namespace>, path: &Path) -> Result<Vec<u8>, String> {
+    let chain = Chain::open(ns, path, &ChainOptions::default())
+        .map_err(|e| format!("open {}: {e}", path.display()))?;
+    let mut buf = vec![0u8; chain.top().virtual_size() as usize];
+    chain
+        .reader()
+        .read(0, &mut buf)
+        .map_err(|e| format!("read {}: {e}", path.display()))?;
+    Ok(buf)
+}
+
+/// What a post-crash destination shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shows {
+    Old,
+    Merged,
+}
+
+/// Bytes folded per step when comparing a chain with the expected contents.
+const PIECE: u64 = 256 << 10;
+/// Granularity of the precomputed summaries (every run is 512-aligned).
+const UNIT: usize = 512;
+
+thread_local! {
+    static PIECE_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// An expected virtual content with what makes comparing cheap: how many
+/// 512-byte units before each unit hold a nonzero byte (so a zero run is
+/// judged without reading or comparing it).
+#[derive(Debug)]
+struct Content {
+    bytes: Vec<u8>,
+    nonzero_before: Vec<u32>,
+}
+
+impl Content {
+    fn new(bytes: Vec<u8>) -> Self {
+        let mut nonzero_before = Vec::with_capacity(bytes.len() / UNIT + 1);
+        let mut n = 0u32;
+        nonzero_before.push(0);
+        for u in bytes.chunks(UNIT) {
+            n += u32::from(u.iter().any(|b| *b != 0));
+            nonzero_before.push(n);
+        }
+        Content {
+            bytes,
+            nonzero_before,
+        }
+    }
+    fn len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+    /// `[off, off + len)` (512-aligned) reads zeros in this content.
+    fn zero_at(&self, off: u64, len: u64) -> bool {
+        let (a, b) = (
+            (off as usize) / UNIT,
+            (off + len).div_ceil(UNIT as u64) as usize,
+        );
+        match (self.nonzero_before.get(a), self.nonzero_before.get(b)) {
+            (Some(x), Some(y)) => x == y,
+            _ => false,
+        }
+    }
+    fn equals_at(&self, off: u64, data: &[u8]) -> bool {
+        self.bytes.get(off as usize..off as usize + data.len()) == Some(data)
+    }
+    fn first_difference(&self, off: u64, data: &[u8]) -> u64 {
+        let at = self
+            .bytes
+            .get(off as usize..)
+            .unwrap_or_default()
+            .iter()
+            .zip(data.iter())
+            .position(|(a, b)| a != b)
+            .unwrap_or(0);
+        off + at as u64
+    }
+}
+
+/// Fold the whole opened chain and tell which of `want` its virtual content
+/// equals (a flag per candidate). Zero runs are judged from the summaries;
+/// only present runs are read. Stops as soon as no candidate can match.
+/// Also returns where the first candidate first differed (to a run).
+fn compare_chain(chain: &Chain, want: &[&Content]) -> Result<(Vec<bool>, Option<u64>), String> {
+    let size = chain.top().virtual_size();
+    let mut eq: Vec<bool> = want.iter().map(|w| w.len() == size).collect();
+    let mut first_diff = None;
+    let layers = chain.layers();
+    let mut reader = chain.reader();
+    PIECE_BUF.with(|b| {
+        let mut buf = b.borrow_mut();
+        let mut pos = 0u64;
+        while pos < size && eq.iter().any(|e| *e) {
+            let n = PIECE.min(size - pos);
+            let runs = reader
+                .runs(pos, n)
+                .map_err(|e| format!("fold at {pos:#x}: {e}"))?
+                .to_vec();
+            for r in runs {
+                match r.source {
+                    Source::Layer { layer, file_offset } => {
+                        buf.resize(r.len as usize, 0);
+                        let l = layers
+                            .get(layer)
+                            .ok_or_else(|| format!("fold names layer {layer}"))?;
+                        l.read_file(file_offset, &mut buf[..])
+                            .map_err(|e| format!("read at {:#x}: {e}", r.offset))?;
+                        let mut last: Option<(usize, bool)> = None;
+                        for (i, w) in want.iter().enumerate() {
+                            if !eq[i] {
+                                continue;
+                            }
+                            // Identical expected bytes need one compare.
+                            let same = match last {
+                                Some((j, v))
+                                    if want[j]
+                                        .bytes
+                                        .get(r.offset as usize..(r.offset + r.len) as usize)
+                                        == w.bytes.get(
+                                            r.offset as usize..(r.offset + r.len) as usize,
+                                        ) =>
+                                {
+                                    Some(v)
+                                }
+                                _ => None,
+                            };
+                            let ok = same.unwrap_or_else(|| w.equals_at(r.offset, &buf[..]));
+                            last = Some((i, ok));
+                            if !ok {
+                                eq[i] = false;
+                                if i == 0 {
+                                    first_diff = Some(w.first_difference(r.offset, &buf[..]));
+                                }
+                            }
+                        }
+                    }
+                    Source::Zero | Source::NotHeld => {
+                        for (i, w) in want.iter().enumerate() {
+                            if eq[i] && !w.zero_at(r.offset, r.len) {
+                                eq[i] = false;
+                                if i == 0 {
+                                    first_diff = Some(r.offset);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            pos += n;
+        }
+        Ok((eq, first_diff))
+    })
+}
+
+/// Every image of the chain passes `check` (no error finding).
+fn check_chain(chain: &Chain) -> Result<(), String> {
+    for link in &chain.links {
+        let findings = link
+            .image
+            .check()
+            .map_err(|e| format!("check {} failed: {e}", link.path.display()))?;
+        let errors: Vec<String> = findings
+            .iter()
+            .filter(|f| f.severity == Severity::Error)
+            .map(|f| f.to_string())
+            .collect();
+        if !errors.is_empty() {
+            return Err(format!(
+                "check {}: {}",
+                link.path.display(),
+                errors.join("; ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Open the destination chain, optionally check every image of it, and
+/// tell old from merged.
+fn judge_destination(
+    ns: &Arc<dyn Namespace>,
+    p: &MergeParams,
+    exp: &Expected,
+    check: bool,
+) -> Result<Shows, String> {
+    let dest = p.dest_path();
+    let chain = Chain::open(ns, &dest, &ChainOptions::default())
+        .map_err(|e| format!("destination does not open: {e}"))?;
+    if check {
+        check_chain(&chain)?;
+    }
+    let (eq, first) = compare_chain(&chain, &[&exp.merged, &exp.old])?;
+    match (eq[0], eq[1]) {
+        (true, _) => Ok(Shows::Merged),
+        (false, true) => Ok(Shows::Old),
+        _ => Err(format!(
+            "destination content (virtual size {}) is neither old nor merged (first difference from merged at {})",
+            chain.top().virtual_size(),
+            first.map_or("-".to_string(), |f| format!("{f:#x}"))
+        )),
+    }
+}
+
+/// Invariant B: the source chain opens and reads the pre-merge view.
+fn source_reads_as_before(
+    ns: &Arc<dyn Namespace>,
+    p: &MergeParams,
+    exp: &Expected,
+) -> Result<(), String> {
+    let chain = Chain::open(ns, &p.source_path(), &ChainOptions::default()).map_err(|e| {
+        format!("destination shows old content but the source chain does not open: {e}")
+    })?;
+    let (eq, first) = compare_chain(&chain, &[&exp.merged])?;
+    if eq[0] {
+        Ok(())
+    } else {
+        Err(format!(
+            "destination shows old content but the source chain reads differently than before the merge (first difference at {})",
+            first.map_or("-".to_string(), |f| format!("{f:#x}"))
+        ))
+    }
+}
+
+impl Scenario for MergeScenario {
+    fn name(&self) -> String {
+        self.params.name()
+    }
+    fn sector_size(&self) -> usize {
+        self.params.sector() as usize
+    }
+    fn cli_strategy(&self) -> &'static str {
+        self.strategy.name()
+    }
+    fn setup(&self, ns: &Arc<dyn Namespace>) -> Result<(), String> {
+        self.expected()?;
+        formats::entropy::with_seed(self.seed, || build(ns, &self.params))
+    }
+    fn run(&self, ns: &Arc<dyn Namespace>, _marks: &Marks) -> Result<(), String> {
+        formats::entropy::with_seed(self.seed ^ 1, || match self.strategy {
+            MergeStrategy::Safe => {
+                let out = merge::run(ns, &self.params.request(), &JobHandle::new());
+                if out.return_value == 0 {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "merge returned {}: {}",
+                        out.return_value,
+                        out.error.unwrap_or_default()
+                    ))
+                }
+            }
+            MergeStrategy::UnsafeInPlace => unsafe_in_place(ns, &self.params),
+        })
+    }
+    fn check(&self, ns: &Arc<dyn Namespace>, ctx: &CrashContext) -> Result<(), String> {
+        let exp = self.expected()?;
+        let p = &self.params;
+        formats::entropy::with_seed(self.seed ^ 2 ^ (ctx.crash_point as u64) << 8, || {
+            let shows = judge_destination(ns, p, exp, true)?;
+            if shows == Shows::Old {
+                // Invariant B: not committed, so the source chain reads
+                // exactly as before.
+                source_reads_as_before(ns, p, exp)?;
+            }
+            let record = merge::record::record_path(&p.source_path());
+            let record_left = ns.kind(&record).map_err(e2s)? != EntryKind::Missing;
+            if shows == Shows::Merged && !record_left {
+                // The merge committed and finished: nothing to recover.
+                return Ok(());
+            }
+            if ctx.run_finished() && self.strategy == MergeStrategy::Safe {
+                return Err(format!(
+                    "the merge had returned, yet the destination shows {shows:?} content{}",
+                    if record_left {
+                        " and its record is left"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+            // Recover as a user would: run the same merge again.
+            let out = merge::run(ns, &p.request(), &JobHandle::new());
+            if out.return_value != 0 {
+                return Err(format!(
+                    "re-running the merge after the crash (destination showed {shows:?}) returned {}: {}",
+                    out.return_value,
+                    out.error.unwrap_or_default()
+                ));
+            }
+            // The re-run itself checked every image before merging; the
+            // content is what is left to judge.
+            match judge_destination(ns, p, exp, false) {
+                Ok(Shows::Merged) => {}
+                Ok(Shows::Old) => {
+                    return Err("after the re-run the destination still shows old content".into())
+                }
+                Err(e) => return Err(format!("after the re-run: {e}")),
+            }
+            if ns.kind(&record).map_err(e2s)? != EntryKind::Missing {
+                return Err("after the re-run the merge record is still there".into());
+            }
+            Ok(())
+        })
+    }
+}
+
+/// The negative control. Reads the folded runs into memory, then writes
+/// them into the destination: sectors the destination already maps go
+/// straight to their file offsets (no journal, no flush); the rest through
+/// the driver's per-call writes, with no batch, no identity change and no
+/// ordering between calls. A grown source gets a batch that only grows.
+fn unsafe_in_place(ns: &Arc<dyn Namespace>, p: &MergeParams) -> Result<(), String> {
+    let source = p.source_path();
+    let (runs, data, virtual_size) = {
+        let chain = Chain::open(ns, &source, &ChainOptions::default()).map_err(e2s)?;
+        let layers = chain.layers();
+        let size = chain.top().virtual_size();
+        let mut runs: Vec<FoldedRun> = Vec::new();
+        // Only the layers above the destination.
+        fold(&layers[..p.depth], 0, size, &mut runs).map_err(e2s)?;
+        let mut data = Vec::new();
+        for r in &runs {
+            let mut buf = vec![0u8; r.len as usize];
+            if let Source::Layer { layer, file_offset } = r.source {
+                layers[layer]
+                    .read_file(file_offset, &mut buf)
+                    .map_err(e2s)?;
+            }
+            data.push(buf);
+        }
+        (runs, data, size)
+    };
+    let dest_path = p.dest_path();
+    let storage = ns.open(&dest_path, Access::Write).map_err(e2s)?;
+    let mut dest = formats::image::open(
+        &dest_path.display().to_string(),
+        Arc::clone(&storage),
+        Some(JournalSlot::for_image(Arc::clone(ns), &dest_path)),
+        OpenOptions {
+            writable: true,
+            ignore_checksums: false,
+        },
+    )
+    .map_err(e2s)?;
+    if virtual_size > dest.virtual_size() {
+        let id = dest.identity();
+        let mut b = dest.begin_batch().map_err(e2s)?;
+        b.grow(virtual_size).map_err(e2s)?;
+        b.prepare().map_err(e2s)?;
+        b.commit(id).map_err(e2s)?;
+    }
+    for (r, buf) in runs.iter().zip(&data) {
+        if r.source == Source::NotHeld {
+            continue;
+        }
+        let mut mapped: Vec<Run> = Vec::new();
+        dest.map(r.offset, r.len, &mut mapped).map_err(e2s)?;
+        for m in mapped {
+            let piece =
+                &buf[(m.offset - r.offset) as usize..(m.offset - r.offset + m.len) as usize];
+            match m.kind {
+                RunKind::Present { file_offset } => {
+                    storage.write_at(piece, file_offset).map_err(e2s)?;
+                }
+                _ => match r.source {
+                    Source::Zero => dest.zero_sectors(m.offset, m.len).map_err(e2s)?,
+                    _ => dest.write_sectors(m.offset, piece).map_err(e2s)?,
+                },
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every parameter combination the merge scenarios cover (names are
+/// stable: `vhd|vhdx`-`fixed|dynamic|diff`-`dN`[-4k][-grow]).
+pub fn all_params() -> Vec<MergeParams> {
+    let mut v = Vec::new();
+    for vhdx in [false, true] {
+        for dest in [DestKind::Fixed, DestKind::Dynamic, DestKind::Differencing] {
+            for depth in 1..=3 {
+                for sector_4k in [false, true] {
+                    if sector_4k && !vhdx {
+                        continue;
+                    }
+                    for grow in [false, true] {
+                        v.push(MergeParams {
+                            vhdx,
+                            dest,
+                            depth,
+                            sector_4k,
+                            grow,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    v
+}
+
+/// The default set: every destination kind, depths 1 to 3, 4K and growth
+/// spread over them so each feature meets each format at least once.
+pub fn default_params() -> Vec<MergeParams> {
+    let mk = |vhdx, dest, depth, sector_4k, grow| MergeParams {
+        vhdx,
+        dest,
+        depth,
+        sector_4k,
+        grow,
+    };
+    use DestKind::*;
+    vec![
+        mk(false, Fixed, 1, false, false),
+        mk(false, Fixed, 2, false, true),
+        mk(false, Dynamic, 1, false, false),
+        mk(false, Dynamic, 3, false, true),
+        mk(false, Differencing, 1, false, false),
+        mk(false, Differencing, 2, false, true),
+        mk(true, Fixed, 1, false, false),
+        mk(true, Fixed, 2, true, true),
+        mk(true, Dynamic, 1, true, false),
+        mk(true, Dynamic, 3, false, true),
+        mk(true, Differencing, 1, false, false),
+        mk(true, Differencing, 2, true, true),
+    ]
+}
+
+pub fn scenarios(params: &[MergeParams], strategy: MergeStrategy) -> Vec<Arc<dyn Scenario>> {
+    params
+        .iter()
+        .map(|p| Arc::new(MergeScenario::new(*p, strategy)) as Arc<dyn Scenario>)
+        .collect()
+}
