@@ -32,15 +32,10 @@ pub fn default_scenarios() -> Vec<Arc<dyn Scenario>> {
 }
 
 /// The default scenarios for a merge strategy: the merge scenarios merged
-/// that way, plus the correct toys for the safe strategy.
+/// that way. The toy protocols prove the simulator itself and run in its
+/// tests (and by name with `--scenario`), not in the merge budget.
 pub fn default_scenarios_for(strategy: MergeStrategy) -> Vec<Arc<dyn Scenario>> {
-    // Toys first: they finish early and `run_for` passes their unused time
-    // on to the merge scenarios.
-    let mut v = if strategy == MergeStrategy::Safe {
-        toy::correct()
-    } else {
-        Vec::new()
-    };
+    let mut v: Vec<Arc<dyn Scenario>> = Vec::new();
     v.extend(merge_scenarios::scenarios(
         &merge_scenarios::default_params(),
         strategy,

@@ -30,6 +30,14 @@ pub struct BenchArgs {
     /// Work directory (default: a temp dir under target/).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Run only the parts whose name contains one of these (comma
+    /// separated), e.g. `vhdx-32M-full,memory,scaling`.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+}
+
+fn wanted(args: &BenchArgs, name: &str) -> bool {
+    args.only.is_empty() || args.only.iter().any(|o| name.contains(o.as_str()))
 }
 
 #[derive(Args)]
@@ -375,6 +383,7 @@ fn compare_merge(
         ]);
     }
     let (mut ours, mut cps, mut qemus, mut rss) = (vec![], vec![], vec![], 0i64);
+    let ours_all: Vec<f64>;
     for _ in 0..pairs {
         let (b, c) = fresh(w);
         let m = timed(&as_strs(&merge_cmd(&b, &c)));
@@ -387,6 +396,7 @@ fn compare_merge(
         ours.push(m.wall_s);
         rss = rss.max(m.max_rss_kib);
         let copy = w.dir.join("copy.bin");
+        eprintln!("bench:   merge {:.3}s", m.wall_s);
         let _ = std::fs::remove_file(&copy);
         cps.push(
             timed(&[
@@ -430,8 +440,14 @@ fn compare_merge(
             qemus.push(timed(&["qemu-img", "commit", "-q", &qo.display().to_string()]).wall_s);
         }
     }
+    ours_all = ours.clone();
     let (o, c) = (median(ours), median(cps));
     let rss_mib = rss as f64 / 1024.0;
+    eprintln!(
+        "bench: {}: chainfold merge {o:.3}s (runs {ours_all:?}), cp {c:.3}s, qemu-img commit {:?}, peak RSS {rss_mib:.1} MiB",
+        w.name,
+        (!qemus.is_empty()).then(|| median(qemus.clone()))
+    );
     report.comparisons.push(Comparison {
         workload: w.name.clone(),
         data_bytes: w.data_bytes,
@@ -568,6 +584,9 @@ pub fn bench(args: &BenchArgs) -> formats::Result<Report> {
         ] {
             let vs = 4 * data;
             let name = format!("{label}-{gib}G");
+            if !wanted(args, &name) {
+                continue;
+            }
             eprintln!("bench: preparing {name}");
             let w = make_workload(&root, &name, vhdx, block, vs, data, fill)?;
             eprintln!("bench: timing {name}");
@@ -581,24 +600,33 @@ pub fn bench(args: &BenchArgs) -> formats::Result<Report> {
     // Memory: a 64 TiB virtual VHDX holding 4 GiB (1 GiB in quick mode),
     // and 1,000,000 scattered 512-byte runs.
     let data = if args.quick { GIB } else { 4 * GIB };
-    eprintln!("bench: memory workloads");
-    let w = make_workload(&root, "mem-64T", true, 32 << 20, 64 << 40, data, Fill::Full)?;
-    memory(&w, &mut report);
-    let _ = std::fs::remove_dir_all(&w.dir);
-    let w = make_workload(
-        &root,
-        "mem-1M-runs",
-        true,
-        32 << 20,
-        64 << 30,
-        1_000_000 * 512,
-        Fill::Scattered {
-            runs: 1_000_000,
-            stride: 64 << 10,
-        },
-    )?;
-    memory(&w, &mut report);
-    let _ = std::fs::remove_dir_all(&w.dir);
+    if wanted(args, "memory-64T") {
+        eprintln!("bench: memory workloads");
+        let w = make_workload(&root, "mem-64T", true, 32 << 20, 64 << 40, data, Fill::Full)?;
+        memory(&w, &mut report);
+        eprintln!("bench: {:?}", report.memory.last());
+        let _ = std::fs::remove_dir_all(&w.dir);
+    }
+    if wanted(args, "memory-1M-runs") {
+        let w = make_workload(
+            &root,
+            "mem-1M-runs",
+            true,
+            32 << 20,
+            64 << 30,
+            1_000_000 * 512,
+            Fill::Scattered {
+                runs: 1_000_000,
+                stride: 64 << 10,
+            },
+        )?;
+        memory(&w, &mut report);
+        eprintln!("bench: {:?}", report.memory.last());
+        let _ = std::fs::remove_dir_all(&w.dir);
+    }
+    if !wanted(args, "scaling") {
+        return Ok(report);
+    }
     // Scaling: the same 1 GiB in a 64 GiB and a 64 TiB virtual disk.
     eprintln!("bench: scaling");
     let small = make_workload(

@@ -217,11 +217,30 @@ fn chainfold_made_images_pass_qemu() {
 /// base <- c1 <- c2 made and written by chainfold (4 KiB aligned writes, no
 /// ZERO blocks: libvhdi's known bugs cannot bite).
 fn chain(d: &Path, ext_base: &str, ext_child: &str, block: &str) -> (PathBuf, PathBuf, PathBuf) {
+    chain_over(d, ext_base, ext_child, block, "dynamic")
+}
+
+fn chain_over(
+    d: &Path,
+    ext_base: &str,
+    ext_child: &str,
+    block: &str,
+    base_type: &str,
+) -> (PathBuf, PathBuf, PathBuf) {
     let base = d.join(format!("base.{ext_base}"));
     let c1 = d.join(format!("c1.{ext_child}"));
     let c2 = d.join(format!("c2.{ext_child}"));
     ok(
-        xtask(&["create", s(&base), "--size", "48M", "--block-size", block]),
+        xtask(&[
+            "create",
+            s(&base),
+            "--size",
+            "48M",
+            "--block-size",
+            block,
+            "--type",
+            base_type,
+        ]),
         "create",
     );
     write(&base, 0, &pattern(9, 6 << 20), d);
@@ -273,29 +292,31 @@ fn merged_destinations_pass_qemu_and_libvhdi() {
     let qemu = testdata::have_qemu();
     let libvhdi = have_libvhdi();
     for (eb, ec, fmt, block) in [("vhdx", "avhdx", "vhdx", "1M"), ("vhd", "vhd", "vpc", "2M")] {
-        // Into the base (dynamic): qemu can check and compare it.
-        let d = tempfile::tempdir().unwrap();
-        let (base, c1, c2) = chain(d.path(), eb, ec, block);
-        let before = our_sha(&c2, d.path());
-        let expect_raw = d.path().join(format!(
-            "{}.ours.raw",
-            c2.file_name().unwrap().to_str().unwrap()
-        ));
-        ok(
-            xtask(&["merge", s(&c2), s(&base), "--json"]),
-            "merge into base",
-        );
-        assert_eq!(our_sha(&base, d.path()), before);
-        if qemu {
-            if fmt == "vhdx" {
-                run("qemu-img", &["check", "-f", "vhdx", s(&base)]);
-            }
-            run(
-                "qemu-img",
-                &["compare", "-f", fmt, "-F", "raw", s(&base), s(&expect_raw)],
+        for base_type in ["dynamic", "fixed"] {
+            // Into the base (fixed or dynamic): qemu can check and compare it.
+            let d = tempfile::tempdir().unwrap();
+            let (base, c1, c2) = chain_over(d.path(), eb, ec, block, base_type);
+            let before = our_sha(&c2, d.path());
+            let expect_raw = d.path().join(format!(
+                "{}.ours.raw",
+                c2.file_name().unwrap().to_str().unwrap()
+            ));
+            ok(
+                xtask(&["merge", s(&c2), s(&base), "--json"]),
+                "merge into base",
             );
+            assert_eq!(our_sha(&base, d.path()), before);
+            if qemu {
+                if fmt == "vhdx" {
+                    run("qemu-img", &["check", "-f", "vhdx", s(&base)]);
+                }
+                run(
+                    "qemu-img",
+                    &["compare", "-f", fmt, "-F", "raw", s(&base), s(&expect_raw)],
+                );
+            }
+            let _ = &c1;
         }
-        let _ = &c1;
         // Into the parent (differencing): libvhdi reads the shortened chain.
         let d = tempfile::tempdir().unwrap();
         let (base, c1, c2) = chain(d.path(), eb, ec, block);
