@@ -383,7 +383,6 @@ fn compare_merge(
         ]);
     }
     let (mut ours, mut cps, mut qemus, mut rss) = (vec![], vec![], vec![], 0i64);
-    let ours_all: Vec<f64>;
     for _ in 0..pairs {
         let (b, c) = fresh(w);
         let m = timed(&as_strs(&merge_cmd(&b, &c)));
@@ -440,7 +439,7 @@ fn compare_merge(
             qemus.push(timed(&["qemu-img", "commit", "-q", &qo.display().to_string()]).wall_s);
         }
     }
-    ours_all = ours.clone();
+    let ours_all = ours.clone();
     let (o, c) = (median(ours), median(cps));
     let rss_mib = rss as f64 / 1024.0;
     eprintln!(
