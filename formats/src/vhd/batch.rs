@@ -441,6 +441,8 @@ struct JournalBatch<'a> {
     prepared: bool,
     /// The commit record may have been written: the journal must survive.
     committed: bool,
+    /// The old footer's bytes have a zero record (see `grow`).
+    old_footer_zeroed: bool,
 }
 
 impl<'a> JournalBatch<'a> {
@@ -471,11 +473,27 @@ impl<'a> JournalBatch<'a> {
             new_size,
             prepared: false,
             committed: false,
+            old_footer_zeroed: false,
         })
     }
 
     fn jname(&self) -> String {
         self.slot.path.display().to_string()
+    }
+
+    fn zero_old_footer(&mut self) -> Result<()> {
+        let old_size = self.img.footer.current_size;
+        if self.old_footer_zeroed || self.new_size <= old_size {
+            return Ok(());
+        }
+        let old_len = self.img.storage.len().ctx(&self.img.name)?;
+        self.record(
+            RECORD_ZERO,
+            old_size,
+            old_len.min(self.new_size).saturating_sub(old_size),
+        )?;
+        self.old_footer_zeroed = true;
+        Ok(())
     }
 
     fn record(&mut self, kind: u32, offset: u64, length: u64) -> Result<u64> {
@@ -528,6 +546,12 @@ impl MergeBatch for JournalBatch<'_> {
     fn grow(&mut self, new_virtual_size: u64) -> Result<()> {
         check_grow(&self.img.name, self.new_size, new_virtual_size, 1 << 44)?;
         self.new_size = new_virtual_size;
+        // Ordering: the old footer becomes disk data and must read zeros
+        // unless a later record writes it. Records apply in journal order,
+        // so its zero record goes here, before any data staged after the
+        // grow, never at the commit where it would wipe merged sectors
+        // that cross the old end.
+        self.zero_old_footer()?;
         Ok(())
     }
 
@@ -543,10 +567,10 @@ impl MergeBatch for JournalBatch<'_> {
         let old_size = self.img.footer.current_size;
         let footer = new_footer(&self.img.footer, self.new_size, new_identity, &name)?;
         let fb = footer.to_bytes()?;
-        if self.new_size != old_size {
-            // The old footer becomes disk data: zeros.
-            let old_len = self.img.storage.len().ctx(&name)?;
-            self.record(RECORD_ZERO, old_size, old_len.min(self.new_size) - old_size)?;
+        if self.new_size != old_size && !self.old_footer_zeroed {
+            return Err(Error::InvalidParameter(format!(
+                "{name}: size changed without grow()"
+            )));
         }
         // Last record: the new footer (journal::recover reads the new
         // identity from it).
