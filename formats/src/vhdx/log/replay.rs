@@ -25,13 +25,14 @@ pub fn replay(
     active: &[EntryRef],
     sink: &mut dyn ReplaySink,
 ) -> Result<()> {
-    // A log may legitimately extend the file (a lost, unflushed extension
-    // is covered by LastFileOffset), but never by more than one transaction
-    // allocates: the largest payload block (256 MiB) plus a sector-bitmap
-    // block, rounded up. A hostile entry aimed terabytes past the end must
-    // not make a tiny file huge, so every target is checked before any
-    // byte is written.
-    const GROWTH_LIMIT: u64 = 258 << 20;
+    // A log may legitimately extend the file a little (a writer that lost
+    // an unflushed extension), but MS-VHDX's own recipes flush payload
+    // before they log, so the metadata a log entry targets lies inside the
+    // durable file; real dirty images (Windows, QEMU) extend by nothing.
+    // A hostile entry aimed terabytes past the end must not make a tiny
+    // file huge, so every target is checked, before any byte is written,
+    // against the file length plus one default-sized (32 MiB) block.
+    const GROWTH_LIMIT: u64 = 32 << 20;
     let file_len = ring.storage.len().ctx(ring.name)?;
     let limit = file_len.saturating_add(GROWTH_LIMIT);
     for r in active {
