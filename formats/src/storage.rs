@@ -41,16 +41,7 @@ pub trait Storage: Send + Sync + Debug {
         dst_offset: u64,
         len: u64,
     ) -> io::Result<()> {
-        const PIECE: u64 = 4 << 20;
-        let mut buf = vec![0u8; PIECE.min(len) as usize];
-        let mut done = 0;
-        while done < len {
-            let n = PIECE.min(len - done) as usize;
-            src.read_at(&mut buf[..n], src_offset + done)?;
-            self.write_at(&buf[..n], dst_offset + done)?;
-            done += n as u64;
-        }
-        Ok(())
+        copy_by_buffer(src, self, src_offset, dst_offset, len)
     }
 
     /// The real file behind this storage, for kernel copy offload.
@@ -182,9 +173,9 @@ impl Storage for FileStorage {
 }
 
 /// Copy through a bounded buffer (4 MiB pieces).
-pub fn copy_by_buffer(
+pub fn copy_by_buffer<D: Storage + ?Sized>(
     src: &dyn Storage,
-    dst: &dyn Storage,
+    dst: &D,
     src_offset: u64,
     dst_offset: u64,
     len: u64,

@@ -39,7 +39,6 @@ pub fn convert(args: &ConvertArgs) -> Result<u64, Error> {
 fn to_raw(ns: &Arc<dyn Namespace>, chain: &Chain, dest: &Path) -> Result<u64, Error> {
     let name = dest.display().to_string();
     let out = ns.create(dest).map_err(|e| Error::io(&name, e))?;
-    let layers = chain.layers();
     let size = chain.top().virtual_size();
     let mut reader = chain.reader();
     let mut runs = Vec::new();
@@ -58,7 +57,6 @@ fn to_raw(ns: &Arc<dyn Namespace>, chain: &Chain, dest: &Path) -> Result<u64, Er
         }
         offset += len;
     }
-    let _ = &layers;
     out.set_len(size).map_err(|e| Error::io(&name, e))?;
     out.flush().map_err(|e| Error::io(&name, e))?;
     Ok(size)
