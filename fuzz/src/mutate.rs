@@ -120,14 +120,14 @@ pub fn vhd_regions(b: &[u8]) -> Vec<Region> {
             push(&mut out, n, "BAT", t, u64::from(e) * 4, Sum::None);
             // The bitmap of the first allocated block.
             for i in 0..u64::from(e).min(64) {
-                match be_u32(b, t + 4 * i) {
+                match be_u32(b, t.saturating_add(4 * i)) {
                     Some(0xFFFF_FFFF) | None => {}
                     Some(s) => {
                         push(
                             &mut out,
                             n,
                             "sector bitmap",
-                            u64::from(s) * 512,
+                            u64::from(s).saturating_mul(512),
                             512,
                             Sum::None,
                         );
@@ -141,7 +141,10 @@ pub fn vhd_regions(b: &[u8]) -> Vec<Region> {
             if be_u32(b, e).unwrap_or(0) == 0 {
                 continue;
             }
-            if let (Some(len), Some(off)) = (be_u32(b, e + 8), be_u64(b, e + 16)) {
+            if let (Some(len), Some(off)) = (
+                be_u32(b, e.saturating_add(8)),
+                be_u64(b, e.saturating_add(16)),
+            ) {
                 push(&mut out, n, "locator data", off, u64::from(len), Sum::None);
             }
         }
@@ -180,20 +183,25 @@ pub fn vhdx_metadata_items(b: &[u8]) -> Vec<([u8; 16], u64, u64)> {
         return out;
     };
     let count = b
-        .get(m as usize + 10..m as usize + 12)
+        .get(usize::try_from(m).unwrap_or(usize::MAX).saturating_add(10)..)
+        .and_then(|c| c.get(..2))
         .map(|c| u16::from_le_bytes([c[0], c[1]]))
         .unwrap_or(0)
         .min(2047);
     for i in 0..u64::from(count) {
-        let e = m + 32 + 32 * i;
+        let e = m.saturating_add(32 + 32 * i);
         let Some(id) = b
-            .get(e as usize..e as usize + 16)
+            .get(usize::try_from(e).unwrap_or(usize::MAX)..)
+            .and_then(|s| s.get(..16))
             .and_then(|s| <[u8; 16]>::try_from(s).ok())
         else {
             break;
         };
-        if let (Some(o), Some(l)) = (le_u32(b, e + 16), le_u32(b, e + 20)) {
-            out.push((id, m + u64::from(o), u64::from(l)));
+        if let (Some(o), Some(l)) = (
+            le_u32(b, e.saturating_add(16)),
+            le_u32(b, e.saturating_add(20)),
+        ) {
+            out.push((id, m.saturating_add(u64::from(o)), u64::from(l)));
         }
     }
     out

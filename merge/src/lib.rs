@@ -223,7 +223,10 @@ pub fn merge(
     )?;
     {
         let layers = chain.layers();
-        let sources: Vec<_> = chain.links[..dest_index]
+        // Indexed like the chain: the grown region may copy from below
+        // the destination too (see `MergePlan::for_each_run`).
+        let sources: Vec<_> = chain
+            .links
             .iter()
             .map(|l| Arc::clone(l.image.storage()))
             .collect();

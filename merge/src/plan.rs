@@ -42,22 +42,59 @@ impl MergePlan {
         Ok(plan)
     }
 
-    /// Call `f` for every folded run a layer above the destination holds
-    /// (never for `NotHeld`), in virtual order.
+    /// Call `f` for every folded run the destination must take, in virtual
+    /// order: every run a layer above the destination holds (never
+    /// `NotHeld`), and the whole region the destination grows into.
+    ///
+    /// Past its old end the destination is not part of the source's view
+    /// (a layer reads as transparent past its end), but after the merge it
+    /// is: whatever its last block or stale BAT entries hold there would
+    /// show through. So that region is folded over every layer except the
+    /// destination, and what no layer holds becomes an explicit zero run.
+    /// `Source::Layer` indices are chain indices (0 = source).
     pub fn for_each_run(
         &self,
         layers: &[&dyn Layer],
         mut f: impl FnMut(&FoldedRun) -> Result<()>,
     ) -> Result<()> {
         let above = &layers[..self.destination];
+        let held_end = self.destination_size.min(self.virtual_size);
         let mut runs = Vec::new();
         let mut offset = 0;
-        while offset < self.virtual_size {
-            let len = WINDOW.min(self.virtual_size - offset);
+        while offset < held_end {
+            let len = WINDOW.min(held_end - offset);
             runs.clear();
             fold(above, offset, len, &mut runs)?;
             for r in runs.iter().filter(|r| r.source != Source::NotHeld) {
                 f(r)?;
+            }
+            offset += len;
+        }
+        if held_end >= self.virtual_size {
+            return Ok(());
+        }
+        let others: Vec<&dyn Layer> = layers
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != self.destination)
+            .map(|(_, l)| *l)
+            .collect();
+        while offset < self.virtual_size {
+            let len = WINDOW.min(self.virtual_size - offset);
+            runs.clear();
+            fold(&others, offset, len, &mut runs)?;
+            for r in &runs {
+                let source = match r.source {
+                    Source::NotHeld => Source::Zero,
+                    Source::Layer { layer, file_offset } if layer >= self.destination => {
+                        Source::Layer {
+                            layer: layer + 1,
+                            file_offset,
+                        }
+                    }
+                    s => s,
+                };
+                f(&FoldedRun { source, ..*r })?;
             }
             offset += len;
         }
