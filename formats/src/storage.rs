@@ -48,6 +48,12 @@ pub trait Storage: Send + Sync + Debug {
     fn as_file(&self) -> Option<&File> {
         None
     }
+
+    /// This storage as `Any`, so that an implementation can recognise a
+    /// source of its own kind in `copy_from` (the simulator shares pages).
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
 }
 
 /// How a file of a chain is opened: shared lock for reading, exclusive for

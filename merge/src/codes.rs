@@ -33,7 +33,9 @@ impl ReturnValue {
 /// Map a merge error to its return value.
 pub fn classify(e: &MergeError) -> ReturnValue {
     match e {
-        MergeError::NotDifferencing { .. } => ReturnValue::NotSupported,
+        MergeError::NotDifferencing { .. } | MergeError::DestinationLarger { .. } => {
+            ReturnValue::NotSupported
+        }
         MergeError::NotAnAncestor { .. } | MergeError::InvalidParameter(_) => {
             ReturnValue::InvalidParameter
         }

@@ -28,6 +28,14 @@ pub enum MergeError {
     #[error("{file}: failed validation: {findings}")]
     Unhealthy { file: String, findings: String },
 
+    #[error("{destination}: its virtual size {destination_size} is larger than the {source_size} bytes its descendant {source_path} shows; the merged content would need the destination shrunk, which merge never does")]
+    DestinationLarger {
+        source_path: String,
+        source_size: u64,
+        destination: String,
+        destination_size: u64,
+    },
+
     #[error("invalid parameter: {0}")]
     InvalidParameter(String),
 

@@ -172,6 +172,21 @@ pub fn merge(
     let dest_path = chain.links[dest_index].path.clone();
     out.destination = Some(dest_path.display().to_string());
 
+    // The merged destination must show exactly the source's view; a larger
+    // destination would keep a tail the source does not show.
+    let (source_size, destination_size) = (
+        chain.top().virtual_size(),
+        chain.links[dest_index].image.virtual_size(),
+    );
+    if destination_size > source_size {
+        return Err(MergeError::DestinationLarger {
+            source_path: req.source.display().to_string(),
+            source_size,
+            destination: dest_path.display().to_string(),
+            destination_size,
+        });
+    }
+
     for link in &chain.links[..=dest_index] {
         let findings = link.image.check()?;
         let errors: Vec<String> = findings

@@ -136,3 +136,65 @@ fn grown_destination_reads_zeros_past_its_old_end() {
         }
     }
 }
+
+/// An ancestor larger than the source cannot take the source's view
+/// without shrinking: refused (NotSupported), no byte changed. Found by the
+/// `merge_in_memory` fuzz target (a corrupted Virtual Disk Size item).
+#[test]
+fn destination_larger_than_the_source_is_refused_unchanged() {
+    for vhdx in [false, true] {
+        let mem = MemNamespace::new();
+        let ns: Arc<dyn Namespace> = Arc::new(Arc::clone(&mem));
+        let (ext, cext) = if vhdx {
+            ("vhdx", "avhdx")
+        } else {
+            ("vhd", "vhd")
+        };
+        let base = PathBuf::from(format!("/l/base.{ext}"));
+        let child = PathBuf::from(format!("/l/child.{cext}"));
+        formats::create::create_file(
+            &ns,
+            &base,
+            &CreateParams {
+                virtual_size: 4 * MIB,
+                disk_type: DiskType::Dynamic,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let pimg = open_image_file(&ns, &base, &ChainOptions::default()).unwrap();
+        let mut parent = formats::create::parent_spec(&ns, pimg.as_ref(), &base, &child).unwrap();
+        drop(pimg);
+        parent.virtual_size = 4 * MIB;
+        let made = formats::create::create_file(
+            &ns,
+            &child,
+            &CreateParams {
+                virtual_size: 2 * MIB,
+                disk_type: DiskType::Differencing,
+                parent: Some(parent),
+                ..Default::default()
+            },
+        );
+        if let Err(e) = made {
+            eprintln!("create refuses a child smaller than its parent ({e}); nothing to merge");
+            continue;
+        }
+        let files = |m: &MemNamespace| [m.get(&base).unwrap(), m.get(&child).unwrap()];
+        let before = files(&mem);
+        let out = merge::run(
+            &ns,
+            &MergeRequest {
+                source: child.clone(),
+                ..Default::default()
+            },
+            &JobHandle::new(),
+        );
+        assert_eq!(out.return_value, 32770, "vhdx {vhdx}: {:?}", out.error);
+        assert!(out.error.unwrap_or_default().contains("larger"));
+        assert!(
+            files(&mem) == before,
+            "vhdx {vhdx}: a refused merge changed bytes"
+        );
+    }
+}

@@ -126,7 +126,7 @@ impl MergeParams {
         if self.vhdx {
             MIB as u32
         } else {
-            512 * KIB as u32
+            64 * KIB as u32
         }
     }
     /// Virtual size of the destination (and its base): two blocks, so a
@@ -172,6 +172,40 @@ struct Expected {
     old: Content,
     /// What the source showed before: the merged content.
     merged: Content,
+    /// How many 512-byte units before each unit differ between `old` and
+    /// `merged`: a run inside which they agree needs one comparison, not two.
+    differ_before: Vec<u32>,
+}
+
+impl Expected {
+    fn new(old: Vec<u8>, merged: Vec<u8>) -> Self {
+        let units = old.len().max(merged.len()).div_ceil(UNIT);
+        let mut differ_before = Vec::with_capacity(units + 1);
+        let mut n = 0u32;
+        differ_before.push(0);
+        for u in 0..units {
+            let r = u * UNIT..(u + 1) * UNIT;
+            n += u32::from(old.get(r.clone()) != merged.get(r));
+            differ_before.push(n);
+        }
+        Expected {
+            old: Content::new(old),
+            merged: Content::new(merged),
+            differ_before,
+        }
+    }
+
+    /// `old` and `merged` hold the same bytes over `[off, off + len)`.
+    fn agree_at(&self, off: u64, len: u64) -> bool {
+        let (a, b) = (
+            (off as usize) / UNIT,
+            (off + len).div_ceil(UNIT as u64) as usize,
+        );
+        match (self.differ_before.get(a), self.differ_before.get(b)) {
+            (Some(x), Some(y)) => x == y,
+            _ => false,
+        }
+    }
 }
 
 /// One merge scenario: a chain built by `setup`, merged by `run` with the
@@ -207,10 +241,7 @@ impl MergeScenario {
                     if old == merged {
                         return Err("scenario makes no change".into());
                     }
-                    Ok(Expected {
-                        old: Content::new(old),
-                        merged: Content::new(merged),
-                    })
+                    Ok(Expected::new(old, merged))
                 })
             })
             .as_ref()
@@ -472,7 +503,11 @@ impl Content {
 /// equals (a flag per candidate). Zero runs are judged from the summaries;
 /// only present runs are read. Stops as soon as no candidate can match.
 /// Also returns where the first candidate first differed (to a run).
-fn compare_chain(chain: &Chain, want: &[&Content]) -> Result<(Vec<bool>, Option<u64>), String> {
+fn compare_chain(
+    chain: &Chain,
+    want: &[&Content],
+    agree: Option<&Expected>,
+) -> Result<(Vec<bool>, Option<u64>), String> {
     let size = chain.top().virtual_size();
     let mut eq: Vec<bool> = want.iter().map(|w| w.len() == size).collect();
     let mut first_diff = None;
@@ -496,28 +531,22 @@ fn compare_chain(chain: &Chain, want: &[&Content]) -> Result<(Vec<bool>, Option<
                             .ok_or_else(|| format!("fold names layer {layer}"))?;
                         l.read_file(file_offset, &mut buf[..])
                             .map_err(|e| format!("read at {:#x}: {e}", r.offset))?;
-                        let mut last: Option<(usize, bool)> = None;
+                        // With `agree`, want[1] equals want[0] wherever the
+                        // summary says so: reuse the first verdict there.
+                        let shared = agree.is_some_and(|x| x.agree_at(r.offset, r.len));
+                        let mut first_ok = None;
                         for (i, w) in want.iter().enumerate() {
-                            if !eq[i] {
+                            if !(eq[i] || i == 0 && shared) {
                                 continue;
                             }
-                            // Identical expected bytes need one compare.
-                            let same = match last {
-                                Some((j, v))
-                                    if want[j]
-                                        .bytes
-                                        .get(r.offset as usize..(r.offset + r.len) as usize)
-                                        == w.bytes.get(
-                                            r.offset as usize..(r.offset + r.len) as usize,
-                                        ) =>
-                                {
-                                    Some(v)
-                                }
-                                _ => None,
+                            let ok = match first_ok {
+                                Some(v) if shared => v,
+                                _ => w.equals_at(r.offset, &buf[..]),
                             };
-                            let ok = same.unwrap_or_else(|| w.equals_at(r.offset, &buf[..]));
-                            last = Some((i, ok));
-                            if !ok {
+                            if i == 0 {
+                                first_ok = Some(ok);
+                            }
+                            if !ok && eq[i] {
                                 eq[i] = false;
                                 if i == 0 {
                                     first_diff = Some(w.first_difference(r.offset, &buf[..]));
@@ -580,7 +609,7 @@ fn judge_destination(
     if check {
         check_chain(&chain)?;
     }
-    let (eq, first) = compare_chain(&chain, &[&exp.merged, &exp.old])?;
+    let (eq, first) = compare_chain(&chain, &[&exp.merged, &exp.old], Some(exp))?;
     match (eq[0], eq[1]) {
         (true, _) => Ok(Shows::Merged),
         (false, true) => Ok(Shows::Old),
@@ -601,7 +630,7 @@ fn source_reads_as_before(
     let chain = Chain::open(ns, &p.source_path(), &ChainOptions::default()).map_err(|e| {
         format!("destination shows old content but the source chain does not open: {e}")
     })?;
-    let (eq, first) = compare_chain(&chain, &[&exp.merged])?;
+    let (eq, first) = compare_chain(&chain, &[&exp.merged], None)?;
     if eq[0] {
         Ok(())
     } else {

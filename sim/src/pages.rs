@@ -148,13 +148,14 @@ impl Overlay {
             if let Some(own) = self.own.get(&p) {
                 dst.copy_from_slice(&own[in_page..in_page + n]);
             } else {
-                dst.fill(0);
+                let mut visible = 0;
                 if pos < self.limit {
                     if let Some(bp) = self.base.pages.get(&p) {
-                        let visible = ((self.limit - pos) as usize).min(n);
+                        visible = ((self.limit - pos) as usize).min(n);
                         dst[..visible].copy_from_slice(&bp[in_page..in_page + visible]);
                     }
                 }
+                dst[visible..].fill(0);
             }
             pos += n as u64;
             done += n;
@@ -225,6 +226,31 @@ impl Overlay {
         self.own.insert(p, Arc::clone(page));
         self.len = self.len.max(end);
         Ok(())
+    }
+
+    /// Page `p` as a shared page when it can be shared without copying:
+    /// `Some(Some(page))` for a page held whole, `Some(None)` for a page
+    /// that reads all zeros, `None` when a shrink cut it (copy bytes).
+    pub fn shared_page(&self, p: u64) -> Option<Option<Arc<Page>>> {
+        if let Some(own) = self.own.get(&p) {
+            return Some(Some(Arc::clone(own)));
+        }
+        let start = p.checked_mul(PAGE64)?;
+        if start >= self.limit {
+            return Some(None);
+        }
+        match self.base.pages.get(&p) {
+            None => Some(None),
+            Some(bp) if start + PAGE64 <= self.limit => Some(Some(Arc::clone(bp))),
+            Some(_) => None,
+        }
+    }
+
+    /// Make whole page `p` read zeros (shares one zero page).
+    pub fn zero_page(&mut self, p: u64) -> io::Result<()> {
+        static ZERO: std::sync::OnceLock<Arc<Page>> = std::sync::OnceLock::new();
+        let z = ZERO.get_or_init(|| Arc::new([0u8; PAGE]));
+        self.put_page(p, z)
     }
 
     /// A fresh shared snapshot of the current content: base pages are

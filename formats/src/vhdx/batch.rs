@@ -23,6 +23,7 @@ use super::sector_bitmap;
 use crate::error::IoContext;
 use crate::image::MergeBatch;
 use crate::params::Identity;
+use crate::storage::Storage;
 use crate::{Error, Result};
 
 pub(crate) fn begin(img: &mut VhdxImage) -> Result<Box<dyn MergeBatch + '_>> {
@@ -146,23 +147,21 @@ impl VhdxBatch<'_> {
             .ctx(&self.img.name)
     }
 
-    fn write_in_block(&mut self, blk: u64, in_off: u64, data: &[u8]) -> Result<()> {
+    fn write_in_block(&mut self, blk: u64, in_off: u64, data: Payload<'_>) -> Result<()> {
         let g = self.geometry;
         let idx = g.payload_index(blk);
         let lss = g.logical_sector_size;
         let in_disk = (g.virtual_size - blk * g.block_size).min(g.block_size);
-        let whole = in_off == 0 && data.len() as u64 == in_disk;
+        let whole = in_off == 0 && data.len() == in_disk;
         let e = self.entry(idx);
         let staged = self.staged.contains_key(&idx);
         let name = self.name();
         match e.state() {
             bat::PAYLOAD_FULLY_PRESENT | bat::PAYLOAD_PARTIALLY_PRESENT if staged => {
-                self.img
-                    .storage
-                    .write_at(data, e.file_offset() + in_off)
+                data.put(&*self.img.storage, e.file_offset() + in_off)
                     .ctx(&name)?;
                 if e.state() == bat::PAYLOAD_PARTIALLY_PRESENT {
-                    self.set_bits(blk, in_off / lss, data.len() as u64 / lss)?;
+                    self.set_bits(blk, in_off / lss, data.len() / lss)?;
                 }
             }
             s @ (bat::PAYLOAD_FULLY_PRESENT | bat::PAYLOAD_PARTIALLY_PRESENT) => {
@@ -172,10 +171,10 @@ impl VhdxBatch<'_> {
                     let st = &*self.img.storage;
                     st.copy_from(st, e.file_offset(), off, in_disk).ctx(&name)?;
                 }
-                self.img.storage.write_at(data, off + in_off).ctx(&name)?;
+                data.put(&*self.img.storage, off + in_off).ctx(&name)?;
                 let partial = s == bat::PAYLOAD_PARTIALLY_PRESENT && !whole;
                 if partial {
-                    self.set_bits(blk, in_off / lss, data.len() as u64 / lss)?;
+                    self.set_bits(blk, in_off / lss, data.len() / lss)?;
                 }
                 let state = if partial {
                     s
@@ -186,10 +185,10 @@ impl VhdxBatch<'_> {
             }
             bat::PAYLOAD_NOT_PRESENT if g.has_parent && !whole => {
                 let off = self.img.allocate(g.block_size)?;
-                self.img.storage.write_at(data, off + in_off).ctx(&name)?;
+                data.put(&*self.img.storage, off + in_off).ctx(&name)?;
                 // Bits a NOT_PRESENT block may have left behind mean nothing.
                 self.clear_bits(blk)?;
-                self.set_bits(blk, in_off / lss, data.len() as u64 / lss)?;
+                self.set_bits(blk, in_off / lss, data.len() / lss)?;
                 self.staged
                     .insert(idx, BatEntry::new(bat::PAYLOAD_PARTIALLY_PRESENT, off));
             }
@@ -201,7 +200,7 @@ impl VhdxBatch<'_> {
                 // Fresh space reads zeros: the rest of the block keeps
                 // reading zeros (and hides any parent).
                 let off = self.img.allocate(g.block_size)?;
-                self.img.storage.write_at(data, off + in_off).ctx(&name)?;
+                data.put(&*self.img.storage, off + in_off).ctx(&name)?;
                 self.staged
                     .insert(idx, BatEntry::new(bat::PAYLOAD_FULLY_PRESENT, off));
             }
@@ -215,6 +214,34 @@ impl VhdxBatch<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// What `write_in_block` stores: bytes in memory, or a range of another
+/// file (copied with `Storage::copy_from`, which lets the kernel or the
+/// simulator move it without a bounce buffer).
+#[derive(Clone, Copy)]
+enum Payload<'a> {
+    Bytes(&'a [u8]),
+    From {
+        src: &'a dyn Storage,
+        offset: u64,
+        len: u64,
+    },
+}
+
+impl Payload<'_> {
+    fn len(&self) -> u64 {
+        match self {
+            Payload::Bytes(b) => b.len() as u64,
+            Payload::From { len, .. } => *len,
+        }
+    }
+    fn put(&self, st: &dyn Storage, at: u64) -> std::io::Result<()> {
+        match *self {
+            Payload::Bytes(b) => st.write_at(b, at),
+            Payload::From { src, offset, len } => st.copy_from(src, offset, at, len),
+        }
     }
 }
 
@@ -297,7 +324,25 @@ impl MergeBatch for VhdxBatch<'_> {
         while pos < data.len() {
             let v = offset + pos as u64;
             let n = ((bs - v % bs) as usize).min(data.len() - pos);
-            self.write_in_block(v / bs, v % bs, &data[pos..pos + n])?;
+            self.write_in_block(v / bs, v % bs, Payload::Bytes(&data[pos..pos + n]))?;
+            pos += n;
+        }
+        Ok(())
+    }
+
+    fn copy(&mut self, offset: u64, len: u64, src: &dyn Storage, src_offset: u64) -> Result<()> {
+        self.check_range(offset, len)?;
+        let bs = self.geometry.block_size;
+        let mut pos = 0u64;
+        while pos < len {
+            let v = offset + pos;
+            let n = (bs - v % bs).min(len - pos);
+            let payload = Payload::From {
+                src,
+                offset: src_offset + pos,
+                len: n,
+            };
+            self.write_in_block(v / bs, v % bs, payload)?;
             pos += n;
         }
         Ok(())
@@ -331,7 +376,7 @@ impl MergeBatch for VhdxBatch<'_> {
                 let mut done = 0;
                 while done < n {
                     let k = (zeros.len() as u64).min(n - done);
-                    self.write_in_block(blk, in_off + done, &zeros[..k as usize])?;
+                    self.write_in_block(blk, in_off + done, Payload::Bytes(&zeros[..k as usize]))?;
                     done += k;
                 }
             }
