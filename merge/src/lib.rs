@@ -227,7 +227,7 @@ pub fn merge(
     let dest_storage = Arc::clone(chain.links[dest_index].image.storage());
     let new_identity = new_identity_like(&chain.links[dest_index].image.identity());
     let dest_name = dest_path.display().to_string();
-    let mut dest = formats::image::open(
+    let dest = formats::image::open(
         &dest_name,
         dest_storage,
         Some(JournalSlot::for_image(Arc::clone(ns), &dest_path)),
@@ -236,8 +236,10 @@ pub fn merge(
             ignore_checksums: req.chain.ignore_checksums,
         },
     )?;
+    // The writable destination replaces the read-only one in the chain:
+    // one copy of its BAT in memory, not two (a 64 TiB VHDX's BAT is 16 MiB).
+    drop(std::mem::replace(&mut chain.links[dest_index].image, dest));
     {
-        let layers = chain.layers();
         // Indexed like the chain: the grown region may copy from below
         // the destination too (see `MergePlan::for_each_run`).
         let sources: Vec<_> = chain
@@ -245,11 +247,16 @@ pub fn merge(
             .iter()
             .map(|l| Arc::clone(l.image.storage()))
             .collect();
-        let mut batch = dest.begin_batch()?;
+        let (above_links, rest) = chain.links.split_at_mut(dest_index);
+        let (dest_link, below_links) = rest
+            .split_first_mut()
+            .ok_or_else(|| MergeError::InvalidParameter("destination not in chain".into()))?;
+        let (above, below) = (layer_refs(above_links), layer_refs(below_links));
+        let mut batch = dest_link.image.begin_batch()?;
         if plan.virtual_size > plan.destination_size {
             batch.grow(plan.virtual_size)?;
         }
-        plan.for_each_run(&layers, |r| {
+        plan.for_each_run(&above, &below, |r| {
             if job.is_cancelled() {
                 return Err(formats::Error::Cancelled);
             }
@@ -287,10 +294,7 @@ pub fn merge(
 
         // 4. The record must be durable before the commit point, so a
         // re-run after a crash past the commit knows to finish, not redo.
-        let merged: Vec<PathBuf> = chain.links[..dest_index]
-            .iter()
-            .map(|l| l.path.clone())
-            .collect();
+        let merged: Vec<PathBuf> = above_links.iter().map(|l| l.path.clone()).collect();
         let rec = record::MergeRecord {
             version: 1,
             source: req.source.clone(),
@@ -303,7 +307,6 @@ pub fn merge(
         batch.commit(new_identity)?;
         job.set_committed();
     }
-    drop(dest);
     let merged_paths: Vec<PathBuf> = chain.links[..dest_index]
         .iter()
         .map(|l| l.path.clone())
@@ -312,6 +315,13 @@ pub fn merge(
     chain.links.clear();
     finish(ns, req.remove_merged, &merged_paths, &rec_path, out)?;
     Ok(())
+}
+
+fn layer_refs(links: &[formats::chain::Link]) -> Vec<&dyn formats::Layer> {
+    links
+        .iter()
+        .map(|l| l.image.as_ref() as &dyn formats::Layer)
+        .collect()
 }
 
 /// Complete a merge whose commit is already durable: remove merged files if

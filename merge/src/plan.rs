@@ -34,7 +34,7 @@ impl MergePlan {
             bytes_total: 0,
         };
         let mut total = 0;
-        plan.for_each_run(&layers, |r| {
+        plan.for_each_run(&layers[..destination], &layers[destination + 1..], |r| {
             total += r.len;
             Ok(())
         })?;
@@ -51,13 +51,16 @@ impl MergePlan {
     /// is: whatever its last block or stale BAT entries hold there would
     /// show through. So that region is folded over every layer except the
     /// destination, and what no layer holds becomes an explicit zero run.
-    /// `Source::Layer` indices are chain indices (0 = source).
+    /// `above` are the layers above the destination (source first), `below`
+    /// its ancestors; the destination itself is never read, so the caller
+    /// may hold it mutably. `Source::Layer` indices are chain indices
+    /// (0 = source).
     pub fn for_each_run(
         &self,
-        layers: &[&dyn Layer],
+        above: &[&dyn Layer],
+        below: &[&dyn Layer],
         mut f: impl FnMut(&FoldedRun) -> Result<()>,
     ) -> Result<()> {
-        let above = &layers[..self.destination];
         let held_end = self.destination_size.min(self.virtual_size);
         let mut runs = Vec::new();
         let mut offset = 0;
@@ -73,12 +76,7 @@ impl MergePlan {
         if held_end >= self.virtual_size {
             return Ok(());
         }
-        let others: Vec<&dyn Layer> = layers
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != self.destination)
-            .map(|(_, l)| *l)
-            .collect();
+        let others: Vec<&dyn Layer> = above.iter().chain(below).copied().collect();
         while offset < self.virtual_size {
             let len = WINDOW.min(self.virtual_size - offset);
             runs.clear();

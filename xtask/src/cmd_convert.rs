@@ -21,6 +21,11 @@ pub struct ConvertArgs {
     /// Block size of a .vhd/.vhdx output.
     #[arg(long, value_parser = crate::cli_util::parse_size)]
     pub block_size: Option<u64>,
+    /// fdatasync a raw output before exiting. Off by default, as for `cp`
+    /// and `qemu-img convert` (cache=unsafe): a convert interrupted by a
+    /// crash is simply run again. Image outputs are always committed.
+    #[arg(long)]
+    pub sync: bool,
     #[command(flatten)]
     pub chain: ChainArgs,
 }
@@ -32,11 +37,11 @@ pub fn convert(args: &ConvertArgs) -> Result<u64, Error> {
     let chain = Chain::open(&ns, &args.source, &chain_options(&args.chain))?;
     match formats::create::format_for_path(&args.dest) {
         Ok(_) => to_image(&ns, &chain, &args.dest, args.block_size),
-        Err(_) => to_raw(&ns, &chain, &args.dest),
+        Err(_) => to_raw(&ns, &chain, &args.dest, args.sync),
     }
 }
 
-fn to_raw(ns: &Arc<dyn Namespace>, chain: &Chain, dest: &Path) -> Result<u64, Error> {
+fn to_raw(ns: &Arc<dyn Namespace>, chain: &Chain, dest: &Path, sync: bool) -> Result<u64, Error> {
     let name = dest.display().to_string();
     let out = ns.create(dest).map_err(|e| Error::io(&name, e))?;
     let size = chain.top().virtual_size();
@@ -58,7 +63,9 @@ fn to_raw(ns: &Arc<dyn Namespace>, chain: &Chain, dest: &Path) -> Result<u64, Er
         offset += len;
     }
     out.set_len(size).map_err(|e| Error::io(&name, e))?;
-    out.flush().map_err(|e| Error::io(&name, e))?;
+    if sync {
+        out.flush().map_err(|e| Error::io(&name, e))?;
+    }
     Ok(size)
 }
 

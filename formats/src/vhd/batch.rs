@@ -107,6 +107,8 @@ struct ShadowBatch<'a> {
     next_free: u64,
     /// Offset of the footer copy that ends the file (reservation end).
     reserved_at: u64,
+    /// Where fresh space began (the committed end of the file).
+    fresh_start: u64,
     /// Superseded reservation footer copies: fresh space to zero if a new
     /// (not copied) block lands on them.
     stale: Vec<u64>,
@@ -137,6 +139,7 @@ impl<'a> ShadowBatch<'a> {
             fresh,
             next_free,
             reserved_at: len.saturating_sub(FOOTER_SIZE as u64),
+            fresh_start: len.saturating_sub(FOOTER_SIZE as u64),
             stale: Vec::new(),
             old_footer,
             new_size,
@@ -159,9 +162,9 @@ impl<'a> ShadowBatch<'a> {
         if upto <= self.reserved_at {
             return Ok(());
         }
-        let grown = self
-            .reserved_at
-            .saturating_sub(self.next_free.min(self.reserved_at));
+        // Each reservation costs a flush (below), so reserve as much again
+        // as the batch has reserved so far: O(log n) flushes for n bytes.
+        let grown = self.reserved_at.saturating_sub(self.fresh_start);
         let step = grown.clamp(MIN_RESERVE, MAX_RESERVE);
         let at = align512(upto.max(self.reserved_at.saturating_add(step)))
             .ok_or_else(|| Error::InvalidParameter("file too large".into()))?;
