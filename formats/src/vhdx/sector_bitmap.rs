@@ -23,26 +23,41 @@ pub fn set_bits(bits: &mut [u8], start: u64, n: u64, value: bool) {
     }
 }
 
-/// Length of the run of equal bits starting at `start`, at most `max`.
+/// Length of the run of equal bits starting at `start`, at most `max`
+/// (at least 1). Bits past the end of `bits` read as clear, like `get_bit`.
+/// Scans 64 bits per step: LSB-first bytes loaded little-endian put sector
+/// 8k + i at bit 8k + i of the word.
 pub fn run_length(bits: &[u8], start: u64, max: u64) -> u64 {
     let v = get_bit(bits, start);
-    let mut n = 1;
+    let mut n = 1u64;
     while n < max {
-        let i = start + n;
-        // Whole bytes at once when aligned.
-        if i.is_multiple_of(8) && n + 8 <= max {
-            let want = if v { 0xff } else { 0 };
-            if bits.get((i / 8) as usize) == Some(&want) {
-                n += 8;
-                continue;
+        let Some(i) = start.checked_add(n) else {
+            break;
+        };
+        let byte = usize::try_from(i / 8).unwrap_or(usize::MAX);
+        let shift = (i % 8) as u32;
+        let avail = bits.len().saturating_sub(byte).min(8);
+        if avail == 0 {
+            if !v {
+                n = max;
             }
-        }
-        if get_bit(bits, i) != v {
             break;
         }
-        n += 1;
+        let mut w = [0u8; 8];
+        w[..avail].copy_from_slice(&bits[byte..byte + avail]);
+        let mut word = u64::from_le_bytes(w) >> shift;
+        if v {
+            word = !word;
+        }
+        // Only the bits actually loaded count; the rest is padding.
+        let valid = avail as u64 * 8 - u64::from(shift);
+        let same = u64::from(word.trailing_zeros()).min(valid);
+        n += same;
+        if same < valid {
+            break;
+        }
     }
-    n
+    n.min(max.max(1))
 }
 
 /// Number of set bits.
@@ -77,6 +92,27 @@ mod tests {
             if start + n < total {
                 prop_assert_ne!(get_bit(&bytes, start + n), v);
             }
+        }
+
+        /// The word-at-a-time scan equals a bit-by-bit one, for long runs,
+        /// any `max` (also past the end of the bitmap) and any start.
+        #[test]
+        fn run_length_matches_bit_by_bit(
+            kinds in proptest::collection::vec(0u8..4, 1..60),
+            start in 0u64..600,
+            max in 0u64..700,
+        ) {
+            let bytes: Vec<u8> = kinds
+                .iter()
+                .enumerate()
+                .map(|(i, k)| match k { 0 => 0, 1 => 0xFF, 2 => 0x0F, _ => (i * 37) as u8 })
+                .collect();
+            let v = get_bit(&bytes, start);
+            let mut want = 1;
+            while want < max && get_bit(&bytes, start + want) == v {
+                want += 1;
+            }
+            prop_assert_eq!(run_length(&bytes, start, max), want);
         }
 
         #[test]
