@@ -6,6 +6,7 @@
 //! module per on-disk structure plus an image driver), `image` (the driver
 //! interface and format detection), `chain` (section 3).
 
+mod bitrun;
 pub mod chain;
 pub mod checksum;
 pub mod create;

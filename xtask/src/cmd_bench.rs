@@ -464,42 +464,23 @@ fn compare_merge(
         w.name,
         (!qemus.is_empty()).then(|| median(qemus.clone()))
     );
-    report.comparisons.push(Comparison {
-        workload: w.name.clone(),
-        data_bytes: w.data_bytes,
-        chainfold_s: o,
-        baseline: "cp".into(),
-        baseline_s: c,
-        ratio: o / c,
-        target: 1.1,
-        holds: o / c <= 1.1,
-        chainfold_max_rss_mib: rss_mib,
-    });
-    let cs = median(cp_syncs);
-    report.comparisons.push(Comparison {
-        workload: w.name.clone(),
-        data_bytes: w.data_bytes,
-        chainfold_s: o,
-        baseline: "cp + fdatasync".into(),
-        baseline_s: cs,
-        ratio: o / cs,
-        target: 1.1,
-        holds: o / cs <= 1.1,
-        chainfold_max_rss_mib: rss_mib,
-    });
-    if !qemus.is_empty() {
-        let q = median(qemus);
+    let mut compare = |baseline: &str, baseline_s: f64, target: f64| {
         report.comparisons.push(Comparison {
             workload: w.name.clone(),
             data_bytes: w.data_bytes,
             chainfold_s: o,
-            baseline: "qemu-img commit".into(),
-            baseline_s: q,
-            ratio: o / q,
-            target: 0.5,
-            holds: o / q <= 0.5,
+            baseline: baseline.into(),
+            baseline_s,
+            ratio: o / baseline_s,
+            target,
+            holds: o / baseline_s <= target,
             chainfold_max_rss_mib: rss_mib,
-        });
+        })
+    };
+    compare("cp", c, 1.1);
+    compare("cp + fdatasync", median(cp_syncs), 1.1);
+    if !qemus.is_empty() {
+        compare("qemu-img commit", median(qemus), 0.5);
     }
     Ok(())
 }

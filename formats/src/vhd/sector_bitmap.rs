@@ -57,36 +57,10 @@ impl SectorBitmap {
         out
     }
 
-    /// First sector in `[from, end)` whose bit differs from `bit` (or
-    /// `end`). Scans 64 bits per step: MSB-first bytes loaded big-endian put
-    /// sector 8k + i at bit 63 - (8k + i) of the word. Bytes past the
-    /// bitmap read as clear, like `get`.
+    /// First sector in `[from, end)` whose bit differs from `bit` (or `end`).
     fn run_end(&self, from: u64, end: u64, bit: bool) -> u64 {
-        let mut j = from;
-        while j < end {
-            let byte = usize::try_from(j / 8).unwrap_or(usize::MAX);
-            let shift = (j % 8) as u32;
-            let avail = self.bytes.len().saturating_sub(byte).min(8);
-            if avail == 0 {
-                if !bit {
-                    j = end;
-                }
-                break;
-            }
-            let mut w = [0u8; 8];
-            w[..avail].copy_from_slice(&self.bytes[byte..byte + avail]);
-            let mut word = u64::from_be_bytes(w) << shift;
-            if bit {
-                word = !word;
-            }
-            let valid = avail as u64 * 8 - u64::from(shift);
-            let same = u64::from(word.leading_zeros()).min(valid);
-            j += same;
-            if same < valid {
-                break;
-            }
-        }
-        j.min(end)
+        let order = crate::bitrun::BitOrder::MsbFirst;
+        from + crate::bitrun::same_bits(&self.bytes, order, from, end.saturating_sub(from), bit)
     }
 }
 

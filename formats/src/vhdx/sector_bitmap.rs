@@ -25,39 +25,16 @@ pub fn set_bits(bits: &mut [u8], start: u64, n: u64, value: bool) {
 
 /// Length of the run of equal bits starting at `start`, at most `max`
 /// (at least 1). Bits past the end of `bits` read as clear, like `get_bit`.
-/// Scans 64 bits per step: LSB-first bytes loaded little-endian put sector
-/// 8k + i at bit 8k + i of the word.
 pub fn run_length(bits: &[u8], start: u64, max: u64) -> u64 {
     let v = get_bit(bits, start);
-    let mut n = 1u64;
-    while n < max {
-        let Some(i) = start.checked_add(n) else {
-            break;
-        };
-        let byte = usize::try_from(i / 8).unwrap_or(usize::MAX);
-        let shift = (i % 8) as u32;
-        let avail = bits.len().saturating_sub(byte).min(8);
-        if avail == 0 {
-            if !v {
-                n = max;
-            }
-            break;
-        }
-        let mut w = [0u8; 8];
-        w[..avail].copy_from_slice(&bits[byte..byte + avail]);
-        let mut word = u64::from_le_bytes(w) >> shift;
-        if v {
-            word = !word;
-        }
-        // Only the bits actually loaded count; the rest is padding.
-        let valid = avail as u64 * 8 - u64::from(shift);
-        let same = u64::from(word.trailing_zeros()).min(valid);
-        n += same;
-        if same < valid {
-            break;
-        }
-    }
-    n.min(max.max(1))
+    let rest = crate::bitrun::same_bits(
+        bits,
+        crate::bitrun::BitOrder::LsbFirst,
+        start.saturating_add(1),
+        max.saturating_sub(1),
+        v,
+    );
+    1 + rest
 }
 
 /// Number of set bits.
