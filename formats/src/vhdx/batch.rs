@@ -497,7 +497,17 @@ fn commit_steps(
         }
         (off, Vec::new())
     } else {
-        (img.bat_region.0, changed_bat_sectors(staged))
+        let mut sectors = changed_bat_sectors(staged);
+        if grown {
+            // Entries past the old BAT become live with the new size. The
+            // batch took them as NOT_PRESENT (`old_entry`); whatever the
+            // region holds there (stale or hostile) must read so too.
+            let first = (old.len() as u64).saturating_mul(8) / 4096;
+            sectors.extend(first..need.div_ceil(4096));
+            sectors.sort_unstable();
+            sectors.dedup();
+        }
+        (img.bat_region.0, sectors)
     };
     if grown {
         let m = &img.metadata_table;
