@@ -62,40 +62,46 @@ impl MergePlan {
         mut f: impl FnMut(&FoldedRun) -> Result<()>,
     ) -> Result<()> {
         let held_end = self.destination_size.min(self.virtual_size);
-        let mut runs = Vec::new();
-        let mut offset = 0;
-        while offset < held_end {
-            let len = WINDOW.min(held_end - offset);
-            runs.clear();
-            fold(above, offset, len, &mut runs)?;
-            for r in runs.iter().filter(|r| r.source != Source::NotHeld) {
-                f(r)?;
-            }
-            offset += len;
-        }
-        if held_end >= self.virtual_size {
-            return Ok(());
-        }
+        fold_windows(above, 0, held_end, |r| match r.source {
+            Source::NotHeld => Ok(()),
+            _ => f(r),
+        })?;
         let others: Vec<&dyn Layer> = above.iter().chain(below).copied().collect();
-        while offset < self.virtual_size {
-            let len = WINDOW.min(self.virtual_size - offset);
-            runs.clear();
-            fold(&others, offset, len, &mut runs)?;
-            for r in &runs {
-                let source = match r.source {
-                    Source::NotHeld => Source::Zero,
-                    Source::Layer { layer, file_offset } if layer >= self.destination => {
-                        Source::Layer {
-                            layer: layer + 1,
-                            file_offset,
-                        }
+        fold_windows(&others, held_end, self.virtual_size, |r| {
+            let source = match r.source {
+                Source::NotHeld => Source::Zero,
+                Source::Layer { layer, file_offset } if layer >= self.destination => {
+                    Source::Layer {
+                        layer: layer + 1,
+                        file_offset,
                     }
-                    s => s,
-                };
-                f(&FoldedRun { source, ..*r })?;
-            }
-            offset += len;
-        }
+                }
+                s => s,
+            };
+            f(&FoldedRun { source, ..*r })
+        })?;
         Ok(())
     }
+}
+
+/// Fold `layers` over `[start, end)` one `WINDOW` at a time (so the run list
+/// stays bounded) and hand every run to `f`, in virtual order.
+fn fold_windows(
+    layers: &[&dyn Layer],
+    start: u64,
+    end: u64,
+    mut f: impl FnMut(&FoldedRun) -> Result<()>,
+) -> Result<()> {
+    let mut runs = Vec::new();
+    let mut offset = start;
+    while offset < end {
+        let len = WINDOW.min(end - offset);
+        runs.clear();
+        fold(layers, offset, len, &mut runs)?;
+        for r in &runs {
+            f(r)?;
+        }
+        offset += len;
+    }
+    Ok(())
 }

@@ -537,11 +537,8 @@ mod tests {
                 let (dst, mut model_dst) = if same_file {
                     (Arc::clone(&src), model_src.clone())
                 } else {
-                    let mut m = vec![0xEE; 9000];
-                    (d.open(Path::new("/d"), Access::Write).unwrap(), {
-                        m.resize(9000, 0);
-                        m
-                    })
+                    let dst = d.open(Path::new("/d"), Access::Write).unwrap();
+                    (dst, vec![0xEE; 9000])
                 };
                 dst.copy_from(src.as_ref(), so, d_o, len).unwrap();
                 let end = (d_o + len) as usize;

@@ -35,12 +35,7 @@ pub fn default_scenarios() -> Vec<Arc<dyn Scenario>> {
 /// that way. The toy protocols prove the simulator itself and run in its
 /// tests (and by name with `--scenario`), not in the merge budget.
 pub fn default_scenarios_for(strategy: MergeStrategy) -> Vec<Arc<dyn Scenario>> {
-    let mut v: Vec<Arc<dyn Scenario>> = Vec::new();
-    v.extend(merge_scenarios::scenarios(
-        &merge_scenarios::default_params(),
-        strategy,
-    ));
-    v
+    merge_scenarios::scenarios(&merge_scenarios::default_params(), strategy)
 }
 
 /// Every known scenario, for `--scenario NAME` lookup (including the broken

@@ -172,36 +172,54 @@ struct Expected {
     old: Content,
     /// What the source showed before: the merged content.
     merged: Content,
-    /// How many 512-byte units before each unit differ between `old` and
-    /// `merged`: a run inside which they agree needs one comparison, not two.
-    differ_before: Vec<u32>,
+    /// The 512-byte units where `old` and `merged` differ: a run inside
+    /// which they agree needs one comparison, not two.
+    differ: UnitCount,
 }
 
 impl Expected {
     fn new(old: Vec<u8>, merged: Vec<u8>) -> Self {
         let units = old.len().max(merged.len()).div_ceil(UNIT);
-        let mut differ_before = Vec::with_capacity(units + 1);
-        let mut n = 0u32;
-        differ_before.push(0);
-        for u in 0..units {
+        let differ = UnitCount::new(units, |u| {
             let r = u * UNIT..(u + 1) * UNIT;
-            n += u32::from(old.get(r.clone()) != merged.get(r));
-            differ_before.push(n);
-        }
+            old.get(r.clone()) != merged.get(r)
+        });
         Expected {
             old: Content::new(old),
             merged: Content::new(merged),
-            differ_before,
+            differ,
         }
     }
+}
 
-    /// `old` and `merged` hold the same bytes over `[off, off + len)`.
-    fn agree_at(&self, off: u64, len: u64) -> bool {
+/// Per 512-byte unit, whether it has some property, as running counts, so
+/// "no unit of this range has it" is two lookups.
+#[derive(Debug)]
+struct UnitCount {
+    /// How many units before unit `i` have the property.
+    before: Vec<u32>,
+}
+
+impl UnitCount {
+    fn new(units: usize, mut has: impl FnMut(usize) -> bool) -> Self {
+        let mut before = Vec::with_capacity(units + 1);
+        let mut n = 0u32;
+        before.push(0);
+        for u in 0..units {
+            n += u32::from(has(u));
+            before.push(n);
+        }
+        UnitCount { before }
+    }
+
+    /// No unit overlapping `[off, off + len)` has the property (false when
+    /// the range runs past the counted units).
+    fn none_in(&self, off: u64, len: u64) -> bool {
         let (a, b) = (
             (off as usize) / UNIT,
             (off + len).div_ceil(UNIT as u64) as usize,
         );
-        match (self.differ_before.get(a), self.differ_before.get(b)) {
+        match (self.before.get(a), self.before.get(b)) {
             (Some(x), Some(y)) => x == y,
             _ => false,
         }
@@ -446,42 +464,30 @@ thread_local! {
     static PIECE_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// An expected virtual content with what makes comparing cheap: how many
-/// 512-byte units before each unit hold a nonzero byte (so a zero run is
-/// judged without reading or comparing it).
+/// An expected virtual content with what makes comparing cheap: which
+/// 512-byte units hold a nonzero byte (so a zero run is judged without
+/// reading or comparing it).
 #[derive(Debug)]
 struct Content {
     bytes: Vec<u8>,
-    nonzero_before: Vec<u32>,
+    nonzero: UnitCount,
 }
 
 impl Content {
     fn new(bytes: Vec<u8>) -> Self {
-        let mut nonzero_before = Vec::with_capacity(bytes.len() / UNIT + 1);
-        let mut n = 0u32;
-        nonzero_before.push(0);
-        for u in bytes.chunks(UNIT) {
-            n += u32::from(u.iter().any(|b| *b != 0));
-            nonzero_before.push(n);
-        }
-        Content {
-            bytes,
-            nonzero_before,
-        }
+        let nonzero = UnitCount::new(bytes.len().div_ceil(UNIT), |u| {
+            bytes[u * UNIT..((u + 1) * UNIT).min(bytes.len())]
+                .iter()
+                .any(|b| *b != 0)
+        });
+        Content { bytes, nonzero }
     }
     fn len(&self) -> u64 {
         self.bytes.len() as u64
     }
     /// `[off, off + len)` (512-aligned) reads zeros in this content.
     fn zero_at(&self, off: u64, len: u64) -> bool {
-        let (a, b) = (
-            (off as usize) / UNIT,
-            (off + len).div_ceil(UNIT as u64) as usize,
-        );
-        match (self.nonzero_before.get(a), self.nonzero_before.get(b)) {
-            (Some(x), Some(y)) => x == y,
-            _ => false,
-        }
+        self.nonzero.none_in(off, len)
     }
     fn equals_at(&self, off: u64, data: &[u8]) -> bool {
         self.bytes.get(off as usize..off as usize + data.len()) == Some(data)
@@ -499,15 +505,22 @@ impl Content {
     }
 }
 
-/// Fold the whole opened chain and tell which of `want` its virtual content
-/// equals (a flag per candidate). Zero runs are judged from the summaries;
-/// only present runs are read. Stops as soon as no candidate can match.
-/// Also returns where the first candidate first differed (to a run).
+/// Fold the whole opened chain and tell whether its virtual content equals
+/// the merged content and, with `also_old`, the old one (a flag each, merged
+/// first). Zero runs are judged from the summaries; only present runs are
+/// read, and compared once where old and merged agree. Stops as soon as no
+/// candidate can match. Also returns where the merged content first differed
+/// (to a run).
 fn compare_chain(
     chain: &Chain,
-    want: &[&Content],
-    agree: Option<&Expected>,
+    exp: &Expected,
+    also_old: bool,
 ) -> Result<(Vec<bool>, Option<u64>), String> {
+    let want: &[&Content] = if also_old {
+        &[&exp.merged, &exp.old]
+    } else {
+        &[&exp.merged]
+    };
     let size = chain.top().virtual_size();
     let mut eq: Vec<bool> = want.iter().map(|w| w.len() == size).collect();
     let mut first_diff = None;
@@ -531,9 +544,9 @@ fn compare_chain(
                             .ok_or_else(|| format!("fold names layer {layer}"))?;
                         l.read_file(file_offset, &mut buf[..])
                             .map_err(|e| format!("read at {:#x}: {e}", r.offset))?;
-                        // With `agree`, want[1] equals want[0] wherever the
-                        // summary says so: reuse the first verdict there.
-                        let shared = agree.is_some_and(|x| x.agree_at(r.offset, r.len));
+                        // Where old and merged agree, the merged verdict
+                        // serves both.
+                        let shared = also_old && exp.differ.none_in(r.offset, r.len);
                         let mut first_ok = None;
                         for (i, w) in want.iter().enumerate() {
                             if !(eq[i] || i == 0 && shared) {
@@ -609,7 +622,7 @@ fn judge_destination(
     if check {
         check_chain(&chain)?;
     }
-    let (eq, first) = compare_chain(&chain, &[&exp.merged, &exp.old], Some(exp))?;
+    let (eq, first) = compare_chain(&chain, exp, true)?;
     match (eq[0], eq[1]) {
         (true, _) => Ok(Shows::Merged),
         (false, true) => Ok(Shows::Old),
@@ -630,7 +643,7 @@ fn source_reads_as_before(
     let chain = Chain::open(ns, &p.source_path(), &ChainOptions::default()).map_err(|e| {
         format!("destination shows old content but the source chain does not open: {e}")
     })?;
-    let (eq, first) = compare_chain(&chain, &[&exp.merged], None)?;
+    let (eq, first) = compare_chain(&chain, exp, false)?;
     if eq[0] {
         Ok(())
     } else {
