@@ -9,6 +9,7 @@
 mod bitrun;
 pub mod chain;
 pub mod checksum;
+mod combine;
 pub mod create;
 pub mod entropy;
 pub mod error;

@@ -34,6 +34,10 @@ pub struct BenchArgs {
     /// separated), e.g. `vhdx-32M-full,memory,scaling`.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// Make the merge workloads under `--dir` and stop: nothing is timed
+    /// and nothing is removed, for profiling a merge by hand.
+    #[arg(long, requires = "dir")]
+    pub prepare_only: bool,
 }
 
 fn wanted(args: &BenchArgs, name: &str) -> bool {
@@ -593,6 +597,10 @@ pub fn bench(args: &BenchArgs) -> formats::Result<Report> {
             }
             eprintln!("bench: preparing {name}");
             let w = make_workload(&root, &name, vhdx, block, vs, data, fill)?;
+            if args.prepare_only {
+                eprintln!("bench: kept {} and {}", w.base.display(), w.child.display());
+                continue;
+            }
             eprintln!("bench: timing {name}");
             compare_merge(&w, vs, pairs, &mut report)?;
             if matches!(fill, Fill::Full) && vhdx {
@@ -600,6 +608,9 @@ pub fn bench(args: &BenchArgs) -> formats::Result<Report> {
             }
             let _ = std::fs::remove_dir_all(&w.dir);
         }
+    }
+    if args.prepare_only {
+        return Ok(report);
     }
     // Memory: a 64 TiB virtual VHDX holding 4 GiB (1 GiB in quick mode),
     // and 1,000,000 scattered 512-byte runs.

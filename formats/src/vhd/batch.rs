@@ -28,7 +28,8 @@ use super::journal::{
     self, JournalHeader, JournalRecordHeader, JOURNAL_HEADER_SIZE, RECORD_COMMIT, RECORD_DATA,
     RECORD_HEADER_SIZE, RECORD_ZERO,
 };
-use super::write::ZEROS;
+use super::sector_bitmap::SectorBitmap;
+use crate::combine::{Payload, WriteCombiner};
 use crate::error::IoContext;
 use crate::image::MergeBatch;
 use crate::params::Identity;
@@ -116,6 +117,19 @@ struct ShadowBatch<'a> {
     new_size: u64,
     /// (BAT offset, header offset, footer offset) once prepared.
     prepared: Option<(u64, u64, u64)>,
+    /// Small data pieces on their way to the file (see `combine`).
+    combiner: WriteCombiner,
+    /// The sector bitmap of the block staged into last: a merge stages a
+    /// block's runs one after another, so its bitmap is read once and
+    /// written once instead of once per run.
+    bitmap: Option<CachedBitmap>,
+}
+
+struct CachedBitmap {
+    /// File offset of the (fresh) block's bitmap.
+    base: u64,
+    bits: SectorBitmap,
+    dirty: bool,
 }
 
 impl<'a> ShadowBatch<'a> {
@@ -144,6 +158,8 @@ impl<'a> ShadowBatch<'a> {
             old_footer,
             new_size,
             prepared: None,
+            combiner: WriteCombiner::default(),
+            bitmap: None,
         };
         if !ok_end {
             // Make sure the file ends in a valid footer before anything else.
@@ -247,6 +263,9 @@ impl<'a> ShadowBatch<'a> {
                     self.st.write_at(&[0u8; FOOTER_SIZE], f).ctx(&name)?;
                 }
             }
+            // The data area now reads zeros, and only `stage` writes it.
+            self.combiner
+                .fresh_zeros(at + bitmap_bytes, span - bitmap_bytes);
         }
         if let Some(w) = self.fresh.get_mut((b / 64) as usize) {
             *w |= 1 << (b % 64);
@@ -281,13 +300,14 @@ impl<'a> ShadowBatch<'a> {
             .unwrap_or((512, 512, false))
     }
 
-    /// Stage `[offset, offset+len)`; `fill` writes one piece at a file offset.
-    fn stage(
+    /// Stage `[offset, offset+len)`; `piece(rel, n)` is the payload for
+    /// bytes `[rel, rel + n)` of the range.
+    fn stage<'p>(
         &mut self,
         offset: u64,
         len: u64,
         zero: bool,
-        mut fill: impl FnMut(&dyn Storage, u64, u64, u64) -> std::io::Result<()>,
+        piece: impl Fn(u64, u64) -> Payload<'p>,
     ) -> Result<()> {
         self.check_range(offset, len)?;
         let (bs, bitmap_bytes, differencing) = self.block_size();
@@ -308,11 +328,45 @@ impl<'a> ShadowBatch<'a> {
             let base = self.fresh_block(b)?;
             let data = base + bitmap_bytes + in_block;
             if !(zero && was_fresh_new) {
-                fill(self.st.as_ref(), pos - offset, data, n).ctx(&name)?;
+                self.combiner
+                    .put(self.st.as_ref(), data, piece(pos - offset, n))
+                    .ctx(&name)?;
             }
-            self.img
-                .set_bits(base, in_block / 512, (in_block + n) / 512)?;
+            self.set_bits(base, bitmap_bytes, in_block / 512, (in_block + n) / 512)?;
             pos += n;
+        }
+        Ok(())
+    }
+
+    /// Set bits `[k0, k1)` of the fresh block bitmap at `base`.
+    fn set_bits(&mut self, base: u64, bitmap_bytes: u64, k0: u64, k1: u64) -> Result<()> {
+        if self.bitmap.as_ref().map(|c| c.base) != Some(base) {
+            self.write_back_bitmap()?;
+            let mut bytes = vec![0u8; bitmap_bytes as usize];
+            self.st.read_at(&mut bytes, base).ctx(&self.img.name)?;
+            self.bitmap = Some(CachedBitmap {
+                base,
+                bits: SectorBitmap { bytes },
+                dirty: false,
+            });
+        }
+        if let Some(c) = &mut self.bitmap {
+            for k in k0..k1 {
+                c.bits.set(k);
+            }
+            c.dirty = true;
+        }
+        Ok(())
+    }
+
+    fn write_back_bitmap(&mut self) -> Result<()> {
+        if let Some(c) = &mut self.bitmap {
+            if c.dirty {
+                self.st
+                    .write_at(&c.bits.bytes, c.base)
+                    .ctx(&self.img.name)?;
+                c.dirty = false;
+            }
         }
         Ok(())
     }
@@ -320,27 +374,21 @@ impl<'a> ShadowBatch<'a> {
 
 impl MergeBatch for ShadowBatch<'_> {
     fn write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
-        self.stage(offset, data.len() as u64, false, |st, rel, at, n| {
-            st.write_at(&data[rel as usize..(rel + n) as usize], at)
+        self.stage(offset, data.len() as u64, false, |rel, n| {
+            Payload::Bytes(&data[rel as usize..(rel + n) as usize])
         })
     }
 
     fn copy(&mut self, offset: u64, len: u64, src: &dyn Storage, src_offset: u64) -> Result<()> {
-        self.stage(offset, len, false, |st, rel, at, n| {
-            st.copy_from(src, src_offset + rel, at, n)
+        self.stage(offset, len, false, |rel, n| Payload::From {
+            src,
+            offset: src_offset + rel,
+            len: n,
         })
     }
 
     fn zero(&mut self, offset: u64, len: u64) -> Result<()> {
-        self.stage(offset, len, true, |st, _rel, at, n| {
-            let mut done = 0;
-            while done < n {
-                let k = (ZEROS.len() as u64).min(n - done) as usize;
-                st.write_at(&ZEROS[..k], at + done)?;
-                done += k as u64;
-            }
-            Ok(())
-        })
+        self.stage(offset, len, true, |_, n| Payload::Zeros(n))
     }
 
     fn grow(&mut self, new_virtual_size: u64) -> Result<()> {
@@ -368,6 +416,8 @@ impl MergeBatch for ShadowBatch<'_> {
             return Ok(());
         }
         let name = self.name();
+        self.combiner.flush(self.st.as_ref()).ctx(&name)?;
+        self.write_back_bitmap()?;
         let Some(s) = &self.img.sparse else {
             return Ok(());
         };

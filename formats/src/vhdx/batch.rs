@@ -20,6 +20,7 @@ use super::log::writer::{self, SectorSource};
 use super::metadata_items as items;
 use super::region_table::{self as rt};
 use super::sector_bitmap;
+use crate::combine::{Payload, WriteCombiner};
 use crate::error::IoContext;
 use crate::image::MergeBatch;
 use crate::params::Identity;
@@ -36,6 +37,7 @@ pub(crate) fn begin(img: &mut VhdxImage) -> Result<Box<dyn MergeBatch + '_>> {
         staged: BTreeMap::new(),
         sb_copies: BTreeMap::new(),
         committed_end,
+        combiner: WriteCombiner::default(),
         done: false,
     }))
 }
@@ -50,6 +52,8 @@ struct VhdxBatch<'a> {
     /// Chunk -> fresh copy of its sector-bitmap block.
     sb_copies: BTreeMap<u64, u64>,
     committed_end: u64,
+    /// Small payload pieces on their way to the file (see `combine`).
+    combiner: WriteCombiner,
     done: bool,
 }
 
@@ -158,7 +162,8 @@ impl VhdxBatch<'_> {
         let name = self.name();
         match e.state() {
             bat::PAYLOAD_FULLY_PRESENT | bat::PAYLOAD_PARTIALLY_PRESENT if staged => {
-                data.put(&*self.img.storage, e.file_offset() + in_off)
+                self.combiner
+                    .put(&*self.img.storage, e.file_offset() + in_off, data)
                     .ctx(&name)?;
                 if e.state() == bat::PAYLOAD_PARTIALLY_PRESENT {
                     self.set_bits(blk, in_off / lss, data.len() / lss)?;
@@ -171,7 +176,9 @@ impl VhdxBatch<'_> {
                     let st = &*self.img.storage;
                     st.copy_from(st, e.file_offset(), off, in_disk).ctx(&name)?;
                 }
-                data.put(&*self.img.storage, off + in_off).ctx(&name)?;
+                self.combiner
+                    .put(&*self.img.storage, off + in_off, data)
+                    .ctx(&name)?;
                 let partial = s == bat::PAYLOAD_PARTIALLY_PRESENT && !whole;
                 if partial {
                     self.set_bits(blk, in_off / lss, data.len() / lss)?;
@@ -185,7 +192,10 @@ impl VhdxBatch<'_> {
             }
             bat::PAYLOAD_NOT_PRESENT if g.has_parent && !whole => {
                 let off = self.img.allocate(g.block_size)?;
-                data.put(&*self.img.storage, off + in_off).ctx(&name)?;
+                self.combiner.fresh_zeros(off, g.block_size);
+                self.combiner
+                    .put(&*self.img.storage, off + in_off, data)
+                    .ctx(&name)?;
                 // Bits a NOT_PRESENT block may have left behind mean nothing.
                 self.clear_bits(blk)?;
                 self.set_bits(blk, in_off / lss, data.len() / lss)?;
@@ -200,7 +210,10 @@ impl VhdxBatch<'_> {
                 // Fresh space reads zeros: the rest of the block keeps
                 // reading zeros (and hides any parent).
                 let off = self.img.allocate(g.block_size)?;
-                data.put(&*self.img.storage, off + in_off).ctx(&name)?;
+                self.combiner.fresh_zeros(off, g.block_size);
+                self.combiner
+                    .put(&*self.img.storage, off + in_off, data)
+                    .ctx(&name)?;
                 self.staged
                     .insert(idx, BatEntry::new(bat::PAYLOAD_FULLY_PRESENT, off));
             }
@@ -214,34 +227,6 @@ impl VhdxBatch<'_> {
             }
         }
         Ok(())
-    }
-}
-
-/// What `write_in_block` stores: bytes in memory, or a range of another
-/// file (copied with `Storage::copy_from`, which lets the kernel or the
-/// simulator move it without a bounce buffer).
-#[derive(Clone, Copy)]
-enum Payload<'a> {
-    Bytes(&'a [u8]),
-    From {
-        src: &'a dyn Storage,
-        offset: u64,
-        len: u64,
-    },
-}
-
-impl Payload<'_> {
-    fn len(&self) -> u64 {
-        match self {
-            Payload::Bytes(b) => b.len() as u64,
-            Payload::From { len, .. } => *len,
-        }
-    }
-    fn put(&self, st: &dyn Storage, at: u64) -> std::io::Result<()> {
-        match *self {
-            Payload::Bytes(b) => st.write_at(b, at),
-            Payload::From { src, offset, len } => st.copy_from(src, offset, at, len),
-        }
     }
 }
 
@@ -352,7 +337,6 @@ impl MergeBatch for VhdxBatch<'_> {
         self.check_range(offset, len)?;
         let g = self.geometry;
         let fixed = self.img.file_parameters.leave_block_allocated() && !g.has_parent;
-        let zeros = vec![0u8; MIB.min(len) as usize];
         let end = offset + len;
         let mut v = offset;
         while v < end {
@@ -373,12 +357,7 @@ impl MergeBatch for VhdxBatch<'_> {
             } else if in_off == 0 && n == in_disk && !fixed {
                 self.staged.insert(idx, BatEntry::new(bat::PAYLOAD_ZERO, 0));
             } else {
-                let mut done = 0;
-                while done < n {
-                    let k = (zeros.len() as u64).min(n - done);
-                    self.write_in_block(blk, in_off + done, Payload::Bytes(&zeros[..k as usize]))?;
-                    done += k;
-                }
+                self.write_in_block(blk, in_off, Payload::Zeros(n))?;
             }
             v += n;
         }
@@ -412,7 +391,9 @@ impl MergeBatch for VhdxBatch<'_> {
 
     fn prepare(&mut self) -> Result<()> {
         // Every staged byte durable before the commit can reference it.
-        self.img.storage.flush().ctx(&self.img.name)
+        let st = &*self.img.storage;
+        self.combiner.flush(st).ctx(&self.img.name)?;
+        st.flush().ctx(&self.img.name)
     }
 
     fn commit(mut self: Box<Self>, new_identity: Identity) -> Result<()> {
@@ -424,6 +405,11 @@ impl MergeBatch for VhdxBatch<'_> {
                 "a VHDX needs a VHDX identity (DataWriteGuid)".into(),
             ));
         };
+        // Pieces still in the combiner (a commit without prepare) reach the
+        // file before commit_steps' first flush.
+        self.combiner
+            .flush(&*self.img.storage)
+            .ctx(&self.img.name)?;
         // From here on the staged space may be referenced: never give it back.
         self.done = true;
         // The committed BAT and the staged entries are read while the image
