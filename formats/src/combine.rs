@@ -136,7 +136,11 @@ impl WriteCombiner {
             .is_some_and(|(_, &e)| at.saturating_add(len) <= e)
     }
 
-    /// `[at, at + len)` was written: no longer known to read zeros.
+    /// `[at, at + len)` was written: no longer known to read zeros. What
+    /// lies before it in the same range is forgotten too (merely read back
+    /// if ever needed): batches stage in ascending order, and never
+    /// splitting a range keeps the map no larger than the fresh
+    /// allocations, however many small pieces arrive.
     fn written(&mut self, at: u64, len: u64) {
         let end = at.saturating_add(len);
         let mut cut = Vec::new();
@@ -148,9 +152,6 @@ impl WriteCombiner {
         cut.extend(self.zeros.range(at..end).map(|(&s, &e)| (s, e)));
         for (s, e) in cut {
             self.zeros.remove(&s);
-            if s < at {
-                self.zeros.insert(s, at);
-            }
             if e > end {
                 self.zeros.insert(end, e);
             }

@@ -23,7 +23,7 @@ pub mod siblings;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use formats::chain::{Chain, ChainOptions, Source};
+use formats::chain::{Chain, ChainOptions, Link, Source};
 use formats::params::{Identity, OpenOptions};
 use formats::{Access, JournalSlot, Namespace, Severity};
 use serde::Serialize;
@@ -227,6 +227,16 @@ pub fn merge(
     let dest_storage = Arc::clone(chain.links[dest_index].image.storage());
     let new_identity = new_identity_like(&chain.links[dest_index].image.identity());
     let dest_name = dest_path.display().to_string();
+    // The writable destination replaces the read-only one in the chain, and
+    // the read-only one goes first: one copy of its BAT in memory at any
+    // time, not two (a 64 TiB VHDX's BAT is 16 MiB). `dest_storage` keeps
+    // the locked handle open meanwhile.
+    let Link {
+        path,
+        image: read_only,
+        parent_resolution,
+    } = chain.links.remove(dest_index);
+    drop(read_only);
     let dest = formats::image::open(
         &dest_name,
         dest_storage,
@@ -236,9 +246,14 @@ pub fn merge(
             ignore_checksums: req.chain.ignore_checksums,
         },
     )?;
-    // The writable destination replaces the read-only one in the chain:
-    // one copy of its BAT in memory, not two (a 64 TiB VHDX's BAT is 16 MiB).
-    drop(std::mem::replace(&mut chain.links[dest_index].image, dest));
+    chain.links.insert(
+        dest_index,
+        Link {
+            path,
+            image: dest,
+            parent_resolution,
+        },
+    );
     {
         // Indexed like the chain: the grown region may copy from below
         // the destination too (see `MergePlan::for_each_run`).

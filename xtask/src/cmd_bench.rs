@@ -34,8 +34,9 @@ pub struct BenchArgs {
     /// separated), e.g. `vhdx-32M-full,memory,scaling`.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
-    /// Make the merge workloads under `--dir` and stop: nothing is timed
-    /// and nothing is removed, for profiling a merge by hand.
+    /// Make the merge workloads (and the 64 TiB memory one) under `--dir`
+    /// and stop: nothing is timed and nothing is removed, for profiling a
+    /// merge by hand.
     #[arg(long, requires = "dir")]
     pub prepare_only: bool,
 }
@@ -135,6 +136,9 @@ pub struct Workload {
     pub base: PathBuf,
     pub child: PathBuf,
     pub data_bytes: u64,
+    /// Bytes of virtual space the data is spread over (twice `data_bytes`
+    /// for `Fill::Half`).
+    pub extent_bytes: u64,
 }
 
 fn pattern(len: usize, salt: u64) -> Vec<u8> {
@@ -233,6 +237,11 @@ fn make_workload(
         base,
         child,
         data_bytes: data,
+        extent_bytes: match fill {
+            Fill::Full => data,
+            Fill::Half => 2 * data,
+            Fill::Scattered { runs, stride } => runs * stride,
+        },
     })
 }
 
@@ -386,8 +395,18 @@ fn compare_merge(
             &qo.display().to_string(),
         ]);
     }
+    // Data in 4 KiB runs one page apart lands either as scattered pages or,
+    // joined across the gaps, as the whole extent; a durable copy of a file
+    // the extent's size is the floor for the second.
+    let extent = (w.extent_bytes > w.data_bytes).then(|| w.dir.join("extent.bin"));
+    if let Some(e) = &extent {
+        if !e.exists() {
+            std::fs::write(e, pattern(w.extent_bytes as usize, 5))
+                .map_err(|e| formats::Error::io("extent.bin", e))?;
+        }
+    }
     let (mut ours, mut cps, mut qemus, mut rss) = (vec![], vec![], vec![], 0i64);
-    let mut cp_syncs = vec![];
+    let (mut cp_syncs, mut extent_syncs) = (vec![], vec![]);
     for _ in 0..pairs {
         let (b, c) = fresh(w);
         // Every timed command starts with no dirty pages from the setup
@@ -419,6 +438,13 @@ fn compare_merge(
         cp_syncs.push(cp.wall_s + flush.wall_s);
         let _ = std::fs::remove_file(&copy);
         sh(&["sync"]);
+        if let Some(e) = &extent {
+            let cp = timed(&["cp", &e.display().to_string(), &copy.display().to_string()]);
+            let flush = timed(&["sync", "-d", &copy.display().to_string()]);
+            extent_syncs.push(cp.wall_s + flush.wall_s);
+            let _ = std::fs::remove_file(&copy);
+            sh(&["sync"]);
+        }
         if qcow_ready {
             let run = w.dir.join("qrun");
             let _ = std::fs::remove_dir_all(&run);
@@ -476,6 +502,9 @@ fn compare_merge(
     };
     compare("cp", c, 1.1);
     compare("cp + fdatasync", median(cp_syncs), 1.1);
+    if !extent_syncs.is_empty() {
+        compare("cp + fdatasync, extent", median(extent_syncs), 1.1);
+    }
     if let Some(q) = q {
         compare("qemu-img commit", q, 0.5);
     }
@@ -609,15 +638,16 @@ pub fn bench(args: &BenchArgs) -> formats::Result<Report> {
             let _ = std::fs::remove_dir_all(&w.dir);
         }
     }
-    if args.prepare_only {
-        return Ok(report);
-    }
     // Memory: a 64 TiB virtual VHDX holding 4 GiB (1 GiB in quick mode),
     // and 1,000,000 scattered 512-byte runs.
     let data = if args.quick { GIB } else { 4 * GIB };
     if wanted(args, "memory-64T") {
         eprintln!("bench: memory workloads");
         let w = make_workload(&root, "mem-64T", true, 32 << 20, 64 << 40, data, Fill::Full)?;
+        if args.prepare_only {
+            eprintln!("bench: kept {} and {}", w.base.display(), w.child.display());
+            return Ok(report);
+        }
         memory(&w, &mut report);
         eprintln!("bench: {:?}", report.memory.last());
         let _ = std::fs::remove_dir_all(&w.dir);

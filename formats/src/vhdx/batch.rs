@@ -421,6 +421,10 @@ impl MergeBatch for VhdxBatch<'_> {
         self.staged = staged;
         r?;
         let name = self.name();
+        // The committed BAT is superseded: free it before the load below
+        // reads the new one, so a 64 TiB image's BAT is not held twice.
+        self.img.bat = Vec::new();
+        self.staged = BTreeMap::new();
 
         // Adopt the committed state from disk.
         let opts = self.img.opts;
