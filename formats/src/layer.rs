@@ -41,6 +41,15 @@ pub trait Layer: Send + Sync {
     /// size and the range lies inside the virtual size.
     fn map(&self, offset: u64, len: u64, out: &mut Vec<Run>) -> Result<()>;
 
+    /// Where this layer may next hold data: an offset at or after `offset`
+    /// before which `map` returns only `Transparent` runs, or None when it
+    /// holds nothing from `offset` on. Lets a merge jump over the empty
+    /// stretches of a huge sparse layer with a BAT scan instead of mapping
+    /// them window by window. The default claims nothing: `offset` itself.
+    fn next_held(&self, offset: u64) -> Result<Option<u64>> {
+        Ok(Some(offset))
+    }
+
     /// Read bytes of this layer's file (a `Present` run's `file_offset`).
     fn read_file(&self, file_offset: u64, buf: &mut [u8]) -> Result<()>;
 }

@@ -172,10 +172,68 @@ impl Storage for FileStorage {
             }
         }
         if done < len {
-            copy_by_buffer(src, self, src_offset + done, dst_offset + done, len - done)?;
+            copy_overlapped(src, self, src_offset + done, dst_offset + done, len - done)?;
         }
         Ok(())
     }
+}
+
+/// Copy through two 2 MiB buffers, a second thread reading the next piece
+/// while this one writes the last: the fallback for real files when the
+/// kernel cannot move the bytes itself (another filesystem, a source that
+/// is not a file). Writes stay on the calling thread, in order.
+pub fn copy_overlapped<D: Storage + ?Sized>(
+    src: &dyn Storage,
+    dst: &D,
+    src_offset: u64,
+    dst_offset: u64,
+    len: u64,
+) -> io::Result<()> {
+    use std::sync::mpsc::sync_channel;
+    const PIECE: u64 = 2 << 20;
+    if len <= PIECE {
+        return copy_by_buffer(src, dst, src_offset, dst_offset, len);
+    }
+    // Read pieces (with their position) one way, emptied buffers back.
+    let (full_tx, full_rx) = sync_channel::<io::Result<(Vec<u8>, u64)>>(1);
+    let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(2);
+    for _ in 0..2 {
+        let _ = empty_tx.send(vec![0u8; PIECE as usize]);
+    }
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            let mut at = 0;
+            while at < len {
+                // A closed channel: the writer stopped (on an error).
+                let Ok(mut buf) = empty_rx.recv() else { return };
+                let n = PIECE.min(len - at) as usize;
+                let r = src
+                    .read_at(&mut buf[..n], src_offset + at)
+                    .map(|()| (buf, at));
+                let failed = r.is_err();
+                if full_tx.send(r).is_err() || failed {
+                    return;
+                }
+                at += n as u64;
+            }
+        });
+        // The writer owns its channel ends, so returning early (an error)
+        // closes them and the reader stops instead of waiting forever.
+        let write_all = move || -> io::Result<()> {
+            let mut done = 0;
+            while done < len {
+                let (buf, at) = full_rx
+                    .recv()
+                    .map_err(|_| io::Error::other("copy: the reading thread stopped"))??;
+                let n = PIECE.min(len - at) as usize;
+                dst.write_at(&buf[..n], dst_offset + at)?;
+                done = at + n as u64;
+                let _ = empty_tx.send(buf);
+            }
+            Ok(())
+        };
+        write_all()
+    })
 }
 
 /// Copy through a bounded buffer (4 MiB pieces).
@@ -524,6 +582,63 @@ impl Namespace for Arc<MemNamespace> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Memory that fails every read or write reaching past `.1`.
+    #[derive(Debug)]
+    struct Failing(MemStorage, u64);
+    impl Storage for Failing {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+            if offset + buf.len() as u64 > self.1 {
+                return Err(io::Error::other("injected read error"));
+            }
+            self.0.read_at(buf, offset)
+        }
+        fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+            if offset + buf.len() as u64 > self.1 {
+                return Err(io::Error::other("injected write error"));
+            }
+            self.0.write_at(buf, offset)
+        }
+        fn len(&self) -> io::Result<u64> {
+            self.0.len()
+        }
+        fn set_len(&self, len: u64) -> io::Result<()> {
+            self.0.set_len(len)
+        }
+        fn flush(&self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn file_copy_from_a_non_file_source_copies_every_byte() {
+        // Not a file: copy_file_range cannot be used, the overlapped
+        // fallback moves the bytes (several pieces and a partial last one).
+        let len = (9 << 20) + 4096;
+        let bytes: Vec<u8> = (0..len + 512).map(|i| (i * 31 % 253) as u8).collect();
+        let src = MemStorage::from_vec(bytes.clone());
+        let f = tempfile::tempfile().unwrap();
+        let dst = FileStorage::new(f);
+        dst.write_at(&[7u8; 1024], 0).unwrap();
+        dst.copy_from(&src, 512, 1024, len as u64).unwrap();
+        let mut got = vec![0u8; len + 1024];
+        dst.read_at(&mut got, 0).unwrap();
+        assert_eq!(&got[..1024], &[7u8; 1024][..]);
+        assert_eq!(&got[1024..], &bytes[512..512 + len]);
+    }
+
+    #[test]
+    fn overlapped_copy_reports_either_side_failing_and_returns() {
+        // A failing read, then a failing write: each is reported, and
+        // neither leaves the other thread waiting (the test would hang).
+        let src = Failing(MemStorage::from_vec(vec![1u8; 12 << 20]), 5 << 20);
+        let e = copy_overlapped(&src, &MemStorage::new(), 0, 0, 12 << 20).unwrap_err();
+        assert!(e.to_string().contains("injected read"), "{e}");
+        let src = MemStorage::from_vec(vec![1u8; 12 << 20]);
+        let dst = Failing(MemStorage::new(), 5 << 20);
+        let e = copy_overlapped(&src, &dst, 0, 0, 12 << 20).unwrap_err();
+        assert!(e.to_string().contains("injected write"), "{e}");
+    }
 
     #[test]
     fn mem_storage_reads_past_end_fail() {

@@ -62,12 +62,16 @@ impl MergePlan {
         mut f: impl FnMut(&FoldedRun) -> Result<()>,
     ) -> Result<()> {
         let held_end = self.destination_size.min(self.virtual_size);
-        fold_windows(above, 0, held_end, |r| match r.source {
+        // NotHeld runs are dropped here, so stretches that no layer above
+        // holds are skipped: a 64 TiB layer holding 1 GiB is not mapped
+        // 256 MiB at a time over all of its 64 TiB.
+        fold_windows(above, 0, held_end, true, |r| match r.source {
             Source::NotHeld => Ok(()),
             _ => f(r),
         })?;
         let others: Vec<&dyn Layer> = above.iter().chain(below).copied().collect();
-        fold_windows(&others, held_end, self.virtual_size, |r| {
+        // Here NotHeld becomes a zero run: nothing may be skipped.
+        fold_windows(&others, held_end, self.virtual_size, false, |r| {
             let source = match r.source {
                 Source::NotHeld => Source::Zero,
                 Source::Layer { layer, file_offset } if layer >= self.destination => {
@@ -85,16 +89,32 @@ impl MergePlan {
 }
 
 /// Fold `layers` over `[start, end)` one `WINDOW` at a time (so the run list
-/// stays bounded) and hand every run to `f`, in virtual order.
+/// stays bounded) and hand every run to `f`, in virtual order. With
+/// `skip_unheld`, stretches where every layer says it holds nothing
+/// (`Layer::next_held`) are jumped over: `f` then sees no NotHeld runs
+/// for them.
 fn fold_windows(
     layers: &[&dyn Layer],
     start: u64,
     end: u64,
+    skip_unheld: bool,
     mut f: impl FnMut(&FoldedRun) -> Result<()>,
 ) -> Result<()> {
     let mut runs = Vec::new();
     let mut offset = start;
     while offset < end {
+        if skip_unheld {
+            let mut next = end;
+            for l in layers {
+                if let Some(n) = l.next_held(offset)? {
+                    next = next.min(n.max(offset));
+                }
+            }
+            offset = next;
+            if offset >= end {
+                break;
+            }
+        }
         let len = WINDOW.min(end - offset);
         runs.clear();
         fold(layers, offset, len, &mut runs)?;
@@ -104,4 +124,96 @@ fn fold_windows(
         offset += len;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+
+    use formats::chain::{open_image_file, ChainOptions};
+    use formats::params::{CreateParams, DiskType, Identity};
+    use formats::{Access, MemNamespace, Namespace};
+
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    /// A differencing layer over `parent` (or a dynamic base) with `writes`
+    /// (offset, len) staged and committed.
+    fn layer(ns: &Arc<dyn Namespace>, path: &Path, parent: Option<&Path>, writes: &[(u64, u64)]) {
+        let mut params = CreateParams {
+            virtual_size: 64 << 30,
+            disk_type: DiskType::Dynamic,
+            block_size: Some(32 << 20),
+            ..Default::default()
+        };
+        if let Some(p) = parent {
+            let img = open_image_file(ns, p, &ChainOptions::default()).unwrap();
+            params.parent = Some(formats::create::parent_spec(ns, img.as_ref(), p, path).unwrap());
+            params.disk_type = DiskType::Differencing;
+        }
+        formats::create::create_file(ns, path, &params).unwrap();
+        let opts = ChainOptions {
+            access: Access::Write,
+            writable: true,
+            ..Default::default()
+        };
+        let mut img = open_image_file(ns, path, &opts).unwrap();
+        let mut batch = img.begin_batch().unwrap();
+        for &(at, len) in writes {
+            batch.write(at, &vec![0x5Au8; len as usize]).unwrap();
+        }
+        batch.prepare().unwrap();
+        batch
+            .commit(Identity::Vhdx {
+                data_write_guid: formats::entropy::new_guid(),
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn skipping_unheld_stretches_yields_the_runs_of_a_full_fold() {
+        let mem = MemNamespace::new();
+        let ns: Arc<dyn Namespace> = Arc::new(mem);
+        let (base, mid, top) = (
+            PathBuf::from("/p/base.vhdx"),
+            PathBuf::from("/p/mid.avhdx"),
+            PathBuf::from("/p/top.avhdx"),
+        );
+        layer(&ns, &base, None, &[(0, MIB)]);
+        // Held stretches far apart, across window edges, in the first and
+        // the last block, in one layer or the other.
+        layer(
+            &ns,
+            &mid,
+            Some(&base),
+            &[(5 << 30, 4096), ((64 << 30) - 4096, 4096)],
+        );
+        layer(
+            &ns,
+            &top,
+            Some(&mid),
+            &[(0, 512), ((256 * MIB) - 512, 1024), (40 << 30, 3 * MIB)],
+        );
+        let chain = Chain::open(&ns, &top, &ChainOptions::default()).unwrap();
+        let layers = chain.layers();
+        let plan = MergePlan::new(&chain, 2).unwrap();
+        let mut got = Vec::new();
+        plan.for_each_run(&layers[..2], &[], |r| {
+            got.push(*r);
+            Ok(())
+        })
+        .unwrap();
+        let mut want = Vec::new();
+        fold_windows(&layers[..2], 0, 64 << 30, false, |r| {
+            if !matches!(r.source, Source::NotHeld) {
+                want.push(*r);
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(got, want);
+        assert_eq!(plan.bytes_total, 512 + 1024 + 3 * MIB + 2 * 4096);
+    }
 }

@@ -1028,6 +1028,18 @@ impl Layer for VhdxImage {
     fn read_file(&self, file_offset: u64, buf: &mut [u8]) -> Result<()> {
         self.view.read_at(buf, file_offset).ctx(&self.name)
     }
+    fn next_held(&self, offset: u64) -> Result<Option<u64>> {
+        // NOT_PRESENT is the one state `map_block` maps to Transparent whole
+        // (and past its virtual size a layer is transparent to a fold).
+        let g = &self.geometry;
+        let blocks = g.virtual_size.div_ceil(g.block_size);
+        for p in offset / g.block_size..blocks {
+            if self.payload_entry(p)?.state() != bat::PAYLOAD_NOT_PRESENT {
+                return Ok(Some((p * g.block_size).max(offset)));
+            }
+        }
+        Ok(None)
+    }
 }
 
 impl Image for VhdxImage {
