@@ -99,11 +99,85 @@ pub trait Namespace: Send + Sync + Debug {
 #[derive(Debug)]
 pub struct FileStorage {
     file: File,
+    /// Start writeback of written bytes early (see `WRITEBACK_AHEAD`).
+    writeback_ahead: bool,
+    /// Written bytes whose writeback has not been started yet.
+    unsubmitted: Mutex<Unsubmitted>,
 }
+
+/// Writes since writeback was last started: their count and the span they
+/// lie in.
+#[derive(Debug, Default)]
+struct Unsubmitted {
+    bytes: u64,
+    lo: u64,
+    hi: u64,
+}
+
+/// Start writeback after this many bytes written. A merge must flush its
+/// payload before the commit, and the kernel's own writeback waits for
+/// gigabytes of dirty pages (10 % of memory) before it starts, so without
+/// this the whole payload is written back inside that one flush, after the
+/// copy: the copy and the disk took turns instead of working together.
+const WRITEBACK_AHEAD: u64 = 16 << 20;
+
+/// The most one `copy_file_range` call moves, so that writeback of a long
+/// copy starts while it goes on.
+const COPY_PIECE: u64 = 8 << 20;
 
 impl FileStorage {
     pub fn new(file: File) -> Self {
-        FileStorage { file }
+        FileStorage {
+            file,
+            writeback_ahead: false,
+            unsubmitted: Mutex::default(),
+        }
+    }
+
+    /// A file whose writes will end in a `flush`: start their writeback
+    /// as they go. For a file that is never flushed (`convert` to raw, like
+    /// `cp`, leaves its output to the page cache) this only costs time.
+    pub fn with_writeback_ahead(file: File) -> Self {
+        FileStorage {
+            writeback_ahead: true,
+            ..FileStorage::new(file)
+        }
+    }
+
+    /// Note `len` bytes written at `at`; past `WRITEBACK_AHEAD` of them,
+    /// start their writeback without waiting for it. This is only a hint to
+    /// the kernel: durability still comes from `flush` alone.
+    fn wrote(&self, at: u64, len: u64) {
+        if !self.writeback_ahead {
+            return;
+        }
+        let span = {
+            let mut u = self.unsubmitted.lock().unwrap_or_else(|e| e.into_inner());
+            let end = at.saturating_add(len);
+            if u.bytes == 0 {
+                (u.lo, u.hi) = (at, end);
+            } else {
+                (u.lo, u.hi) = (u.lo.min(at), u.hi.max(end));
+            }
+            u.bytes += len;
+            if u.bytes < WRITEBACK_AHEAD {
+                return;
+            }
+            let span = (u.lo, u.hi);
+            *u = Unsubmitted::default();
+            span
+        };
+        // POSIX_FADV_DONTNEED first starts asynchronous writeback of the
+        // range's dirty pages (Linux: WB_SYNC_NONE), then drops the pages
+        // that are clean; pages just submitted are not clean yet and stay.
+        // (sync_file_range says this more directly, but no safe binding of
+        // it exists.) Failure only loses the head start.
+        let _ = rustix::fs::fadvise(
+            &self.file,
+            span.0,
+            std::num::NonZeroU64::new(span.1 - span.0),
+            rustix::fs::Advice::DontNeed,
+        );
     }
 
     fn lock(file: &File, access: Access) -> io::Result<()> {
@@ -127,7 +201,9 @@ impl Storage for FileStorage {
         self.file.read_exact_at(buf, offset)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.file.write_all_at(buf, offset)
+        self.file.write_all_at(buf, offset)?;
+        self.wrote(offset, buf.len() as u64);
+        Ok(())
     }
     fn len(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
@@ -136,7 +212,9 @@ impl Storage for FileStorage {
         self.file.set_len(len)
     }
     fn flush(&self) -> io::Result<()> {
-        self.file.sync_data()
+        self.file.sync_data()?;
+        *self.unsubmitted.lock().unwrap_or_else(|e| e.into_inner()) = Unsubmitted::default();
+        Ok(())
     }
     fn as_file(&self) -> Option<&File> {
         Some(&self.file)
@@ -157,7 +235,7 @@ impl Storage for FileStorage {
             while done < len {
                 let mut off_in = src_offset + done;
                 let mut off_out = dst_offset + done;
-                let want = (len - done).min(1 << 30) as usize;
+                let want = (len - done).min(COPY_PIECE) as usize;
                 match rustix::fs::copy_file_range(
                     src_file,
                     Some(&mut off_in),
@@ -166,7 +244,10 @@ impl Storage for FileStorage {
                     want,
                 ) {
                     Ok(0) => break,
-                    Ok(n) => done += n as u64,
+                    Ok(n) => {
+                        self.wrote(dst_offset + done, n as u64);
+                        done += n as u64;
+                    }
                     Err(_) => break,
                 }
             }
@@ -267,7 +348,12 @@ impl Namespace for FsNamespace {
             .write(access == Access::Write)
             .open(path)?;
         FileStorage::lock(&file, access)?;
-        Ok(Arc::new(FileStorage::new(file)))
+        // An existing image opened for writing changes only through
+        // batches, and every batch ends in a flush.
+        Ok(Arc::new(match access {
+            Access::Write => FileStorage::with_writeback_ahead(file),
+            Access::Read => FileStorage::new(file),
+        }))
     }
     fn create(&self, path: &Path) -> io::Result<Arc<dyn Storage>> {
         let file = OpenOptions::new()

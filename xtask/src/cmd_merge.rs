@@ -17,6 +17,7 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
 use clap::Args;
@@ -71,10 +72,16 @@ pub fn request(args: &MergeArgs) -> MergeRequest {
 /// plain lines otherwise, nothing with `quiet`).
 pub fn run_with_progress(req: MergeRequest, quiet: bool) -> MergeOutcome {
     let job = JobHandle::new();
-    let worker = {
+    // The outcome comes back on a channel, so the wait for it ends the
+    // moment the merge does (a sleeping poll added up to one tick to every
+    // merge's wall time).
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    {
         let job = job.clone();
-        std::thread::spawn(move || merge::run(&fs(), &req, &job))
-    };
+        std::thread::spawn(move || {
+            let _ = done_tx.send(merge::run(&fs(), &req, &job));
+        });
+    }
     let tty = std::io::stderr().is_terminal();
     let bar = (!quiet && tty).then(|| {
         let b = indicatif::ProgressBar::new(100);
@@ -86,8 +93,13 @@ pub fn run_with_progress(req: MergeRequest, quiet: bool) -> MergeOutcome {
         b
     });
     let mut last_line = 0u8;
-    while !worker.is_finished() {
-        std::thread::sleep(Duration::from_millis(100));
+    let outcome = loop {
+        match done_rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(outcome) => break Some(outcome),
+            // The worker dropped its sender without sending: it panicked.
+            Err(RecvTimeoutError::Disconnected) => break None,
+            Err(RecvTimeoutError::Timeout) => {}
+        }
         let s = job.status();
         if let Some(b) = &bar {
             b.set_position(u64::from(s.percent_complete));
@@ -99,11 +111,11 @@ pub fn run_with_progress(req: MergeRequest, quiet: bool) -> MergeOutcome {
                 s.percent_complete, s.bytes_done, s.bytes_total
             );
         }
-    }
+    };
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    worker.join().unwrap_or_else(|_| MergeOutcome {
+    outcome.unwrap_or_else(|| MergeOutcome {
         return_value: ReturnValue::Failed.code(),
         state: merge::JobState::Failed,
         source: String::new(),
