@@ -102,11 +102,26 @@ fn fold_windows(
 ) -> Result<()> {
     let mut runs = Vec::new();
     let mut offset = start;
+    // Each layer's last answer to `next_held`: an answer `Some(n)` stays
+    // true while `offset <= n`, and `None` (nothing held from there on)
+    // stays true for good. Asking again every window would rescan the
+    // rest of an idle layer's BAT once per window another layer holds
+    // data in: quadratic in the virtual size.
+    let mut answers: Vec<Option<Option<u64>>> = vec![None; layers.len()];
     while offset < end {
         if skip_unheld {
             let mut next = end;
-            for l in layers {
-                if let Some(n) = l.next_held(offset)? {
+            for (l, known) in layers.iter().zip(answers.iter_mut()) {
+                let answer = match *known {
+                    Some(Some(n)) if offset <= n => Some(n),
+                    Some(None) => None,
+                    _ => {
+                        let a = l.next_held(offset)?;
+                        *known = Some(a);
+                        a
+                    }
+                };
+                if let Some(n) = answer {
                     next = next.min(n.max(offset));
                 }
             }
@@ -215,5 +230,88 @@ mod tests {
         .unwrap();
         assert_eq!(got, want);
         assert_eq!(plan.bytes_total, 512 + 1024 + 3 * MIB + 2 * 4096);
+    }
+
+    /// A layer that counts how often it is asked `next_held`.
+    struct Counting<'a> {
+        inner: &'a dyn Layer,
+        asked: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Layer for Counting<'_> {
+        fn name(&self) -> &str {
+            self.inner.name()
+        }
+        fn virtual_size(&self) -> u64 {
+            self.inner.virtual_size()
+        }
+        fn logical_sector_size(&self) -> u32 {
+            self.inner.logical_sector_size()
+        }
+        fn block_size(&self) -> u64 {
+            self.inner.block_size()
+        }
+        fn is_differencing(&self) -> bool {
+            self.inner.is_differencing()
+        }
+        fn map(&self, offset: u64, len: u64, out: &mut Vec<formats::Run>) -> Result<()> {
+            self.inner.map(offset, len, out)
+        }
+        fn next_held(&self, offset: u64) -> Result<Option<u64>> {
+            self.asked
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.inner.next_held(offset)
+        }
+        fn read_file(&self, file_offset: u64, buf: &mut [u8]) -> Result<()> {
+            self.inner.read_file(file_offset, buf)
+        }
+    }
+
+    #[test]
+    fn an_idle_layer_is_asked_once_while_another_holds_every_window() {
+        let mem = MemNamespace::new();
+        let ns: Arc<dyn Namespace> = Arc::new(mem);
+        let (base, mid, top) = (
+            PathBuf::from("/p/base.vhdx"),
+            PathBuf::from("/p/mid.avhdx"),
+            PathBuf::from("/p/top.avhdx"),
+        );
+        layer(&ns, &base, None, &[]);
+        // `mid` holds one block near the start and nothing after it;
+        // `top` holds a sector in every window.
+        layer(&ns, &mid, Some(&base), &[(0, 4096)]);
+        let every_window: Vec<(u64, u64)> = (0..(64 << 30) / WINDOW)
+            .map(|w| (w * WINDOW, 512))
+            .collect();
+        layer(&ns, &top, Some(&mid), &every_window);
+        let chain = Chain::open(&ns, &top, &ChainOptions::default()).unwrap();
+        let layers = chain.layers();
+        let counting: Vec<Counting> = layers[..2]
+            .iter()
+            .map(|l| Counting {
+                inner: *l,
+                asked: Default::default(),
+            })
+            .collect();
+        let views: Vec<&dyn Layer> = counting.iter().map(|c| c as &dyn Layer).collect();
+        let mut held = 0;
+        fold_windows(&views, 0, 64 << 30, true, |r| {
+            if !matches!(r.source, Source::NotHeld) {
+                held += r.len;
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(held, 4096 + every_window.len() as u64 * 512 - 512);
+        let windows = every_window.len();
+        let asked: Vec<usize> = counting
+            .iter()
+            .map(|c| c.asked.load(std::sync::atomic::Ordering::Relaxed))
+            .collect();
+        // `top` (layer 0) answers "here" for each window in turn; `mid`
+        // (layer 1) says "nothing from here on" after its first block and
+        // must not be asked again.
+        assert!(asked[0] <= windows + 1, "top asked {} times", asked[0]);
+        assert!(asked[1] <= 2, "idle mid asked {} times", asked[1]);
     }
 }
