@@ -57,6 +57,10 @@ pub struct Measurement {
     /// User + system CPU time of the child: unlike wall time, not at the
     /// mercy of how fast the disk writes back today.
     pub cpu_s: f64,
+    /// User CPU time alone: the merge's own work, without the kernel's
+    /// copy of the payload (whose speed on this VM varies several-fold
+    /// from one minute to the next for the same bytes).
+    pub user_s: f64,
     pub max_rss_kib: i64,
     pub success: bool,
 }
@@ -76,6 +80,7 @@ pub fn measure(args: MeasureArgs) -> u8 {
         cpu_s: usage
             .map(|u| secs(u.user_time()) + secs(u.system_time()))
             .unwrap_or(f64::NAN),
+        user_s: usage.map(|u| secs(u.user_time())).unwrap_or(f64::NAN),
         max_rss_kib: usage.map(|u| u.max_rss()).unwrap_or(-1),
         success: status.map(|s| s.success()).unwrap_or(false),
     };
@@ -98,6 +103,7 @@ fn timed(cmd: &[&str]) -> Measurement {
         .unwrap_or(Measurement {
             wall_s: f64::NAN,
             cpu_s: f64::NAN,
+            user_s: f64::NAN,
             max_rss_kib: -1,
             success: false,
         })
@@ -318,6 +324,13 @@ pub struct ScalingResult {
     pub large_cpu_s: f64,
     pub cpu_difference_s: f64,
     pub cpu_holds: bool,
+    /// And on user CPU time alone (medians), where work that grew with the
+    /// virtual size (mapping windows, scanning tables) would show.
+    pub small_user_s: f64,
+    pub large_user_s: f64,
+    pub user_difference_s: f64,
+    pub user_holds: bool,
+    pub pairs: usize,
 }
 
 fn merge_cmd(b: &Path, c: &Path) -> Vec<String> {
@@ -706,7 +719,11 @@ pub fn bench(args: &BenchArgs) -> formats::Result<Report> {
         Fill::Full,
     )?;
     let (mut s, mut l, mut sc, mut lc) = (vec![], vec![], vec![], vec![]);
-    for _ in 0..pairs {
+    let (mut su, mut lu) = (vec![], vec![]);
+    // More pairs than elsewhere: the difference sought is a fraction of
+    // the run-to-run spread of one merge.
+    let scaling_pairs = 2 * pairs - 1;
+    for _ in 0..scaling_pairs {
         // As in `compare_merge`: no merge pays for writing back the
         // setup copies' dirty pages.
         let (b, c) = fresh(&small);
@@ -714,11 +731,13 @@ pub fn bench(args: &BenchArgs) -> formats::Result<Report> {
         let m = timed(&as_strs(&merge_cmd(&b, &c)));
         s.push(m.wall_s);
         sc.push(m.cpu_s);
+        su.push(m.user_s);
         let (b, c) = fresh(&large);
         sh(&["sync"]);
         let m = timed(&as_strs(&merge_cmd(&b, &c)));
         l.push(m.wall_s);
         lc.push(m.cpu_s);
+        lu.push(m.user_s);
     }
     // Time to read the larger BAT: the whole BAT region of the 64 TiB child.
     let bat_bytes: u64 = ((64u64 << 40) / (32 << 20)) * 8;
@@ -731,11 +750,17 @@ pub fn bench(args: &BenchArgs) -> formats::Result<Report> {
     let bat_s = start.elapsed().as_secs_f64();
     let (ms, ml) = (median(s), median(l));
     let (cs, cl) = (median(sc), median(lc));
+    let (us, ul) = (median(su), median(lu));
     report.scaling.push(ScalingResult {
         small_cpu_s: cs,
         large_cpu_s: cl,
         cpu_difference_s: cl - cs,
         cpu_holds: cl - cs < bat_s.max(0.0) || cl - cs <= 0.0,
+        small_user_s: us,
+        large_user_s: ul,
+        user_difference_s: ul - us,
+        user_holds: ul - us < bat_s.max(0.0) || ul - us <= 0.0,
+        pairs: scaling_pairs,
         small_virtual: 64 << 30,
         large_virtual: 64 << 40,
         small_s: ms,
@@ -801,6 +826,14 @@ pub fn run(args: BenchArgs) -> u8 {
                         s.large_cpu_s,
                         s.cpu_difference_s,
                         if s.cpu_holds { "holds" } else { "FAILS" }
+                    );
+                    println!(
+                        "scaling, user CPU time: 64 GiB {:.3}s vs 64 TiB {:.3}s: difference {:.3}s: {} ({} pairs)",
+                        s.small_user_s,
+                        s.large_user_s,
+                        s.user_difference_s,
+                        if s.user_holds { "holds" } else { "FAILS" },
+                        s.pairs
                     );
                 }
             }
