@@ -50,7 +50,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 pub fn print_json<T: serde::Serialize>(v: &T) {
     match serde_json::to_string_pretty(v) {
-        Ok(s) => println!("{s}"),
+        // A reader that went away (`| head`) is not worth a panic.
+        Ok(s) => {
+            use std::io::Write;
+            let _ = writeln!(std::io::stdout(), "{s}");
+        }
         Err(e) => eprintln!("error: cannot serialise JSON: {e}"),
     }
 }

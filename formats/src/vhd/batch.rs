@@ -35,6 +35,8 @@ use crate::image::MergeBatch;
 use crate::params::Identity;
 use crate::{Error, Result, Storage};
 
+/// New blocks place their data on this boundary.
+const DATA_ALIGN: u64 = 4096;
 /// Reservations grow geometrically from this size, capped at `MAX_RESERVE`.
 const MIN_RESERVE: u64 = 4 << 20;
 const MAX_RESERVE: u64 = 1 << 30;
@@ -228,6 +230,14 @@ impl<'a> ShadowBatch<'a> {
         })?;
         if self.is_fresh(b) {
             return Ok(u64::from(entry) * 512);
+        }
+        // Start the block so that its data (after the bitmap) begins on a
+        // 4 KiB boundary: whole-page copies can then bypass the page cache
+        // (`Storage::copy_from`), and the guest's 4 KiB I/O lands on whole
+        // host pages. The skipped sectors are unreferenced fresh space.
+        let misaligned = (self.next_free + bitmap_bytes) % DATA_ALIGN;
+        if misaligned != 0 {
+            self.alloc(DATA_ALIGN - misaligned)?;
         }
         let at = self.alloc(span)?;
         let sector = u32::try_from(at / 512)
