@@ -187,31 +187,29 @@ mod tests {
             .unwrap();
     }
 
-    #[test]
-    fn skipping_unheld_stretches_yields_the_runs_of_a_full_fold() {
-        let mem = MemNamespace::new();
-        let ns: Arc<dyn Namespace> = Arc::new(mem);
-        let (base, mid, top) = (
+    /// base <- mid <- top, each holding its `writes`; the opened chain.
+    fn three_layers(base: &[(u64, u64)], mid: &[(u64, u64)], top: &[(u64, u64)]) -> Chain {
+        let ns: Arc<dyn Namespace> = Arc::new(MemNamespace::new());
+        let paths = [
             PathBuf::from("/p/base.vhdx"),
             PathBuf::from("/p/mid.avhdx"),
             PathBuf::from("/p/top.avhdx"),
-        );
-        layer(&ns, &base, None, &[(0, MIB)]);
+        ];
+        layer(&ns, &paths[0], None, base);
+        layer(&ns, &paths[1], Some(&paths[0]), mid);
+        layer(&ns, &paths[2], Some(&paths[1]), top);
+        Chain::open(&ns, &paths[2], &ChainOptions::default()).unwrap()
+    }
+
+    #[test]
+    fn skipping_unheld_stretches_yields_the_runs_of_a_full_fold() {
         // Held stretches far apart, across window edges, in the first and
         // the last block, in one layer or the other.
-        layer(
-            &ns,
-            &mid,
-            Some(&base),
+        let chain = three_layers(
+            &[(0, MIB)],
             &[(5 << 30, 4096), ((64 << 30) - 4096, 4096)],
-        );
-        layer(
-            &ns,
-            &top,
-            Some(&mid),
             &[(0, 512), ((256 * MIB) - 512, 1024), (40 << 30, 3 * MIB)],
         );
-        let chain = Chain::open(&ns, &top, &ChainOptions::default()).unwrap();
         let layers = chain.layers();
         let plan = MergePlan::new(&chain, 2).unwrap();
         let mut got = Vec::new();
@@ -269,22 +267,12 @@ mod tests {
 
     #[test]
     fn an_idle_layer_is_asked_once_while_another_holds_every_window() {
-        let mem = MemNamespace::new();
-        let ns: Arc<dyn Namespace> = Arc::new(mem);
-        let (base, mid, top) = (
-            PathBuf::from("/p/base.vhdx"),
-            PathBuf::from("/p/mid.avhdx"),
-            PathBuf::from("/p/top.avhdx"),
-        );
-        layer(&ns, &base, None, &[]);
         // `mid` holds one block near the start and nothing after it;
         // `top` holds a sector in every window.
-        layer(&ns, &mid, Some(&base), &[(0, 4096)]);
         let every_window: Vec<(u64, u64)> = (0..(64 << 30) / WINDOW)
             .map(|w| (w * WINDOW, 512))
             .collect();
-        layer(&ns, &top, Some(&mid), &every_window);
-        let chain = Chain::open(&ns, &top, &ChainOptions::default()).unwrap();
+        let chain = three_layers(&[], &[(0, 4096)], &every_window);
         let layers = chain.layers();
         let counting: Vec<Counting> = layers[..2]
             .iter()
