@@ -416,6 +416,14 @@ pub fn copy_by_buffer<D: Storage + ?Sized>(
     Ok(())
 }
 
+/// `path` opened for O_DIRECT writes (the handle behind direct copies).
+fn open_direct(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+        .open(path)
+}
+
 /// The real filesystem.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FsNamespace;
@@ -434,11 +442,7 @@ impl Namespace for FsNamespace {
                 let st = FileStorage::with_writeback_ahead(file);
                 // Without O_DIRECT (tmpfs, some network filesystems) long
                 // copies simply stay buffered.
-                match OpenOptions::new()
-                    .write(true)
-                    .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
-                    .open(path)
-                {
+                match open_direct(path) {
                     Ok(direct) => st.with_direct_copies(direct),
                     Err(_) => st,
                 }
@@ -862,11 +866,7 @@ mod tests {
         assert!(std::fs::read(&path).unwrap() == model[..end]);
         // The direct path itself works here (copy_from would hide a
         // refusal behind its buffered fallback).
-        let direct = match OpenOptions::new()
-            .write(true)
-            .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
-            .open(&path)
-        {
+        let direct = match open_direct(&path) {
             Ok(f) => f,
             Err(e) => {
                 eprintln!(
