@@ -33,6 +33,22 @@ pub trait Image: Layer {
     /// Make whole sectors read as zeros and hide any parent.
     fn zero_sectors(&mut self, offset: u64, len: u64) -> Result<()>;
 
+    /// This image opened writable from the same storage, as
+    /// `image::open(name, storage, journal, opts)` would. A driver may keep
+    /// what it already read and validated instead of reading it again (the
+    /// VHDX BAT): the caller holds the file's lock throughout, so nothing
+    /// changed it meanwhile.
+    fn reopen(
+        self: Box<Self>,
+        journal: Option<crate::storage::JournalSlot>,
+        opts: OpenOptions,
+    ) -> Result<Box<dyn Image>> {
+        let name = self.name().to_string();
+        let storage = Arc::clone(self.storage());
+        drop(self);
+        open(&name, storage, journal, opts)
+    }
+
     /// Start an atomic batch (the merge's write path): nothing staged is
     /// visible to any reader until `MergeBatch::commit`, and after it all is.
     fn begin_batch(&mut self) -> Result<Box<dyn MergeBatch + '_>>;

@@ -646,8 +646,11 @@ fn batch_commit_and_abandon() {
         }
         assert_eq!(img.identity(), Identity::Vhdx { data_write_guid: g });
         assert_matches(&img, &m);
+        // The commit adopts its BAT in memory; it must be what the file says.
+        let adopted = img.bat_entries().to_vec();
         drop(img);
         let ro = open(mem.clone(), false);
+        assert!(adopted == ro.bat_entries(), "adopted BAT differs from disk");
         assert!(ro.header().log_guid.is_nil());
         assert_eq!(ro.identity(), Identity::Vhdx { data_write_guid: g });
         assert_matches(&ro, &m);
@@ -839,4 +842,92 @@ fn batch_every_cut_point_is_old_or_new() {
             n += 1;
         }
     }
+}
+
+/// The first block at or after `offset` whose map is not wholly
+/// transparent: what `next_held` must find, computed the slow way.
+fn first_held_by_map(img: &VhdxImage, offset: u64) -> Option<u64> {
+    let bs = img.block_size();
+    let mut runs = Vec::new();
+    (offset / bs..img.virtual_size().div_ceil(bs)).find_map(|b| {
+        runs.clear();
+        let len = bs.min(img.virtual_size() - b * bs);
+        img.map(b * bs, len, &mut runs).unwrap();
+        runs.iter()
+            .any(|r| r.kind != RunKind::Transparent)
+            .then_some((b * bs).max(offset))
+    })
+}
+
+#[test]
+fn next_held_scans_across_sector_bitmap_entries_like_the_map() {
+    // 1 MiB blocks, 512-byte sectors: 4096 payload entries per chunk, so
+    // the BAT interleaves a sector-bitmap entry after every 4096 blocks.
+    let size = 8 * 1024 * MIB + 3 * MIB;
+    for diff in [false, true] {
+        let p = if diff {
+            diff_params(size, MIB as u32, 512)
+        } else {
+            params(DiskType::Dynamic, size, MIB as u32, 512)
+        };
+        let mem = Arc::new(MemStorage::new());
+        vhdx::create(&*mem, &p).unwrap();
+        let mut img = open(mem.clone(), true);
+        for (block, len) in [(10u64, 4096u64), (4095, MIB), (4097, 4096), (8194, 512)] {
+            img.write_sectors(block * MIB, &vec![7u8; len as usize])
+                .unwrap();
+        }
+        img.zero_sectors(6000 * MIB, MIB).unwrap();
+        drop(img);
+        let img = open(mem, false);
+        let probes = [
+            0,
+            10 * MIB,
+            10 * MIB + 512,
+            11 * MIB,
+            4095 * MIB + 1,
+            4096 * MIB,
+            4097 * MIB + MIB / 2,
+            4098 * MIB,
+            6000 * MIB,
+            6001 * MIB,
+            8194 * MIB + 512,
+            size - 1,
+            size,
+            size + MIB,
+        ];
+        for at in probes {
+            assert_eq!(
+                img.next_held(at).unwrap(),
+                first_held_by_map(&img, at),
+                "diff={diff}, offset {at:#x}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_writable_reopen_keeps_the_content_and_the_bat() {
+    let (mem, m) = prepared(true, 16 * MIB);
+    let ro: Box<dyn Image> = Box::new(open(mem.clone(), false));
+    let on_disk = open(mem.clone(), false).bat_entries().to_vec();
+    let rw = ro
+        .reopen(
+            None,
+            OpenOptions {
+                writable: true,
+                ignore_checksums: false,
+            },
+        )
+        .unwrap();
+    let mut runs = Vec::new();
+    rw.map(0, rw.virtual_size(), &mut runs).unwrap();
+    drop(rw);
+    // Written through the writable reopen: the new FileWriteGuid is there.
+    let again = open(mem, false);
+    assert!(on_disk == again.bat_entries());
+    assert_matches(&again, &m);
+    let mut again_runs = Vec::new();
+    again.map(0, again.virtual_size(), &mut again_runs).unwrap();
+    assert_eq!(runs, again_runs);
 }

@@ -223,23 +223,16 @@ pub fn merge(
     }
 
     // 3. Every check passed: reopen the destination writable from the
-    // handle we already hold locked.
-    let dest_storage = Arc::clone(chain.links[dest_index].image.storage());
+    // handle we already hold locked. The writable destination replaces the
+    // read-only one in the chain and takes over its BAT (a 64 TiB VHDX's
+    // BAT is 16 MiB: read once, held once).
     let new_identity = new_identity_like(&chain.links[dest_index].image.identity());
-    let dest_name = dest_path.display().to_string();
-    // The writable destination replaces the read-only one in the chain, and
-    // the read-only one goes first: one copy of its BAT in memory at any
-    // time, not two (a 64 TiB VHDX's BAT is 16 MiB). `dest_storage` keeps
-    // the locked handle open meanwhile.
     let Link {
         path,
         image: read_only,
         parent_resolution,
     } = chain.links.remove(dest_index);
-    drop(read_only);
-    let dest = formats::image::open(
-        &dest_name,
-        dest_storage,
+    let dest = read_only.reopen(
         Some(JournalSlot::for_image(Arc::clone(ns), &dest_path)),
         OpenOptions {
             writable: true,

@@ -48,6 +48,26 @@ impl BatEntry {
     }
 }
 
+/// The index of the first entry at or after `from` with any of `mask`'s
+/// bits set. Large BATs are mostly zero: the scan ORs 64 entries at a time
+/// (which the compiler vectorizes) and looks at single entries only inside
+/// a group that has a bit set.
+pub fn first_with_bits(entries: &[BatEntry], from: usize, mask: u64) -> Option<usize> {
+    const GROUP: usize = 64;
+    let mut at = from;
+    while at < entries.len() {
+        let end = (at - at % GROUP + GROUP).min(entries.len());
+        let group = &entries[at..end];
+        if group.iter().fold(0, |acc, e| acc | e.raw) & mask != 0 {
+            if let Some(k) = group.iter().position(|e| e.raw & mask != 0) {
+                return Some(at + k);
+            }
+        }
+        at = end;
+    }
+    None
+}
+
 pub fn payload_state_name(s: u8) -> &'static str {
     match s {
         PAYLOAD_NOT_PRESENT => "NOT_PRESENT",
@@ -178,5 +198,29 @@ mod tests {
         assert_eq!(e.state(), 6);
         assert_eq!(e.file_offset_mb(), 26);
         assert_eq!(e.reserved_bits(), 0);
+    }
+}
+
+#[cfg(test)]
+mod scan_tests {
+    use super::*;
+
+    #[test]
+    fn first_with_bits_finds_the_first_match_from_any_start() {
+        let mut v = vec![BatEntry::default(); 300];
+        for (i, raw) in [(3usize, 6u64), (64, 1 << 20), (130, 7), (299, 2)] {
+            v[i].raw = raw;
+        }
+        let slow = |from: usize, mask: u64| (from..v.len()).find(|&i| v[i].raw & mask != 0);
+        for from in 0..=301 {
+            for mask in [u64::MAX, 7, 1 << 20] {
+                assert_eq!(
+                    first_with_bits(&v, from, mask),
+                    slow(from, mask),
+                    "{from} {mask:#x}"
+                );
+            }
+        }
+        assert_eq!(first_with_bits(&[], 0, u64::MAX), None);
     }
 }

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::bat::{self, BatEntry, BatGeometry};
 use super::codec::round_up;
-use super::image::{VhdxImage, MIB};
+use super::image::{KnownBat, VhdxImage, MIB};
 use super::log::writer::{self, SectorSource};
 use super::metadata_items as items;
 use super::region_table::{self as rt};
@@ -414,23 +414,43 @@ impl MergeBatch for VhdxBatch<'_> {
         self.done = true;
         // The committed BAT and the staged entries are read while the image
         // header changes; take them out of the batch for the duration.
-        let old = std::mem::take(&mut self.img.bat);
+        let mut old = std::mem::take(&mut self.img.bat);
         let staged = std::mem::take(&mut self.staged);
         let r = commit_steps(self.img, &old, &staged, self.geometry, g_new);
         self.img.bat = old;
         self.staged = staged;
         r?;
         let name = self.name();
-        // The committed BAT is superseded: free it before the load below
-        // reads the new one, so a 64 TiB image's BAT is not held twice.
-        self.img.bat = Vec::new();
-        self.staged = BTreeMap::new();
+        // Without a resize the committed BAT is the old one with the staged
+        // entries in place (`bat_sector` writes exactly that), so it is
+        // adopted in memory instead of read back; `load` still reads it
+        // when the region moved. A resize changes the entry count: the BAT
+        // is freed before the load reads it, so a 64 TiB image's BAT is
+        // never held twice.
+        let old_region = self.img.bat_region;
+        old = std::mem::take(&mut self.img.bat);
+        let staged = std::mem::take(&mut self.staged);
+        let known = if self.geometry.virtual_size == self.img.geometry.virtual_size {
+            for (&i, &e) in &staged {
+                if let Some(slot) = old.get_mut(i as usize) {
+                    *slot = e;
+                }
+            }
+            Some(KnownBat {
+                region: old_region,
+                entries: old,
+            })
+        } else {
+            drop(old);
+            None
+        };
+        drop(staged);
 
         // Adopt the committed state from disk.
         let opts = self.img.opts;
         let storage = std::sync::Arc::clone(&self.img.storage);
         let findings = std::mem::take(&mut self.img.findings);
-        let mut fresh = VhdxImage::load(&name, storage, opts)?;
+        let mut fresh = VhdxImage::load(&name, storage, opts, known)?;
         fresh.findings = findings;
         fresh.data_write_guid_renewed = true;
         *self.img = fresh;

@@ -33,8 +33,15 @@ pub fn check(img: &VhdxImage) -> Vec<Finding> {
     // Every allocated block: (offset, length, BAT index).
     let mut blocks: Vec<(u64, u64, u64)> = Vec::new();
     let mut chunk_has_partial = vec![false; g.sector_bitmap_blocks as usize];
-    for (i, e) in img.bat.iter().enumerate().take(g.total_entries as usize) {
-        let i = i as u64;
+    // An all-zero entry (NOT_PRESENT, no offset, no reserved bits) is valid
+    // in either role; most of a large sparse BAT is zero, so the walk visits
+    // only the others.
+    let entries = &img.bat[..img.bat.len().min(g.total_entries as usize)];
+    let mut next = 0;
+    while let Some(k) = bat::first_with_bits(entries, next, u64::MAX) {
+        next = k + 1;
+        let e = &entries[k];
+        let i = k as u64;
         let at = bat_off + i * 8;
         if e.reserved_bits() != 0 {
             f.push(Finding::error(

@@ -85,6 +85,33 @@ fn read_vec(s: &dyn Storage, name: &str, offset: u64, len: usize) -> Result<Vec<
     Ok(v)
 }
 
+/// A BAT already in memory for a file, with the region it was read from.
+pub(crate) struct KnownBat {
+    pub region: (u64, u64),
+    pub entries: Vec<BatEntry>,
+}
+
+/// Read `entries` BAT entries at `offset`. The caller has checked that they
+/// fit in the BAT region, which lies inside the file: the allocation is
+/// bounded by the file.
+fn read_bat(view: &dyn Storage, name: &str, offset: u64, entries: u64) -> Result<Vec<BatEntry>> {
+    let need = entries.saturating_mul(8);
+    let mut bat = Vec::with_capacity(entries as usize);
+    let mut done = 0u64;
+    // A small buffer, reused: the BAT itself is the one allocation that
+    // grows with the image.
+    let mut buf = vec![0u8; (256 << 10).min(need) as usize];
+    while done < need {
+        let n = (buf.len() as u64).min(need - done) as usize;
+        view.read_at(&mut buf[..n], offset + done).ctx(name)?;
+        bat.extend(buf[..n].chunks_exact(8).map(|c| BatEntry {
+            raw: u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]),
+        }));
+        done += n as u64;
+    }
+    Ok(bat)
+}
+
 /// Two byte ranges overlap.
 pub(crate) fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
     a.0 < b.0.saturating_add(b.1) && b.0 < a.0.saturating_add(a.1)
@@ -94,7 +121,18 @@ impl VhdxImage {
     /// Open; a writable open updates the headers (new FileWriteGuid) and
     /// replays a pending log on disk, only after everything validated.
     pub fn open(name: &str, storage: Arc<dyn Storage>, opts: OpenOptions) -> Result<Self> {
-        let img = Self::load(name, Arc::clone(&storage), opts)?;
+        Self::open_with(name, storage, opts, None)
+    }
+
+    /// `open`, taking the BAT from `known` instead of reading it again
+    /// when it describes the same BAT region and entry count (see `load`).
+    fn open_with(
+        name: &str,
+        storage: Arc<dyn Storage>,
+        opts: OpenOptions,
+        known: Option<KnownBat>,
+    ) -> Result<Self> {
+        let img = Self::load(name, Arc::clone(&storage), opts, known)?;
         if !opts.writable {
             return Ok(img);
         }
@@ -109,7 +147,7 @@ impl VhdxImage {
                 .filter(|f| !f.message.contains("replayed in memory"))
                 .cloned()
                 .collect();
-            let mut again = Self::load(name, storage, opts)?;
+            let mut again = Self::load(name, storage, opts, None)?;
             again.findings = findings;
             again.findings.push(Finding::warning(
                 name,
@@ -124,7 +162,20 @@ impl VhdxImage {
 
     /// Parse and validate everything; never writes. A pending log is
     /// replayed into an in-memory overlay.
-    pub(crate) fn load(name: &str, storage: Arc<dyn Storage>, opts: OpenOptions) -> Result<Self> {
+    ///
+    /// `known` is a BAT this process already holds for the same locked
+    /// file (the read-only open before a writable reopen, or the committed
+    /// BAT after a batch). It replaces the read of the BAT region only when
+    /// the region and the entry count are unchanged: a BAT is the one
+    /// structure that grows with the virtual size, and reading a 64 TiB
+    /// image's 16 MiB BAT once per open would make a merge's time grow with
+    /// the virtual size rather than with the data.
+    pub(crate) fn load(
+        name: &str,
+        storage: Arc<dyn Storage>,
+        opts: OpenOptions,
+        known: Option<KnownBat>,
+    ) -> Result<Self> {
         let mut findings = Vec::new();
         let file_len = storage.len().ctx(name)?;
         if file_len < 5 * 64 * 1024 {
@@ -736,18 +787,16 @@ impl VhdxImage {
                 ),
             ));
         }
-        // `need` <= region length <= file length: the allocation is bounded by the file.
-        let mut bat = Vec::with_capacity(geometry.total_entries as usize);
-        let mut done = 0u64;
-        let mut buf = vec![0u8; (4 * MIB).min(need) as usize];
-        while done < need {
-            let n = (buf.len() as u64).min(need - done) as usize;
-            view.read_at(&mut buf[..n], bat_region.0 + done).ctx(name)?;
-            bat.extend(buf[..n].chunks_exact(8).map(|c| BatEntry {
-                raw: u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]),
-            }));
-            done += n as u64;
-        }
+        let bat = match known {
+            Some(k)
+                if !replayed_in_memory
+                    && k.region == bat_region
+                    && k.entries.len() as u64 == geometry.total_entries =>
+            {
+                k.entries
+            }
+            _ => read_bat(&*view, name, bat_region.0, geometry.total_entries)?,
+        };
 
         Ok(VhdxImage {
             name: name.to_string(),
@@ -1031,12 +1080,23 @@ impl Layer for VhdxImage {
     fn next_held(&self, offset: u64) -> Result<Option<u64>> {
         // NOT_PRESENT is the one state `map_block` maps to Transparent whole
         // (and past its virtual size a layer is transparent to a fold).
+        // The scan runs over the BAT slice itself (payload and sector-bitmap
+        // entries interleaved) and sorts out the roles only at entries that
+        // are not NOT_PRESENT: a 64 TiB BAT is two million entries.
         let g = &self.geometry;
         let blocks = g.virtual_size.div_ceil(g.block_size);
-        for p in offset / g.block_size..blocks {
-            if self.payload_entry(p)?.state() != bat::PAYLOAD_NOT_PRESENT {
+        let mut from =
+            usize::try_from(g.payload_index(offset / g.block_size)).unwrap_or(usize::MAX);
+        while let Some(k) = bat::first_with_bits(&self.bat, from, 7) {
+            let i = k as u64;
+            if !g.is_sb_index(i) {
+                let p = i - i / (g.chunk_ratio + 1);
+                if p >= blocks {
+                    break;
+                }
                 return Ok(Some((p * g.block_size).max(offset)));
             }
+            from = k + 1;
         }
         Ok(None)
     }
@@ -1152,6 +1212,27 @@ impl Image for VhdxImage {
 
     fn zero_sectors(&mut self, offset: u64, len: u64) -> Result<()> {
         super::write::zero_sectors(self, offset, len)
+    }
+
+    fn reopen(
+        self: Box<Self>,
+        _journal: Option<crate::storage::JournalSlot>,
+        opts: OpenOptions,
+    ) -> Result<Box<dyn Image>> {
+        let mut img = *self;
+        let known = KnownBat {
+            region: img.bat_region,
+            entries: std::mem::take(&mut img.bat),
+        };
+        let (name, storage) = (std::mem::take(&mut img.name), Arc::clone(&img.storage));
+        // One BAT in memory at a time: the old image goes before the load.
+        drop(img);
+        Ok(Box::new(Self::open_with(
+            &name,
+            storage,
+            opts,
+            Some(known),
+        )?))
     }
 
     fn begin_batch(&mut self) -> Result<Box<dyn MergeBatch + '_>> {
