@@ -21,7 +21,7 @@
 use std::collections::BTreeMap;
 use std::io;
 
-use crate::storage::Storage;
+use crate::storage::{AlignedBuf, Storage};
 
 /// Pieces at least this long go straight to the storage (copy_file_range
 /// can then move them without a bounce buffer).
@@ -88,18 +88,46 @@ impl Payload<'_> {
     }
 }
 
+/// `WriteCombiner::written` on the map alone.
+fn written(zeros: &mut BTreeMap<u64, u64>, at: u64, len: u64) {
+    let end = at.saturating_add(len);
+    let mut cut = Vec::new();
+    if let Some((&s, &e)) = zeros.range(..at).next_back() {
+        if e > at {
+            cut.push((s, e));
+        }
+    }
+    cut.extend(zeros.range(at..end).map(|(&s, &e)| (s, e)));
+    for (s, e) in cut {
+        zeros.remove(&s);
+        if e > end {
+            zeros.insert(end, e);
+        }
+    }
+}
+
+/// Whether `zeros` (start -> end) covers all of `[at, at + len)`.
+fn known_zero(zeros: &BTreeMap<u64, u64>, at: u64, len: u64) -> bool {
+    zeros
+        .range(..=at)
+        .next_back()
+        .is_some_and(|(_, &e)| at.saturating_add(len) <= e)
+}
+
 /// Small payload pieces of one window of the destination file, kept until
 /// `flush` (or until a piece outside the window arrives).
 #[derive(Default)]
 pub(crate) struct WriteCombiner {
     /// File offset of the window (a multiple of `WINDOW`).
     window: u64,
-    /// The window's bytes; only the `pieces` ranges are meaningful.
-    buf: Vec<u8>,
+    /// The window's bytes; only the `pieces` ranges are meaningful. Both
+    /// buffers are page-aligned: a long write from them can bypass the
+    /// page cache (`FileStorage::write_at`).
+    buf: Option<AlignedBuf>,
     /// Sorted, disjoint, non-touching ranges of `buf` that hold pieces.
     pieces: Vec<(u32, u32)>,
     /// A joined write's bytes: the file's span with the pieces over it.
-    scratch: Vec<u8>,
+    scratch: Option<AlignedBuf>,
     /// File ranges (start -> end) known to read zeros: declared fresh by
     /// the batch, less everything written through here since.
     zeros: BTreeMap<u64, u64>,
@@ -129,33 +157,13 @@ impl WriteCombiner {
         self.zeros.insert(s, e);
     }
 
-    fn known_zero(&self, at: u64, len: u64) -> bool {
-        self.zeros
-            .range(..=at)
-            .next_back()
-            .is_some_and(|(_, &e)| at.saturating_add(len) <= e)
-    }
-
     /// `[at, at + len)` was written: no longer known to read zeros. What
     /// lies before it in the same range is forgotten too (merely read back
     /// if ever needed): batches stage in ascending order, and never
     /// splitting a range keeps the map no larger than the fresh
     /// allocations, however many small pieces arrive.
     fn written(&mut self, at: u64, len: u64) {
-        let end = at.saturating_add(len);
-        let mut cut = Vec::new();
-        if let Some((&s, &e)) = self.zeros.range(..at).next_back() {
-            if e > at {
-                cut.push((s, e));
-            }
-        }
-        cut.extend(self.zeros.range(at..end).map(|(&s, &e)| (s, e)));
-        for (s, e) in cut {
-            self.zeros.remove(&s);
-            if e > end {
-                self.zeros.insert(end, e);
-            }
-        }
+        written(&mut self.zeros, at, len);
     }
 
     /// Stage `p` at file offset `at` of `st`. A later put over the same
@@ -179,11 +187,12 @@ impl WriteCombiner {
                 self.flush(st)?;
                 self.window = w;
             }
-            if self.buf.is_empty() {
-                self.buf = vec![0u8; WINDOW as usize];
-            }
+            let buf = self
+                .buf
+                .get_or_insert_with(|| AlignedBuf::zeroed(WINDOW as usize))
+                .as_mut_slice();
             let s = (a - w) as usize;
-            p.read_part(done, &mut self.buf[s..s + n as usize])?;
+            p.read_part(done, &mut buf[s..s + n as usize])?;
             self.insert(s as u32, (s + n as usize) as u32);
             done += n;
         }
@@ -227,6 +236,10 @@ impl WriteCombiner {
         }
         let file_len = st.len()?;
         let w = self.window;
+        let buf = self
+            .buf
+            .get_or_insert_with(|| AlignedBuf::zeroed(WINDOW as usize))
+            .as_slice();
         let mut i = 0;
         while i < self.pieces.len() {
             let (s, mut e) = self.pieces[i];
@@ -243,25 +256,27 @@ impl WriteCombiner {
             let (s, e) = (s as usize, e as usize);
             let (at, len) = (w + s as u64, (e - s) as u64);
             if j == i + 1 {
-                st.write_at(&self.buf[s..e], at)?;
+                st.write_at(&buf[s..e], at)?;
             } else {
-                if self.scratch.is_empty() {
-                    self.scratch = vec![0u8; WINDOW as usize];
-                }
-                if self.known_zero(at, len) {
-                    self.scratch[s..e].fill(0);
+                let known_zero = known_zero(&self.zeros, at, len);
+                let scratch = self
+                    .scratch
+                    .get_or_insert_with(|| AlignedBuf::zeroed(WINDOW as usize))
+                    .as_mut_slice();
+                if known_zero {
+                    scratch[s..e].fill(0);
                 } else {
                     // One read of the whole span, not one per gap: each
                     // read of a hole starts a readahead that zero-fills pages.
-                    st.read_at(&mut self.scratch[s..e], at)?;
+                    st.read_at(&mut scratch[s..e], at)?;
                 }
                 for &(ps, pe) in &self.pieces[i..j] {
                     let r = ps as usize..pe as usize;
-                    self.scratch[r.clone()].copy_from_slice(&self.buf[r]);
+                    scratch[r.clone()].copy_from_slice(&buf[r]);
                 }
-                st.write_at(&self.scratch[s..e], at)?;
+                st.write_at(&scratch[s..e], at)?;
             }
-            self.written(at, len);
+            written(&mut self.zeros, at, len);
             i = j;
         }
         self.pieces.clear();
