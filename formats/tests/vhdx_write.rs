@@ -554,9 +554,9 @@ fn reads_what_qemu_writes() {
 
 use formats::MergeBatch;
 
-/// A base image with some content: FULLY_PRESENT, ZERO and (for a child)
-/// PARTIALLY_PRESENT blocks.
-fn prepared(diff: bool, size: u64) -> (Arc<MemStorage>, Model) {
+/// A new dynamic (or differencing) image with 1 MiB blocks and 512-byte
+/// sectors, in memory.
+fn created_1m_blocks(diff: bool, size: u64) -> Arc<MemStorage> {
     let p = if diff {
         diff_params(size, MIB as u32, 512)
     } else {
@@ -564,6 +564,13 @@ fn prepared(diff: bool, size: u64) -> (Arc<MemStorage>, Model) {
     };
     let mem = Arc::new(MemStorage::new());
     vhdx::create(&*mem, &p).unwrap();
+    mem
+}
+
+/// A base image with some content: FULLY_PRESENT, ZERO and (for a child)
+/// PARTIALLY_PRESENT blocks.
+fn prepared(diff: bool, size: u64) -> (Arc<MemStorage>, Model) {
+    let mem = created_1m_blocks(diff, size);
     let mut m = Model::new(size, 512, !diff);
     let mut img = open(mem.clone(), true);
     for (off, len, v) in [
@@ -865,13 +872,7 @@ fn next_held_scans_across_sector_bitmap_entries_like_the_map() {
     // the BAT interleaves a sector-bitmap entry after every 4096 blocks.
     let size = 8 * 1024 * MIB + 3 * MIB;
     for diff in [false, true] {
-        let p = if diff {
-            diff_params(size, MIB as u32, 512)
-        } else {
-            params(DiskType::Dynamic, size, MIB as u32, 512)
-        };
-        let mem = Arc::new(MemStorage::new());
-        vhdx::create(&*mem, &p).unwrap();
+        let mem = created_1m_blocks(diff, size);
         let mut img = open(mem.clone(), true);
         for (block, len) in [(10u64, 4096u64), (4095, MIB), (4097, 4096), (8194, 512)] {
             img.write_sectors(block * MIB, &vec![7u8; len as usize])
