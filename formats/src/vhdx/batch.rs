@@ -416,10 +416,11 @@ impl MergeBatch for VhdxBatch<'_> {
         // header changes; take them out of the batch for the duration.
         let mut old = std::mem::take(&mut self.img.bat);
         let staged = std::mem::take(&mut self.staged);
-        let r = commit_steps(self.img, &old, &staged, self.geometry, g_new);
-        self.img.bat = old;
-        self.staged = staged;
-        r?;
+        if let Err(e) = commit_steps(self.img, &old, &staged, self.geometry, g_new) {
+            self.img.bat = old;
+            self.staged = staged;
+            return Err(e);
+        }
         let name = self.name();
         // Without a resize the committed BAT is the old one with the staged
         // entries in place (`bat_sector` writes exactly that), so it is
@@ -428,8 +429,6 @@ impl MergeBatch for VhdxBatch<'_> {
         // is freed before the load reads it, so a 64 TiB image's BAT is
         // never held twice.
         let old_region = self.img.bat_region;
-        old = std::mem::take(&mut self.img.bat);
-        let staged = std::mem::take(&mut self.staged);
         let known = if self.geometry.virtual_size == self.img.geometry.virtual_size {
             for (&i, &e) in &staged {
                 if let Some(slot) = old.get_mut(i as usize) {
