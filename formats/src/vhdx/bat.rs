@@ -134,6 +134,12 @@ impl BatGeometry {
         k * (self.chunk_ratio + 1) + self.chunk_ratio
     }
 
+    /// The payload block whose entry is BAT index `i` (the inverse of
+    /// `payload_index`; meaningful when `i` is not a sector-bitmap index).
+    pub fn payload_block(&self, i: u64) -> u64 {
+        i - i / (self.chunk_ratio + 1)
+    }
+
     /// Whether BAT index `i` is a sector-bitmap entry.
     pub fn is_sb_index(&self, i: u64) -> bool {
         i % (self.chunk_ratio + 1) == self.chunk_ratio

@@ -72,7 +72,7 @@ pub fn check(img: &VhdxImage) -> Vec<Finding> {
             }
             continue;
         }
-        let p = i - i / (g.chunk_ratio + 1);
+        let p = g.payload_block(i);
         if p >= g.payload_blocks {
             continue;
         }

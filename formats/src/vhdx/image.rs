@@ -1090,7 +1090,7 @@ impl Layer for VhdxImage {
         while let Some(k) = bat::first_with_bits(&self.bat, from, 7) {
             let i = k as u64;
             if !g.is_sb_index(i) {
-                let p = i - i / (g.chunk_ratio + 1);
+                let p = g.payload_block(i);
                 if p >= blocks {
                     break;
                 }
