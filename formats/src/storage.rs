@@ -44,6 +44,15 @@ pub trait Storage: Send + Sync + Debug {
         copy_by_buffer(src, self, src_offset, dst_offset, len)
     }
 
+    /// The first allocated byte range at or after `offset`, as far as the
+    /// storage knows: bytes outside every such range read as zeros (file
+    /// system holes). `None`: nothing allocated from `offset` on. The
+    /// default knows of no holes: everything up to the end is allocated.
+    fn allocated_range(&self, offset: u64) -> io::Result<Option<std::ops::Range<u64>>> {
+        let len = self.len()?;
+        Ok((offset < len).then_some(offset..len))
+    }
+
     /// The real file behind this storage, for kernel copy offload.
     fn as_file(&self) -> Option<&File> {
         None
@@ -249,6 +258,24 @@ impl Storage for FileStorage {
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.file.set_len(len)
+    }
+    fn allocated_range(&self, offset: u64) -> io::Result<Option<std::ops::Range<u64>>> {
+        // SEEK_DATA / SEEK_HOLE move the shared file position, which no
+        // read or write here uses (all are positional). A file system
+        // without them reports the whole file as data.
+        use rustix::fs::{seek, SeekFrom};
+        let len = self.len()?;
+        if offset >= len {
+            return Ok(None);
+        }
+        let start = match seek(&self.file, SeekFrom::Data(offset)) {
+            Ok(s) if s >= len => return Ok(None),
+            Ok(s) => s.max(offset),
+            Err(rustix::io::Errno::NXIO) => return Ok(None),
+            Err(_) => return Ok(Some(offset..len)),
+        };
+        let end = seek(&self.file, SeekFrom::Hole(start)).unwrap_or(len);
+        Ok(Some(start..end.clamp(start + 1, len)))
     }
     fn flush(&self) -> io::Result<()> {
         self.file.sync_data()?;
@@ -841,6 +868,43 @@ impl Namespace for Arc<MemNamespace> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Holes in a sparse file are reported as such (where the file system
+    /// can tell), and every written byte lies inside a reported range.
+    #[test]
+    fn allocated_ranges_cover_every_written_byte() {
+        let f = tempfile::tempfile().unwrap();
+        let len = 64u64 << 20;
+        f.set_len(len).unwrap();
+        let s = FileStorage::new(f);
+        let written = [(4u64 << 20, 4096u64), (40 << 20, 1 << 20), (len - 10, 10)];
+        for &(at, n) in &written {
+            s.write_at(&vec![0xA5; n as usize], at).unwrap();
+        }
+        let mut ranges = Vec::new();
+        let mut at = 0;
+        while let Some(r) = s.allocated_range(at).unwrap() {
+            assert!(
+                r.start >= at && r.end > r.start && r.end <= len,
+                "{r:?} from {at}"
+            );
+            at = r.end;
+            ranges.push(r);
+        }
+        for &(off, n) in &written {
+            for b in [off, off + n - 1] {
+                assert!(
+                    ranges.iter().any(|r| r.contains(&b)),
+                    "byte {b} not in {ranges:?}"
+                );
+            }
+        }
+        assert_eq!(s.allocated_range(len).unwrap(), None);
+        // The default (no hole information): everything is allocated.
+        let m = MemStorage::from_vec(vec![1; 100]);
+        assert_eq!(m.allocated_range(10).unwrap(), Some(10..100));
+        assert_eq!(m.allocated_range(100).unwrap(), None);
+    }
 
     /// Memory that fails every read or write reaching past `.1`.
     #[derive(Debug)]

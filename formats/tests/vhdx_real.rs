@@ -322,10 +322,13 @@ fn differencing_avhdx() {
     assert!(covers(1050624) && covers(1050655) && !covers(1050656));
     // Block 1027 at file offset 8 MiB, block 0 at 26 MiB.
     assert_eq!(
-        img.bat_entries()[img.geometry().payload_index(1027) as usize].file_offset(),
+        img.bat()
+            .get(img.geometry().payload_index(1027) as usize)
+            .unwrap()
+            .file_offset(),
         8 << 20
     );
-    assert_eq!(img.bat_entries()[0].file_offset(), 26 << 20);
+    assert_eq!(img.bat().get(0).unwrap().file_offset(), 26 << 20);
     assert_clean_check(&img);
 }
 
@@ -415,7 +418,7 @@ fn dirtylog_10g_read_only_and_writable() {
 }
 
 fn img_bat(img: &VhdxImage) -> Vec<u64> {
-    img.bat_entries().iter().map(|e| e.raw).collect()
+    img.bat().iter().map(|e| e.raw).collect()
 }
 
 #[test]

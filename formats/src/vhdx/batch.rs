@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use uuid::Uuid;
 
 use super::bat::{self, BatEntry, BatGeometry};
+use super::bat_table::BlockAllocationTable;
 use super::codec::round_up;
 use super::image::{KnownBat, VhdxImage, MIB};
 use super::log::writer::{self, SectorSource};
@@ -74,7 +75,7 @@ impl VhdxBatch<'_> {
 
     fn old_entry(&self, idx: u64) -> BatEntry {
         // Entries past the old BAT (after growth) are NOT_PRESENT.
-        self.img.bat.get(idx as usize).copied().unwrap_or_default()
+        self.img.bat.get(idx as usize).unwrap_or_default()
     }
 
     fn entry(&self, idx: u64) -> BatEntry {
@@ -232,11 +233,16 @@ impl VhdxBatch<'_> {
 
 /// BAT sector `k` (of a region laid out from index 0) with staged entries
 /// applied over the committed ones.
-fn bat_sector(old: &[BatEntry], staged: &BTreeMap<u64, BatEntry>, k: u64, buf: &mut [u8; 4096]) {
+fn bat_sector(
+    old: &BlockAllocationTable,
+    staged: &BTreeMap<u64, BatEntry>,
+    k: u64,
+    buf: &mut [u8; 4096],
+) {
     buf.fill(0);
     let first = k * 512;
     for j in 0..512u64 {
-        let e = old.get((first + j) as usize).copied().unwrap_or_default();
+        let e = old.get((first + j) as usize).unwrap_or_default();
         buf[(j * 8) as usize..(j * 8 + 8) as usize].copy_from_slice(&e.raw.to_le_bytes());
     }
     for (&i, e) in staged.range(first..first + 512) {
@@ -248,7 +254,7 @@ fn bat_sector(old: &[BatEntry], staged: &BTreeMap<u64, BatEntry>, k: u64, buf: &
 /// The sectors of the commit entry: BAT sectors generated on demand from
 /// the in-memory BAT plus staged entries, then a few small ones.
 struct CommitSectors<'b> {
-    old: &'b [BatEntry],
+    old: &'b BlockAllocationTable,
     staged: &'b BTreeMap<u64, BatEntry>,
     bat_base: u64,
     bat_sectors: Vec<u64>,
@@ -431,9 +437,7 @@ impl MergeBatch for VhdxBatch<'_> {
         let old_region = self.img.bat_region;
         let known = if self.geometry.virtual_size == self.img.geometry.virtual_size {
             for (&i, &e) in &staged {
-                if let Some(slot) = old.get_mut(i as usize) {
-                    *slot = e;
-                }
+                old.set(i as usize, e);
             }
             Some(KnownBat {
                 region: old_region,
@@ -460,7 +464,7 @@ impl MergeBatch for VhdxBatch<'_> {
 /// The commit protocol; see the ordering comments inline.
 fn commit_steps(
     img: &mut VhdxImage,
-    old: &[BatEntry],
+    old: &BlockAllocationTable,
     staged: &BTreeMap<u64, BatEntry>,
     geometry: BatGeometry,
     g_new: Uuid,

@@ -36,11 +36,14 @@ pub fn check(img: &VhdxImage) -> Vec<Finding> {
     // An all-zero entry (NOT_PRESENT, no offset, no reserved bits) is valid
     // in either role; most of a large sparse BAT is zero, so the walk visits
     // only the others.
-    let entries = &img.bat[..img.bat.len().min(g.total_entries as usize)];
+    let entries = &img.bat;
     let mut next = 0;
-    while let Some(k) = bat::first_with_bits(entries, next, u64::MAX) {
+    while let Some(k) = entries.first_with_bits(next, u64::MAX) {
+        if k as u64 >= g.total_entries {
+            break;
+        }
         next = k + 1;
-        let e = &entries[k];
+        let e = entries.get(k).unwrap_or_default();
         let i = k as u64;
         let at = bat_off + i * 8;
         if e.reserved_bits() != 0 {

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
 use super::bat::{self, BatEntry, BatGeometry};
+use super::bat_table::BlockAllocationTable;
 use super::file_identifier::FileIdentifier;
 use super::header::{self, choose_current, HeaderChoiceError, HeaderSlot, VhdxHeader};
 use super::log::{replay, sequence, LogRing};
@@ -47,7 +48,7 @@ pub struct VhdxImage {
     pub(crate) physical_sector_size: u32,
     pub(crate) parent_locator: Option<DecodedParentLocator>,
     pub(crate) geometry: BatGeometry,
-    pub(crate) bat: Vec<BatEntry>,
+    pub(crate) bat: BlockAllocationTable,
     /// The pending log replayed in memory at open (read-only opens).
     pub(crate) replayed_in_memory: bool,
     /// Bitmap bytes of the last PARTIALLY_PRESENT block mapped:
@@ -88,28 +89,7 @@ fn read_vec(s: &dyn Storage, name: &str, offset: u64, len: usize) -> Result<Vec<
 /// A BAT already in memory for a file, with the region it was read from.
 pub(crate) struct KnownBat {
     pub region: (u64, u64),
-    pub entries: Vec<BatEntry>,
-}
-
-/// Read `entries` BAT entries at `offset`. The caller has checked that they
-/// fit in the BAT region, which lies inside the file: the allocation is
-/// bounded by the file.
-fn read_bat(view: &dyn Storage, name: &str, offset: u64, entries: u64) -> Result<Vec<BatEntry>> {
-    let need = entries.saturating_mul(8);
-    let mut bat = Vec::with_capacity(entries as usize);
-    let mut done = 0u64;
-    // A small buffer, reused: the BAT itself is the one allocation that
-    // grows with the image.
-    let mut buf = vec![0u8; (256 << 10).min(need) as usize];
-    while done < need {
-        let n = (buf.len() as u64).min(need - done) as usize;
-        view.read_at(&mut buf[..n], offset + done).ctx(name)?;
-        bat.extend(buf[..n].chunks_exact(8).map(|c| BatEntry {
-            raw: u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]),
-        }));
-        done += n as u64;
-    }
-    Ok(bat)
+    pub entries: BlockAllocationTable,
 }
 
 /// Two byte ranges overlap.
@@ -795,7 +775,7 @@ impl VhdxImage {
             {
                 k.entries
             }
-            _ => read_bat(&*view, name, bat_region.0, geometry.total_entries)?,
+            _ => BlockAllocationTable::read(&*view, name, bat_region.0, geometry.total_entries)?,
         };
 
         Ok(VhdxImage {
@@ -827,7 +807,7 @@ impl VhdxImage {
         &self.header
     }
 
-    pub fn bat_entries(&self) -> &[BatEntry] {
+    pub fn bat(&self) -> &BlockAllocationTable {
         &self.bat
     }
 
@@ -842,7 +822,7 @@ impl VhdxImage {
     /// Payload BAT entry of block `p`.
     pub(crate) fn payload_entry(&self, p: u64) -> Result<BatEntry> {
         let i = self.geometry.payload_index(p);
-        self.bat.get(i as usize).copied().ok_or_else(|| {
+        self.bat.get(i as usize).ok_or_else(|| {
             corrupt(
                 &self.name,
                 "BAT",
@@ -854,7 +834,7 @@ impl VhdxImage {
 
     pub(crate) fn sb_entry(&self, chunk: u64) -> Result<BatEntry> {
         let i = self.geometry.sb_index(chunk);
-        self.bat.get(i as usize).copied().ok_or_else(|| {
+        self.bat.get(i as usize).ok_or_else(|| {
             corrupt(
                 &self.name,
                 "BAT",
@@ -866,20 +846,36 @@ impl VhdxImage {
 
     /// Counts of payload states (index = state) and SB PRESENT entries.
     pub fn state_counts(&self) -> ([u64; 8], u64) {
+        // Only the entries that are not zero are visited; the zero ones
+        // are the payload entries not counted (NOT_PRESENT).
+        let g = &self.geometry;
         let mut c = [0u64; 8];
         let mut sb = 0;
-        for p in 0..self.geometry.payload_blocks {
-            if let Ok(e) = self.payload_entry(p) {
-                c[e.state() as usize] += 1;
-            }
-        }
-        for k in 0..self.geometry.sector_bitmap_blocks {
-            if let Ok(e) = self.sb_entry(k) {
-                if e.state() == bat::SB_PRESENT {
+        let mut counted = 0u64;
+        let mut from = 0;
+        while let Some(k) = self.bat.first_with_bits(from, u64::MAX) {
+            from = k + 1;
+            let (i, e) = (k as u64, self.bat.get(k).unwrap_or_default());
+            if g.is_sb_index(i) {
+                if i / (g.chunk_ratio + 1) < g.sector_bitmap_blocks && e.state() == bat::SB_PRESENT
+                {
                     sb += 1;
                 }
+            } else if g.payload_block(i) < g.payload_blocks {
+                c[e.state() as usize] += 1;
+                counted += 1;
             }
         }
+        // Payload indices grow with the block: the blocks with an entry
+        // are a prefix.
+        let in_table = match g.payload_blocks.checked_sub(1) {
+            None => 0,
+            Some(last) if g.payload_index(last) < self.bat.len() as u64 => g.payload_blocks,
+            Some(_) => (0..g.payload_blocks)
+                .take_while(|&p| g.payload_index(p) < self.bat.len() as u64)
+                .count() as u64,
+        };
+        c[bat::PAYLOAD_NOT_PRESENT as usize] += in_table.saturating_sub(counted);
         (c, sb)
     }
 
@@ -1087,7 +1083,7 @@ impl Layer for VhdxImage {
         let blocks = g.virtual_size.div_ceil(g.block_size);
         let mut from =
             usize::try_from(g.payload_index(offset / g.block_size)).unwrap_or(usize::MAX);
-        while let Some(k) = bat::first_with_bits(&self.bat, from, 7) {
+        while let Some(k) = self.bat.first_with_bits(from, 7) {
             let i = k as u64;
             if !g.is_sb_index(i) {
                 let p = g.payload_block(i);

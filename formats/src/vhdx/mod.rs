@@ -4,6 +4,7 @@
 pub(crate) mod codec;
 
 pub mod bat;
+pub mod bat_table;
 pub mod batch;
 pub mod check;
 pub mod create;
@@ -19,6 +20,7 @@ pub mod sector_bitmap;
 pub mod write;
 
 pub use bat::{BatEntry, BatGeometry};
+pub use bat_table::BlockAllocationTable;
 pub use create::create;
 pub use file_identifier::FileIdentifier;
 pub use header::VhdxHeader;

@@ -221,9 +221,7 @@ impl VhdxImage {
         let sectors = self.pending_sectors(p)?;
         self.commit_through_log(&sectors, None)?;
         for (&i, &e) in &p.bat {
-            if let Some(slot) = self.bat.get_mut(i as usize) {
-                *slot = e;
-            }
+            self.bat.set(i as usize, e);
         }
         p.bat.clear();
         p.sb.clear();
@@ -235,7 +233,7 @@ impl VhdxImage {
         if let Some(e) = p.bat.get(&idx) {
             return Ok(*e);
         }
-        self.bat.get(idx as usize).copied().ok_or_else(|| {
+        self.bat.get(idx as usize).ok_or_else(|| {
             Error::corrupt(
                 &self.name,
                 "BAT",
