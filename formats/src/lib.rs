@@ -11,6 +11,7 @@ pub mod chain;
 pub mod checksum;
 mod combine;
 pub mod create;
+mod direct_writer;
 pub mod entropy;
 pub mod error;
 pub mod finding;

@@ -14,6 +14,8 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::direct_writer::DirectWriter;
+
 /// One file: positional I/O, length and a durability barrier.
 pub trait Storage: Send + Sync + Debug {
     /// Fill `buf` from `offset`. Bytes past the end of the file read as an
@@ -108,14 +110,15 @@ pub trait Namespace: Send + Sync + Debug {
 #[derive(Debug)]
 pub struct FileStorage {
     file: File,
-    /// The same file opened with O_DIRECT, for long copies (`copy_from`).
-    direct: Option<File>,
+    /// The same file opened with O_DIRECT, for long copies (`copy_from`,
+    /// written behind the caller) and long aligned writes. Its ordering
+    /// rules are in `direct_writer`; every method here that touches the
+    /// file first waits for the queued writes it could see or overtake.
+    direct: Option<DirectWriter>,
     /// Start writeback of written bytes early (see `WRITEBACK_AHEAD`).
     writeback_ahead: bool,
     /// Written bytes whose writeback has not been started yet.
     unsubmitted: Mutex<Unsubmitted>,
-    /// The direct copies' buffers, kept from one copy to the next.
-    buffers: BufferPool,
 }
 
 /// Writes since writeback was last started: their count and the span they
@@ -145,7 +148,6 @@ impl FileStorage {
             direct: None,
             writeback_ahead: false,
             unsubmitted: Mutex::default(),
-            buffers: BufferPool::default(),
         }
     }
 
@@ -162,23 +164,20 @@ impl FileStorage {
     /// Also write long copies through `direct`, the same file opened with
     /// O_DIRECT.
     pub fn with_direct_copies(mut self, direct: File) -> Self {
-        self.direct = Some(direct);
+        self.direct = Some(DirectWriter::new(direct));
         self
     }
 
-    /// Copy `len` bytes (whole `DIRECT_ALIGN` units to an aligned offset)
-    /// with O_DIRECT writes.
-    fn copy_direct(
-        &self,
-        direct: &File,
-        src: &dyn Storage,
-        src_offset: u64,
-        dst_offset: u64,
-        len: u64,
-    ) -> io::Result<()> {
-        copy_pipelined(src, src_offset, len, &self.buffers, |buf, at| {
-            direct.write_all_at(buf, dst_offset + at)
-        })
+    /// Wait for the queued direct writes (all of them).
+    fn settle(&self) -> io::Result<()> {
+        self.direct.as_ref().map_or(Ok(()), DirectWriter::settle)
+    }
+
+    /// Wait for the queued direct writes that overlap `[at, at + len)`.
+    fn settle_overlapping(&self, at: u64, len: u64) -> io::Result<()> {
+        self.direct
+            .as_ref()
+            .map_or(Ok(()), |d| d.settle_overlapping(at, len))
     }
 
     /// Note `len` bytes written at `at`; past `WRITEBACK_AHEAD` of them,
@@ -235,16 +234,18 @@ impl FileStorage {
 
 impl Storage for FileStorage {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.settle_overlapping(offset, buf.len() as u64)?;
         self.file.read_exact_at(buf, offset)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.settle_overlapping(offset, buf.len() as u64)?;
         // Long aligned writes (a batch's joined spans) skip the page cache
         // like long copies do (see `copy_from`); a refusal falls back to
         // the buffered write of the same bytes.
         if let Some(direct) = &self.direct {
             if buf.len() as u64 >= DIRECT_WRITE_MIN
                 && direct_aligned(buf, offset)
-                && direct.write_all_at(buf, offset).is_ok()
+                && direct.file().write_all_at(buf, offset).is_ok()
             {
                 return Ok(());
             }
@@ -254,9 +255,11 @@ impl Storage for FileStorage {
         Ok(())
     }
     fn len(&self) -> io::Result<u64> {
+        self.settle()?;
         Ok(self.file.metadata()?.len())
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
+        self.settle()?;
         self.file.set_len(len)
     }
     fn allocated_range(&self, offset: u64) -> io::Result<Option<std::ops::Range<u64>>> {
@@ -264,7 +267,7 @@ impl Storage for FileStorage {
         // read or write here uses (all are positional). A file system
         // without them reports the whole file as data.
         use rustix::fs::{seek, SeekFrom};
-        let len = self.len()?;
+        let len = self.len()?; // (settles)
         if offset >= len {
             return Ok(None);
         }
@@ -278,6 +281,7 @@ impl Storage for FileStorage {
         Ok(Some(start..end.clamp(start + 1, len)))
     }
     fn flush(&self) -> io::Result<()> {
+        self.settle()?;
         self.file.sync_data()?;
         *self.unsubmitted.lock().unwrap_or_else(|e| e.into_inner()) = Unsubmitted::default();
         Ok(())
@@ -307,12 +311,15 @@ impl Storage for FileStorage {
             let body = len / DIRECT_ALIGN * DIRECT_ALIGN;
             if body >= DIRECT_MIN
                 && dst_offset.is_multiple_of(DIRECT_ALIGN)
-                && self
-                    .copy_direct(direct, src, src_offset, dst_offset, body)
-                    .is_ok()
+                && direct.copy(src, src_offset, dst_offset, body).is_ok()
             {
                 done = body;
             }
+        }
+        // The kernel's copy and the buffered one read and write the file
+        // behind the queue's back.
+        if done < len {
+            self.settle()?;
         }
         if done == 0 {
             if let Some(src_file) = src.as_file() {
@@ -1018,20 +1025,21 @@ mod tests {
                 return;
             }
         };
-        let st = FileStorage::new(OpenOptions::new().read(true).open(&path).unwrap());
-        st.copy_direct(&direct, &src, 4096, 0, 3 << 20).unwrap();
+        let st = FileStorage::new(OpenOptions::new().read(true).open(&path).unwrap())
+            .with_direct_copies(direct);
+        let d = st.direct.as_ref().unwrap();
+        // The first copy is written in place, the second one queued.
+        d.copy(&src, 4096, 0, 3 << 20).unwrap();
         let mut got = vec![0u8; 3 << 20];
         st.read_at(&mut got, 0).unwrap();
         assert!(got == bytes[4096..4096 + (3 << 20)]);
-        // Its two buffers are kept, and the next copy through them (with
+        // Its buffers are kept, and the next copy through them (with
         // their stale bytes) is exact too.
-        assert_eq!(st.buffers.0.lock().unwrap().len(), 2);
-        st.copy_direct(&direct, &src, 8192, 4096, (2 << 20) + 4096)
-            .unwrap();
-        assert_eq!(st.buffers.0.lock().unwrap().len(), 2);
+        d.copy(&src, 8192, 4096, (2 << 20) + 4096).unwrap();
         let mut got = vec![0u8; (2 << 20) + 4096];
         st.read_at(&mut got, 4096).unwrap();
         assert!(got == bytes[8192..8192 + (2 << 20) + 4096]);
+        assert!(d.buffers_made() <= 3, "{d:?}");
     }
 
     #[test]
