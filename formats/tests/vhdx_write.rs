@@ -5,6 +5,7 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use formats::layer::push_run;
 use formats::params::{CreateParams, DiskType, Identity, OpenOptions, ParentSpec};
 use formats::vhdx::{self, VhdxImage};
 use formats::{Image, Layer, MemStorage, RunKind, Severity, Storage};
@@ -864,6 +865,51 @@ fn first_held_by_map(img: &VhdxImage, offset: u64) -> Option<u64> {
             .any(|r| r.kind != RunKind::Transparent)
             .then_some((b * bs).max(offset))
     })
+}
+
+/// Mapping a long range skips runs of empty blocks at once; the runs must
+/// be those of the blocks mapped one at a time, joined.
+#[test]
+fn a_long_map_equals_its_blocks_mapped_one_by_one() {
+    let size = 8 * 1024 * MIB + 3 * MIB;
+    for diff in [false, true] {
+        let mem = created_1m_blocks(diff, size);
+        let mut img = open(mem.clone(), true);
+        for (block, len) in [
+            (0u64, 512u64),
+            (10, 4096),
+            (4095, MIB),
+            (4097, 4096),
+            (8194, 512),
+        ] {
+            img.write_sectors(block * MIB, &vec![7u8; len as usize])
+                .unwrap();
+        }
+        img.zero_sectors(6000 * MIB, MIB).unwrap();
+        drop(img);
+        let img = open(mem, false);
+        let bs = img.block_size();
+        for (from, to) in [
+            (0, size),
+            (MIB / 2, size - 512),
+            (11 * MIB, 4095 * MIB + 4096),
+        ] {
+            let mut whole = Vec::new();
+            img.map(from, to - from, &mut whole).unwrap();
+            let mut joined = Vec::new();
+            let mut pos = from;
+            while pos < to {
+                let n = (bs - pos % bs).min(to - pos);
+                let mut one = Vec::new();
+                img.map(pos, n, &mut one).unwrap();
+                for r in one {
+                    push_run(&mut joined, r);
+                }
+                pos += n;
+            }
+            assert_eq!(whole, joined, "diff={diff}, [{from:#x}, {to:#x})");
+        }
+    }
 }
 
 #[test]

@@ -1063,6 +1063,26 @@ impl Layer for VhdxImage {
         let mut pos = offset;
         while pos < end {
             let p = pos / g.block_size;
+            // Transparent up to the next block that is not: one run for
+            // what may be millions of empty blocks.
+            let skip_to = if self.payload_entry(p)?.state() == bat::PAYLOAD_NOT_PRESENT {
+                self.next_held(pos)?.map_or(end, |h| h.min(end))
+            } else {
+                pos
+            };
+            if skip_to > pos {
+                let to = skip_to;
+                push_run(
+                    out,
+                    Run {
+                        offset: pos,
+                        len: to - pos,
+                        kind: RunKind::Transparent,
+                    },
+                );
+                pos = to;
+                continue;
+            }
             let in_off = pos % g.block_size;
             let n = (g.block_size - in_off).min(end - pos);
             self.map_block(p, in_off, n, out)?;
