@@ -121,6 +121,15 @@ pub struct FileStorage {
     unsubmitted: Mutex<Unsubmitted>,
 }
 
+/// Queued direct writes land before the file, and with it the lock, is
+/// closed: no other process that takes the lock next sees them arrive.
+/// (Their errors are lost here; a batch always flushes, which reports them.)
+impl Drop for FileStorage {
+    fn drop(&mut self) {
+        let _ = self.settle();
+    }
+}
+
 /// Writes since writeback was last started: their count and the span they
 /// lie in.
 #[derive(Debug, Default)]
@@ -155,10 +164,9 @@ impl FileStorage {
     /// as they go. For a file that is never flushed (`convert` to raw, like
     /// `cp`, leaves its output to the page cache) this only costs time.
     pub fn with_writeback_ahead(file: File) -> Self {
-        FileStorage {
-            writeback_ahead: true,
-            ..FileStorage::new(file)
-        }
+        let mut st = FileStorage::new(file);
+        st.writeback_ahead = true;
+        st
     }
 
     /// Also write long copies through `direct`, the same file opened with

@@ -138,11 +138,8 @@ impl BlockAllocationTable {
             if start >= need {
                 break;
             }
-            let end = data
-                .end
-                .max(data.start + 1)
-                .saturating_sub(offset)
-                .min(need);
+            // At least one chunk per step, whatever the storage answers.
+            let end = data.end.saturating_sub(offset).min(need).max(start + 1);
             let mut c = (start / CHUNK_BYTES) as usize;
             let last = end.div_ceil(CHUNK_BYTES) as usize;
             while c < last {
@@ -151,15 +148,17 @@ impl BlockAllocationTable {
                 let bytes = (n as u64 * CHUNK_BYTES).min(need - from) as usize;
                 view.read_at(&mut buf[..bytes], offset + from).ctx(name)?;
                 for (k, piece) in buf[..bytes].chunks(CHUNK_BYTES as usize).enumerate() {
-                    let entries: Vec<BatEntry> = piece
-                        .chunks_exact(8)
-                        .map(|b| BatEntry {
-                            raw: u64::from_le_bytes([
-                                b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
-                            ]),
-                        })
-                        .collect();
-                    t.chunks[c + k] = held(&entries);
+                    // Zero chunks are recognised in the bytes: no allocation.
+                    t.chunks[c + k] = (piece.iter().fold(0, |a, &b| a | b) != 0).then(|| {
+                        piece
+                            .chunks_exact(8)
+                            .map(|b| BatEntry {
+                                raw: u64::from_le_bytes([
+                                    b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
+                                ]),
+                            })
+                            .collect()
+                    });
                 }
                 c += n;
             }
