@@ -867,27 +867,29 @@ fn first_held_by_map(img: &VhdxImage, offset: u64) -> Option<u64> {
     })
 }
 
+/// A 1 MiB-block image of `size` with data in a few blocks on either side
+/// of the sector-bitmap entries (after every 4096 blocks), `extra` writes
+/// (block, length) and one zeroed block, opened read-only.
+fn scattered_1m_blocks(diff: bool, size: u64, extra: &[(u64, u64)]) -> VhdxImage {
+    let mem = created_1m_blocks(diff, size);
+    let mut img = open(mem.clone(), true);
+    let writes = [(10u64, 4096u64), (4095, MIB), (4097, 4096), (8194, 512)];
+    for &(block, len) in extra.iter().chain(&writes) {
+        img.write_sectors(block * MIB, &vec![7u8; len as usize])
+            .unwrap();
+    }
+    img.zero_sectors(6000 * MIB, MIB).unwrap();
+    drop(img);
+    open(mem, false)
+}
+
 /// Mapping a long range skips runs of empty blocks at once; the runs must
 /// be those of the blocks mapped one at a time, joined.
 #[test]
 fn a_long_map_equals_its_blocks_mapped_one_by_one() {
     let size = 8 * 1024 * MIB + 3 * MIB;
     for diff in [false, true] {
-        let mem = created_1m_blocks(diff, size);
-        let mut img = open(mem.clone(), true);
-        for (block, len) in [
-            (0u64, 512u64),
-            (10, 4096),
-            (4095, MIB),
-            (4097, 4096),
-            (8194, 512),
-        ] {
-            img.write_sectors(block * MIB, &vec![7u8; len as usize])
-                .unwrap();
-        }
-        img.zero_sectors(6000 * MIB, MIB).unwrap();
-        drop(img);
-        let img = open(mem, false);
+        let img = scattered_1m_blocks(diff, size, &[(0, 512)]);
         let bs = img.block_size();
         for (from, to) in [
             (0, size),
@@ -918,15 +920,7 @@ fn next_held_scans_across_sector_bitmap_entries_like_the_map() {
     // the BAT interleaves a sector-bitmap entry after every 4096 blocks.
     let size = 8 * 1024 * MIB + 3 * MIB;
     for diff in [false, true] {
-        let mem = created_1m_blocks(diff, size);
-        let mut img = open(mem.clone(), true);
-        for (block, len) in [(10u64, 4096u64), (4095, MIB), (4097, 4096), (8194, 512)] {
-            img.write_sectors(block * MIB, &vec![7u8; len as usize])
-                .unwrap();
-        }
-        img.zero_sectors(6000 * MIB, MIB).unwrap();
-        drop(img);
-        let img = open(mem, false);
+        let img = scattered_1m_blocks(diff, size, &[]);
         let probes = [
             0,
             10 * MIB,
