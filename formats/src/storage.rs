@@ -373,7 +373,7 @@ pub fn copy_overlapped<D: Storage + ?Sized>(
     if len <= PIECE {
         return copy_by_buffer(src, dst, src_offset, dst_offset, len);
     }
-    copy_pipelined(src, src_offset, len, &BufferPool::default(), |buf, at| {
+    copy_pipelined(src, src_offset, len, |buf, at| {
         dst.write_at(buf, dst_offset + at)
     })
 }
@@ -427,39 +427,12 @@ impl AlignedBuf {
     }
 }
 
-/// The two buffers of a pipelined copy, kept for the next one: a merge
-/// copies block by block, and zeroing two fresh 2 MiB buffers per block was
-/// a fifth of a merge's CPU (`perf`: memset under `copy_from`).
-#[derive(Default)]
-struct BufferPool(Mutex<Vec<AlignedBuf>>);
-
-impl BufferPool {
-    fn take(&self) -> AlignedBuf {
-        let mut pool = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        pool.pop().unwrap_or_else(AlignedBuf::new)
-    }
-    fn give(&self, bufs: impl IntoIterator<Item = AlignedBuf>) {
-        let mut pool = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        pool.extend(bufs);
-        pool.truncate(2);
-    }
-}
-
-impl std::fmt::Debug for BufferPool {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let n = self.0.lock().map(|p| p.len()).unwrap_or(0);
-        write!(f, "BufferPool({n} kept)")
-    }
-}
-
 /// Read `src` in `PIECE`s on a second thread while this one hands the
 /// previous piece to `write(bytes, offset from the start)`, in order.
-/// The buffers come from `pool` and go back to it.
 fn copy_pipelined(
     src: &dyn Storage,
     src_offset: u64,
     len: u64,
-    pool: &BufferPool,
     mut write: impl FnMut(&[u8], u64) -> io::Result<()> + Send,
 ) -> io::Result<()> {
     use std::sync::mpsc::sync_channel;
@@ -467,7 +440,7 @@ fn copy_pipelined(
     let (full_tx, full_rx) = sync_channel::<io::Result<(AlignedBuf, u64)>>(1);
     let (empty_tx, empty_rx) = sync_channel::<AlignedBuf>(2);
     for _ in 0..2 {
-        let _ = empty_tx.send(pool.take());
+        let _ = empty_tx.send(AlignedBuf::new());
     }
     std::thread::scope(|scope| {
         let reader = scope.spawn(move || {
@@ -475,7 +448,7 @@ fn copy_pipelined(
             while at < len {
                 // A closed channel: the writer stopped (on an error).
                 let Ok(mut buf) = empty_rx.recv() else {
-                    return Vec::new();
+                    return;
                 };
                 let n = PIECE.min(len - at) as usize;
                 let r = src
@@ -483,13 +456,10 @@ fn copy_pipelined(
                     .map(|()| (buf, at));
                 let failed = r.is_err();
                 if full_tx.send(r).is_err() || failed {
-                    return Vec::new();
+                    return;
                 }
                 at += n as u64;
             }
-            // Every piece is read: the writer hands back each buffer as it
-            // is done with it, and closes the channel when it ends.
-            empty_rx.iter().collect()
         });
         // The writer owns its channel ends, so returning early (an error)
         // closes them and the reader stops instead of waiting forever.
@@ -509,9 +479,7 @@ fn copy_pipelined(
         let r = write_all();
         // Dropping the writer closes its channel ends: the reader returns.
         drop(write_all);
-        if let Ok(bufs) = reader.join() {
-            pool.give(bufs);
-        }
+        let _ = reader.join();
         r
     })
 }
