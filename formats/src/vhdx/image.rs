@@ -1071,16 +1071,15 @@ impl Layer for VhdxImage {
                 pos
             };
             if skip_to > pos {
-                let to = skip_to;
                 push_run(
                     out,
                     Run {
                         offset: pos,
-                        len: to - pos,
+                        len: skip_to - pos,
                         kind: RunKind::Transparent,
                     },
                 );
-                pos = to;
+                pos = skip_to;
                 continue;
             }
             let in_off = pos % g.block_size;
