@@ -49,9 +49,40 @@ pub trait Image: Layer {
         open(&name, storage, journal, opts)
     }
 
+    /// Give back the space no committed structure references: move payload
+    /// blocks from the file's tail into the gaps (each move content-
+    /// preserving: copy, flush, then one atomic metadata commit pointing at
+    /// the new place), cut the file after its last referenced byte, and
+    /// punch every gap left. A crash at any point leaves the same content;
+    /// running it again finishes the job. Requires a writable open. The
+    /// default (formats whose layout never leaks, a fixed VHD) does nothing.
+    fn compact(&mut self) -> Result<CompactReport> {
+        let len = self
+            .storage()
+            .len()
+            .map_err(|e| crate::Error::io(self.name(), e))?;
+        Ok(CompactReport {
+            length_before: len,
+            length_after: len,
+            ..CompactReport::default()
+        })
+    }
+
     /// Start an atomic batch (the merge's write path): nothing staged is
     /// visible to any reader until `MergeBatch::commit`, and after it all is.
     fn begin_batch(&mut self) -> Result<Box<dyn MergeBatch + '_>>;
+}
+
+/// What a compaction did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CompactReport {
+    /// Blocks (and metadata units) moved to a lower place.
+    pub moved: u64,
+    pub bytes_moved: u64,
+    /// Bytes given back to the file system inside the file (holes punched).
+    pub bytes_punched: u64,
+    pub length_before: u64,
+    pub length_after: u64,
 }
 
 /// An atomic batch of changes to one image. Staging writes payload only into

@@ -18,13 +18,14 @@ pub mod finding;
 pub mod image;
 pub mod layer;
 pub mod params;
+pub mod space;
 pub mod storage;
 pub mod vhd;
 pub mod vhdx;
 
 pub use error::{Error, Result};
 pub use finding::{Finding, Severity};
-pub use image::{Image, MergeBatch};
+pub use image::{CompactReport, Image, MergeBatch};
 pub use layer::{Layer, Run, RunKind};
 pub use storage::{
     Access, EntryKind, FsNamespace, JournalSlot, MemNamespace, MemStorage, Namespace, Storage,

@@ -55,6 +55,24 @@ pub trait Storage: Send + Sync + Debug {
         Ok((offset < len).then_some(offset..len))
     }
 
+    /// Give `[offset, offset + len)` back: afterwards it reads as zeros and
+    /// (on a real file system) holds no blocks. The length never changes;
+    /// the part past the end is ignored. Callers punch only ranges that no
+    /// committed structure references, so for the crash model this is a
+    /// write of zeros (durable at the next flush, tearable before). The
+    /// default writes those zeros.
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        let end = offset.saturating_add(len).min(self.len()?);
+        let zeros = vec![0u8; (1u64 << 20).min(end.saturating_sub(offset)) as usize];
+        let mut at = offset;
+        while at < end {
+            let n = (end - at).min(zeros.len() as u64);
+            self.write_at(&zeros[..n as usize], at)?;
+            at += n;
+        }
+        Ok(())
+    }
+
     /// The real file behind this storage, for kernel copy offload.
     fn as_file(&self) -> Option<&File> {
         None
@@ -119,6 +137,9 @@ pub struct FileStorage {
     writeback_ahead: bool,
     /// Written bytes whose writeback has not been started yet.
     unsubmitted: Mutex<Unsubmitted>,
+    /// Whether copies into this file can share extents with their source
+    /// (reflink), found out at the first long copy from a file.
+    clones: CloneSupport,
 }
 
 /// Queued direct writes land before the file, and with it the lock, is
@@ -157,6 +178,7 @@ impl FileStorage {
             direct: None,
             writeback_ahead: false,
             unsubmitted: Mutex::default(),
+            clones: CloneSupport::default(),
         }
     }
 
@@ -288,6 +310,30 @@ impl Storage for FileStorage {
         let end = seek(&self.file, SeekFrom::Hole(start)).unwrap_or(len);
         Ok(Some(start..end.clamp(start + 1, len)))
     }
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        use rustix::fs::{fallocate, FallocateFlags};
+        let end = offset.saturating_add(len).min(self.len()?); // (settles)
+        if end <= offset {
+            return Ok(());
+        }
+        let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+        match fallocate(&self.file, flags, offset, end - offset) {
+            Ok(()) => Ok(()),
+            // A file system without hole punching still reads zeros there
+            // once written.
+            Err(rustix::io::Errno::OPNOTSUPP) => {
+                let zeros = vec![0u8; (1u64 << 20).min(end - offset) as usize];
+                let mut at = offset;
+                while at < end {
+                    let n = (end - at).min(zeros.len() as u64);
+                    self.file.write_all_at(&zeros[..n as usize], at)?;
+                    at += n;
+                }
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
     fn flush(&self) -> io::Result<()> {
         self.settle()?;
         self.file.sync_data()?;
@@ -298,10 +344,160 @@ impl Storage for FileStorage {
         Some(&self.file)
     }
 
-    /// Let the kernel move the bytes (copy_file_range: reflink or in-kernel
-    /// copy on the same filesystem), falling back to large positional reads
-    /// and writes when it cannot.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
+    /// Share extents with the source where the file system can (XFS with
+    /// reflink, btrfs: see `clone_from`), and copy the rest: the kernel
+    /// moves the bytes (copy_file_range) or, for long aligned copies, the
+    /// direct writer does; large positional reads and writes when neither
+    /// can.
     fn copy_from(
+        &self,
+        src: &dyn Storage,
+        src_offset: u64,
+        dst_offset: u64,
+        len: u64,
+    ) -> io::Result<()> {
+        let Some((head, body)) = self.clonable_part(src, src_offset, dst_offset, len) else {
+            return self.copy_bytes(src, src_offset, dst_offset, len);
+        };
+        // The unaligned edges are copied; between them, the block-aligned
+        // body is cloned (and what a refused clone leaves is copied too).
+        // The three ranges are disjoint, so their order does not matter.
+        if head > 0 {
+            self.copy_bytes(src, src_offset, dst_offset, head)?;
+        }
+        let cloned = self.clone_from(src, src_offset + head, dst_offset + head, body)?;
+        let (at, rest) = (head + cloned, len - head - cloned);
+        if rest > 0 {
+            self.copy_bytes(src, src_offset + at, dst_offset + at, rest)?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether a destination file can share extents with its sources: not
+/// known yet, no, or yes with the file system's block size (clones need
+/// offsets and lengths that are multiples of it).
+#[derive(Debug, Default)]
+struct CloneSupport {
+    /// `Some(block)` when the file system shares extents, found out once.
+    block: std::sync::OnceLock<Option<u64>>,
+    /// A clone was refused (the file system said no after all): copy from
+    /// now on.
+    refused: std::sync::atomic::AtomicBool,
+}
+
+/// `statfs` f_type of the file systems whose copy_file_range shares
+/// extents between files of one file system (a reflink) when the ranges
+/// are block-aligned.
+const XFS_SUPER_MAGIC: u64 = 0x5846_5342;
+const BTRFS_SUPER_MAGIC: u64 = 0x9123_683E;
+/// The most one clone call asks for (the kernel stops at 2 GiB anyway).
+const CLONE_PIECE: u64 = 1 << 30;
+
+impl FileStorage {
+    /// For a copy from a real file on the same file system as this one,
+    /// which can share extents: the unaligned head (bytes before the first
+    /// block boundary of both ranges) and the block-aligned body to clone
+    /// after it. `None`: copy it all (not a file, another file system, a
+    /// file system that cannot share, ranges that are not congruent modulo
+    /// the block size, overlapping ranges of one file, under one block).
+    fn clonable_part(
+        &self,
+        src: &dyn Storage,
+        src_offset: u64,
+        dst_offset: u64,
+        len: u64,
+    ) -> Option<(u64, u64)> {
+        use std::sync::atomic::Ordering;
+        let src_file = src.as_file()?;
+        if len < 4096 || self.clones.refused.load(Ordering::Relaxed) {
+            return None;
+        }
+        let block = (*self.clones.block.get_or_init(|| detect_clones(&self.file)))?;
+        if src_offset % block != dst_offset % block {
+            return None;
+        }
+        let head = (block - dst_offset % block) % block;
+        let body = len.checked_sub(head)? / block * block;
+        if body == 0 {
+            return None;
+        }
+        // One file system (reflinks never cross one), and within one file
+        // the ranges must not overlap.
+        let (s, d) = (
+            rustix::fs::fstat(src_file).ok()?,
+            rustix::fs::fstat(&self.file).ok()?,
+        );
+        if s.st_dev != d.st_dev {
+            return None;
+        }
+        let same_file = s.st_ino == d.st_ino;
+        if same_file && src_offset < dst_offset + len && dst_offset < src_offset + len {
+            return None;
+        }
+        Some((head, body))
+    }
+
+    /// Clone `len` block-aligned bytes from `src` (a file on this file
+    /// system) with copy_file_range, which the kernel turns into a reflink
+    /// for aligned ranges on XFS and btrfs. Returns how many bytes it
+    /// moved; the caller copies the rest. A refusal that says the file
+    /// system cannot (EOPNOTSUPP, EXDEV, EINVAL, ETXTBSY) is remembered.
+    fn clone_from(
+        &self,
+        src: &dyn Storage,
+        src_offset: u64,
+        dst_offset: u64,
+        len: u64,
+    ) -> io::Result<u64> {
+        use rustix::io::Errno;
+        let Some(src_file) = src.as_file() else {
+            return Ok(0);
+        };
+        // The kernel reads the source range and writes the destination
+        // range behind both direct-write queues: queued writes there land
+        // first (direct_writer's ordering rules). Writes queued elsewhere
+        // may stay queued: their pages are not these.
+        self.settle_overlapping(dst_offset, len)?;
+        if let Some(src_st) = src.as_any().and_then(|a| a.downcast_ref::<FileStorage>()) {
+            src_st.settle_overlapping(src_offset, len)?;
+        }
+        self.settle_overlapping(src_offset, len)?; // (one file: the source range)
+        let mut done = 0u64;
+        while done < len {
+            let mut off_in = src_offset + done;
+            let mut off_out = dst_offset + done;
+            let want = (len - done).min(CLONE_PIECE) as usize;
+            match rustix::fs::copy_file_range(
+                src_file,
+                Some(&mut off_in),
+                &self.file,
+                Some(&mut off_out),
+                want,
+            ) {
+                Ok(0) => break,
+                Ok(n) => done += n as u64,
+                Err(Errno::OPNOTSUPP | Errno::XDEV | Errno::INVAL | Errno::TXTBSY) => {
+                    self.clones
+                        .refused
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    break;
+                }
+                // Anything else: the copy that follows reports it.
+                Err(_) => break,
+            }
+        }
+        Ok(done)
+    }
+
+    /// `copy_from` without clones: a long copy to an aligned offset goes
+    /// through the direct writer, the rest through copy_file_range (an
+    /// in-kernel copy) or, when that cannot, buffers.
+    fn copy_bytes(
         &self,
         src: &dyn Storage,
         src_offset: u64,
@@ -331,6 +527,10 @@ impl Storage for FileStorage {
         }
         if done == 0 {
             if let Some(src_file) = src.as_file() {
+                // So does the kernel read of another handle's file.
+                if let Some(src_st) = src.as_any().and_then(|a| a.downcast_ref::<FileStorage>()) {
+                    src_st.settle_overlapping(src_offset, len)?;
+                }
                 while done < len {
                     let mut off_in = src_offset + done;
                     let mut off_out = dst_offset + done;
@@ -502,6 +702,43 @@ pub fn copy_by_buffer<D: Storage + ?Sized>(
         done += n as u64;
     }
     Ok(())
+}
+
+/// Whether `file`'s file system shares extents between its files, and its
+/// block size (the clone granularity) if so. Asked once per destination:
+/// statfs names a file system that can (XFS, btrfs), and a clone between
+/// two unnamed temporary files beside `file` proves it does (an XFS made
+/// without reflink says no here; there copy_file_range would only copy,
+/// through the page cache). Anything that fails means no.
+fn detect_clones(file: &File) -> Option<u64> {
+    use rustix::fs::{fstatfs, ioctl_ficlone, open, Mode, OFlags};
+    use std::os::fd::AsRawFd;
+    let st = fstatfs(file).ok()?;
+    #[allow(clippy::unnecessary_cast)]
+    let (kind, bsize) = (st.f_type as u64, st.f_bsize as u64);
+    if kind != XFS_SUPER_MAGIC && kind != BTRFS_SUPER_MAGIC {
+        return None;
+    }
+    let block = if bsize.is_power_of_two() && (512..=(64 << 10)).contains(&bsize) {
+        bsize.max(4096)
+    } else {
+        4096
+    };
+    // The directory the file is in, for the probe's temporary files
+    // (O_TMPFILE: nameless, gone when closed).
+    let path = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()?;
+    let dir = path.parent()?;
+    let tmp = || {
+        open(
+            dir,
+            OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+            Mode::RUSR | Mode::WUSR,
+        )
+    };
+    let (a, b) = (File::from(tmp().ok()?), File::from(tmp().ok()?));
+    a.write_all_at(&vec![0x5A; block as usize], 0).ok()?;
+    ioctl_ficlone(&b, &a).ok()?;
+    Some(block)
 }
 
 /// `path` opened for O_DIRECT writes (the handle behind direct copies).

@@ -11,7 +11,8 @@
 //!    stage the folded runs into its batch (fresh space only);
 //! 4. prepare (payload durable), write the merge record (durable), commit
 //!    (the single commit point inside the driver);
-//! 5. finish: remove merged files if asked, then the record.
+//! 5. compact the destination (give back what the commit released), then
+//!    finish: remove merged files if asked, then the record.
 
 pub mod codes;
 mod error;
@@ -63,6 +64,8 @@ pub struct MergeOutcome {
     pub resumed: bool,
     pub removed: Vec<String>,
     pub siblings: Vec<String>,
+    /// What the compaction after the commit gave back (None before it ran).
+    pub compaction: Option<formats::CompactReport>,
     pub error: Option<String>,
 }
 
@@ -80,6 +83,7 @@ pub fn run(ns: &Arc<dyn Namespace>, req: &MergeRequest, job: &JobHandle) -> Merg
         resumed: false,
         removed: Vec::new(),
         siblings: Vec::new(),
+        compaction: None,
         error: None,
     };
     match merge(ns, req, job, &mut out) {
@@ -315,6 +319,10 @@ pub fn merge(
         batch.commit(new_identity)?;
         job.set_committed();
     }
+    // 5. Space: the commit released every block it replaced; give it back
+    // while the record still says "committed", so a crash here is finished
+    // (compaction included) by the next run.
+    out.compaction = Some(chain.links[dest_index].image.compact()?);
     let merged_paths: Vec<PathBuf> = chain.links[..dest_index]
         .iter()
         .map(|l| l.path.clone())
@@ -381,7 +389,7 @@ fn finish_if_committed(
     // Writable: a committed-but-unapplied VHDX log or VHD journal is
     // replayed here, which is exactly the finishing step.
     opts.writable = true;
-    let dest = match formats::chain::open_image_file(ns, &rec.destination, &opts) {
+    let mut dest = match formats::chain::open_image_file(ns, &rec.destination, &opts) {
         Ok(d) => d,
         Err(formats::Error::FileNotFound { .. }) => {
             record::remove(ns, rec_path)?;
@@ -395,6 +403,8 @@ fn finish_if_committed(
         record::remove(ns, rec_path)?;
         return Ok(None);
     }
+    // The commit happened: the compaction after it may not have.
+    out.compaction = Some(dest.compact()?);
     drop(dest);
     out.destination = Some(rec.destination.display().to_string());
     out.resumed = true;

@@ -2,6 +2,15 @@
 //! (xtask/src/cmd_sim.rs), behind a one-command clap parser.
 //! `cargo run --release -p chainfold-sim --example xtask_sim -- --seconds 60 --json`
 
+// xtask's closed-pipe-safe print, which cmd_sim.rs imports from its root.
+mod out {
+    macro_rules! outln {
+        ($($arg:tt)*) => { println!($($arg)*) };
+    }
+    pub(crate) use outln;
+}
+pub(crate) use out::outln;
+
 #[path = "../../xtask/src/cmd_sim.rs"]
 mod cmd_sim;
 

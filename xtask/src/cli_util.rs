@@ -48,15 +48,54 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size too large: {s:?}"))
 }
 
+/// `println!` for command output, without its panic on a closed stdout.
+///
+/// A reader that went away (`info IMAGE | head -1`) makes every later write
+/// fail with EPIPE (Rust ignores SIGPIPE, so the process is not killed);
+/// `println!` turns that into a panic (exit 101 and a backtrace hint). Output
+/// nobody reads is not an error: the write is dropped and the command
+/// finishes with its usual exit code. Every command's stdout goes through
+/// this (or [`print_json`]); `main` also installs [`quiet_broken_pipe`] for a
+/// `println!` that slips through.
+#[macro_export]
+macro_rules! outln {
+    () => { $crate::cli_util::out_fmt(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::cli_util::out_fmt(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// The stdout writer behind [`outln!`]: errors (a closed pipe) are dropped.
+pub fn out_fmt(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_fmt(args);
+}
+
 pub fn print_json<T: serde::Serialize>(v: &T) {
     match serde_json::to_string_pretty(v) {
         // A reader that went away (`| head`) is not worth a panic.
-        Ok(s) => {
-            use std::io::Write;
-            let _ = writeln!(std::io::stdout(), "{s}");
-        }
+        Ok(s) => crate::outln!("{s}"),
         Err(e) => eprintln!("error: cannot serialise JSON: {e}"),
     }
+}
+
+/// A panic hook that makes `println!`/`eprintln!` into a closed pipe end
+/// the process quietly (exit 0, no message) instead of with exit 101; every
+/// other panic goes to the default hook unchanged. This is the safety net
+/// for output written with `println!` rather than [`outln!`]; std's message
+/// for that panic is "failed printing to stdout: Broken pipe (os error 32)".
+pub fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to std") && msg.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
 }
 
 #[cfg(test)]

@@ -5,6 +5,16 @@
 //! `xtask measure`, which reports its wall time and peak RSS from the
 //! kernel's accounting (getrusage of that one child). Commands alternate
 //! within each pair; medians are reported.
+//!
+//! `--only space`: the destination's apparent (`len`) and allocated
+//! (`blocks * 512`) bytes after a full-overwrite merge of a full 64 MiB
+//! disk, for every destination kind, over the in-place figure (the size
+//! before the merge); and 20 cycles of (child, 25 % overwritten at random
+//! in 1 MiB pieces, merge) into a dynamic VHDX and VHD, the final size over
+//! the size after one cycle. Bytes written by each merge process come from
+//! the same `xtask measure` child accounting (getrusage(RUSAGE_CHILDREN)
+//! `ru_oublock`, see `Measurement::write_bytes`). Not timed comparisons:
+//! the section's sizes do not depend on the machine.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -63,6 +73,21 @@ pub struct Measurement {
     pub user_s: f64,
     pub max_rss_kib: i64,
     pub success: bool,
+    /// Bytes the child (with its threads and any children it waited for)
+    /// caused to be written to storage: getrusage(RUSAGE_CHILDREN)
+    /// `ru_oublock` x 512. On Linux that is the kernel's per-task I/O
+    /// accounting (`write_bytes` of /proc/PID/io, which a parent cannot
+    /// read once its child is reaped, and which RUSAGE_CHILDREN sums at
+    /// reaping): page-cache pages when first dirtied plus O_DIRECT
+    /// writes when submitted. Rewriting a page that is still dirty counts
+    /// once; punched holes and truncation count nothing (dirty pages a
+    /// truncation discards are not subtracted either). -1 when unknown.
+    #[serde(default = "unknown_bytes")]
+    pub write_bytes: i64,
+}
+
+fn unknown_bytes() -> i64 {
+    -1
 }
 
 /// `xtask measure -- CMD...`: run CMD, print its wall time and peak RSS.
@@ -83,6 +108,9 @@ pub fn measure(args: MeasureArgs) -> u8 {
         user_s: usage.map(|u| secs(u.user_time())).unwrap_or(f64::NAN),
         max_rss_kib: usage.map(|u| u.max_rss()).unwrap_or(-1),
         success: status.map(|s| s.success()).unwrap_or(false),
+        write_bytes: usage
+            .map(|u| u.block_writes().saturating_mul(512))
+            .unwrap_or(-1),
     };
     println!("{}", serde_json::to_string(&m).unwrap_or_default());
     0
@@ -106,6 +134,7 @@ fn timed(cmd: &[&str]) -> Measurement {
             user_s: f64::NAN,
             max_rss_kib: -1,
             success: false,
+            write_bytes: -1,
         })
 }
 
@@ -306,6 +335,8 @@ pub struct Report {
     pub comparisons: Vec<Comparison>,
     pub memory: Vec<MemoryResult>,
     pub scaling: Vec<ScalingResult>,
+    pub space: Vec<SpaceResult>,
+    pub space_cycles: Vec<SpaceCyclesResult>,
 }
 
 #[derive(Serialize, Debug)]
@@ -659,6 +690,311 @@ fn memory(w: &Workload, report: &mut Report) {
     });
 }
 
+/// Space after a merge, for one destination kind (`--only space`).
+#[derive(Serialize, Debug)]
+pub struct SpaceResult {
+    pub kind: String,
+    pub virtual_bytes: u64,
+    pub block_bytes: u64,
+    /// The destination before the merge: full, so what an in-place merge
+    /// of a full overwrite leaves (it allocates nothing new).
+    pub apparent_before: u64,
+    pub allocated_before: u64,
+    pub apparent_after: u64,
+    pub allocated_after: u64,
+    /// After / before: 1.0 is an in-place merge's figure.
+    pub apparent_ratio: f64,
+    pub allocated_ratio: f64,
+    /// The allowance the tests (xtask/tests/space.rs) grant: one block
+    /// over the in-place figure (apparent size).
+    pub apparent_limit: u64,
+    pub holds: bool,
+    /// Bytes the merge process wrote (`Measurement::write_bytes`).
+    pub merge_write_bytes: i64,
+    pub merge_wall_s: f64,
+    pub content_ok: bool,
+}
+
+/// Repeated merges into one base (`--only space`).
+#[derive(Serialize, Debug)]
+pub struct SpaceCyclesResult {
+    pub kind: String,
+    pub virtual_bytes: u64,
+    pub block_bytes: u64,
+    pub cycles: usize,
+    /// Of the virtual disk, overwritten per cycle in 1 MiB pieces at
+    /// distinct random 1 MiB-aligned offsets (seeded).
+    pub overwrite_fraction: f64,
+    pub apparent_initial: u64,
+    pub allocated_initial: u64,
+    pub apparent_after_first: u64,
+    pub allocated_after_first: u64,
+    pub apparent_final: u64,
+    pub allocated_final: u64,
+    /// Final / after the first cycle.
+    pub apparent_ratio: f64,
+    pub allocated_ratio: f64,
+    /// Final within one block of the size after the first cycle.
+    pub holds: bool,
+    pub apparent_per_cycle: Vec<u64>,
+    /// Bytes written by all the merge processes together.
+    pub merges_write_bytes: i64,
+    pub content_ok: bool,
+}
+
+const SPACE_MIB: u64 = 1 << 20;
+const SPACE_SIZE: u64 = 64 * SPACE_MIB;
+
+/// (name, vhdx, fixed, differencing, block): every destination kind. VHDX
+/// blocks are 1 MiB (the smallest, so one block of allowance is tight),
+/// VHD blocks 2 MiB (the usual; a fixed VHD has none).
+const SPACE_KINDS: [(&str, bool, bool, bool, u64); 6] = [
+    ("vhdx-fixed", true, true, false, SPACE_MIB),
+    ("vhdx-dynamic", true, false, false, SPACE_MIB),
+    ("vhdx-differencing", true, false, true, SPACE_MIB),
+    ("vhd-fixed", false, true, false, 2 * SPACE_MIB),
+    ("vhd-dynamic", false, false, false, 2 * SPACE_MIB),
+    ("vhd-differencing", false, false, true, 2 * SPACE_MIB),
+];
+
+/// apparent (`len`) and allocated (`blocks * 512`) bytes.
+fn file_sizes(p: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p)
+        .map(|m| (m.len(), m.blocks() * 512))
+        .unwrap_or((0, 0))
+}
+
+fn space_err(what: &str) -> formats::Error {
+    formats::Error::io(
+        what.to_string(),
+        std::io::Error::other(format!("bench space: {what} failed")),
+    )
+}
+
+fn run_xtask(args: &[&str]) -> formats::Result<()> {
+    let mut cmd = vec![exe().display().to_string()];
+    cmd.extend(args.iter().map(|a| a.to_string()));
+    if sh(&as_strs(&cmd)) {
+        Ok(())
+    } else {
+        Err(space_err(&args.join(" ")))
+    }
+}
+
+/// Write `data` at `offset` through `img` (the `write` command).
+fn space_write(img: &Path, offset: u64, data: &[u8], dir: &Path) -> formats::Result<()> {
+    let input = dir.join("input.bin");
+    std::fs::write(&input, data).map_err(|e| formats::Error::io(input.display().to_string(), e))?;
+    run_xtask(&[
+        "write",
+        &img.display().to_string(),
+        "--offset",
+        &offset.to_string(),
+        "--input",
+        &input.display().to_string(),
+    ])?;
+    let _ = std::fs::remove_file(&input);
+    Ok(())
+}
+
+fn space_create(path: &Path, kind: &str, block: u64, parent: Option<&Path>) -> formats::Result<()> {
+    let (p, b) = (path.display().to_string(), block.to_string());
+    match parent {
+        Some(parent) => run_xtask(&[
+            "create",
+            &p,
+            "--parent",
+            &parent.display().to_string(),
+            "--block-size",
+            &b,
+        ]),
+        None => run_xtask(&[
+            "create",
+            &p,
+            "--size",
+            &SPACE_SIZE.to_string(),
+            "--type",
+            kind,
+            "--block-size",
+            &b,
+        ]),
+    }
+}
+
+/// A full destination of one kind in `dir` (a full dynamic base below a
+/// differencing one).
+fn space_destination(
+    dir: &Path,
+    vhdx: bool,
+    fixed: bool,
+    differencing: bool,
+    block: u64,
+) -> formats::Result<PathBuf> {
+    let (be, ce) = if vhdx {
+        ("vhdx", "avhdx")
+    } else {
+        ("vhd", "vhd")
+    };
+    let full = |salt| pattern(SPACE_SIZE as usize, salt);
+    if differencing {
+        let base = dir.join(format!("base.{be}"));
+        space_create(&base, "dynamic", block, None)?;
+        space_write(&base, 0, &full(11), dir)?;
+        let dest = dir.join(format!("dest.{ce}"));
+        space_create(&dest, "", block, Some(&base))?;
+        space_write(&dest, 0, &full(12), dir)?;
+        Ok(dest)
+    } else {
+        let dest = dir.join(format!("dest.{be}"));
+        space_create(&dest, if fixed { "fixed" } else { "dynamic" }, block, None)?;
+        space_write(&dest, 0, &full(12), dir)?;
+        Ok(dest)
+    }
+}
+
+/// sha256 of the virtual content of `img`'s chain.
+fn space_sha(img: &Path, dir: &Path) -> Option<String> {
+    use sha2::Digest;
+    let raw = dir.join("content.raw");
+    let _ = std::fs::remove_file(&raw);
+    run_xtask(&[
+        "convert",
+        &img.display().to_string(),
+        &raw.display().to_string(),
+    ])
+    .ok()?;
+    let bytes = std::fs::read(&raw).ok()?;
+    let _ = std::fs::remove_file(&raw);
+    Some(format!("{:x}", sha2::Sha256::digest(&bytes)))
+}
+
+/// Space after merges. For each destination kind: a full 64 MiB disk, a
+/// child overwriting all of it, the merge; apparent and allocated bytes
+/// after it over the in-place figure (the size before: a full overwrite of
+/// a full disk allocates nothing new in place). Then 20 cycles of (child,
+/// 25 % overwritten in 1 MiB pieces at random, merge) into a full dynamic
+/// VHDX and VHD: the final size over the size after one cycle. Bytes
+/// written by each merge process come from `xtask measure`.
+fn space(root: &Path, report: &mut Report) -> formats::Result<()> {
+    for (name, vhdx, fixed, differencing, block) in SPACE_KINDS {
+        let dir = root.join(format!("space-{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| formats::Error::io(dir.display().to_string(), e))?;
+        let dest = space_destination(&dir, vhdx, fixed, differencing, block)?;
+        let child = dir.join(if vhdx { "child.avhdx" } else { "child.vhd" });
+        space_create(&child, "", block, Some(&dest))?;
+        space_write(&child, 0, &pattern(SPACE_SIZE as usize, 13), &dir)?;
+        let expect = space_sha(&child, &dir);
+        sh(&["sync"]);
+        let before = file_sizes(&dest);
+        let m = timed(&as_strs(&merge_cmd(&dest, &child)));
+        let after = file_sizes(&dest);
+        let content_ok = m.success && expect.is_some() && space_sha(&dest, &dir) == expect;
+        let r = SpaceResult {
+            kind: name.into(),
+            virtual_bytes: SPACE_SIZE,
+            block_bytes: block,
+            apparent_before: before.0,
+            allocated_before: before.1,
+            apparent_after: after.0,
+            allocated_after: after.1,
+            apparent_ratio: after.0 as f64 / before.0 as f64,
+            allocated_ratio: after.1 as f64 / before.1 as f64,
+            apparent_limit: before.0 + block,
+            holds: m.success && after.0 <= before.0 + block,
+            merge_write_bytes: m.write_bytes,
+            merge_wall_s: m.wall_s,
+            content_ok,
+        };
+        eprintln!("bench: {r:?}");
+        report.space.push(r);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    const CYCLES: usize = 20;
+    for (name, vhdx, block) in [
+        ("vhdx-dynamic", true, SPACE_MIB),
+        ("vhd-dynamic", false, 2 * SPACE_MIB),
+    ] {
+        let dir = root.join(format!("space-cycles-{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| formats::Error::io(dir.display().to_string(), e))?;
+        let base = space_destination(&dir, vhdx, false, false, block)?;
+        let mut model = pattern(SPACE_SIZE as usize, 12);
+        let initial = file_sizes(&base);
+        // SplitMix64, seeded per kind.
+        let mut state: u64 = 0x5BACE + u64::from(vhdx);
+        let mut next = move || {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        };
+        let slots = (SPACE_SIZE / SPACE_MIB) as usize;
+        let (mut per_cycle, mut allocs, mut written, mut all_ok) = (vec![], vec![], 0i64, true);
+        for cycle in 0..CYCLES {
+            let child = dir.join(format!("c{cycle}.{}", if vhdx { "avhdx" } else { "vhd" }));
+            space_create(&child, "", block, Some(&base))?;
+            let mut order: Vec<usize> = (0..slots).collect();
+            for i in 0..slots / 4 {
+                let j = i + (next() % (slots - i) as u64) as usize;
+                order.swap(i, j);
+            }
+            for (k, &slot) in order[..slots / 4].iter().enumerate() {
+                let piece = pattern(SPACE_MIB as usize, 1000 + (cycle * 100 + k) as u64);
+                let off = slot as u64 * SPACE_MIB;
+                space_write(&child, off, &piece, &dir)?;
+                model[off as usize..(off + SPACE_MIB) as usize].copy_from_slice(&piece);
+            }
+            let m = timed(&as_strs(&merge_cmd(&base, &child)));
+            all_ok &= m.success;
+            if m.write_bytes >= 0 && written >= 0 {
+                written += m.write_bytes;
+            } else {
+                written = -1;
+            }
+            let _ = std::fs::remove_file(&child);
+            let sz = file_sizes(&base);
+            per_cycle.push(sz.0);
+            allocs.push(sz.1);
+        }
+        let content_ok = all_ok && {
+            use sha2::Digest;
+            space_sha(&base, &dir) == Some(format!("{:x}", sha2::Sha256::digest(&model)))
+        };
+        let (first, last) = (
+            (per_cycle[0], allocs[0]),
+            (per_cycle[CYCLES - 1], allocs[CYCLES - 1]),
+        );
+        let r = SpaceCyclesResult {
+            kind: name.into(),
+            virtual_bytes: SPACE_SIZE,
+            block_bytes: block,
+            cycles: CYCLES,
+            overwrite_fraction: 0.25,
+            apparent_initial: initial.0,
+            allocated_initial: initial.1,
+            apparent_after_first: first.0,
+            allocated_after_first: first.1,
+            apparent_final: last.0,
+            allocated_final: last.1,
+            apparent_ratio: last.0 as f64 / first.0 as f64,
+            allocated_ratio: last.1 as f64 / first.1 as f64,
+            holds: all_ok && last.0 <= first.0 + block,
+            apparent_per_cycle: per_cycle,
+            merges_write_bytes: written,
+            content_ok,
+        };
+        eprintln!("bench: {r:?}");
+        report.space_cycles.push(r);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(())
+}
+
 pub fn bench(args: &BenchArgs) -> formats::Result<Report> {
     let tmp;
     let root = match &args.dir {
@@ -682,6 +1018,10 @@ pub fn bench(args: &BenchArgs) -> formats::Result<Report> {
         ),
         ..Default::default()
     };
+    if wanted(args, "space") && !args.prepare_only {
+        eprintln!("bench: space");
+        space(&root, &mut report)?;
+    }
     const GIB: u64 = 1 << 30;
     let sizes: &[u64] = if args.quick { &[GIB] } else { &[GIB, 4 * GIB] };
     for &data in sizes {
@@ -880,6 +1220,67 @@ pub fn run(args: BenchArgs) -> u8 {
                             ),
                             _ => String::new(),
                         }
+                    );
+                }
+                let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+                let wmib = |b: i64| {
+                    if b < 0 {
+                        "?".to_string()
+                    } else {
+                        format!("{:.1}", b as f64 / (1u64 << 20) as f64)
+                    }
+                };
+                if !r.space.is_empty() {
+                    println!(
+                        "{:<28} {:>9} {:>12} {:>12} {:>7} {:>12} {:>12} {:>7} {:>6} {:>8} {:>10}",
+                        "space: full overwrite",
+                        "block MiB",
+                        "apparent MiB",
+                        "-> after",
+                        "ratio",
+                        "alloc MiB",
+                        "-> after",
+                        "ratio",
+                        "holds",
+                        "content",
+                        "wrote MiB"
+                    );
+                }
+                for s in &r.space {
+                    println!(
+                        "{:<28} {:>9.0} {:>12.3} {:>12.3} {:>7.3} {:>12.3} {:>12.3} {:>7.3} {:>6} {:>8} {:>10}",
+                        format!("{} {} MiB", s.kind, s.virtual_bytes >> 20),
+                        mib(s.block_bytes),
+                        mib(s.apparent_before),
+                        mib(s.apparent_after),
+                        s.apparent_ratio,
+                        mib(s.allocated_before),
+                        mib(s.allocated_after),
+                        s.allocated_ratio,
+                        s.holds,
+                        if s.content_ok { "ok" } else { "WRONG" },
+                        wmib(s.merge_write_bytes)
+                    );
+                }
+                for c in &r.space_cycles {
+                    println!(
+                        "space: {} cycles into {} {} MiB ({:.0} % each): apparent {:.3} MiB initially, {:.3} after cycle 1, {:.3} after cycle {} ({:.3}x); allocated {:.3} / {:.3} / {:.3} MiB ({:.3}x); merges wrote {} MiB; content {}: {}",
+                        c.cycles,
+                        c.kind,
+                        c.virtual_bytes >> 20,
+                        c.overwrite_fraction * 100.0,
+                        mib(c.apparent_initial),
+                        mib(c.apparent_after_first),
+                        mib(c.apparent_final),
+                        c.cycles,
+                        c.apparent_ratio,
+                        mib(c.allocated_initial),
+                        mib(c.allocated_after_first),
+                        mib(c.allocated_final),
+                        c.allocated_ratio,
+                        wmib(c.merges_write_bytes),
+                        if c.content_ok { "ok" } else { "WRONG" },
+                        if c.holds { "holds" } else { "FAILS" }
                     );
                 }
                 for m in &r.memory {

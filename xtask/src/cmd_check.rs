@@ -10,6 +10,7 @@ use formats::{Finding, Severity};
 use serde::Serialize;
 
 use crate::cli_util::{chain_options, fs, print_json};
+use crate::outln;
 use crate::ChainArgs;
 
 #[derive(Args)]
@@ -130,9 +131,9 @@ pub fn run(args: CheckArgs) -> u8 {
         print_json(&r);
     } else {
         for f in &r.findings {
-            println!("{f}");
+            outln!("{f}");
         }
-        println!(
+        outln!(
             "{}: {} error(s), {} warning(s){}",
             r.path,
             r.errors,

@@ -11,6 +11,7 @@ use formats::{Access, Error};
 use sha2::{Digest, Sha256};
 
 use crate::cli_util::fs;
+use crate::outln;
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -68,7 +69,7 @@ pub fn demo(args: &DemoArgs) -> Result<bool, Error> {
     let top = d.join("top.avhdx");
     let mb = 1u64 << 20;
 
-    println!(
+    outln!(
         "1. create {} (dynamic VHDX, 256 MiB, 1 MiB blocks)",
         base.display()
     );
@@ -88,7 +89,7 @@ pub fn demo(args: &DemoArgs) -> Result<bool, Error> {
         (&mid, &base, 0x33u8, mb + 4096),
         (&top, &mid, 0x44u8, 2 * mb - 512),
     ] {
-        println!("2. create {} over {}", child.display(), parent.display());
+        outln!("2. create {} over {}", child.display(), parent.display());
         crate::cmd_create::create(&crate::cmd_create::CreateArgs {
             path: child.clone(),
             size: None,
@@ -103,11 +104,11 @@ pub fn demo(args: &DemoArgs) -> Result<bool, Error> {
     }
 
     let expected = hash_chain(&top)?;
-    println!(
+    outln!(
         "3. content seen through {}: sha256 {expected}",
         top.display()
     );
-    println!("4. merge {} into {}", top.display(), base.display());
+    outln!("4. merge {} into {}", top.display(), base.display());
     let out = crate::cmd_merge::run_with_progress(
         merge::MergeRequest {
             source: top.clone(),
@@ -117,23 +118,24 @@ pub fn demo(args: &DemoArgs) -> Result<bool, Error> {
         false,
     );
     if out.return_value != 0 {
-        println!("   merge failed: {}", out.error.unwrap_or_default());
+        outln!("   merge failed: {}", out.error.unwrap_or_default());
         return Ok(false);
     }
-    println!("   merged {} bytes", out.bytes_merged);
+    outln!("   merged {} bytes", out.bytes_merged);
     let got = hash_chain(&base)?;
     let report = crate::cmd_check::report(&crate::cmd_check::CheckArgs {
         image: base.clone(),
         json: false,
         chain: Default::default(),
     });
-    println!("5. verify {}: sha256 {got}", base.display());
-    println!(
+    outln!("5. verify {}: sha256 {got}", base.display());
+    outln!(
         "   check: {} error(s), {} warning(s)",
-        report.errors, report.warnings
+        report.errors,
+        report.warnings
     );
     let ok = got == expected && report.errors == 0;
-    println!(
+    outln!(
         "{}",
         if ok {
             "OK: the base now holds exactly what the top child showed."

@@ -20,6 +20,8 @@ use std::process::{Command, Stdio};
 use clap::Args;
 use serde::Serialize;
 
+use crate::outln;
+
 #[derive(Args, Debug)]
 pub struct FuzzArgs {
     /// The target to run (see `--list`).
@@ -319,7 +321,7 @@ fn run_target(root: &Path, args: &FuzzArgs, target: &str) -> Summary {
 pub fn run(args: FuzzArgs) -> u8 {
     if args.list {
         for t in fuzz_targets::TARGETS {
-            println!("{t}");
+            outln!("{t}");
         }
         return 0;
     }
@@ -358,14 +360,21 @@ pub fn run(args: FuzzArgs) -> u8 {
         out.push(run_target(&root, &args, t));
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     } else {
-        println!(
+        outln!(
             "{:<22} {:>6} {:>12} {:>8} {:>7} {:>8} {:>6} {:>7}  findings",
-            "target", "secs", "execs", "exec/s", "cov", "ft", "corp", "rss MB"
+            "target",
+            "secs",
+            "execs",
+            "exec/s",
+            "cov",
+            "ft",
+            "corp",
+            "rss MB"
         );
         for s in &out {
-            println!(
+            outln!(
                 "{:<22} {:>6} {:>12} {:>8} {:>7} {:>8} {:>6} {:>7}  {}{}",
                 s.target,
                 s.seconds,
@@ -379,10 +388,10 @@ pub fn run(args: FuzzArgs) -> u8 {
                 if s.exit_ok { "" } else { " (libFuzzer failed)" }
             );
             for e in &s.limit_events {
-                println!("    {e}");
+                outln!("    {e}");
             }
             for f in &s.findings {
-                println!("    -> {f}");
+                outln!("    -> {f}");
             }
         }
     }

@@ -11,6 +11,7 @@ use formats::Finding;
 use serde::Serialize;
 
 use crate::cli_util::{chain_options, fs, print_json};
+use crate::outln;
 use crate::ChainArgs;
 
 #[derive(Args)]
@@ -131,30 +132,30 @@ pub fn run(args: InfoArgs) -> u8 {
             if args.json {
                 print_json(&r);
             } else {
-                println!("{}", r.path);
-                println!("  format:               {:?}", r.format);
-                println!("  disk type:            {:?}", r.disk_type);
-                println!("  virtual size:         {} bytes", r.virtual_size);
-                println!("  block size:           {} bytes", r.block_size);
-                println!("  logical sector size:  {}", r.logical_sector_size);
-                println!("  physical sector size: {}", r.physical_sector_size);
+                outln!("{}", r.path);
+                outln!("  format:               {:?}", r.format);
+                outln!("  disk type:            {:?}", r.disk_type);
+                outln!("  virtual size:         {} bytes", r.virtual_size);
+                outln!("  block size:           {} bytes", r.block_size);
+                outln!("  logical sector size:  {}", r.logical_sector_size);
+                outln!("  physical sector size: {}", r.physical_sector_size);
                 for (k, v) in &r.details {
-                    println!("  {k}: {v}");
+                    outln!("  {k}: {v}");
                 }
                 if let Some(p) = &r.parent {
-                    println!("  parent locator:");
+                    outln!("  parent locator:");
                     for e in &p.locator {
-                        println!("    {} = {}", e.key, e.value);
+                        outln!("    {} = {}", e.key, e.value);
                     }
                     match &p.resolved_path {
-                        Some(path) => println!(
+                        Some(path) => outln!(
                             "  parent: {path} (via {})",
                             p.resolved_by.as_deref().unwrap_or("?")
                         ),
-                        None => println!("  parent: UNRESOLVED"),
+                        None => outln!("  parent: UNRESOLVED"),
                     }
                     for t in &p.tried {
-                        println!(
+                        outln!(
                             "    tried {} {:?} -> {}: {}",
                             t.hint,
                             t.locator,
@@ -163,9 +164,9 @@ pub fn run(args: InfoArgs) -> u8 {
                         );
                     }
                 }
-                println!("  chain: {}", r.chain.join(" -> "));
+                outln!("  chain: {}", r.chain.join(" -> "));
                 for f in &r.findings {
-                    println!("  {f}");
+                    outln!("  {f}");
                 }
             }
             0

@@ -14,10 +14,20 @@
 //! | 7 | 32776 | not a VHD/VHDX, or corrupt |
 //! | 8 | 32769 | access denied |
 //! | 1 | other | failed (I/O error, cancelled, ...) |
+//!
+//! Ctrl-C (SIGINT) and SIGTERM cancel the running merge through its
+//! [`JobHandle`]: the merge stops at its next safe point (before the
+//! commit; after it the merge always finishes, DESIGN.md 8), the outcome is
+//! printed as usual (state `cancelled`, return value 32768, exit 1) and the
+//! destination reads as before. A second signal ends the process at once
+//! (exit 130), which is as safe as a crash: the destination is old, or
+//! committed and finished by running the command again.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
+use std::sync::{Mutex, Once};
 use std::time::Duration;
 
 use clap::Args;
@@ -68,10 +78,60 @@ pub fn request(args: &MergeArgs) -> MergeRequest {
     }
 }
 
+/// The merge that SIGINT / SIGTERM cancel: set while `run_with_progress`
+/// waits for one, `None` otherwise.
+static ACTIVE: Mutex<Option<JobHandle>> = Mutex::new(None);
+/// Signals received so far.
+static SIGNALS: AtomicU32 = AtomicU32::new(0);
+
+/// Install the SIGINT / SIGTERM handler once per process. `ctrlc` runs it
+/// on a thread of its own, so it may lock and print.
+fn install_signal_handler() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if let Err(e) = ctrlc::set_handler(on_signal) {
+            let _ = writeln!(
+                std::io::stderr(),
+                "warning: cannot handle Ctrl-C / SIGTERM ({e}); a signal ends the merge as a crash would"
+            );
+        }
+    });
+}
+
+fn on_signal() {
+    let first = SIGNALS.fetch_add(1, Ordering::SeqCst) == 0;
+    let job = ACTIVE.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    match job {
+        Some(job) if first => {
+            job.cancel();
+            let _ = writeln!(
+                std::io::stderr(),
+                "merge: cancelling at the next safe point (signal again to stop at once)"
+            );
+        }
+        // A second signal, or one with no merge running: stop now, as the
+        // default action would (128 + SIGINT).
+        _ => std::process::exit(130),
+    }
+}
+
+/// Clears [`ACTIVE`] however `run_with_progress` returns.
+struct ActiveGuard;
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        *ACTIVE.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
 /// Run a merge with a progress display on stderr (a bar on a terminal,
-/// plain lines otherwise, nothing with `quiet`).
+/// plain lines otherwise, nothing with `quiet`). SIGINT / SIGTERM cancel it
+/// (see the module documentation).
 pub fn run_with_progress(req: MergeRequest, quiet: bool) -> MergeOutcome {
     let job = JobHandle::new();
+    *ACTIVE.lock().unwrap_or_else(|e| e.into_inner()) = Some(job.clone());
+    let _active = ActiveGuard;
+    install_signal_handler();
     // The outcome comes back on a channel, so the wait for it ends the
     // moment the merge does (a sleeping poll added up to one tick to every
     // merge's wall time).
@@ -125,6 +185,7 @@ pub fn run_with_progress(req: MergeRequest, quiet: bool) -> MergeOutcome {
         resumed: false,
         removed: Vec::new(),
         siblings: Vec::new(),
+        compaction: None,
         error: Some("merge thread panicked".into()),
     })
 }
@@ -149,6 +210,14 @@ pub fn run(args: MergeArgs) -> u8 {
             } else {
                 format!("; removed {}", out.removed.join(", "))
             }
+        );
+    } else if out.state == merge::JobState::Cancelled {
+        eprintln!(
+            "merge cancelled (return value {}): {}",
+            out.return_value,
+            out.error
+                .as_deref()
+                .unwrap_or("the destination is unchanged")
         );
     } else {
         eprintln!(

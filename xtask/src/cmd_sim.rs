@@ -14,6 +14,8 @@ use std::sync::Arc;
 use clap::Args;
 use sim::{MergeStrategy, Report, Scenario};
 
+use crate::outln;
+
 #[derive(Args, Debug, Clone)]
 pub struct SimArgs {
     /// Seed of the exploration (a violation's seed replays it).
@@ -60,7 +62,7 @@ pub fn run(args: SimArgs) -> u8 {
             } else {
                 ""
             };
-            println!("{n}{tag}");
+            outln!("{n}{tag}");
         }
         return 0;
     }
@@ -76,7 +78,7 @@ pub fn run(args: SimArgs) -> u8 {
     };
     let report = sim::run_for_with(args.seconds, args.seed, &scenarios, args.threads.max(1));
     if args.json {
-        println!("{}", json(&report, &args, strategy));
+        outln!("{}", json(&report, &args, strategy));
     } else {
         print_text(&report, strategy);
     }
@@ -99,12 +101,18 @@ fn json(report: &Report, args: &SimArgs, strategy: MergeStrategy) -> String {
 }
 
 fn print_text(r: &Report, strategy: MergeStrategy) {
-    println!(
+    outln!(
         "{:<26} {:>5} {:>7} {:>9} {:>7} {:>6} {:>10}",
-        "scenario", "ops", "points", "states", "rounds", "done", "violations"
+        "scenario",
+        "ops",
+        "points",
+        "states",
+        "rounds",
+        "done",
+        "violations"
     );
     for s in &r.scenarios {
-        println!(
+        outln!(
             "{:<26} {:>5} {:>7} {:>9} {:>7} {:>6} {:>10}",
             s.name,
             s.ops,
@@ -115,7 +123,7 @@ fn print_text(r: &Report, strategy: MergeStrategy) {
             s.violation_count
         );
     }
-    println!(
+    outln!(
         "strategy {}: {} scenarios, {} crash points, {} post-crash states checked, {} violations ({} ms, {:.0} states/s)",
         strategy,
         r.scenarios.len(),
@@ -126,7 +134,7 @@ fn print_text(r: &Report, strategy: MergeStrategy) {
         r.states_per_second
     );
     for v in &r.violations {
-        println!(
+        outln!(
             "VIOLATION {} seed {} crash point {} state {}: {}\n  state: {}\n  replay: {}",
             v.scenario,
             v.seed,
@@ -138,7 +146,7 @@ fn print_text(r: &Report, strategy: MergeStrategy) {
         );
     }
     if (r.violations.len() as u64) < r.violation_count {
-        println!(
+        outln!(
             "({} more violations not shown)",
             r.violation_count - r.violations.len() as u64
         );

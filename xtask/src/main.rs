@@ -6,6 +6,7 @@ mod cli_util;
 mod cmd_bench;
 mod cmd_check;
 mod cmd_ci;
+mod cmd_compact;
 mod cmd_convert;
 mod cmd_create;
 mod cmd_demo;
@@ -62,6 +63,8 @@ enum Cmd {
     Create(cmd_create::CreateArgs),
     /// Write bytes at a virtual offset through an image.
     Write(cmd_write::WriteArgs),
+    /// Give back unreferenced space: move tail blocks into gaps, cut the file, punch holes (Optimize-VHD).
+    Compact(cmd_compact::CompactArgs),
     /// Merge a differencing image into its parent or an ancestor (MergeVirtualHardDisk).
     Merge(cmd_merge::MergeArgs),
     /// Build a three-level VHDX chain under target/demo, merge it and verify the result.
@@ -80,6 +83,7 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    cli_util::quiet_broken_pipe();
     let cli = Cli::parse();
     let code = match cli.cmd {
         Cmd::Info(a) => cmd_info::run(a),
@@ -88,6 +92,7 @@ fn main() -> ExitCode {
         Cmd::Create(a) => cmd_create::run(a),
         Cmd::Write(a) => cmd_write::run(a),
         Cmd::Merge(a) => cmd_merge::run(a),
+        Cmd::Compact(a) => cmd_compact::run(a),
         Cmd::Demo(a) => cmd_demo::run(a),
         Cmd::Ci(a) => cmd_ci::run(a),
         Cmd::Bench(a) => cmd_bench::run(a),

@@ -728,6 +728,10 @@ impl Image for VhdImage {
         self.write_impl(offset, None, len)
     }
 
+    fn compact(&mut self) -> Result<crate::image::CompactReport> {
+        super::compact::compact(self)
+    }
+
     fn begin_batch(&mut self) -> Result<Box<dyn MergeBatch + '_>> {
         super::batch::begin(self)
     }

@@ -5,6 +5,7 @@ mod bat;
 mod batch;
 mod check;
 mod codec;
+mod compact;
 mod create;
 mod dynamic_header;
 mod footer;

@@ -1253,4 +1253,8 @@ impl Image for VhdxImage {
     fn begin_batch(&mut self) -> Result<Box<dyn MergeBatch + '_>> {
         super::batch::begin(self)
     }
+
+    fn compact(&mut self) -> Result<crate::image::CompactReport> {
+        super::compact::compact(self)
+    }
 }

@@ -7,6 +7,7 @@ pub mod bat;
 pub mod bat_table;
 pub mod batch;
 pub mod check;
+mod compact;
 pub mod create;
 pub mod file_identifier;
 pub mod header;

@@ -1,0 +1,204 @@
+//! Compaction of a dynamic / differencing VHD: the dynamic header and BAT
+//! (which every merge writes anew at the tail) move back to the lowest gap
+//! that holds them, blocks move from the tail into gaps, the file is cut
+//! after its last referenced sector with a footer there, and the gaps left
+//! are punched.
+//!
+//! Ordering, and why each crash point reads the same content:
+//! - header + BAT: copies written into a gap and flushed, then ONE 512-byte
+//!   write of the end footer (Data Offset -> the copy) is the switch, then
+//!   the footer copy at 0. Before the switch nothing references the copy.
+//! - blocks: each copied (bitmap + data) into a gap and flushed, then the
+//!   changed BAT sectors written in place and flushed. Both places hold the
+//!   same bytes, so every sector of the BAT, old or new or any mix of them,
+//!   reads the same content.
+//! - cut: a footer written just past the last referenced sector and
+//!   flushed, then the length set there. Until the cut is durable the old
+//!   end footer still ends the file; both describe the same image.
+
+use super::bat::{BlockAllocationTable, BAT_UNALLOCATED};
+use super::codec::align512;
+use super::dynamic_header::HEADER_SIZE;
+use super::footer::FOOTER_SIZE;
+use super::image::{FooterSource, VhdImage};
+use crate::error::IoContext;
+use crate::image::CompactReport;
+use crate::space::SpaceMap;
+use crate::{Error, Result};
+
+/// Bytes moved between BAT writes at most.
+const ROUND_BYTES: u64 = 1 << 30;
+/// Holes are punched in whole pages of this size.
+const DATA_ALIGN: u64 = 4096;
+
+fn bat_bytes(entries: usize) -> u64 {
+    align512(entries as u64 * 4).unwrap_or(u64::MAX)
+}
+
+/// The committed layout's gaps (the end footer counts as used when
+/// `with_footer`).
+fn layout(img: &VhdImage, len: u64, with_footer: bool) -> Option<SpaceMap> {
+    let s = img.sparse.as_ref()?;
+    let mut used: Vec<std::ops::Range<u64>> = Vec::new();
+    used.push(0..FOOTER_SIZE as u64);
+    used.push(s.header_offset..s.header_offset + HEADER_SIZE as u64);
+    let t = s.header.table_offset;
+    used.push(t..t.saturating_add(bat_bytes(s.bat.len())));
+    for (e, _, _) in &s.locators {
+        let o = e.platform_data_offset;
+        used.push(o..o.saturating_add(e.reserved_bytes()));
+    }
+    let span = s.block_span();
+    for &b in &s.bat {
+        if b != BAT_UNALLOCATED {
+            let o = u64::from(b) * 512;
+            used.push(o..o.saturating_add(span));
+        }
+    }
+    if with_footer {
+        used.push(img.footer_offset..len);
+    }
+    Some(SpaceMap::new(len, used, 512))
+}
+
+pub(super) fn compact(img: &mut VhdImage) -> Result<CompactReport> {
+    let name = img.name.clone();
+    let st = std::sync::Arc::clone(&img.storage);
+    let length_before = st.len().ctx(&name)?;
+    let mut report = CompactReport {
+        length_before,
+        length_after: length_before,
+        ..CompactReport::default()
+    };
+    if !img.opts.writable {
+        return Err(Error::PermissionDenied {
+            file: name,
+            message: "compaction needs a writable open".into(),
+        });
+    }
+    // Only a dynamic image ending in its footer has a layout to pack.
+    if img.sparse.is_none()
+        || img.footer_source != FooterSource::End
+        || img.footer_offset + FOOTER_SIZE as u64 != length_before
+    {
+        return Ok(report);
+    }
+
+    // 1. Header and BAT back to the lowest gap that holds both.
+    if let (Some(mut map), Some(s)) = (layout(img, length_before, true), img.sparse.as_ref()) {
+        let unit = HEADER_SIZE as u64 + bat_bytes(s.bat.len());
+        let limit = s.header_offset.min(s.header.table_offset);
+        if let Some(at) = map.take_below(unit, limit, |g| g) {
+            let mut header = s.header.clone();
+            header.table_offset = at + HEADER_SIZE as u64;
+            let bat = BlockAllocationTable {
+                entries: s.bat.clone(),
+            }
+            .to_bytes()?;
+            st.write_at(&header.to_bytes()?, at).ctx(&name)?;
+            st.write_at(&bat, header.table_offset).ctx(&name)?;
+            st.flush().ctx(&name)?;
+            let mut f = img.footer.clone();
+            f.data_offset = at;
+            let bytes = f.to_bytes()?;
+            // The switch: one sector.
+            st.write_at(&bytes, img.footer_offset).ctx(&name)?;
+            st.flush().ctx(&name)?;
+            st.write_at(&bytes, 0).ctx(&name)?;
+            st.flush().ctx(&name)?;
+            img.footer = f;
+            if let Some(s) = img.sparse.as_mut() {
+                s.header_offset = at;
+                s.header = header;
+            }
+            report.moved += 1;
+            report.bytes_moved += unit;
+        }
+    }
+
+    // 2. Blocks, highest first, into the lowest gap below each.
+    while let Some(mut map) = layout(img, length_before, true) {
+        let Some(s) = img.sparse.as_ref() else { break };
+        let span = s.block_span();
+        let mut blocks: Vec<(usize, u64)> = s
+            .bat
+            .iter()
+            .enumerate()
+            .filter(|(_, &b)| b != BAT_UNALLOCATED)
+            .map(|(i, &b)| (i, u64::from(b) * 512))
+            .filter(|&(_, o)| o + span <= length_before)
+            .collect();
+        blocks.sort_unstable_by_key(|&(_, o)| std::cmp::Reverse(o));
+        // Packed tight, not data-aligned: 4 KiB alignment would cost up to
+        // 3.5 KiB per block, and over a run of freed blocks the last one
+        // would no longer fit (the file could not shrink back).
+        let mut moves = Vec::new();
+        let mut bytes = 0u64;
+        for (i, o) in blocks {
+            if bytes >= ROUND_BYTES {
+                break;
+            }
+            if let Some(to) = map.take_below(span, o, |g| g) {
+                moves.push((i, o, to));
+                bytes += span;
+            }
+        }
+        if moves.is_empty() {
+            break;
+        }
+        let mut entries = s.bat.clone();
+        for &(i, o, to) in &moves {
+            st.copy_from(st.as_ref(), o, to, span).ctx(&name)?;
+            entries[i] = u32::try_from(to / 512).map_err(|_| Error::Unsupported {
+                file: name.clone(),
+                message: "block offset past 2 TiB".into(),
+            })?;
+        }
+        // Copies durable before any BAT sector names them.
+        st.flush().ctx(&name)?;
+        let table = BlockAllocationTable { entries }.to_bytes()?;
+        let mut sectors: Vec<usize> = moves.iter().map(|&(i, _, _)| i * 4 / 512).collect();
+        sectors.sort_unstable();
+        sectors.dedup();
+        let t = s.header.table_offset;
+        for k in sectors {
+            let a = k * 512;
+            st.write_at(&table[a..a + 512], t + a as u64).ctx(&name)?;
+        }
+        st.flush().ctx(&name)?;
+        if let Some(s) = img.sparse.as_mut() {
+            for &(i, _, to) in &moves {
+                s.bat[i] = (to / 512) as u32;
+            }
+        }
+        report.moved += moves.len() as u64;
+        report.bytes_moved += bytes;
+    }
+
+    // 3. Cut after the last referenced sector, then punch what is left.
+    let Some(map) = layout(img, length_before, false) else {
+        return Ok(report);
+    };
+    let end = align512(map.used_end()).unwrap_or(length_before);
+    if end + (FOOTER_SIZE as u64) < length_before {
+        st.write_at(&footer_bytes(img)?, end).ctx(&name)?;
+        st.flush().ctx(&name)?;
+        st.set_len(end + FOOTER_SIZE as u64).ctx(&name)?;
+        img.footer_offset = end;
+    }
+    for gap in map.gaps() {
+        let a = gap.start.div_ceil(DATA_ALIGN) * DATA_ALIGN;
+        let b = gap.end.min(end) / DATA_ALIGN * DATA_ALIGN;
+        if a < b {
+            st.punch_hole(a, b - a).ctx(&name)?;
+            report.bytes_punched += b - a;
+        }
+    }
+    st.flush().ctx(&name)?;
+    report.length_after = st.len().ctx(&name)?;
+    Ok(report)
+}
+
+fn footer_bytes(img: &VhdImage) -> Result<[u8; FOOTER_SIZE]> {
+    img.footer.to_bytes()
+}

@@ -1,0 +1,154 @@
+//! Compaction of a VHDX: payload and sector-bitmap blocks move from the
+//! file's tail into gaps no committed structure references, the file is cut
+//! after its last referenced MiB, and every gap left is punched.
+//!
+//! Ordering, per round of moves:
+//! 1. copy each moving block into a gap (the gap is free in the committed
+//!    state, so no reader can see these bytes);
+//! 2. `commit_pending`: flush (copies durable), then ONE log entry with the
+//!    changed BAT sectors, the header naming it (commit point), apply, clear.
+//!    Both places hold the same bytes, so old or new BAT reads the same
+//!    content at every crash point;
+//! 3. only after the whole loop: cut the file (nothing past the cut is
+//!    referenced by the durable BAT) and punch the remaining gaps.
+
+use std::collections::BTreeSet;
+
+use super::bat::{self, BatEntry};
+use super::codec::round_up;
+use super::image::{VhdxImage, MIB};
+use super::log::writer;
+use super::write::Pending;
+use crate::error::IoContext;
+use crate::image::CompactReport;
+use crate::space::SpaceMap;
+use crate::{Error, Result};
+
+/// Bytes moved per log entry at most: bounds the work a crash repeats.
+const ROUND_BYTES: u64 = 1 << 30;
+
+/// A block that may move: BAT index, state, file offset, length.
+#[derive(Debug, Clone, Copy)]
+struct Movable {
+    index: u64,
+    state: u8,
+    offset: u64,
+    len: u64,
+}
+
+/// The committed layout: its gaps and the blocks that may move (highest
+/// first).
+fn layout(img: &VhdxImage) -> Result<(SpaceMap, Vec<Movable>)> {
+    let len = img.storage.len().ctx(&img.name)?;
+    let g = img.geometry;
+    // File identifier, headers and region tables.
+    let mut used: Vec<std::ops::Range<u64>> = Vec::new();
+    used.push(0..MIB);
+    used.push(img.header.log_offset..img.header.log_offset + u64::from(img.header.log_length));
+    for e in &img.region_table.entries {
+        used.push(e.file_offset..e.file_offset.saturating_add(u64::from(e.length)));
+    }
+    used.push(img.bat_region.0..img.bat_region.0.saturating_add(img.bat_region.1));
+    used.push(img.metadata_region.0..img.metadata_region.0.saturating_add(img.metadata_region.1));
+    let mut movable = Vec::new();
+    let mut i = 0usize;
+    while let Some(k) = img.bat.first_with_bits(i, u64::MAX) {
+        i = k + 1;
+        let Some(e) = img.bat.get(k) else { break };
+        let off = e.file_offset();
+        if off == 0 {
+            continue;
+        }
+        let sb = g.is_sb_index(k as u64);
+        let (present, unit) = if sb {
+            (e.state() == bat::SB_PRESENT, MIB)
+        } else {
+            (
+                matches!(
+                    e.state(),
+                    bat::PAYLOAD_FULLY_PRESENT | bat::PAYLOAD_PARTIALLY_PRESENT
+                ),
+                g.block_size,
+            )
+        };
+        let end = off.saturating_add(unit);
+        // Any offset an entry names stays reserved (an UNMAPPED block may
+        // keep its space), but only present blocks inside the file move.
+        used.push(off..end);
+        if present && end <= len {
+            movable.push(Movable {
+                index: k as u64,
+                state: e.state(),
+                offset: off,
+                len: unit,
+            });
+        }
+    }
+    movable.sort_unstable_by_key(|m| std::cmp::Reverse(m.offset));
+    Ok((SpaceMap::new(len, used, MIB), movable))
+}
+
+pub(crate) fn compact(img: &mut VhdxImage) -> Result<CompactReport> {
+    img.require_writable()?;
+    let name = img.name.clone();
+    let length_before = img.storage.len().ctx(&name)?;
+    let mut report = CompactReport {
+        length_before,
+        ..CompactReport::default()
+    };
+    // BAT sectors one log entry can carry (header and descriptors aside).
+    let max_sectors = writer::max_sectors(u64::from(img.header.log_length)).max(1);
+    loop {
+        let (mut map, movable) = layout(img)?;
+        let mut pending = Pending::default();
+        let mut sectors = BTreeSet::new();
+        let mut bytes = 0u64;
+        let mut moves = Vec::new();
+        for m in movable {
+            let sector = m.index * 8 / 4096;
+            if bytes >= ROUND_BYTES
+                || (sectors.len() as u64 >= max_sectors && !sectors.contains(&sector))
+            {
+                break;
+            }
+            let Some(to) = map.take_below(m.len, m.offset, |s| s) else {
+                continue;
+            };
+            sectors.insert(sector);
+            bytes += m.len;
+            moves.push((m, to));
+        }
+        if moves.is_empty() {
+            break;
+        }
+        let st = &*img.storage;
+        for (m, to) in &moves {
+            st.copy_from(st, m.offset, *to, m.len).ctx(&name)?;
+            pending.bat.insert(m.index, BatEntry::new(m.state, *to));
+        }
+        // Flushes the copies, then commits the BAT through the log.
+        img.commit_pending(&mut pending)?;
+        report.moved += moves.len() as u64;
+        report.bytes_moved += bytes;
+    }
+
+    let (map, _) = layout(img)?;
+    let end = round_up(map.used_end(), MIB)
+        .ok_or_else(|| Error::InvalidParameter(format!("{name}: file too large")))?;
+    let st = &*img.storage;
+    if end < length_before {
+        // The durable BAT references nothing past `end`.
+        st.set_len(end).ctx(&name)?;
+    }
+    for gap in map.gaps() {
+        if gap.start >= end {
+            break;
+        }
+        let n = gap.end.min(end) - gap.start;
+        st.punch_hole(gap.start, n).ctx(&name)?;
+        report.bytes_punched += n;
+    }
+    st.flush().ctx(&name)?;
+    report.length_after = st.len().ctx(&name)?;
+    Ok(report)
+}

@@ -1,0 +1,636 @@
+//! Space-neutral merges: a merge leaves its destination no larger than an
+//! in-place merge would (the blocks the commit released are punched and the
+//! destination compacted), whatever the destination kind, and repeated
+//! merges into one base do not grow it. Also `compact` on an image that a
+//! merge already left compact: a no-op that keeps the content.
+//!
+//! Sizes are the destination file's `len()` (apparent, `stat -c %s`) and
+//! `blocks() * 512` (allocated, `stat -c %b` times 512), each printed with
+//! `eprintln!` so a test log shows them (`cargo test -p chainfold-xtask
+//! --test space -- --nocapture`).
+//!
+//! The workload: a 16 MiB disk filled with non-zero data, a child over it
+//! that overwrites the whole virtual disk with different data, merged into
+//! it. A full overwrite of a full disk allocates nothing new in place, so
+//! an in-place merge would leave the destination at exactly its old size;
+//! the assertions allow one block more (the place a compacted copy-on-write
+//! merge may need for the block in flight), plus, for the allocated size
+//! only, a little metadata slack (see `Kind::alloc_slack`).
+//!
+//! Content is always checked against the child's pre-merge view (converted
+//! to raw before the merge), with chainfold's `convert` and, when
+//! `qemu-img` is installed, `qemu-img compare` (fixed and dynamic
+//! destinations only: qemu cannot open differencing images, see
+//! ../shared/docs/ORACLES.md) and `qemu-img check` (VHDX only: qemu has no
+//! VHD check).
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+const MIB: u64 = 1 << 20;
+/// Virtual size of every test disk.
+const SIZE: u64 = 16 * MIB;
+
+fn xtask(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .output()
+        .expect("run xtask")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn ok(out: Output, what: &str) -> Output {
+    assert!(
+        out.status.success(),
+        "{what} failed ({:?}): {}{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// (apparent, allocated) bytes of a file: `stat -c '%s'` and `%b * 512`.
+fn sizes(p: &Path) -> (u64, u64) {
+    let m = std::fs::metadata(p).unwrap_or_else(|e| panic!("stat {}: {e}", p.display()));
+    (m.len(), m.blocks() * 512)
+}
+
+fn mib(b: u64) -> String {
+    format!("{b} ({:.3} MiB)", b as f64 / MIB as f64)
+}
+
+/// SplitMix64: a seeded RNG with no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// `len` bytes of pseudo-random data in which no byte is zero (so no
+/// sector of it could be taken for an unwritten or ZERO one).
+fn data(seed: u64, len: usize) -> Vec<u8> {
+    let mut r = Rng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0x5EED);
+    let mut v = vec![0u8; len];
+    for c in v.chunks_mut(8) {
+        let x = r.next() | 0x0101_0101_0101_0101;
+        c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
+    }
+    v
+}
+
+fn write(img: &Path, offset: u64, bytes: &[u8], dir: &Path) {
+    let input = dir.join("input.bin");
+    std::fs::write(&input, bytes).unwrap();
+    ok(
+        xtask(&[
+            "write",
+            s(img),
+            "--offset",
+            &offset.to_string(),
+            "--input",
+            s(&input),
+        ]),
+        &format!("write {} at {offset}", img.display()),
+    );
+    let _ = std::fs::remove_file(&input);
+}
+
+/// sha256 of the virtual content of `img`'s chain (chainfold's `convert`
+/// to a raw file `out`, kept for `qemu-img compare`).
+fn content_sha(img: &Path, out: &Path) -> String {
+    let _ = std::fs::remove_file(out);
+    ok(
+        xtask(&["convert", s(img), s(out)]),
+        &format!("convert {}", img.display()),
+    );
+    testdata::sha256_file(out).unwrap()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    VhdxFixed,
+    VhdxDynamic,
+    VhdxDifferencing,
+    VhdFixed,
+    VhdDynamic,
+    VhdDifferencing,
+}
+
+impl Kind {
+    fn vhdx(self) -> bool {
+        matches!(
+            self,
+            Kind::VhdxFixed | Kind::VhdxDynamic | Kind::VhdxDifferencing
+        )
+    }
+
+    fn fixed(self) -> bool {
+        matches!(self, Kind::VhdxFixed | Kind::VhdFixed)
+    }
+
+    fn differencing(self) -> bool {
+        matches!(self, Kind::VhdxDifferencing | Kind::VhdDifferencing)
+    }
+
+    /// Block size: 1 MiB VHDX blocks (the smallest `create` allows, so
+    /// "one block" of allowance is tight), 2 MiB VHD blocks (the usual
+    /// one). A fixed VHD has no blocks; its length must not change at all.
+    fn block(self) -> u64 {
+        if self.vhdx() {
+            MIB
+        } else {
+            2 * MIB
+        }
+    }
+
+    /// Allowance on the allocated size beyond one block, for metadata:
+    /// VHDX allocates its structures (log, BAT, metadata, new log areas)
+    /// in 1 MiB units, so 1 MiB; a VHD's new BAT, dynamic header, footer
+    /// and sector bitmaps are a few sectors each, rounded to 4 KiB file
+    /// system blocks: 64 KiB covers them many times over.
+    fn alloc_slack(self) -> u64 {
+        if self.vhdx() {
+            MIB
+        } else {
+            64 << 10
+        }
+    }
+
+    fn base_ext(self) -> &'static str {
+        if self.vhdx() {
+            "vhdx"
+        } else {
+            "vhd"
+        }
+    }
+
+    fn child_ext(self) -> &'static str {
+        if self.vhdx() {
+            "avhdx"
+        } else {
+            "vhd"
+        }
+    }
+
+    /// qemu-img's format name, for destinations qemu can open.
+    fn qemu_fmt(self) -> Option<&'static str> {
+        match (self.differencing(), self.vhdx()) {
+            (true, _) => None,
+            (false, true) => Some("vhdx"),
+            (false, false) => Some("vpc"),
+        }
+    }
+}
+
+fn create(path: &Path, kind: &str, block: u64) {
+    ok(
+        xtask(&[
+            "create",
+            s(path),
+            "--size",
+            &SIZE.to_string(),
+            "--type",
+            kind,
+            "--block-size",
+            &block.to_string(),
+        ]),
+        &format!("create {}", path.display()),
+    );
+}
+
+fn create_child(child: &Path, parent: &Path, block: u64) {
+    ok(
+        xtask(&[
+            "create",
+            s(child),
+            "--parent",
+            s(parent),
+            "--block-size",
+            &block.to_string(),
+        ]),
+        &format!("create {} over {}", child.display(), parent.display()),
+    );
+}
+
+/// The destination of `kind`, filled completely with non-zero data (a
+/// differencing destination over a base that is full too).
+fn make_destination(dir: &Path, kind: Kind) -> PathBuf {
+    let b = kind.block();
+    if kind.differencing() {
+        let base = dir.join(format!("base.{}", kind.base_ext()));
+        create(&base, "dynamic", b);
+        write(&base, 0, &data(1, SIZE as usize), dir);
+        let dest = dir.join(format!("dest.{}", kind.child_ext()));
+        create_child(&dest, &base, b);
+        write(&dest, 0, &data(2, SIZE as usize), dir);
+        dest
+    } else {
+        let dest = dir.join(format!("dest.{}", kind.base_ext()));
+        create(&dest, if kind.fixed() { "fixed" } else { "dynamic" }, b);
+        write(&dest, 0, &data(2, SIZE as usize), dir);
+        dest
+    }
+}
+
+fn merge(child: &Path, dest: &Path) -> Value {
+    let out = xtask(&["merge", s(child), s(dest), "--json"]);
+    let v = json(&out);
+    assert_eq!(
+        v["return_value"],
+        0,
+        "merge {} into {} failed: {v}",
+        child.display(),
+        dest.display()
+    );
+    v
+}
+
+/// `check` (exit 0), and with qemu-img `check` (VHDX) and `compare`
+/// against `expect_raw` (fixed and dynamic destinations).
+fn verify_image(kind: Kind, dest: &Path, expect_raw: &Path) {
+    let chk = xtask(&["check", s(dest)]);
+    assert_eq!(
+        chk.status.code(),
+        Some(0),
+        "xtask check {}: {}{}",
+        dest.display(),
+        String::from_utf8_lossy(&chk.stdout),
+        String::from_utf8_lossy(&chk.stderr)
+    );
+    let Some(fmt) = kind.qemu_fmt() else {
+        eprintln!(
+            "{kind:?}: skipping qemu-img check/compare: qemu cannot open differencing images"
+        );
+        return;
+    };
+    if !testdata::have_qemu() {
+        return;
+    }
+    if fmt == "vhdx" {
+        ok(
+            Command::new("qemu-img")
+                .args(["check", "-f", "vhdx", s(dest)])
+                .output()
+                .expect("spawn qemu-img"),
+            &format!("qemu-img check {}", dest.display()),
+        );
+    } else {
+        eprintln!("{kind:?}: skipping qemu-img check: qemu has no VHD check");
+    }
+    ok(
+        Command::new("qemu-img")
+            .args(["compare", "-f", fmt, "-F", "raw", s(dest), s(expect_raw)])
+            .output()
+            .expect("spawn qemu-img"),
+        &format!(
+            "qemu-img compare {} {}",
+            dest.display(),
+            expect_raw.display()
+        ),
+    );
+}
+
+/// No merge leftovers beside the images (record, fixed-VHD journal).
+fn no_leftovers(dir: &Path) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let n = p.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            !n.ends_with(".cfmerge") && !n.ends_with(".cfjournal"),
+            "merge left {} behind",
+            p.display()
+        );
+    }
+}
+
+struct Merged {
+    dest: PathBuf,
+    expect_raw: PathBuf,
+    expect_sha: String,
+    before: (u64, u64),
+    after: (u64, u64),
+}
+
+/// Destination of `kind`, full; a child overwriting all of it; the merge.
+fn full_overwrite_merge(dir: &Path, kind: Kind) -> Merged {
+    let dest = make_destination(dir, kind);
+    let child = dir.join(format!("child.{}", kind.child_ext()));
+    create_child(&child, &dest, kind.block());
+    write(&child, 0, &data(3, SIZE as usize), dir);
+    let expect_raw = dir.join("expect.raw");
+    let expect_sha = content_sha(&child, &expect_raw);
+    let before = sizes(&dest);
+    let v = merge(&child, &dest);
+    let after = sizes(&dest);
+    eprintln!(
+        "{kind:?}: {} MiB disk, block {}: before merge apparent {} allocated {}; after apparent {} allocated {} (apparent {:+} B, allocated {:+} B); merge said {v}",
+        SIZE / MIB,
+        mib(kind.block()),
+        mib(before.0),
+        mib(before.1),
+        mib(after.0),
+        mib(after.1),
+        after.0 as i64 - before.0 as i64,
+        after.1 as i64 - before.1 as i64,
+    );
+    Merged {
+        dest,
+        expect_raw,
+        expect_sha,
+        before,
+        after,
+    }
+}
+
+fn full_overwrite(kind: Kind) {
+    let d = tempfile::tempdir().unwrap();
+    let m = full_overwrite_merge(d.path(), kind);
+    // Content first: a small destination that lost data proves nothing.
+    let got = content_sha(&m.dest, &d.path().join("merged.raw"));
+    assert_eq!(
+        got, m.expect_sha,
+        "{kind:?}: merged destination's content differs from the child's pre-merge view"
+    );
+    no_leftovers(d.path());
+    verify_image(kind, &m.dest, &m.expect_raw);
+
+    let ((ab, lb), (aa, la)) = (m.before, m.after);
+    let block = kind.block();
+    if kind.fixed() {
+        // A fixed image's length is its virtual size plus fixed metadata:
+        // a merge that compacts what it released ends exactly where the
+        // image ended before.
+        assert_eq!(
+            aa,
+            ab,
+            "{kind:?}: a fixed destination must end at exactly its old length: before {}, after {} ({:+} B)",
+            mib(ab),
+            mib(aa),
+            aa as i64 - ab as i64
+        );
+    }
+    assert!(
+        aa <= ab + block,
+        "{kind:?}: apparent size grew by more than one block: before {}, after {} ({:+} B), limit {} (before + one block of {})",
+        mib(ab),
+        mib(aa),
+        aa as i64 - ab as i64,
+        mib(ab + block),
+        mib(block)
+    );
+    let slack = kind.alloc_slack();
+    assert!(
+        la <= lb + block + slack,
+        "{kind:?}: allocated size grew by more than one block + metadata slack: before {}, after {} ({:+} B), limit {} (before + block {} + slack {})",
+        mib(lb),
+        mib(la),
+        la as i64 - lb as i64,
+        mib(lb + block + slack),
+        mib(block),
+        mib(slack)
+    );
+}
+
+#[test]
+fn full_overwrite_merge_into_fixed_vhdx_is_space_neutral() {
+    full_overwrite(Kind::VhdxFixed);
+}
+
+#[test]
+fn full_overwrite_merge_into_dynamic_vhdx_is_space_neutral() {
+    full_overwrite(Kind::VhdxDynamic);
+}
+
+#[test]
+fn full_overwrite_merge_into_differencing_vhdx_is_space_neutral() {
+    full_overwrite(Kind::VhdxDifferencing);
+}
+
+#[test]
+fn full_overwrite_merge_into_fixed_vhd_is_space_neutral() {
+    full_overwrite(Kind::VhdFixed);
+}
+
+#[test]
+fn full_overwrite_merge_into_dynamic_vhd_is_space_neutral() {
+    full_overwrite(Kind::VhdDynamic);
+}
+
+#[test]
+fn full_overwrite_merge_into_differencing_vhd_is_space_neutral() {
+    full_overwrite(Kind::VhdDifferencing);
+}
+
+/// 10 cycles of (new child, overwrite 25 % of the disk in 1 MiB pieces at
+/// distinct random 1 MiB-aligned offsets from a seeded RNG, merge into the
+/// base) on a full dynamic base: the base ends within one block of its size
+/// after the first cycle, and holds exactly the modelled content.
+fn cycles(kind: Kind) {
+    const CYCLES: usize = 10;
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let base = make_destination(dir, kind);
+    let mut model = data(2, SIZE as usize);
+    let mut rng = Rng(0xC0FF_EE00 + kind as u64);
+    let slots = (SIZE / MIB) as usize;
+    let mut after = Vec::new();
+    let initial = sizes(&base);
+    for cycle in 0..CYCLES {
+        let child = dir.join(format!("c{cycle}.{}", kind.child_ext()));
+        create_child(&child, &base, kind.block());
+        // Pick slots / 4 distinct 1 MiB slots (partial Fisher-Yates).
+        let mut order: Vec<usize> = (0..slots).collect();
+        for i in 0..slots / 4 {
+            let j = i + (rng.next() % (slots - i) as u64) as usize;
+            order.swap(i, j);
+        }
+        for (k, &slot) in order[..slots / 4].iter().enumerate() {
+            let piece = data(1000 + (cycle * 100 + k) as u64, MIB as usize);
+            let off = slot as u64 * MIB;
+            write(&child, off, &piece, dir);
+            model[off as usize..(off + MIB) as usize].copy_from_slice(&piece);
+        }
+        merge(&child, &base);
+        let _ = std::fs::remove_file(&child);
+        let sz = sizes(&base);
+        eprintln!(
+            "{kind:?} cycle {}: apparent {} allocated {}",
+            cycle + 1,
+            mib(sz.0),
+            mib(sz.1)
+        );
+        after.push(sz);
+    }
+    let expect_raw = dir.join("expect.raw");
+    std::fs::write(&expect_raw, &model).unwrap();
+    let got = content_sha(&base, &dir.join("merged.raw"));
+    assert_eq!(
+        got,
+        testdata::sha256(&model),
+        "{kind:?}: after {CYCLES} cycles the base's content differs from the model"
+    );
+    no_leftovers(dir);
+    verify_image(kind, &base, &expect_raw);
+
+    let (first, last) = (after[0], after[CYCLES - 1]);
+    let block = kind.block();
+    eprintln!(
+        "{kind:?}: {CYCLES} cycles: before apparent {} allocated {}; after cycle 1 apparent {} allocated {}; after cycle {CYCLES} apparent {} allocated {} (apparent {:+} B, allocated {:+} B since cycle 1)",
+        mib(initial.0),
+        mib(initial.1),
+        mib(first.0),
+        mib(first.1),
+        mib(last.0),
+        mib(last.1),
+        last.0 as i64 - first.0 as i64,
+        last.1 as i64 - first.1 as i64
+    );
+    assert!(
+        last.0 <= first.0 + block,
+        "{kind:?}: base grew over {CYCLES} cycles: apparent after cycle 1 {}, after cycle {CYCLES} {} ({:+} B), limit one block ({}); per cycle: {:?}",
+        mib(first.0),
+        mib(last.0),
+        last.0 as i64 - first.0 as i64,
+        mib(block),
+        after.iter().map(|a| a.0).collect::<Vec<_>>()
+    );
+    // The first cycle itself, with partial blocks (1 MiB pieces in 2 MiB
+    // VHD blocks are copied on write), must not grow a full base by more
+    // than the full-overwrite tests allow either.
+    assert!(
+        first.0 <= initial.0 + block,
+        "{kind:?}: the first cycle grew the base by more than one block: before {}, after cycle 1 {} ({:+} B), limit {}",
+        mib(initial.0),
+        mib(first.0),
+        first.0 as i64 - initial.0 as i64,
+        mib(initial.0 + block)
+    );
+}
+
+#[test]
+fn ten_merge_cycles_do_not_grow_a_dynamic_vhdx() {
+    cycles(Kind::VhdxDynamic);
+}
+
+#[test]
+fn ten_merge_cycles_do_not_grow_a_dynamic_vhd() {
+    cycles(Kind::VhdDynamic);
+}
+
+/// `compact IMAGE --json` on a destination a space-neutral merge just left
+/// compact: exit 0, the four size fields present and equal to the file's
+/// sizes, nothing to reclaim (apparent size unchanged), content and
+/// `check` unchanged; and a second plain `compact IMAGE` also exits 0.
+fn compact_after_merge(kind: Kind) {
+    let d = tempfile::tempdir().unwrap();
+    let m = full_overwrite_merge(d.path(), kind);
+    let pre = sizes(&m.dest);
+    let out = xtask(&["compact", s(&m.dest), "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{kind:?}: `xtask compact {} --json` failed (stat before: apparent {}, allocated {}): {}{}",
+        m.dest.display(),
+        mib(pre.0),
+        mib(pre.1),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = json(&out);
+    let field = |k: &str| {
+        v[k].as_u64()
+            .unwrap_or_else(|| panic!("{kind:?}: compact --json lacks an integer {k:?}: {v}"))
+    };
+    let (ab, aa) = (field("apparent_before"), field("apparent_after"));
+    let (lb, la) = (field("allocated_before"), field("allocated_after"));
+    let post = sizes(&m.dest);
+    eprintln!(
+        "{kind:?}: compact after merge: stat before apparent {} allocated {}, after apparent {} allocated {}; compact said apparent {ab} -> {aa}, allocated {lb} -> {la}",
+        mib(pre.0),
+        mib(pre.1),
+        mib(post.0),
+        mib(post.1)
+    );
+    assert_eq!(
+        ab, pre.0,
+        "{kind:?}: apparent_before is not the file's length: {v}"
+    );
+    assert_eq!(
+        aa, post.0,
+        "{kind:?}: apparent_after is not the file's length: {v}"
+    );
+    assert_eq!(
+        post.0,
+        pre.0,
+        "{kind:?}: compact changed the length of a freshly merged (already compact) image: {} -> {} ({:+} B)",
+        mib(pre.0),
+        mib(post.0),
+        post.0 as i64 - pre.0 as i64
+    );
+    assert!(
+        post.1 <= pre.1,
+        "{kind:?}: compact allocated more: {} -> {}",
+        mib(pre.1),
+        mib(post.1)
+    );
+    let got = content_sha(&m.dest, &d.path().join("compacted.raw"));
+    assert_eq!(got, m.expect_sha, "{kind:?}: compact changed the content");
+    verify_image(kind, &m.dest, &m.expect_raw);
+    ok(
+        xtask(&["compact", s(&m.dest)]),
+        &format!("{kind:?}: second compact"),
+    );
+    assert_eq!(
+        sizes(&m.dest).0,
+        pre.0,
+        "{kind:?}: a second compact changed the length"
+    );
+    let got = content_sha(&m.dest, &d.path().join("compacted2.raw"));
+    assert_eq!(
+        got, m.expect_sha,
+        "{kind:?}: a second compact changed the content"
+    );
+}
+
+#[test]
+fn compact_of_a_merged_dynamic_vhdx_is_a_no_op() {
+    compact_after_merge(Kind::VhdxDynamic);
+}
+
+#[test]
+fn compact_of_a_merged_dynamic_vhd_is_a_no_op() {
+    compact_after_merge(Kind::VhdDynamic);
+}
+
+#[test]
+fn compact_of_a_merged_differencing_vhdx_is_a_no_op() {
+    compact_after_merge(Kind::VhdxDifferencing);
+}
+
+#[test]
+fn compact_of_a_merged_differencing_vhd_is_a_no_op() {
+    compact_after_merge(Kind::VhdDifferencing);
+}
