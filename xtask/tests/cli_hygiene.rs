@@ -169,12 +169,58 @@ fn big_chain(dir: &Path, gib: u64) -> (PathBuf, PathBuf) {
     (base, child)
 }
 
+/// Apparent size of a file.
+fn file_len(p: &Path) -> u64 {
+    std::fs::metadata(p).unwrap().len()
+}
+
+/// After an interrupted merge is re-run, the base is no larger than an
+/// uninterrupted merge leaves it, within one 32 MiB block: `gib` GiB of
+/// child data over a base holding two blocks the child overwrites.
+fn assert_space_of_rerun(base: &Path, before: u64, gib: u64) {
+    let limit = before + (gib << 30) + (32 << 20);
+    let after = file_len(base);
+    eprintln!("base {before} bytes before, {after} after the re-run (limit {limit})");
+    assert!(
+        after <= limit,
+        "the re-run merge left {after} bytes, more than {limit} (before {before} + {gib} GiB + one block)"
+    );
+}
+
+#[test]
+fn sigkill_during_a_merge_then_rerun_ends_within_one_block() {
+    let _serial = serial();
+    let gib = 1u64;
+    let tmp = tempfile::tempdir().unwrap();
+    let (base, child) = big_chain(tmp.path(), gib);
+    let before = file_len(&base);
+    let child_view = content_hash(&child);
+    let mut merge = Command::new(xtask())
+        .args(["merge", s(&child), "--json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    merge.kill().unwrap();
+    let status = merge.wait().unwrap();
+    eprintln!("merge after SIGKILL: {status:?}, base now {} bytes", file_len(&base));
+    let again = ok(&["merge", s(&child), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(v["return_value"], 0, "{v}");
+    assert_eq!(content_hash(&base), child_view, "merged content");
+    ok(&["check", s(&base)]);
+    assert_space_of_rerun(&base, before, gib);
+}
+
 #[test]
 fn sigint_cancels_a_running_merge() {
     let _serial = serial();
     for gib in [1u64, 2, 4] {
         let tmp = tempfile::tempdir().unwrap();
         let (base, child) = big_chain(tmp.path(), gib);
+        let len_before = file_len(&base);
         let base_before = content_hash(&base);
         let child_view = content_hash(&child);
         assert_ne!(base_before, child_view);
@@ -231,6 +277,11 @@ fn sigint_cancels_a_running_merge() {
         // The destination reads as before and is sound; the child still
         // links to it.
         assert_eq!(content_hash(&base), base_before, "destination changed");
+        assert_eq!(
+            file_len(&base),
+            len_before,
+            "a cancelled merge gives back what it staged"
+        );
         ok(&["check", s(&base)]);
         ok(&["check", s(&child)]);
 
@@ -241,6 +292,7 @@ fn sigint_cancels_a_running_merge() {
         assert_eq!(v["return_value"], 0, "{v}");
         assert_eq!(content_hash(&base), child_view, "merged content");
         ok(&["check", s(&base)]);
+        assert_space_of_rerun(&base, len_before, gib);
         return;
     }
     panic!("the merge of a 4 GiB child always finished before the SIGINT at 0.3 s");
