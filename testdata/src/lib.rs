@@ -2,6 +2,8 @@
 //! `../shared/testdata/real` (never copied into this repository) decompressed
 //! on demand into a cache under `target/`, and hashing of virtual content.
 
+pub mod loopfs;
+
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};

@@ -205,7 +205,10 @@ fn sigkill_during_a_merge_then_rerun_ends_within_one_block() {
     std::thread::sleep(Duration::from_millis(300));
     merge.kill().unwrap();
     let status = merge.wait().unwrap();
-    eprintln!("merge after SIGKILL: {status:?}, base now {} bytes", file_len(&base));
+    eprintln!(
+        "merge after SIGKILL: {status:?}, base now {} bytes",
+        file_len(&base)
+    );
     let again = ok(&["merge", s(&child), "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
     assert_eq!(v["return_value"], 0, "{v}");

@@ -1,0 +1,250 @@
+//! Clone instead of copy (issue 17): on XFS (reflink) and btrfs, loop
+//! mounted for the test, `FileStorage::copy_from` between files of one file
+//! system shares extents for the block-aligned part and copies the edges,
+//! and a real merge writes almost none of its payload. Skips (with the
+//! reason) when the file systems cannot be made or mounted (not root, no
+//! mkfs tools).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use formats::{Access, FsNamespace, Namespace, Storage};
+use testdata::loopfs::{FsKind, LoopMount};
+
+const MIB: u64 = 1 << 20;
+
+fn xtask(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .output()
+        .expect("run xtask")
+}
+
+fn ok(out: Output, what: &str) -> Output {
+    assert!(
+        out.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn pattern(seed: u64, len: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn mount(kind: FsKind, size: u64) -> Option<LoopMount> {
+    match LoopMount::new(kind, size) {
+        Ok(m) => Some(m),
+        Err(reason) => {
+            eprintln!("skipping: {reason}");
+            None
+        }
+    }
+}
+
+fn read_all(st: &dyn Storage, at: u64, len: u64) -> Vec<u8> {
+    let mut v = vec![0u8; len as usize];
+    st.read_at(&mut v, at).unwrap();
+    v
+}
+
+fn copies_share_extents(kind: FsKind) {
+    let Some(m) = mount(kind, 1 << 30) else {
+        return;
+    };
+    let (src_path, dst_path) = (m.path().join("src"), m.path().join("dst"));
+    let bytes = pattern(1, 64 * MIB);
+    std::fs::write(&src_path, &bytes).unwrap();
+    std::fs::write(&dst_path, b"").unwrap();
+    let src = FsNamespace.open(&src_path, Access::Read).unwrap();
+    let dst = FsNamespace.open(&dst_path, Access::Write).unwrap();
+    // Aligned: shared. Free space barely drops (64 MiB copied would).
+    let before = m.free_bytes();
+    dst.copy_from(&*src, 0, 0, 64 * MIB).unwrap();
+    dst.flush().unwrap();
+    let after = m.free_bytes();
+    let used = before.saturating_sub(after);
+    eprintln!("{kind:?}: a 64 MiB aligned copy used {} KiB", used >> 10);
+    assert!(used < 4 * MIB, "{kind:?}: 64 MiB copy used {used} bytes");
+    assert!(
+        read_all(&*dst, 0, 64 * MIB) == bytes,
+        "aligned copy differs"
+    );
+
+    // Congruent but unaligned: copied head and tail around a shared body.
+    let mut model = bytes.clone();
+    let (so, doff, n) = (4096 + 512, 80 * MIB + 512, 5 * MIB + 700);
+    dst.copy_from(&*src, so, doff, n).unwrap();
+    model.resize((doff + n) as usize, 0);
+    model[doff as usize..][..n as usize].copy_from_slice(&bytes[so as usize..][..n as usize]);
+    // Not congruent: all copied.
+    let (so, doff, n) = (100, 90 * MIB + 7, 3 * MIB + 1);
+    dst.copy_from(&*src, so, doff, n).unwrap();
+    model.resize((doff + n) as usize, 0);
+    model[doff as usize..][..n as usize].copy_from_slice(&bytes[so as usize..][..n as usize]);
+    // Within one file (compaction): aligned and shared, and unaligned.
+    let (so, doff, n) = (8 * MIB, 96 * MIB, 16 * MIB);
+    dst.copy_from(&*dst, so, doff, n).unwrap();
+    model.resize((doff + n) as usize, 0);
+    model.copy_within(so as usize..(so + n) as usize, doff as usize);
+    let (so, doff, n) = (512, 120 * MIB + 4608, 2 * MIB + 9);
+    dst.copy_from(&*dst, so, doff, n).unwrap();
+    model.resize((doff + n) as usize, 0);
+    model.copy_within(so as usize..(so + n) as usize, doff as usize);
+    dst.flush().unwrap();
+    assert_eq!(dst.len().unwrap(), model.len() as u64);
+    assert!(
+        read_all(&*dst, 0, model.len() as u64) == model,
+        "contents differ"
+    );
+    drop(dst);
+    assert!(
+        std::fs::read(&dst_path).unwrap() == model,
+        "contents differ on disk"
+    );
+}
+
+#[test]
+fn xfs_copies_share_extents_and_stay_exact() {
+    copies_share_extents(FsKind::Xfs);
+}
+
+#[test]
+fn btrfs_copies_share_extents_and_stay_exact() {
+    copies_share_extents(FsKind::Btrfs);
+}
+
+/// Bytes the command wrote, as the kernel counted them (`/usr/bin/time`
+/// %O: file system outputs, 512-byte units).
+fn run_counting_writes(args: &[&str]) -> (Output, u64) {
+    let d = tempfile::tempdir().unwrap();
+    let report = d.path().join("time");
+    let out = Command::new("/usr/bin/time")
+        .arg("-f")
+        .arg("%O")
+        .arg("-o")
+        .arg(&report)
+        .arg(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .output()
+        .expect("run /usr/bin/time");
+    let text = std::fs::read_to_string(&report).unwrap_or_default();
+    let blocks: u64 = text
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no count from /usr/bin/time: {text:?}"));
+    (out, blocks * 512)
+}
+
+fn raw_hash(img: &Path, dir: &Path) -> String {
+    let raw = dir.join("view.raw");
+    let _ = std::fs::remove_file(&raw);
+    ok(xtask(&["convert", s(img), s(&raw)]), "convert");
+    let h = testdata::sha256_file(&raw).unwrap();
+    std::fs::remove_file(&raw).unwrap();
+    h
+}
+
+fn merge_shares_payload(kind: FsKind, ext: (&str, &str)) {
+    if !Path::new("/usr/bin/time").exists() {
+        eprintln!("skipping: /usr/bin/time is not installed (apt-get install time)");
+        return;
+    }
+    let Some(m) = mount(kind, 2 << 30) else {
+        return;
+    };
+    let scratch = tempfile::tempdir().unwrap();
+    let base = m.path().join(format!("base.{}", ext.0));
+    let child = m.path().join(format!("child.{}", ext.1));
+    ok(xtask(&["create", s(&base), "--size", "1G"]), "create base");
+    ok(
+        xtask(&["create", s(&child), "--parent", s(&base)]),
+        "create child",
+    );
+    // `write` places a VHD block's data just after its 512-byte bitmap (512
+    // bytes past a page), while a merge places it on a page: such a copy
+    // cannot be a clone (source and destination differ modulo the block
+    // size) and is written. So the VHD child gets its payload by a merge
+    // of its own child, as a chain that chainfold merged before has it;
+    // VHDX blocks are aligned either way.
+    let top = m.path().join(format!("top.{}", ext.1));
+    let written = if ext.0 == "vhd" {
+        ok(
+            xtask(&["create", s(&top), "--parent", s(&child)]),
+            "create top",
+        );
+        &top
+    } else {
+        &child
+    };
+    // 256 MiB in full blocks (any block size up to 32 MiB), at 64 MiB.
+    let payload = 256 * MIB;
+    let input = scratch.path().join("input.bin");
+    std::fs::write(&input, pattern(7, payload)).unwrap();
+    ok(
+        xtask(&["write", s(written), "--offset", "64M", "--input", s(&input)]),
+        "write",
+    );
+    std::fs::remove_file(&input).unwrap();
+    if written == &top {
+        ok(xtask(&["merge", s(&top)]), "merge top into child");
+    }
+    let want = raw_hash(&child, scratch.path());
+    let free = m.free_bytes();
+    let (out, wrote) = run_counting_writes(&["merge", s(&child), "--json"]);
+    let out = ok(out, "merge");
+    let used = free.saturating_sub(m.free_bytes());
+    eprintln!(
+        "{kind:?} {}: merge wrote {} KiB, used {} KiB of free space; {}",
+        ext.0,
+        wrote >> 10,
+        used >> 10,
+        String::from_utf8_lossy(&out.stdout).trim()
+    );
+    assert_eq!(
+        raw_hash(&base, scratch.path()),
+        want,
+        "merged content differs"
+    );
+    assert!(
+        wrote < payload / 20,
+        "{kind:?} {}: the merge wrote {wrote} bytes of a {payload}-byte payload",
+        ext.0
+    );
+    ok(xtask(&["check", s(&base)]), "check");
+}
+
+#[test]
+fn xfs_vhdx_merge_shares_its_payload() {
+    merge_shares_payload(FsKind::Xfs, ("vhdx", "avhdx"));
+}
+
+#[test]
+fn xfs_vhd_merge_shares_its_payload() {
+    merge_shares_payload(FsKind::Xfs, ("vhd", "vhd"));
+}
+
+#[test]
+fn btrfs_vhdx_merge_shares_its_payload() {
+    merge_shares_payload(FsKind::Btrfs, ("vhdx", "avhdx"));
+}
+
+#[test]
+fn btrfs_vhd_merge_shares_its_payload() {
+    merge_shares_payload(FsKind::Btrfs, ("vhd", "vhd"));
+}
