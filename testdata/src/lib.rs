@@ -152,3 +152,61 @@ pub fn have_qemu() -> bool {
     }
     ok
 }
+
+/// libvhdi's Python bindings and `../shared/tools/chain_read.py` present?
+/// Prints why not when they are missing.
+pub fn have_libvhdi() -> bool {
+    let ok = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", "import pyvhdi"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        eprintln!("skipping libvhdi interop: python3-libvhdi not installed (.ci/run installs it)");
+        return false;
+    }
+    if !chain_read().exists() {
+        eprintln!(
+            "skipping libvhdi interop: {} is absent",
+            chain_read().display()
+        );
+        return false;
+    }
+    true
+}
+
+/// The independent chain reader of ../shared/tools (libvhdi, dissect).
+pub fn chain_read() -> PathBuf {
+    workspace_root().join("../shared/tools/chain_read.py")
+}
+
+/// sha256 of the virtual content of `img` according to libvhdi, through
+/// `chain_read.py`; `parents` nearest first, or empty to follow the
+/// image's own locators. Panics (a test helper) when the reader fails.
+pub fn libvhdi_sha(img: &Path, parents: &[&Path]) -> String {
+    let mut cmd = std::process::Command::new("/usr/bin/python3");
+    cmd.arg(chain_read())
+        .args(["--backend", "libvhdi", "--json"]);
+    for p in parents {
+        cmd.arg("--parent").arg(p);
+    }
+    let out = cmd.arg(img).output().expect("spawn /usr/bin/python3");
+    assert!(
+        out.status.success(),
+        "chain_read.py {}: {}{}",
+        img.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    // {"...", "sha256": "<hex>", ...}: the one field needed, without a JSON
+    // dependency for the test-data crate.
+    let at = text
+        .find("\"sha256\"")
+        .unwrap_or_else(|| panic!("chain_read.py printed no sha256: {text}"));
+    text[at + 8..]
+        .split('"')
+        .nth(1)
+        .unwrap_or_else(|| panic!("chain_read.py sha256 unreadable: {text}"))
+        .to_string()
+}

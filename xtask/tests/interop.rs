@@ -36,44 +36,6 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-fn have_libvhdi() -> bool {
-    let ok = Command::new("/usr/bin/python3")
-        .args(["-c", "import pyvhdi"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        eprintln!("skipping libvhdi interop: python3-libvhdi not installed (.ci/run installs it)");
-    }
-    ok && chain_read().exists()
-}
-
-fn chain_read() -> PathBuf {
-    testdata::workspace_root().join("../shared/tools/chain_read.py")
-}
-
-/// sha256 of the chain's virtual content according to libvhdi.
-fn libvhdi_sha(img: &Path, parents: &[&Path]) -> String {
-    let mut args: Vec<String> = vec![
-        s(&chain_read()).into(),
-        "--backend".into(),
-        "libvhdi".into(),
-        "--json".into(),
-    ];
-    for p in parents {
-        args.push("--parent".into());
-        args.push(s(p).into());
-    }
-    args.push(s(img).into());
-    let out = Command::new("/usr/bin/python3")
-        .args(&args)
-        .output()
-        .unwrap();
-    let out = ok(out, "chain_read.py");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    v["sha256"].as_str().expect("sha256").to_string()
-}
-
 fn our_sha(img: &Path, dir: &Path) -> String {
     let raw = dir.join(format!(
         "{}.ours.raw",
@@ -268,7 +230,7 @@ fn chain_over(
 
 #[test]
 fn differencing_chains_read_the_same_through_libvhdi() {
-    if !have_libvhdi() {
+    if !testdata::have_libvhdi() {
         return;
     }
     for (eb, ec, block) in [
@@ -280,7 +242,7 @@ fn differencing_chains_read_the_same_through_libvhdi() {
         let d = tempfile::tempdir().unwrap();
         let (base, c1, c2) = chain(d.path(), eb, ec, block);
         assert_eq!(
-            libvhdi_sha(&c2, &[&c1, &base]),
+            testdata::libvhdi_sha(&c2, &[&c1, &base]),
             our_sha(&c2, d.path()),
             "{ec} {block}"
         );
@@ -290,7 +252,7 @@ fn differencing_chains_read_the_same_through_libvhdi() {
 #[test]
 fn merged_destinations_pass_qemu_and_libvhdi() {
     let qemu = testdata::have_qemu();
-    let libvhdi = have_libvhdi();
+    let libvhdi = testdata::have_libvhdi();
     for (eb, ec, fmt, block) in [("vhdx", "avhdx", "vhdx", "1M"), ("vhd", "vhd", "vpc", "2M")] {
         for base_type in ["dynamic", "fixed"] {
             // Into the base (fixed or dynamic): qemu can check and compare it.
@@ -323,7 +285,7 @@ fn merged_destinations_pass_qemu_and_libvhdi() {
         ok(xtask(&["merge", s(&c2), "--json"]), "merge into parent");
         assert_eq!(our_sha(&c1, d.path()), before);
         if libvhdi {
-            assert_eq!(libvhdi_sha(&c1, &[&base]), before, "{ec}");
+            assert_eq!(testdata::libvhdi_sha(&c1, &[&base]), before, "{ec}");
         }
     }
 }

@@ -2,7 +2,8 @@
 //! in-place merge would (the blocks the commit released are punched and the
 //! destination compacted), whatever the destination kind, and repeated
 //! merges into one base do not grow it. Also `compact` on an image that a
-//! merge already left compact: a no-op that keeps the content.
+//! merge already left compact (a no-op that keeps the content), and on
+//! images with unreferenced junk before their end (given back).
 //!
 //! Sizes are the destination file's `len()` (apparent, `stat -c %s`) and
 //! `blocks() * 512` (allocated, `stat -c %b` times 512), each printed with
@@ -19,7 +20,8 @@
 //!
 //! Content is always checked against the child's pre-merge view (converted
 //! to raw before the merge), with chainfold's `convert` and, when
-//! `qemu-img` is installed, `qemu-img compare` (fixed and dynamic
+//! libvhdi is installed, its reading through ../shared/tools/chain_read.py
+//! (every kind), and when `qemu-img` is installed, `qemu-img compare` (fixed and dynamic
 //! destinations only: qemu cannot open differencing images, see
 //! ../shared/docs/ORACLES.md) and `qemu-img check` (VHDX only: qemu has no
 //! VHD check).
@@ -268,8 +270,9 @@ fn merge(child: &Path, dest: &Path) -> Value {
     v
 }
 
-/// `check` (exit 0), and with qemu-img `check` (VHDX) and `compare`
-/// against `expect_raw` (fixed and dynamic destinations).
+/// `check` (exit 0), libvhdi's view equal to `expect_raw`, and qemu-img
+/// `check` (VHDX) and `compare` against it (fixed and dynamic
+/// destinations).
 fn verify_image(kind: Kind, dest: &Path, expect_raw: &Path) {
     let chk = xtask(&["check", s(dest)]);
     assert_eq!(
@@ -280,6 +283,16 @@ fn verify_image(kind: Kind, dest: &Path, expect_raw: &Path) {
         String::from_utf8_lossy(&chk.stdout),
         String::from_utf8_lossy(&chk.stderr)
     );
+    // libvhdi reads every kind, differencing chains included (their
+    // parents found by the images' own locators).
+    if testdata::have_libvhdi() {
+        assert_eq!(
+            testdata::libvhdi_sha(dest, &[]),
+            testdata::sha256_file(expect_raw).unwrap(),
+            "{kind:?}: libvhdi reads {} differently",
+            dest.display()
+        );
+    }
     let Some(fmt) = kind.qemu_fmt() else {
         eprintln!(
             "{kind:?}: skipping qemu-img check/compare: qemu cannot open differencing images"
@@ -633,4 +646,100 @@ fn compact_of_a_merged_differencing_vhdx_is_a_no_op() {
 #[test]
 fn compact_of_a_merged_differencing_vhd_is_a_no_op() {
     compact_after_merge(Kind::VhdDifferencing);
+}
+
+/// Appends `len` bytes of non-zero junk that no structure references
+/// before the image's end: past the end of a VHDX, and between the last
+/// block and the footer of a VHD (whose footer moves to the new end), as
+/// a merge killed while staging, or another tool, leaves a file.
+fn bloat(img: &Path, kind: Kind, len: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .read(true)
+        .open(img)
+        .unwrap();
+    let end = f.metadata().unwrap().len();
+    let junk = data(9, len as usize);
+    if kind.vhdx() {
+        f.write_all_at(&junk, end).unwrap();
+    } else {
+        let mut footer = [0u8; 512];
+        f.read_exact_at(&mut footer, end - 512).unwrap();
+        f.write_all_at(&junk, end - 512).unwrap();
+        f.write_all_at(&footer, end - 512 + len).unwrap();
+    }
+    f.sync_all().unwrap();
+}
+
+fn compact_gives_back_unreferenced_space(kind: Kind) {
+    let d = tempfile::tempdir().unwrap();
+    let img = make_destination(d.path(), kind);
+    let expect_raw = d.path().join("expect.raw");
+    let expect_sha = content_sha(&img, &expect_raw);
+    let lean = sizes(&img);
+    bloat(&img, kind, 40 * MIB);
+    let fat = sizes(&img);
+    assert!(fat.0 >= lean.0 + 40 * MIB && fat.1 >= lean.1 + 40 * MIB);
+    ok(xtask(&["check", s(&img)]), "check of the bloated image");
+    let out = ok(xtask(&["compact", s(&img), "--json"]), "compact");
+    let v = json(&out);
+    let after = sizes(&img);
+    eprintln!(
+        "{kind:?}: lean apparent {} allocated {}; bloated {} / {}; compacted {} / {}; compact said {v}",
+        mib(lean.0),
+        mib(lean.1),
+        mib(fat.0),
+        mib(fat.1),
+        mib(after.0),
+        mib(after.1)
+    );
+    assert_eq!(v["apparent_before"].as_u64(), Some(fat.0), "{v}");
+    assert_eq!(v["apparent_after"].as_u64(), Some(after.0), "{v}");
+    // Back to (about) what the image was before the junk: the length to
+    // the MiB boundary compaction rounds to.
+    assert!(
+        after.0 <= lean.0.next_multiple_of(MIB),
+        "{kind:?}: compact left {} of a {} image bloated to {}",
+        mib(after.0),
+        mib(lean.0),
+        mib(fat.0)
+    );
+    assert!(
+        after.1 <= lean.1 + kind.alloc_slack(),
+        "{kind:?}: compact left {} allocated (lean image: {})",
+        mib(after.1),
+        mib(lean.1)
+    );
+    assert_eq!(
+        content_sha(&img, &d.path().join("compacted.raw")),
+        expect_sha,
+        "{kind:?}: compact changed the content"
+    );
+    verify_image(kind, &img, &expect_raw);
+}
+
+#[test]
+fn compact_gives_back_unreferenced_space_of_a_fixed_vhdx() {
+    compact_gives_back_unreferenced_space(Kind::VhdxFixed);
+}
+
+#[test]
+fn compact_gives_back_unreferenced_space_of_a_dynamic_vhdx() {
+    compact_gives_back_unreferenced_space(Kind::VhdxDynamic);
+}
+
+#[test]
+fn compact_gives_back_unreferenced_space_of_a_differencing_vhdx() {
+    compact_gives_back_unreferenced_space(Kind::VhdxDifferencing);
+}
+
+#[test]
+fn compact_gives_back_unreferenced_space_of_a_dynamic_vhd() {
+    compact_gives_back_unreferenced_space(Kind::VhdDynamic);
+}
+
+#[test]
+fn compact_gives_back_unreferenced_space_of_a_differencing_vhd() {
+    compact_gives_back_unreferenced_space(Kind::VhdDifferencing);
 }
