@@ -248,3 +248,66 @@ fn btrfs_vhdx_merge_shares_its_payload() {
 fn btrfs_vhd_merge_shares_its_payload() {
     merge_shares_payload(FsKind::Btrfs, ("vhd", "vhd"));
 }
+
+/// `convert` of a VHDX holding 256 MiB in full blocks, on the same file
+/// system, into raw and into a new VHDX and VHD: the payload is shared,
+/// not written (`qemu-img convert` always copies). The VHD output places
+/// its block data on pages, so its source's payload clones too.
+fn convert_shares_payload(kind: FsKind) {
+    if !Path::new("/usr/bin/time").exists() {
+        eprintln!("skipping: /usr/bin/time is not installed (apt-get install time)");
+        return;
+    }
+    let Some(m) = mount(kind, 2 << 30) else {
+        return;
+    };
+    let scratch = tempfile::tempdir().unwrap();
+    let src = m.path().join("src.vhdx");
+    ok(xtask(&["create", s(&src), "--size", "1G"]), "create");
+    let payload = 256 * MIB;
+    let input = scratch.path().join("input.bin");
+    std::fs::write(&input, pattern(11, payload)).unwrap();
+    ok(
+        xtask(&["write", s(&src), "--offset", "128M", "--input", s(&input)]),
+        "write",
+    );
+    std::fs::remove_file(&input).unwrap();
+    let want = raw_hash(&src, scratch.path());
+    for ext in ["raw", "vhdx", "vhd"] {
+        let dest = m.path().join(format!("out.{ext}"));
+        let free = m.free_bytes();
+        let (out, wrote) = run_counting_writes(&["convert", s(&src), s(&dest)]);
+        ok(out, &format!("convert to {ext}"));
+        let used = free.saturating_sub(m.free_bytes());
+        eprintln!(
+            "{kind:?}: convert to {ext} wrote {} KiB, used {} KiB of free space",
+            wrote >> 10,
+            used >> 10
+        );
+        let got = if ext == "raw" {
+            let h = testdata::sha256_file(&dest).unwrap();
+            std::fs::remove_file(&dest).unwrap();
+            h
+        } else {
+            ok(xtask(&["check", s(&dest)]), "check");
+            let h = raw_hash(&dest, scratch.path());
+            std::fs::remove_file(&dest).unwrap();
+            h
+        };
+        assert_eq!(got, want, "{kind:?}: convert to {ext}: content differs");
+        assert!(
+            wrote < payload / 20,
+            "{kind:?}: convert to {ext} wrote {wrote} bytes of a {payload}-byte payload"
+        );
+    }
+}
+
+#[test]
+fn xfs_convert_shares_its_payload() {
+    convert_shares_payload(FsKind::Xfs);
+}
+
+#[test]
+fn btrfs_convert_shares_its_payload() {
+    convert_shares_payload(FsKind::Btrfs);
+}
