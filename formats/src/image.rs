@@ -68,6 +68,21 @@ pub trait Image: Layer {
         })
     }
 
+    /// `compact --zero-blocks`: stop storing blocks whose data is all
+    /// zeros (Optimize-VHD's zero-block pass), each change content-
+    /// preserving and atomic; a later `compact` gives their space back. A
+    /// differencing image releases a block only where
+    /// `parent_reads_zero(virtual offset, len)` says its parent reads zeros
+    /// there too. Returns how many blocks it released. The default (a
+    /// fixed image) releases none.
+    fn release_zero_blocks(
+        &mut self,
+        parent_reads_zero: &mut dyn FnMut(u64, u64) -> Result<bool>,
+    ) -> Result<u64> {
+        let _ = parent_reads_zero;
+        Ok(0)
+    }
+
     /// Start an atomic batch (the merge's write path): nothing staged is
     /// visible to any reader until `MergeBatch::commit`, and after it all is.
     fn begin_batch(&mut self) -> Result<Box<dyn MergeBatch + '_>>;

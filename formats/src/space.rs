@@ -10,6 +10,9 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 
+use crate::error::IoContext;
+use crate::Result;
+
 /// The free gaps of one file, below its current length.
 #[derive(Debug, Clone, Default)]
 pub struct SpaceMap {
@@ -117,6 +120,30 @@ impl SpaceMap {
         }
         self.gaps.insert(s, e);
     }
+}
+
+/// Reads per zero test at most (a block is read in pieces this size).
+const ZERO_PIECE: u64 = 4 << 20;
+
+/// Whether `len` bytes at `offset` of `st` are all zero.
+pub(crate) fn reads_zero(
+    st: &dyn crate::Storage,
+    name: &str,
+    offset: u64,
+    len: u64,
+    buf: &mut Vec<u8>,
+) -> Result<bool> {
+    let mut at = 0;
+    while at < len {
+        let n = (len - at).min(ZERO_PIECE);
+        buf.resize(n as usize, 0);
+        st.read_at(buf, offset + at).ctx(name)?;
+        if buf.iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        at += n;
+    }
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -1,8 +1,11 @@
-//! `compact IMAGE [--json]` (Hyper-V's Optimize-VHD): move payload blocks
-//! from the file's tail into the space no structure references, cut the
-//! file after its last referenced byte and punch the gaps left. Exit 0:
-//! compacted (or nothing to do); 1: refused (the image fails `check`),
-//! nothing changed; 2: the image could not be opened.
+//! `compact IMAGE [--zero-blocks] [--json]` (Hyper-V's Optimize-VHD): move
+//! payload blocks from the file's tail into the space no structure
+//! references, cut the file after its last referenced byte and punch the
+//! gaps left; with `--zero-blocks`, first stop storing blocks whose data is
+//! all zeros (a differencing image: only where its parent reads zeros
+//! too). Exit 0: compacted (or nothing to do); 1: refused (the image fails
+//! `check`), nothing changed; 2: the image (or, for `--zero-blocks`, its
+//! parent chain) could not be opened, nothing changed.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -18,6 +21,10 @@ use crate::outln;
 #[derive(Args)]
 pub struct CompactArgs {
     pub image: PathBuf,
+    /// Also release blocks whose data is all zeros (dynamic: recorded as
+    /// zero blocks; differencing: only where the parent reads zeros too).
+    #[arg(long)]
+    pub zero_blocks: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -30,6 +37,7 @@ pub struct CompactOutput {
     pub apparent_after: u64,
     pub allocated_before: u64,
     pub allocated_after: u64,
+    pub zero_blocks_released: u64,
     pub moved: u64,
     pub bytes_moved: u64,
     pub bytes_punched: u64,
@@ -67,6 +75,24 @@ fn compact(args: &CompactArgs, out: &mut CompactOutput) -> Result<(), (u8, Strin
             format!("refused, nothing changed: {}", errors.join("; ")),
         ));
     }
+    // A differencing image's zero test needs its parents: the whole chain
+    // opens before anything is written.
+    let parents = if args.zero_blocks && img.is_differencing() {
+        let chain = formats::chain::Chain::open_partial_from(&ns, &args.image, img, &opts)
+            .map_err(|e| (2, e.to_string()))?;
+        if let Some(e) = chain.broken {
+            return Err((
+                2,
+                format!("refused, nothing changed: --zero-blocks needs the parent chain: {e}"),
+            ));
+        }
+        let mut links = chain.links.into_iter();
+        let top = links.next().expect("a chain has a top");
+        (top.image, links.map(|l| l.image).collect::<Vec<_>>())
+    } else {
+        (img, Vec::new())
+    };
+    let (img, parents) = parents;
     let mut img = img
         .reopen(
             Some(JournalSlot::for_image(ns.clone(), &args.image)),
@@ -76,6 +102,33 @@ fn compact(args: &CompactArgs, out: &mut CompactOutput) -> Result<(), (u8, Strin
             },
         )
         .map_err(|e| (2, e.to_string()))?;
+    if args.zero_blocks {
+        let layers: Vec<&dyn formats::layer::Layer> = parents
+            .iter()
+            .map(|p| p.as_ref() as &dyn formats::layer::Layer)
+            .collect();
+        let mut view = formats::chain::ChainReader::new(layers);
+        let mut buf = Vec::new();
+        let mut parent_reads_zero = |offset: u64, len: u64| -> formats::Result<bool> {
+            if parents.is_empty() {
+                return Ok(true);
+            }
+            let mut at = 0;
+            while at < len {
+                let n = (len - at).min(4 << 20);
+                buf.resize(n as usize, 0);
+                view.read(offset + at, &mut buf)?;
+                if buf.iter().any(|&b| b != 0) {
+                    return Ok(false);
+                }
+                at += n;
+            }
+            Ok(true)
+        };
+        out.zero_blocks_released = img
+            .release_zero_blocks(&mut parent_reads_zero)
+            .map_err(|e| (1, e.to_string()))?;
+    }
     let r = img.compact().map_err(|e| (1, e.to_string()))?;
     out.compacted = true;
     out.moved = r.moved;
@@ -106,8 +159,13 @@ pub fn run(args: CompactArgs) -> u8 {
         eprintln!("compact: {}: {e}", out.path);
     } else {
         outln!(
-            "{}: {} blocks moved ({} bytes); apparent {} -> {} bytes, allocated {} -> {} bytes",
+            "{}: {}{} blocks moved ({} bytes); apparent {} -> {} bytes, allocated {} -> {} bytes",
             out.path,
+            if args.zero_blocks {
+                format!("{} zero blocks released, ", out.zero_blocks_released)
+            } else {
+                String::new()
+            },
             out.moved,
             out.bytes_moved,
             out.apparent_before,

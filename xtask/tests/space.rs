@@ -743,3 +743,100 @@ fn compact_gives_back_unreferenced_space_of_a_dynamic_vhd() {
 fn compact_gives_back_unreferenced_space_of_a_differencing_vhd() {
     compact_gives_back_unreferenced_space(Kind::VhdDifferencing);
 }
+
+/// `compact --zero-blocks`: blocks whose data is all zeros stop being
+/// stored and their space is given back, content unchanged. A
+/// differencing image keeps a zero block where its parent holds data (the
+/// zeros hide it), and releases one where the parent reads zeros too. A
+/// fixed VHDX keeps every block.
+fn zero_blocks(kind: Kind) {
+    let d = tempfile::tempdir().unwrap();
+    let b = kind.block();
+    let img = if kind.differencing() {
+        // Parent: data in its first half only.
+        let base = d.path().join(format!("base.{}", kind.base_ext()));
+        create(&base, "dynamic", b);
+        write(&base, 0, &data(1, (SIZE / 2) as usize), d.path());
+        let img = d.path().join(format!("dest.{}", kind.child_ext()));
+        create_child(&img, &base, b);
+        write(&img, 0, &data(2, SIZE as usize), d.path());
+        img
+    } else {
+        make_destination(d.path(), kind)
+    };
+    // Zeros over blocks 1 and 2 (the parent holds data there) and over the
+    // second-to-last two (the parent reads zeros there).
+    let zeros = vec![0u8; 2 * b as usize];
+    write(&img, b, &zeros, d.path());
+    write(&img, SIZE - 3 * b, &zeros, d.path());
+    let expect_raw = d.path().join("expect.raw");
+    let expect_sha = content_sha(&img, &expect_raw);
+    let before = sizes(&img);
+    let out = ok(
+        xtask(&["compact", s(&img), "--zero-blocks", "--json"]),
+        "compact --zero-blocks",
+    );
+    let v = json(&out);
+    let after = sizes(&img);
+    eprintln!(
+        "{kind:?}: compact --zero-blocks: apparent {} -> {}, allocated {} -> {}; {v}",
+        mib(before.0),
+        mib(after.0),
+        mib(before.1),
+        mib(after.1)
+    );
+    let want = match kind {
+        Kind::VhdxFixed | Kind::VhdFixed => 0,
+        Kind::VhdxDifferencing | Kind::VhdDifferencing => 2,
+        _ => 4,
+    };
+    assert_eq!(
+        v["zero_blocks_released"].as_u64(),
+        Some(want),
+        "{kind:?}: {v}"
+    );
+    assert_eq!(
+        content_sha(&img, &d.path().join("after.raw")),
+        expect_sha,
+        "{kind:?}: compact --zero-blocks changed the content"
+    );
+    if want == 0 {
+        assert_eq!(after.0, before.0, "{kind:?}: length changed");
+    } else {
+        assert!(
+            after.0 + want * b <= before.0 && after.1 + want * b <= before.1 + kind.alloc_slack(),
+            "{kind:?}: {want} released blocks of {} were not given back: apparent {} -> {}, allocated {} -> {}",
+            mib(b),
+            mib(before.0),
+            mib(after.0),
+            mib(before.1),
+            mib(after.1)
+        );
+    }
+    verify_image(kind, &img, &expect_raw);
+}
+
+#[test]
+fn zero_blocks_of_a_dynamic_vhdx_are_released() {
+    zero_blocks(Kind::VhdxDynamic);
+}
+
+#[test]
+fn zero_blocks_of_a_differencing_vhdx_are_released_only_over_parent_zeros() {
+    zero_blocks(Kind::VhdxDifferencing);
+}
+
+#[test]
+fn zero_blocks_of_a_fixed_vhdx_are_kept() {
+    zero_blocks(Kind::VhdxFixed);
+}
+
+#[test]
+fn zero_blocks_of_a_dynamic_vhd_are_released() {
+    zero_blocks(Kind::VhdDynamic);
+}
+
+#[test]
+fn zero_blocks_of_a_differencing_vhd_are_released_only_over_parent_zeros() {
+    zero_blocks(Kind::VhdDifferencing);
+}

@@ -202,3 +202,68 @@ pub(super) fn compact(img: &mut VhdImage) -> Result<CompactReport> {
 fn footer_bytes(img: &VhdImage) -> Result<[u8; FOOTER_SIZE]> {
     img.footer.to_bytes()
 }
+
+/// `compact --zero-blocks`: every allocated block whose data is all zeros
+/// becomes unallocated (BAT entry 0xFFFFFFFF): a dynamic image reads zeros
+/// there; a differencing image reads its parent, so there only where
+/// `parent_reads_zero(virtual offset, len)` says the parent reads zeros
+/// too. Content-preserving at every crash point: each changed BAT sector
+/// is one 512-byte write in place (old and new entries read the same), then
+/// a flush; the old places become gaps that `compact` then gives back.
+pub(super) fn release_zero_blocks(
+    img: &mut VhdImage,
+    parent_reads_zero: &mut dyn FnMut(u64, u64) -> Result<bool>,
+) -> Result<u64> {
+    let name = img.name.clone();
+    if !img.opts.writable {
+        return Err(Error::PermissionDenied {
+            file: name,
+            message: "releasing zero blocks needs a writable open".into(),
+        });
+    }
+    let st = std::sync::Arc::clone(&img.storage);
+    let virtual_size = img.footer.current_size;
+    let Some(s) = img.sparse.as_ref() else {
+        return Ok(0);
+    };
+    let mut entries = s.bat.clone();
+    let mut released = Vec::new();
+    let mut buf = Vec::new();
+    for (i, &b) in s.bat.iter().enumerate() {
+        if b == BAT_UNALLOCATED {
+            continue;
+        }
+        let virt = i as u64 * s.block_size;
+        if virt >= virtual_size {
+            break;
+        }
+        let len = (virtual_size - virt).min(s.block_size);
+        let data = u64::from(b) * 512 + s.bitmap_bytes;
+        if !crate::space::reads_zero(&*st, &name, data, len, &mut buf)? {
+            continue;
+        }
+        if s.differencing && !parent_reads_zero(virt, len)? {
+            continue;
+        }
+        entries[i] = BAT_UNALLOCATED;
+        released.push(i);
+    }
+    if released.is_empty() {
+        return Ok(0);
+    }
+    let table = BlockAllocationTable { entries }.to_bytes()?;
+    let mut sectors: Vec<usize> = released.iter().map(|&i| i * 4 / 512).collect();
+    sectors.dedup();
+    let t = s.header.table_offset;
+    for k in sectors {
+        let a = k * 512;
+        st.write_at(&table[a..a + 512], t + a as u64).ctx(&name)?;
+    }
+    st.flush().ctx(&name)?;
+    if let Some(s) = img.sparse.as_mut() {
+        for &i in &released {
+            s.bat[i] = BAT_UNALLOCATED;
+        }
+    }
+    Ok(released.len() as u64)
+}

@@ -732,6 +732,13 @@ impl Image for VhdImage {
         super::compact::compact(self)
     }
 
+    fn release_zero_blocks(
+        &mut self,
+        parent_reads_zero: &mut dyn FnMut(u64, u64) -> Result<bool>,
+    ) -> Result<u64> {
+        super::compact::release_zero_blocks(self, parent_reads_zero)
+    }
+
     fn begin_batch(&mut self) -> Result<Box<dyn MergeBatch + '_>> {
         super::batch::begin(self)
     }

@@ -152,3 +152,63 @@ pub(crate) fn compact(img: &mut VhdxImage) -> Result<CompactReport> {
     report.length_after = st.len().ctx(&name)?;
     Ok(report)
 }
+
+/// `compact --zero-blocks`: every FULLY_PRESENT payload block whose data
+/// is all zeros stops being stored. A dynamic image records it as ZERO
+/// (reads zeros, MS-VHDX 2.5.1.1); a differencing image as NOT_PRESENT,
+/// and only where `parent_reads_zero(virtual offset, len)` says its parent
+/// reads zeros there too (a ZERO block in a differencing file is what
+/// libvhdi misreads, ORACLES.md). A fixed image keeps every block
+/// (LeaveBlockAllocated). PARTIALLY_PRESENT blocks are left alone.
+///
+/// Content-preserving at every crash point: the changed BAT sectors go
+/// through the log in one entry per round; the old places become gaps that
+/// `compact` then reuses or gives back.
+pub(crate) fn release_zero_blocks(
+    img: &mut VhdxImage,
+    parent_reads_zero: &mut dyn FnMut(u64, u64) -> Result<bool>,
+) -> Result<u64> {
+    img.require_writable()?;
+    let g = img.geometry;
+    if img.file_parameters.leave_block_allocated() && !g.has_parent {
+        return Ok(0);
+    }
+    let name = img.name.clone();
+    let max_sectors = writer::max_sectors(u64::from(img.header.log_length)).max(1);
+    let new_state = if g.has_parent {
+        bat::PAYLOAD_NOT_PRESENT
+    } else {
+        bat::PAYLOAD_ZERO
+    };
+    let mut released = 0u64;
+    let mut pending = Pending::default();
+    let mut sectors = BTreeSet::new();
+    let mut buf = Vec::new();
+    for blk in 0..g.payload_blocks {
+        let idx = g.payload_index(blk);
+        let Some(e) = img.bat.get(idx as usize) else {
+            break;
+        };
+        if e.state() != bat::PAYLOAD_FULLY_PRESENT {
+            continue;
+        }
+        let virt = blk * g.block_size;
+        let len = (g.virtual_size - virt).min(g.block_size);
+        if !crate::space::reads_zero(&*img.storage, &name, e.file_offset(), len, &mut buf)? {
+            continue;
+        }
+        if g.has_parent && !parent_reads_zero(virt, len)? {
+            continue;
+        }
+        let sector = idx * 8 / 4096;
+        if sectors.len() as u64 >= max_sectors && !sectors.contains(&sector) {
+            img.commit_pending(&mut pending)?;
+            sectors.clear();
+        }
+        sectors.insert(sector);
+        pending.bat.insert(idx, BatEntry::new(new_state, 0));
+        released += 1;
+    }
+    img.commit_pending(&mut pending)?;
+    Ok(released)
+}

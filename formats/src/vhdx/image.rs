@@ -1257,4 +1257,11 @@ impl Image for VhdxImage {
     fn compact(&mut self) -> Result<crate::image::CompactReport> {
         super::compact::compact(self)
     }
+
+    fn release_zero_blocks(
+        &mut self,
+        parent_reads_zero: &mut dyn FnMut(u64, u64) -> Result<bool>,
+    ) -> Result<u64> {
+        super::compact::release_zero_blocks(self, parent_reads_zero)
+    }
 }
