@@ -13,6 +13,7 @@ mod cmd_demo;
 mod cmd_fuzz;
 mod cmd_info;
 mod cmd_merge;
+mod cmd_scan;
 mod cmd_sim;
 mod cmd_write;
 
@@ -65,6 +66,8 @@ enum Cmd {
     Write(cmd_write::WriteArgs),
     /// Give back unreferenced space: move tail blocks into gaps, cut the file, punch holes (Optimize-VHD).
     Compact(cmd_compact::CompactArgs),
+    /// Find every VHD/VHDX under a folder and the chains they form: orphans, stale locators, siblings.
+    Scan(cmd_scan::ScanArgs),
     /// Merge a differencing image into its parent or an ancestor (MergeVirtualHardDisk).
     Merge(cmd_merge::MergeArgs),
     /// Build a three-level VHDX chain under target/demo, merge it and verify the result.
@@ -93,6 +96,7 @@ fn main() -> ExitCode {
         Cmd::Write(a) => cmd_write::run(a),
         Cmd::Merge(a) => cmd_merge::run(a),
         Cmd::Compact(a) => cmd_compact::run(a),
+        Cmd::Scan(a) => cmd_scan::run(a),
         Cmd::Demo(a) => cmd_demo::run(a),
         Cmd::Ci(a) => cmd_ci::run(a),
         Cmd::Bench(a) => cmd_bench::run(a),

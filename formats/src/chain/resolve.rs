@@ -152,7 +152,8 @@ fn file_name_of(text: &str) -> Option<String> {
     }
 }
 
-fn hint_label(h: &PathHint) -> (&'static str, &str) {
+/// The locator entry a hint came from, and its text.
+pub fn hint_label(h: &PathHint) -> (&'static str, &str) {
     match h {
         PathHint::Relative(s) => ("relative", s),
         PathHint::Volume(s) => ("volume", s),
@@ -163,7 +164,7 @@ fn hint_label(h: &PathHint) -> (&'static str, &str) {
 }
 
 /// The candidate paths one hint yields under the policy, or why none.
-fn candidates(
+pub fn candidates(
     hint: &PathHint,
     child_dir: &Path,
     search_dirs: &[PathBuf],
