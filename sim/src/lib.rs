@@ -4,6 +4,7 @@
 //! ([`CrashModel`]), and the explorer that checks them ([`explore`],
 //! [`run_for`]) for any [`Scenario`].
 
+pub mod compact_scenarios;
 pub mod crash_storage;
 pub mod explore;
 pub mod merge_scenarios;
@@ -15,6 +16,7 @@ pub mod trace;
 
 use std::sync::Arc;
 
+pub use compact_scenarios::{CompactParams, CompactScenario};
 pub use crash_storage::{CrashNamespace, Snapshot};
 pub use explore::{
     explore, explore_prepared, prepare, replay_command, replay_state, run_for, run_for_with,
@@ -25,17 +27,24 @@ pub use model::{Choice, CrashModel, Keep, PointSpace};
 pub use trace::{Ino, Op};
 
 /// The scenarios a default `cargo xtask sim` explores: every correct
-/// protocol (merge scenarios join here), none of the deliberately broken
-/// toys.
+/// protocol (merge and compaction scenarios join here), none of the
+/// deliberately broken toys.
 pub fn default_scenarios() -> Vec<Arc<dyn Scenario>> {
     default_scenarios_for(MergeStrategy::Safe)
 }
 
-/// The default scenarios for a merge strategy: the merge scenarios merged
-/// that way. The toy protocols prove the simulator itself and run in its
-/// tests (and by name with `--scenario`), not in the merge budget.
+/// The default scenarios for a strategy: the merge scenarios merged that
+/// way and the compaction scenarios compacted that way (`UnsafeInPlace`
+/// selects each family's negative control). The toy protocols prove the
+/// simulator itself and run in its tests (and by name with `--scenario`),
+/// not in the merge budget.
 pub fn default_scenarios_for(strategy: MergeStrategy) -> Vec<Arc<dyn Scenario>> {
-    merge_scenarios::scenarios(&merge_scenarios::default_params(), strategy)
+    let mut v = merge_scenarios::scenarios(&merge_scenarios::default_params(), strategy);
+    v.extend(compact_scenarios::scenarios(
+        &compact_scenarios::default_params(),
+        strategy,
+    ));
+    v
 }
 
 /// Every known scenario, for `--scenario NAME` lookup (including the broken
@@ -44,9 +53,14 @@ pub fn all_scenarios() -> Vec<Arc<dyn Scenario>> {
     all_scenarios_for(MergeStrategy::Safe)
 }
 
-/// Every merge parameter combination merged with `strategy`, plus every toy.
+/// Every merge and compaction parameter combination run with `strategy`,
+/// plus every toy.
 pub fn all_scenarios_for(strategy: MergeStrategy) -> Vec<Arc<dyn Scenario>> {
     let mut v = merge_scenarios::scenarios(&merge_scenarios::all_params(), strategy);
+    v.extend(compact_scenarios::scenarios(
+        &compact_scenarios::all_params(),
+        strategy,
+    ));
     v.extend(toy::all());
     v
 }

@@ -35,12 +35,14 @@ const MIB: u64 = 1 << 20;
 const KIB: u64 = 1 << 10;
 const DIR: &str = "/m";
 
-/// How the operation under test merges (the `--strategy` of `xtask sim`).
+/// How the operation under test runs (the `--strategy` of `xtask sim`).
+/// Compaction scenarios (`compact_scenarios`) take the same values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MergeStrategy {
-    /// chainfold's merge (`merge::run`).
+    /// chainfold's merge (`merge::run`); chainfold's `Image::compact`.
     Safe,
-    /// Negative control: raw in-place writes, no journal, no ordering.
+    /// Negative control: raw in-place writes, no journal, no ordering; for
+    /// a compaction, `Image::compact` with every flush dropped.
     UnsafeInPlace,
 }
 
@@ -167,7 +169,7 @@ impl MergeParams {
 
 /// The contents every post-crash state is compared with.
 #[derive(Debug)]
-struct Expected {
+pub(crate) struct Expected {
     /// What the destination (with its own ancestors) showed before.
     old: Content,
     /// What the source showed before: the merged content.
@@ -178,7 +180,7 @@ struct Expected {
 }
 
 impl Expected {
-    fn new(old: Vec<u8>, merged: Vec<u8>) -> Self {
+    pub(crate) fn new(old: Vec<u8>, merged: Vec<u8>) -> Self {
         let units = old.len().max(merged.len()).div_ceil(UNIT);
         let differ = UnitCount::new(units, |u| {
             let r = u * UNIT..(u + 1) * UNIT;
@@ -267,18 +269,18 @@ impl MergeScenario {
     }
 }
 
-fn name_hash(s: &str) -> u64 {
+pub(crate) fn name_hash(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
 }
 
-fn e2s(e: impl fmt::Display) -> String {
+pub(crate) fn e2s(e: impl fmt::Display) -> String {
     e.to_string()
 }
 
 /// Deterministic bytes for a write (different per tag).
-fn pattern(tag: u64, len: usize) -> Vec<u8> {
+pub(crate) fn pattern(tag: u64, len: usize) -> Vec<u8> {
     let mut r = SplitMix64::new(tag);
     let mut v = Vec::with_capacity(len + 8);
     while v.len() < len {
@@ -288,7 +290,7 @@ fn pattern(tag: u64, len: usize) -> Vec<u8> {
     v
 }
 
-enum Edit {
+pub(crate) enum Edit {
     Write { at: u64, len: u64, tag: u64 },
     Zero { at: u64, len: u64 },
 }
@@ -342,7 +344,7 @@ fn edits(p: &MergeParams, level: usize, size: u64) -> Vec<Edit> {
     v
 }
 
-fn apply(ns: &Arc<dyn Namespace>, path: &Path, edits: &[Edit]) -> Result<(), String> {
+pub(crate) fn apply(ns: &Arc<dyn Namespace>, path: &Path, edits: &[Edit]) -> Result<(), String> {
     let opts = ChainOptions {
         access: Access::Write,
         writable: true,
@@ -368,6 +370,20 @@ fn create(
     size: u64,
     parent: Option<&Path>,
 ) -> Result<(), String> {
+    create_image(ns, p.block(), p.sector(), path, disk_type, size, parent)
+}
+
+/// Create an image of `block`-byte blocks and `sector`-byte logical sectors
+/// (a differencing one over `parent`).
+pub(crate) fn create_image(
+    ns: &Arc<dyn Namespace>,
+    block: u32,
+    sector: u64,
+    path: &Path,
+    disk_type: DiskType,
+    size: u64,
+    parent: Option<&Path>,
+) -> Result<(), String> {
     let parent = match parent {
         None => None,
         Some(pp) => {
@@ -382,8 +398,8 @@ fn create(
         &CreateParams {
             virtual_size: size,
             disk_type,
-            block_size: Some(p.block()),
-            logical_sector_size: p.sector() as u32,
+            block_size: Some(block),
+            logical_sector_size: sector as u32,
             physical_sector_size: 4096,
             parent,
         },
@@ -437,7 +453,7 @@ fn build(ns: &Arc<dyn Namespace>, p: &MergeParams) -> Result<(), String> {
     Ok(())
 }
 
-fn read_chain(ns: &Arc<dyn Namespace>, path: &Path) -> Result<Vec<u8>, String> {
+pub(crate) fn read_chain(ns: &Arc<dyn Namespace>, path: &Path) -> Result<Vec<u8>, String> {
     let chain = Chain::open(ns, path, &ChainOptions::default())
         .map_err(|e| format!("open {}: {e}", path.display()))?;
     let mut buf = vec![0u8; chain.top().virtual_size() as usize];
@@ -511,7 +527,7 @@ impl Content {
 /// read, and compared once where old and merged agree. Stops as soon as no
 /// candidate can match. Also returns where the merged content first differed
 /// (to a run).
-fn compare_chain(
+pub(crate) fn compare_chain(
     chain: &Chain,
     exp: &Expected,
     also_old: bool,
@@ -586,7 +602,7 @@ fn compare_chain(
 }
 
 /// Every image of the chain passes `check` (no error finding).
-fn check_chain(chain: &Chain) -> Result<(), String> {
+pub(crate) fn check_chain(chain: &Chain) -> Result<(), String> {
     for link in &chain.links {
         let findings = link
             .image

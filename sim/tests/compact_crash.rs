@@ -1,0 +1,142 @@
+//! Compaction alone under crashes (`Image::compact` on a bloated image):
+//! every compaction scenario, every crash point, every state of the points
+//! that have at most 4096 (the explorer's exhaustive limit) and 32 seeded
+//! samples of the larger ones, 0 violations required; and the negative
+//! control (the same compaction with every flush dropped), which must be
+//! caught.
+
+use sim::compact_scenarios::{self, CompactParams};
+use sim::{explore, Budget, CompactScenario, MergeStrategy, Report, Scenario, Strategy};
+
+fn budget() -> Budget {
+    Budget {
+        seed: 7,
+        threads: 2,
+        ..Budget::default()
+    }
+}
+
+fn summary(r: &Report) -> String {
+    let sc = &r.scenarios[0];
+    format!(
+        "{}: {} ops, {} crash points ({} enumerated, {} sampled), {} states, {} violations, {} ms",
+        sc.name,
+        sc.ops,
+        sc.crash_points,
+        sc.exhaustive_points,
+        sc.sampled_points,
+        sc.states_checked,
+        sc.violation_count,
+        r.elapsed_ms
+    )
+}
+
+#[test]
+fn every_compaction_scenario_starts_bloated() {
+    for p in compact_scenarios::all_params() {
+        let s = CompactScenario::new(p, MergeStrategy::Safe);
+        let r = s
+            .crash_free_report()
+            .unwrap_or_else(|e| panic!("{}: {e}", p.name()));
+        eprintln!("{}: {r:?}", p.name());
+        // Several moves, so crash points fall between and inside them.
+        assert!(r.moved >= 3, "{}: {r:?}", p.name());
+        assert!(r.length_after < r.length_before, "{}: {r:?}", p.name());
+        // The growing VHD keeps a gap no block fits: the punch path.
+        assert_eq!(r.bytes_punched > 0, p.grow, "{}: {r:?}", p.name());
+    }
+}
+
+#[test]
+fn safe_compaction_survives_every_crash_point() {
+    for p in compact_scenarios::all_params() {
+        let s = CompactScenario::new(p, MergeStrategy::Safe);
+        let r = explore(&s, Strategy::Exhaustive, &budget());
+        let sc = &r.scenarios[0];
+        eprintln!("{}", summary(&r));
+        assert!(sc.ops > 10, "{}: only {} ops", sc.name, sc.ops);
+        assert_eq!(sc.crash_points, sc.crash_points_total, "{}", sc.name);
+        assert!(sc.exhaustive_points > 0, "{}", sc.name);
+        assert_eq!(r.violation_count, 0, "{}", r.to_json());
+    }
+}
+
+#[test]
+fn compaction_without_flushes_is_caught() {
+    for p in compact_scenarios::all_params() {
+        let s = CompactScenario::new(p, MergeStrategy::UnsafeInPlace);
+        // The control's own run must succeed: its violations have to come
+        // from crash states, not from a failing run.
+        let prepared = sim::prepare(&s);
+        assert!(
+            prepared.error.is_none(),
+            "{}: {:?}",
+            p.name(),
+            prepared.error
+        );
+        let r = explore(&s, Strategy::Exhaustive, &budget());
+        eprintln!(
+            "{} (negative control); first: {:?}",
+            summary(&r),
+            r.violations.first().map(|v| &v.description)
+        );
+        assert!(
+            r.violation_count > 0,
+            "{}: the flushless compaction went unnoticed ({} states)",
+            s.name(),
+            r.states_checked
+        );
+        let v = &r.violations[0];
+        assert!(
+            v.replay_command.ends_with(&format!(
+                "--scenario {} --strategy unsafe-in-place",
+                s.name()
+            )),
+            "{}",
+            v.replay_command
+        );
+    }
+}
+
+#[test]
+fn a_crash_free_flushless_compaction_keeps_the_content() {
+    // The control is unsafe only under crashes: the state after it returned
+    // with every write kept must pass, or its violations would prove
+    // nothing about crashes.
+    for p in compact_scenarios::default_params() {
+        let s = CompactScenario::new(p, MergeStrategy::UnsafeInPlace);
+        let prepared = sim::prepare(&s);
+        let model = prepared.model.as_ref().expect("ran");
+        let last = model.crash_points() - 1;
+        let r = sim::replay_state(&s, Strategy::Random, &budget(), last, 0);
+        assert!(r.is_ok(), "{}: {r:?}", p.name());
+    }
+}
+
+#[test]
+fn compaction_scenarios_are_named_findable_and_in_the_default_run() {
+    let all = compact_scenarios::all_params();
+    let mut names: Vec<String> = all.iter().map(CompactParams::name).collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), all.len());
+    let defaults: Vec<String> = sim::default_scenarios().iter().map(|s| s.name()).collect();
+    for n in [
+        "compact-vhd-dynamic",
+        "compact-vhd-differencing",
+        "compact-vhdx-fixed",
+        "compact-vhdx-dynamic",
+        "compact-vhdx-differencing",
+        "compact-vhd-differencing-grow",
+    ] {
+        assert!(
+            defaults.contains(&n.to_string()),
+            "{n} not in the default run"
+        );
+        let s = sim::find_scenario_for(n, MergeStrategy::UnsafeInPlace).expect(n);
+        assert_eq!(s.cli_strategy(), "unsafe-in-place");
+    }
+    assert!(sim::find_scenario("compact-vhdx-differencing-4k").is_some());
+    // A fixed VHD has nothing to compact.
+    assert!(sim::find_scenario("compact-vhd-fixed").is_none());
+}
