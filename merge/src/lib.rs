@@ -4,6 +4,8 @@
 //!
 //! Order of a merge, and why:
 //! 1. finish an interrupted merge if `<source>.cfmerge` says it committed;
+//!    answer "already merged" if `<source>.cfmerged` (the record of a
+//!    finished merge) proves this merge completed (see `record`);
 //! 2. open the whole chain with exclusive locks, read-only, and run every
 //!    refusal check (differencing source, ancestor destination, siblings,
 //!    validation) — a refused merge has changed no byte;
@@ -12,7 +14,8 @@
 //! 4. prepare (payload durable), write the merge record (durable), commit
 //!    (the single commit point inside the driver);
 //! 5. compact the destination (give back what the commit released), then
-//!    finish: remove merged files if asked, then the record.
+//!    finish: remove merged files if asked, then rename the record to the
+//!    committed-merge marker.
 
 pub mod codes;
 mod error;
@@ -62,6 +65,12 @@ pub struct MergeOutcome {
     /// True when this run only finished a merge committed by an earlier,
     /// interrupted run.
     pub resumed: bool,
+    /// True when an earlier run had already committed this merge: this run
+    /// merged no data (it may have finished that run, see `resumed`, or
+    /// removed merged files when asked). Decided from the committed-merge
+    /// marker or the record, both checked against the destination's
+    /// current identity.
+    pub already_merged: bool,
     pub removed: Vec<String>,
     pub siblings: Vec<String>,
     /// What the compaction after the commit gave back (None before it ran).
@@ -81,6 +90,7 @@ pub fn run(ns: &Arc<dyn Namespace>, req: &MergeRequest, job: &JobHandle) -> Merg
         bytes_merged: 0,
         bytes_total: 0,
         resumed: false,
+        already_merged: false,
         removed: Vec::new(),
         siblings: Vec::new(),
         compaction: None,
@@ -142,6 +152,11 @@ pub fn merge(
         if let Some(done) = finish_if_committed(ns, req, &rec, &rec_path, job, out)? {
             return done;
         }
+    }
+    // ... or finished: its source no longer links to the destination (or
+    // is gone), which must not read as a broken chain.
+    if already_merged(ns, req, job, out)? {
+        return Ok(());
     }
 
     // 2. Open everything locked, read-only, and refuse early.
@@ -307,14 +322,24 @@ pub fn merge(
         // 4. The record must be durable before the commit point, so a
         // re-run after a crash past the commit knows to finish, not redo.
         let merged: Vec<PathBuf> = above_links.iter().map(|l| l.path.clone()).collect();
+        let merged_identities: Vec<String> = above_links
+            .iter()
+            .map(|l| record::identity_text(&l.image.identity()))
+            .collect();
         let rec = record::MergeRecord {
-            version: 1,
+            version: record::VERSION,
             source: req.source.clone(),
             destination: dest_path.clone(),
             merged,
             remove_merged: req.remove_merged,
             new_identity: record::identity_text(&new_identity),
+            source_identity: merged_identities.first().cloned(),
+            merged_identities,
         };
+        // A marker of an earlier merge of another image at this path says
+        // nothing about this one: it goes before this merge's record is
+        // written (its own marker replaces it when this merge finishes).
+        record::remove(ns, &record::done_path(&req.source))?;
         record::write(ns, &rec_path, &rec)?;
         batch.commit(new_identity)?;
         job.set_committed();
@@ -329,7 +354,7 @@ pub fn merge(
         .collect();
     // Release the locks of the obsolete files before removing them.
     chain.links.clear();
-    finish(ns, req.remove_merged, &merged_paths, &rec_path, out)?;
+    finish(ns, req, req.remove_merged, &merged_paths, &rec_path, out)?;
     Ok(())
 }
 
@@ -341,9 +366,10 @@ fn layer_refs(links: &[formats::chain::Link]) -> Vec<&dyn formats::Layer> {
 }
 
 /// Complete a merge whose commit is already durable: remove merged files if
-/// asked, then the record.
+/// asked, then turn the record into the committed-merge marker.
 fn finish(
     ns: &Arc<dyn Namespace>,
+    req: &MergeRequest,
     remove_merged: bool,
     merged: &[PathBuf],
     rec_path: &Path,
@@ -370,7 +396,7 @@ fn finish(
                 .map_err(|e| formats::Error::io(d.display().to_string(), e))?;
         }
     }
-    record::remove(ns, rec_path)?;
+    record::retire(ns, rec_path, &record::done_path(&req.source))?;
     Ok(())
 }
 
@@ -408,8 +434,97 @@ fn finish_if_committed(
     drop(dest);
     out.destination = Some(rec.destination.display().to_string());
     out.resumed = true;
+    out.already_merged = true;
     job.set_committed();
     let remove = req.remove_merged || rec.remove_merged;
-    finish(ns, remove, &rec.merged, rec_path, out)?;
+    finish(ns, req, remove, &rec.merged, rec_path, out)?;
     Ok(Some(Ok(())))
+}
+
+/// Did an earlier run complete exactly this merge? True when the
+/// committed-merge marker `<source>.cfmerged` names the requested
+/// destination (the default one: the source's parent, so a merge that went
+/// further up does not count), the destination still carries the identity
+/// that merge gave it at its commit, and the source is either gone or still
+/// the image that was merged (same identity). Anything else — no marker, a
+/// torn one, a destination changed or replaced since, another image at the
+/// source's path, a file that cannot be opened — proves nothing, and the
+/// merge goes on as usual (a broken chain still gets 32775).
+///
+/// With `remove_merged`, removes each merged file that is still there and
+/// still carries the identity the marker recorded for it, and only inside
+/// the directories a chain may be resolved in (the source's, the
+/// `--search-dir`s): a marker is a file beside the source, not a licence
+/// to delete images elsewhere.
+fn already_merged(
+    ns: &Arc<dyn Namespace>,
+    req: &MergeRequest,
+    job: &JobHandle,
+    out: &mut MergeOutcome,
+) -> Result<bool, MergeError> {
+    let Some(rec) = record::read(ns, &record::done_path(&req.source)) else {
+        return Ok(false);
+    };
+    let same_destination = match &req.destination {
+        Some(d) => same_file(ns, d, &rec.destination),
+        // The default destination: the parent (`--parent`, if given).
+        None => {
+            rec.merged.len() == 1
+                && req
+                    .chain
+                    .parents
+                    .first()
+                    .is_none_or(|p| same_file(ns, p, &rec.destination))
+        }
+    };
+    if !same_destination {
+        return Ok(false);
+    }
+    let mut opts = req.chain.clone();
+    opts.access = Access::Write;
+    opts.writable = false;
+    let identity_of = |p: &Path| -> Option<Result<String, ()>> {
+        match formats::chain::open_image_file(ns, p, &opts) {
+            Ok(img) => Some(Ok(record::identity_text(&img.identity()))),
+            Err(formats::Error::FileNotFound { .. }) => None,
+            Err(_) => Some(Err(())),
+        }
+    };
+    if identity_of(&rec.destination) != Some(Ok(rec.new_identity.clone())) {
+        return Ok(false);
+    }
+    match identity_of(&req.source) {
+        None => {}
+        Some(Ok(id)) if rec.source_identity.as_deref() == Some(id.as_str()) => {}
+        Some(_) => return Ok(false),
+    }
+    out.destination = Some(rec.destination.display().to_string());
+    out.already_merged = true;
+    job.set_committed();
+    if req.remove_merged {
+        let canon = |p: &Path| ns.canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let dir = |p: &Path| match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let mut allowed: Vec<PathBuf> = vec![canon(&dir(&req.source))];
+        allowed.extend(req.chain.search_dirs.iter().map(|d| canon(d)));
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for (p, id) in rec.merged.iter().zip(&rec.merged_identities) {
+            if !allowed.contains(&canon(&dir(p))) || identity_of(p) != Some(Ok(id.clone())) {
+                continue;
+            }
+            let name = p.display().to_string();
+            ns.remove(p).map_err(|e| formats::Error::io(&name, e))?;
+            out.removed.push(name);
+            if !dirs.contains(&dir(p)) {
+                dirs.push(dir(p));
+            }
+        }
+        for d in dirs {
+            ns.sync_dir(&d)
+                .map_err(|e| formats::Error::io(d.display().to_string(), e))?;
+        }
+    }
+    Ok(true)
 }

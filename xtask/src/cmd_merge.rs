@@ -5,7 +5,7 @@
 //!
 //! | exit | return_value | meaning |
 //! |---|---|---|
-//! | 0 | 0 | completed |
+//! | 0 | 0 | completed, or already merged (`"already_merged": true`: an earlier run committed exactly this merge) |
 //! | 2 | 32773 | invalid parameter (destination not an ancestor, bad option) |
 //! | 3 | 32779 | a file (source, destination or a parent) not found |
 //! | 4 | 32774 | an image is in use (locked by another process) |
@@ -183,6 +183,7 @@ pub fn run_with_progress(req: MergeRequest, quiet: bool) -> MergeOutcome {
         bytes_merged: 0,
         bytes_total: 0,
         resumed: false,
+        already_merged: false,
         removed: Vec::new(),
         siblings: Vec::new(),
         compaction: None,
@@ -192,24 +193,35 @@ pub fn run_with_progress(req: MergeRequest, quiet: bool) -> MergeOutcome {
 
 pub fn run(args: MergeArgs) -> u8 {
     let out = run_with_progress(request(&args), args.json);
+    let removed = if out.removed.is_empty() {
+        String::new()
+    } else {
+        format!("; removed {}", out.removed.join(", "))
+    };
     if args.json {
         print_json(&out);
-    } else if out.return_value == 0 {
+    } else if out.return_value == 0 && out.already_merged {
+        // An earlier run committed this merge (`already_merged` in --json).
         eprintln!(
-            "merged {} into {}: {} bytes{}{}",
+            "already merged: {} into {}{}{}",
             out.source,
             out.destination.as_deref().unwrap_or("?"),
-            out.bytes_merged,
             if out.resumed {
-                " (finished an interrupted merge)"
+                " (finished the interrupted run)"
+            } else if out.removed.is_empty() {
+                " (nothing to do)"
             } else {
                 ""
             },
-            if out.removed.is_empty() {
-                String::new()
-            } else {
-                format!("; removed {}", out.removed.join(", "))
-            }
+            removed
+        );
+    } else if out.return_value == 0 {
+        eprintln!(
+            "merged {} into {}: {} bytes{}",
+            out.source,
+            out.destination.as_deref().unwrap_or("?"),
+            out.bytes_merged,
+            removed
         );
     } else if out.state == merge::JobState::Cancelled {
         eprintln!(
