@@ -451,7 +451,7 @@ pub fn scan(args: &ScanArgs) -> Result<ScanReport, String> {
                 kind: "siblings",
                 path: found[p].path.display().to_string(),
                 detail: format!(
-                    "{} children depend on it ({}): merging one of them into it would change what the others read; rebase the others first",
+                    "{} children depend on it ({}): merging one of them into it would change what the others read (merge refuses it without --force)",
                     kids.len(),
                     kids.iter()
                         .map(|&k| found[k].path.display().to_string())
