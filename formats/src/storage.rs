@@ -122,6 +122,13 @@ pub trait Namespace: Send + Sync + Debug {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Make creates, removes and renames in `dir` durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Bytes an unprivileged writer may still allocate on the file system
+    /// holding `dir` (statvfs `f_bavail * f_frsize`); `None` where the
+    /// namespace has no such limit (memory).
+    fn free_space(&self, dir: &Path) -> io::Result<Option<u64>> {
+        let _ = dir;
+        Ok(None)
+    }
 }
 
 /// A real file, with an advisory `flock` held for its lifetime.
@@ -826,6 +833,16 @@ impl Namespace for FsNamespace {
             dir
         };
         File::open(d)?.sync_all()
+    }
+    fn free_space(&self, dir: &Path) -> io::Result<Option<u64>> {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        let s = rustix::fs::statvfs(dir)?;
+        #[allow(clippy::unnecessary_cast)]
+        Ok(Some((s.f_bavail as u64).saturating_mul(s.f_frsize as u64)))
     }
 }
 

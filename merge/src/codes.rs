@@ -41,7 +41,8 @@ pub fn classify(e: &MergeError) -> ReturnValue {
         }
         MergeError::Siblings { .. } | MergeError::SavedState { .. } => ReturnValue::InvalidState,
         MergeError::Unhealthy { .. } => ReturnValue::IncorrectDataType,
-        MergeError::Cancelled => ReturnValue::Failed,
+        // Hyper-V has no code of its own for a full volume.
+        MergeError::Cancelled | MergeError::InsufficientSpace { .. } => ReturnValue::Failed,
         MergeError::Format(f) => classify_format(f),
     }
 }

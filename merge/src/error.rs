@@ -36,9 +36,48 @@ pub enum MergeError {
         destination_size: u64,
     },
 
+    #[error("{destination}: the merge may need up to {needed} bytes of extra space before its commit, but the file system has {free} bytes free; nothing was changed (free space, or pass --no-space-check)")]
+    InsufficientSpace {
+        destination: String,
+        needed: u64,
+        free: u64,
+    },
+
     #[error("invalid parameter: {0}")]
     InvalidParameter(String),
 
     #[error("merge cancelled before the commit; the destination is unchanged")]
     Cancelled,
+}
+
+impl MergeError {
+    /// A stable snake_case name of the refusal or failure, for scripts
+    /// (`error_kind` in `merge --json`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MergeError::Format(f) => match f {
+                formats::Error::Io { .. } => "io",
+                formats::Error::Corrupt { .. } => "corrupt",
+                formats::Error::Checksum { .. } => "checksum",
+                formats::Error::NotAnImage { .. } => "not_an_image",
+                formats::Error::Unsupported { .. } => "unsupported",
+                formats::Error::ParentNotFound { .. } => "parent_not_found",
+                formats::Error::Linkage { .. } => "linkage_mismatch",
+                formats::Error::Locked { .. } => "locked",
+                formats::Error::PermissionDenied { .. } => "permission_denied",
+                formats::Error::FileNotFound { .. } => "file_not_found",
+                formats::Error::InvalidParameter(_) => "invalid_parameter",
+                formats::Error::Cancelled => "cancelled",
+            },
+            MergeError::NotDifferencing { .. } => "not_differencing",
+            MergeError::NotAnAncestor { .. } => "not_an_ancestor",
+            MergeError::Siblings { .. } => "siblings",
+            MergeError::SavedState { .. } => "saved_state",
+            MergeError::Unhealthy { .. } => "unhealthy",
+            MergeError::DestinationLarger { .. } => "destination_larger",
+            MergeError::InsufficientSpace { .. } => "insufficient_space",
+            MergeError::InvalidParameter(_) => "invalid_parameter",
+            MergeError::Cancelled => "cancelled",
+        }
+    }
 }

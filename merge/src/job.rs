@@ -41,6 +41,7 @@ struct Inner {
     committed: AtomicBool,
     bytes_done: AtomicU64,
     bytes_total: AtomicU64,
+    preflight: std::sync::Mutex<Option<crate::Preflight>>,
 }
 
 /// A snapshot of a job's progress.
@@ -97,6 +98,22 @@ impl JobHandle {
     }
     pub(crate) fn add_done(&self, d: u64) {
         self.inner.bytes_done.fetch_add(d, Ordering::Relaxed);
+    }
+    /// What the merge found it will do, once its checks passed (before it
+    /// writes anything): a front end prints it first.
+    pub fn preflight(&self) -> Option<crate::Preflight> {
+        *self
+            .inner
+            .preflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+    pub(crate) fn set_preflight(&self, p: crate::Preflight) {
+        *self
+            .inner
+            .preflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(p);
     }
     pub(crate) fn set_committed(&self) {
         self.inner.committed.store(true, Ordering::SeqCst);

@@ -21,6 +21,7 @@ pub mod codes;
 mod error;
 pub mod job;
 pub mod plan;
+mod preflight;
 pub mod record;
 pub mod siblings;
 
@@ -36,6 +37,7 @@ pub use codes::ReturnValue;
 pub use error::MergeError;
 pub use job::{JobHandle, JobState, JobStatus};
 pub use plan::MergePlan;
+pub use preflight::Preflight;
 
 /// Largest single copy handed to the destination batch.
 const PIECE: u64 = 8 << 20;
@@ -51,6 +53,11 @@ pub struct MergeRequest {
     /// intermediate.
     pub force: bool,
     pub chain: ChainOptions,
+    /// Run every check and the preflight, then stop: nothing is written.
+    pub dry_run: bool,
+    /// Merge even when the preflight's peak extra space exceeds the free
+    /// space of the destination's file system.
+    pub no_space_check: bool,
 }
 
 /// What a merge did (the `--json` result).
@@ -73,9 +80,17 @@ pub struct MergeOutcome {
     pub already_merged: bool,
     pub removed: Vec<String>,
     pub siblings: Vec<String>,
+    /// True for `dry_run`: checks and preflight only, nothing written.
+    pub dry_run: bool,
+    /// What the merge will do (None when it stopped before its checks
+    /// passed, or only finished an earlier run).
+    pub preflight: Option<Preflight>,
     /// What the compaction after the commit gave back (None before it ran).
     pub compaction: Option<formats::CompactReport>,
     pub error: Option<String>,
+    /// `MergeError::kind` of the error (`insufficient_space`, `siblings`,
+    /// `linkage_mismatch`, ...).
+    pub error_kind: Option<&'static str>,
 }
 
 /// Run a merge to the end and describe it; never fails (the outcome carries
@@ -93,8 +108,11 @@ pub fn run(ns: &Arc<dyn Namespace>, req: &MergeRequest, job: &JobHandle) -> Merg
         already_merged: false,
         removed: Vec::new(),
         siblings: Vec::new(),
+        dry_run: req.dry_run,
+        preflight: None,
         compaction: None,
         error: None,
+        error_kind: None,
     };
     match merge(ns, req, job, &mut out) {
         Ok(()) => {
@@ -112,6 +130,7 @@ pub fn run(ns: &Arc<dyn Namespace>, req: &MergeRequest, job: &JobHandle) -> Merg
                 out.siblings = siblings.iter().map(|p| p.display().to_string()).collect();
             }
             out.error = Some(e.to_string());
+            out.error_kind = Some(e.kind());
         }
     }
     job.set_state(out.state);
@@ -149,13 +168,25 @@ pub fn merge(
 
     // 1. An earlier run may have committed and stopped before finishing.
     if let Some(rec) = record::read(ns, &rec_path) {
-        if let Some(done) = finish_if_committed(ns, req, &rec, &rec_path, job, out)? {
+        if req.dry_run {
+            // A dry run finishes nothing: it only says the commit happened.
+            if committed(ns, req, &rec) {
+                out.destination = Some(rec.destination.display().to_string());
+                out.already_merged = true;
+                return Ok(());
+            }
+        } else if let Some(done) = finish_if_committed(ns, req, &rec, &rec_path, job, out)? {
             return done;
         }
     }
     // ... or finished: its source no longer links to the destination (or
-    // is gone), which must not read as a broken chain.
-    if already_merged(ns, req, job, out)? {
+    // is gone), which must not read as a broken chain. (A dry run removes
+    // nothing, whatever `remove_merged` says.)
+    let marker_req = MergeRequest {
+        remove_merged: req.remove_merged && !req.dry_run,
+        ..req.clone()
+    };
+    if already_merged(ns, &marker_req, job, out)? {
         return Ok(());
     }
 
@@ -237,6 +268,28 @@ pub fn merge(
     let plan = MergePlan::new(&chain, dest_index)?;
     job.set_total(plan.bytes_total);
     out.bytes_total = plan.bytes_total;
+    // The peak before the commit must fit: a merge that fills the volume
+    // half way is refused here, before any byte changes.
+    let dest_dir = match dest_path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let free = ns
+        .free_space(&dest_dir)
+        .map_err(|e| formats::Error::io(dest_dir.display().to_string(), e))?;
+    let preflight = Preflight::new(&plan, &chain.links[dest_index].image.info(), free);
+    out.preflight = Some(preflight);
+    job.set_preflight(preflight);
+    if req.dry_run {
+        return Ok(());
+    }
+    if !req.no_space_check && preflight.lacks_space() {
+        return Err(MergeError::InsufficientSpace {
+            destination: dest_path.display().to_string(),
+            needed: preflight.peak_extra_bytes,
+            free: free.unwrap_or(0),
+        });
+    }
     if job.is_cancelled() {
         return Err(MergeError::Cancelled);
     }
@@ -439,6 +492,16 @@ fn finish_if_committed(
     let remove = req.remove_merged || rec.remove_merged;
     finish(ns, req, remove, &rec.merged, rec_path, out)?;
     Ok(Some(Ok(())))
+}
+
+/// Does the destination a record names carry the identity it was to take
+/// at the commit? Read-only (a pending VHDX log is overlaid, not replayed).
+fn committed(ns: &Arc<dyn Namespace>, req: &MergeRequest, rec: &record::MergeRecord) -> bool {
+    let mut opts = req.chain.clone();
+    opts.access = Access::Read;
+    opts.writable = false;
+    formats::chain::open_image_file(ns, &rec.destination, &opts)
+        .is_ok_and(|d| record::identity_text(&d.identity()) == rec.new_identity)
 }
 
 /// Did an earlier run complete exactly this merge? True when the

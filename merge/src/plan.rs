@@ -20,25 +20,53 @@ pub struct MergePlan {
     pub destination_size: u64,
     /// Bytes the folded layers hold (data and zero runs).
     pub bytes_total: u64,
+    /// Of those, bytes copied from a layer's file (the rest are zeros).
+    pub bytes_copy: u64,
+    /// Distinct destination blocks (of `block_size`) the runs touch: each
+    /// needs a fresh block until the commit (copy-on-write), whether the
+    /// destination held it before or not.
+    pub blocks_touched: u64,
 }
 
 impl MergePlan {
+    /// The plan, and what it will stage counted in one walk of its runs
+    /// (`block_size`: the destination's block, for `blocks_touched`; 0 for
+    /// a destination without blocks, a fixed VHD).
     pub fn new(chain: &Chain, destination: usize) -> Result<MergePlan> {
         let layers = chain.layers();
         let virtual_size = layers[0].virtual_size();
         let destination_size = layers[destination].virtual_size();
+        let block_size = chain.links[destination].image.info().block_size;
         let mut plan = MergePlan {
             destination,
             virtual_size,
             destination_size,
             bytes_total: 0,
+            bytes_copy: 0,
+            blocks_touched: 0,
         };
-        let mut total = 0;
+        let (mut total, mut copy, mut blocks) = (0, 0, 0);
+        // Runs come in virtual order: a block is new when it starts past
+        // the last one counted.
+        let mut next_block = 0u64;
         plan.for_each_run(&layers[..destination], &layers[destination + 1..], |r| {
             total += r.len;
+            if matches!(r.source, Source::Layer { .. }) {
+                copy += r.len;
+            }
+            if block_size > 0 && r.len > 0 {
+                let first = (r.offset / block_size).max(next_block);
+                let last = (r.offset + r.len - 1) / block_size;
+                if last >= first {
+                    blocks += last - first + 1;
+                    next_block = last + 1;
+                }
+            }
             Ok(())
         })?;
         plan.bytes_total = total;
+        plan.bytes_copy = copy;
+        plan.blocks_touched = blocks;
         Ok(plan)
     }
 

@@ -13,7 +13,12 @@
 //! | 6 | 32770 | not supported (source is not a differencing image) |
 //! | 7 | 32776 | not a VHD/VHDX, or corrupt |
 //! | 8 | 32769 | access denied |
+//! | 9 | 32768 | refused: the preflight's peak extra space exceeds the destination file system's free space (`error_kind` `insufficient_space`; `--no-space-check` overrides); nothing changed |
 //! | 1 | other | failed (I/O error, cancelled, ...) |
+//!
+//! Every merge first prints its preflight (bytes to copy, touched blocks,
+//! the peak extra space before the commit, the free space there);
+//! `--dry-run` stops after it, having changed nothing.
 //!
 //! Ctrl-C (SIGINT) and SIGTERM cancel the running merge through its
 //! [`JobHandle`]: the merge stops at its next safe point (before the
@@ -50,8 +55,24 @@ pub struct MergeArgs {
     /// Merge even if other images depend on the destination or an intermediate.
     #[arg(long)]
     pub force: bool,
+    /// Run every check and print the preflight (what would be copied, the
+    /// peak extra space, the free space); change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Merge even if the peak extra space exceeds the free space.
+    #[arg(long)]
+    pub no_space_check: bool,
     #[command(flatten)]
     pub chain: ChainArgs,
+}
+
+/// The exit status of an outcome (see the module table).
+pub fn outcome_exit_code(out: &MergeOutcome) -> u8 {
+    if out.error_kind == Some("insufficient_space") {
+        9
+    } else {
+        exit_code(out.return_value)
+    }
 }
 
 pub fn exit_code(return_value: u32) -> u8 {
@@ -75,6 +96,8 @@ pub fn request(args: &MergeArgs) -> MergeRequest {
         remove_merged: args.remove_merged,
         force: args.force,
         chain: chain_options(&args.chain),
+        dry_run: args.dry_run,
+        no_space_check: args.no_space_check,
     }
 }
 
@@ -153,6 +176,8 @@ pub fn run_with_progress(req: MergeRequest, quiet: bool) -> MergeOutcome {
         b
     });
     let mut last_line = 0u8;
+    let mut preflight_shown = false;
+    let started = std::time::Instant::now();
     let outcome = loop {
         match done_rx.recv_timeout(Duration::from_millis(100)) {
             Ok(outcome) => break Some(outcome),
@@ -160,20 +185,44 @@ pub fn run_with_progress(req: MergeRequest, quiet: bool) -> MergeOutcome {
             Err(RecvTimeoutError::Disconnected) => break None,
             Err(RecvTimeoutError::Timeout) => {}
         }
+        if !quiet && !preflight_shown {
+            if let Some(p) = job.preflight() {
+                preflight_shown = true;
+                let line = preflight_line(&p);
+                match &bar {
+                    Some(b) => b.println(line),
+                    None => eprintln!("{line}"),
+                }
+            }
+        }
         let s = job.status();
         if let Some(b) = &bar {
             b.set_position(u64::from(s.percent_complete));
-            b.set_message(format!("{} / {} bytes", s.bytes_done, s.bytes_total));
+            b.set_message(format!(
+                "{} / {} bytes{}",
+                s.bytes_done,
+                s.bytes_total,
+                eta(s.bytes_done, s.bytes_total, started.elapsed())
+            ));
         } else if !quiet && s.percent_complete >= last_line.saturating_add(10) {
             last_line = s.percent_complete / 10 * 10;
             eprintln!(
-                "merge: {:>3}% ({} / {} bytes)",
-                s.percent_complete, s.bytes_done, s.bytes_total
+                "merge: {:>3}% ({} / {} bytes{})",
+                s.percent_complete,
+                s.bytes_done,
+                s.bytes_total,
+                eta(s.bytes_done, s.bytes_total, started.elapsed())
             );
         }
     };
     if let Some(b) = bar {
         b.finish_and_clear();
+    }
+    // A merge (or dry run) that ended before the first poll.
+    if !quiet && !preflight_shown {
+        if let Some(p) = outcome.as_ref().and_then(|o| o.preflight) {
+            eprintln!("{}", preflight_line(&p));
+        }
     }
     outcome.unwrap_or_else(|| MergeOutcome {
         return_value: ReturnValue::Failed.code(),
@@ -186,8 +235,11 @@ pub fn run_with_progress(req: MergeRequest, quiet: bool) -> MergeOutcome {
         already_merged: false,
         removed: Vec::new(),
         siblings: Vec::new(),
+        dry_run: false,
+        preflight: None,
         compaction: None,
         error: Some("merge thread panicked".into()),
+        error_kind: None,
     })
 }
 
@@ -200,6 +252,12 @@ pub fn run(args: MergeArgs) -> u8 {
     };
     if args.json {
         print_json(&out);
+    } else if out.return_value == 0 && out.dry_run && !out.already_merged {
+        eprintln!(
+            "dry run: {} would merge into {}; nothing was changed",
+            out.source,
+            out.destination.as_deref().unwrap_or("?")
+        );
     } else if out.return_value == 0 && out.already_merged {
         // An earlier run committed this merge (`already_merged` in --json).
         eprintln!(
@@ -238,5 +296,32 @@ pub fn run(args: MergeArgs) -> u8 {
             out.error.as_deref().unwrap_or("unknown error")
         );
     }
-    exit_code(out.return_value)
+    outcome_exit_code(&out)
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
+}
+
+/// One line: what the merge will copy and the space it may need.
+fn preflight_line(p: &merge::Preflight) -> String {
+    format!(
+        "preflight: {} to merge ({} copied), {} blocks of {}; peak extra space before the commit up to {}; free there: {}",
+        mib(p.bytes_to_merge),
+        mib(p.bytes_to_copy),
+        p.blocks,
+        mib(p.block_size),
+        mib(p.peak_extra_bytes),
+        p.free_bytes.map_or("unknown".into(), mib)
+    )
+}
+
+/// ", about N s left" from the copy rate so far (after a second of it).
+fn eta(done: u64, total: u64, elapsed: Duration) -> String {
+    let secs = elapsed.as_secs_f64();
+    if done == 0 || secs < 1.0 || done >= total {
+        return String::new();
+    }
+    let left = (total - done) as f64 / (done as f64 / secs);
+    format!(", about {left:.0} s left")
 }
