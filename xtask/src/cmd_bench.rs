@@ -15,6 +15,19 @@
 //! the same `xtask measure` child accounting (getrusage(RUSAGE_CHILDREN)
 //! `ru_oublock`, see `Measurement::write_bytes`). Not timed comparisons:
 //! the section's sizes do not depend on the machine.
+//!
+//! `--only clone` (in a full run too): merges on file systems that share
+//! extents, XFS (reflink) and btrfs, each a loop mount the bench makes
+//! (`testdata::loopfs`) and unmounts when its guard drops, also on an error
+//! or a SIGINT / SIGTERM (which stop the section at its next step). A child
+//! holding 1 GiB and 4 GiB (`--quick`: 1 GiB) in full blocks, VHDX and VHD,
+//! and VHDX children with every 32 MiB block half written, each merged into
+//! an empty dynamic base, against `cp --reflink=always` and
+//! `cp --reflink=never` of the child file (then `sync -f`): seconds, bytes
+//! the merge wrote (`Measurement::write_bytes`), peak RSS, the
+//! destination's apparent and allocated size and the file system's free
+//! space consumed. A file system that cannot be made or mounted (not root,
+//! no mkfs tool) is skipped with the reason.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -337,6 +350,9 @@ pub struct Report {
     pub scaling: Vec<ScalingResult>,
     pub space: Vec<SpaceResult>,
     pub space_cycles: Vec<SpaceCyclesResult>,
+    pub clone: Vec<CloneResult>,
+    /// Why clone rows or file systems were not measured.
+    pub clone_skipped: Vec<String>,
 }
 
 #[derive(Serialize, Debug)]
@@ -995,6 +1011,601 @@ fn space(root: &Path, report: &mut Report) -> formats::Result<()> {
     Ok(())
 }
 
+/// One row of the clone section (`--only clone`): a merge into an empty
+/// dynamic base on a loop-mounted file system that shares extents,
+/// against `cp --reflink=always|never CHILD X && sync -f X` of the child
+/// file, alternating within each pair; medians.
+#[derive(Serialize, Debug)]
+pub struct CloneResult {
+    /// `xfs-reflink` or `btrfs`.
+    pub fs: String,
+    pub workload: String,
+    pub vhdx: bool,
+    pub fill: CloneFill,
+    pub block_bytes: u64,
+    /// Bytes of data the child holds (the payload).
+    pub data_bytes: u64,
+    pub pairs: usize,
+    pub merge_s: f64,
+    pub cp_reflink_s: f64,
+    pub cp_copy_s: f64,
+    pub merge_s_per_gib: f64,
+    /// merge_s / cp_reflink_s.
+    pub merge_over_reflink: f64,
+    /// Bytes the merge process wrote as the kernel counted them
+    /// (`Measurement::write_bytes`); -1 when unknown.
+    pub merge_write_bytes: i64,
+    /// merge_write_bytes / data_bytes.
+    pub written_over_data: f64,
+    pub cp_reflink_write_bytes: i64,
+    pub cp_copy_write_bytes: i64,
+    pub merge_max_rss_kib: i64,
+    /// The destination's `stat -c '%s %b'` (apparent bytes, 512-byte
+    /// blocks as bytes) just before and just after the first merge.
+    pub dest_apparent_before: u64,
+    pub dest_allocated_before: u64,
+    pub dest_apparent_after: u64,
+    pub dest_allocated_after: u64,
+    /// statvfs free bytes before the merge minus after (each after
+    /// `sync -f`), with the child still present; median (negative when the
+    /// merge left more free space than it found).
+    pub fs_used_bytes: i64,
+    /// The destination's virtual content after the first merge equals the
+    /// child's view before it (sha256 of the range the data was written to).
+    pub content_ok: bool,
+    pub s_per_gib_target: Option<f64>,
+    pub reflink_ratio_target: Option<f64>,
+    /// Target for written_over_data.
+    pub written_target: f64,
+    pub s_per_gib_holds: Option<bool>,
+    pub reflink_ratio_holds: Option<bool>,
+    pub written_holds: bool,
+}
+
+const CLONE_GIB: u64 = 1 << 30;
+
+/// How a clone workload's child holds its data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum CloneFill {
+    /// Whole blocks, written by `write`.
+    Full,
+    /// The first half of every block, written by `write` (one call per
+    /// block): the other half is absent from the child.
+    HalfBlocks,
+    /// 4 KiB written, 4 KiB not, through every block (as `Fill::Half`):
+    /// half of each block, in 4 KiB runs.
+    Half4k,
+}
+
+/// The clone section's images, made on the mount.
+struct CloneWorkload {
+    name: String,
+    dir: PathBuf,
+    base: PathBuf,
+    child: PathBuf,
+    vhdx: bool,
+    fill: CloneFill,
+    block: u64,
+    data: u64,
+    /// Virtual bytes from 0 that the data was written over.
+    extent: u64,
+}
+
+/// Run an xtask subcommand; its stderr in the error.
+fn xtask_run(args: &[String]) -> formats::Result<()> {
+    let out = Command::new(exe())
+        .args(args)
+        .output()
+        .map_err(|e| formats::Error::io(args.join(" "), e))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(formats::Error::InvalidParameter(format!(
+            "bench clone: `xtask {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+fn clone_args(parts: &[&dyn std::fmt::Display]) -> Vec<String> {
+    parts.iter().map(|p| p.to_string()).collect()
+}
+
+/// `len` bytes of `pattern`, 4 MiB pieces salted by their index (so no two
+/// blocks hold the same bytes), written to `path` without holding them.
+fn write_pattern_file(path: &Path, len: u64, salt: u64) -> formats::Result<()> {
+    use std::io::Write;
+    let err = |e| formats::Error::io(path.display().to_string(), e);
+    let mut f = std::fs::File::create(path).map_err(err)?;
+    let (mut off, mut i) = (0u64, 0u64);
+    while off < len {
+        let n = (4u64 << 20).min(len - off);
+        f.write_all(&pattern(n as usize, salt.wrapping_add(i)))
+            .map_err(err)?;
+        off += n;
+        i += 1;
+    }
+    Ok(())
+}
+
+/// Base (empty dynamic) and differencing child on the mount, the child
+/// holding `data` bytes from virtual offset 0 as `fill` says. VHD: `write` places a block's
+/// data 512 bytes past a page (after its sector bitmap), where no clone can
+/// reach it, so the data goes into a third level (top) that is then merged
+/// into the child, which places the child's blocks on pages, as any chain
+/// chainfold merged before has them. VHDX blocks are aligned either way.
+fn clone_workload(
+    mnt: &Path,
+    scratch: &Path,
+    name: &str,
+    vhdx: bool,
+    block: u64,
+    data: u64,
+    fill: CloneFill,
+) -> formats::Result<CloneWorkload> {
+    let dir = mnt.join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    let virtual_size = 4 * data;
+    if fill == CloneFill::Half4k {
+        let w = make_workload(
+            mnt,
+            name,
+            vhdx,
+            u32::try_from(block).unwrap_or(u32::MAX),
+            virtual_size,
+            data,
+            Fill::Half,
+        )?;
+        return Ok(CloneWorkload {
+            name: name.into(),
+            dir,
+            base: w.base,
+            child: w.child,
+            vhdx,
+            fill,
+            block,
+            data,
+            extent: w.extent_bytes,
+        });
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| formats::Error::io(dir.display().to_string(), e))?;
+    let (be, ce) = if vhdx {
+        ("vhdx", "avhdx")
+    } else {
+        ("vhd", "vhd")
+    };
+    let base = dir.join(format!("base.{be}"));
+    let child = dir.join(format!("child.{ce}"));
+    let extent = if fill == CloneFill::Full {
+        data
+    } else {
+        2 * data
+    };
+    xtask_run(&clone_args(&[
+        &"create",
+        &base.display(),
+        &"--size",
+        &virtual_size,
+        &"--block-size",
+        &block,
+    ]))?;
+    xtask_run(&clone_args(&[
+        &"create",
+        &child.display(),
+        &"--parent",
+        &base.display(),
+        &"--block-size",
+        &block,
+    ]))?;
+    let top = dir.join(format!("top.{ce}"));
+    let target = if vhdx {
+        child.clone()
+    } else {
+        xtask_run(&clone_args(&[
+            &"create",
+            &top.display(),
+            &"--parent",
+            &child.display(),
+            &"--block-size",
+            &block,
+        ]))?;
+        top.clone()
+    };
+    if fill == CloneFill::Full {
+        let input = scratch.join(format!("clone-input-{data}.bin"));
+        if !input.exists() {
+            write_pattern_file(&input, data, 17)?;
+        }
+        xtask_run(&clone_args(&[
+            &"write",
+            &target.display(),
+            &"--offset",
+            &0,
+            &"--input",
+            &input.display(),
+        ]))?;
+    } else {
+        let input = scratch.join("clone-half.bin");
+        let half = block / 2;
+        for k in 0..data / half {
+            write_pattern_file(&input, half, 1000 + k * 16)?;
+            xtask_run(&clone_args(&[
+                &"write",
+                &target.display(),
+                &"--offset",
+                &(k * block),
+                &"--input",
+                &input.display(),
+            ]))?;
+        }
+        let _ = std::fs::remove_file(&input);
+    }
+    if !vhdx {
+        xtask_run(&clone_args(&[&"merge", &top.display()]))?;
+        let _ = std::fs::remove_file(&top);
+    }
+    Ok(CloneWorkload {
+        name: name.into(),
+        dir,
+        base,
+        child,
+        vhdx,
+        fill,
+        block,
+        data,
+        extent,
+    })
+}
+
+/// sha256 of the first `len` virtual bytes of `img`'s chain.
+fn view_sha(img: &Path, len: u64) -> Option<String> {
+    use sha2::Digest;
+    let chain = formats::chain::Chain::open(&ns(), img, &ChainOptions::default()).ok()?;
+    let mut r = chain.reader();
+    let mut buf = vec![0u8; 4 << 20];
+    let mut h = sha2::Sha256::new();
+    let mut off = 0;
+    while off < len {
+        let n = (buf.len() as u64).min(len - off) as usize;
+        r.read(off, &mut buf[..n]).ok()?;
+        h.update(&buf[..n]);
+        off += n as u64;
+    }
+    Some(format!("{:x}", h.finalize()))
+}
+
+fn median_i64(v: &[i64]) -> i64 {
+    if v.is_empty() || v.iter().any(|&x| x < 0) {
+        return -1;
+    }
+    let mut v = v.to_vec();
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+/// `cp --reflink=WHEN FROM TO && sync -f TO`, under `xtask measure`.
+fn timed_cp(when: &str, from: &Path, to: &Path) -> Measurement {
+    timed(&[
+        "sh",
+        "-c",
+        &format!("cp --reflink={when} \"$1\" \"$2\" && sync -f \"$2\""),
+        "sh",
+        &from.display().to_string(),
+        &to.display().to_string(),
+    ])
+}
+
+/// Set by SIGINT / SIGTERM while the clone section runs: the section stops
+/// at its next step and returns, so its mounts are unmounted (their guards
+/// dropped) instead of left behind by a killed process.
+static CLONE_CANCELLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static CLONE_RUNNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn clone_check_cancel() -> formats::Result<()> {
+    if CLONE_CANCELLED.load(std::sync::atomic::Ordering::SeqCst) {
+        Err(formats::Error::io(
+            "bench clone",
+            std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                "interrupted by a signal; its loop mounts are unmounted",
+            ),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// Clears `CLONE_RUNNING` when the section ends, however it ends.
+struct CloneRunning;
+impl Drop for CloneRunning {
+    fn drop(&mut self) {
+        CLONE_RUNNING.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn clone_install_signal_handler() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Outside the clone section a signal ends the bench as it would
+        // without a handler.
+        let _ = ctrlc::set_handler(|| {
+            if CLONE_RUNNING.load(std::sync::atomic::Ordering::SeqCst) {
+                CLONE_CANCELLED.store(true, std::sync::atomic::Ordering::SeqCst);
+            } else {
+                std::process::exit(130);
+            }
+        });
+    });
+}
+
+/// Time one clone workload: `pairs` x (merge of fresh reflinked copies of
+/// base and child, cp --reflink=always, cp --reflink=never), `sync` before
+/// each.
+fn clone_row(
+    m: &testdata::loopfs::LoopMount,
+    fs: &str,
+    w: &CloneWorkload,
+    pairs: usize,
+) -> formats::Result<CloneResult> {
+    let want = view_sha(&w.child, w.extent);
+    let run = w.dir.join("run");
+    let x = w.dir.join("x.bin");
+    let (mut merges, mut reflinks, mut copies) = (vec![], vec![], vec![]);
+    let (mut mw, mut rw, mut cw, mut used) = (vec![], vec![], vec![], vec![]);
+    let (mut rss, mut content_ok) = (-1i64, false);
+    let (mut before, mut after) = ((0, 0), (0, 0));
+    for p in 0..pairs {
+        clone_check_cancel()?;
+        let _ = std::fs::remove_dir_all(&run);
+        std::fs::create_dir_all(&run)
+            .map_err(|e| formats::Error::io(run.display().to_string(), e))?;
+        let b = run.join(w.base.file_name().unwrap_or_default());
+        let c = run.join(w.child.file_name().unwrap_or_default());
+        for (from, to) in [(&w.base, &b), (&w.child, &c)] {
+            if !sh(&[
+                "cp",
+                "--reflink=always",
+                &from.display().to_string(),
+                &to.display().to_string(),
+            ]) {
+                return Err(formats::Error::InvalidParameter(format!(
+                    "bench clone: cp --reflink=always {} failed",
+                    from.display()
+                )));
+            }
+        }
+        sh(&["sync"]);
+        let dest0 = file_sizes(&b);
+        let free0 = m.free_bytes();
+        let mr = timed(&as_strs(&merge_cmd(&b, &c)));
+        let free1 = m.free_bytes();
+        let dest1 = file_sizes(&b);
+        if !mr.success {
+            return Err(formats::Error::InvalidParameter(format!(
+                "bench clone: merge of {} on {fs} failed",
+                w.name
+            )));
+        }
+        eprintln!(
+            "bench:   {fs} {}: merge {:.3}s, wrote {} bytes, fs used {} bytes",
+            w.name,
+            mr.wall_s,
+            mr.write_bytes,
+            free0 as i64 - free1 as i64
+        );
+        if p == 0 {
+            before = dest0;
+            after = dest1;
+            content_ok = want.is_some() && view_sha(&b, w.extent) == want;
+        }
+        merges.push(mr.wall_s);
+        mw.push(mr.write_bytes);
+        used.push(free0 as i64 - free1 as i64);
+        rss = rss.max(mr.max_rss_kib);
+        let _ = std::fs::remove_dir_all(&run);
+        for (when, times, wrote) in [
+            ("always", &mut reflinks, &mut rw),
+            ("never", &mut copies, &mut cw),
+        ] {
+            clone_check_cancel()?;
+            let _ = std::fs::remove_file(&x);
+            sh(&["sync"]);
+            let cm = timed_cp(when, &w.child, &x);
+            eprintln!(
+                "bench:   {fs} {}: cp --reflink={when} {:.3}s{}",
+                w.name,
+                cm.wall_s,
+                if cm.success { "" } else { " (failed)" }
+            );
+            times.push(if cm.success { cm.wall_s } else { f64::NAN });
+            wrote.push(if cm.success { cm.write_bytes } else { -1 });
+            let _ = std::fs::remove_file(&x);
+        }
+    }
+    sh(&["sync"]);
+    let (ms, rs, cs) = (median(merges), median(reflinks), median(copies));
+    let gib = w.data as f64 / CLONE_GIB as f64;
+    let written = median_i64(&mw);
+    let written_over_data = if written < 0 {
+        f64::NAN
+    } else {
+        written as f64 / w.data as f64
+    };
+    let (s_per_gib_target, reflink_ratio_target, written_target) = if w.fill == CloneFill::Full {
+        (Some(0.1), Some(50.0), 0.05)
+    } else {
+        (None, None, 1.05)
+    };
+    let s_per_gib = ms / gib;
+    Ok(CloneResult {
+        fs: fs.into(),
+        workload: w.name.clone(),
+        vhdx: w.vhdx,
+        fill: w.fill,
+        block_bytes: w.block,
+        data_bytes: w.data,
+        pairs,
+        merge_s: ms,
+        cp_reflink_s: rs,
+        cp_copy_s: cs,
+        merge_s_per_gib: s_per_gib,
+        merge_over_reflink: ms / rs,
+        merge_write_bytes: written,
+        written_over_data,
+        cp_reflink_write_bytes: median_i64(&rw),
+        cp_copy_write_bytes: median_i64(&cw),
+        merge_max_rss_kib: rss,
+        dest_apparent_before: before.0,
+        dest_allocated_before: before.1,
+        dest_apparent_after: after.0,
+        dest_allocated_after: after.1,
+        fs_used_bytes: {
+            used.sort_unstable();
+            used.get(used.len() / 2).copied().unwrap_or(0)
+        },
+        content_ok,
+        s_per_gib_target,
+        reflink_ratio_target,
+        written_target,
+        s_per_gib_holds: s_per_gib_target.map(|t| s_per_gib <= t),
+        reflink_ratio_holds: reflink_ratio_target.map(|t| ms / rs <= t),
+        written_holds: written_over_data <= written_target,
+    })
+}
+
+/// `--only clone`: merges on XFS (reflink) and btrfs, each a loop mount
+/// made here and unmounted when its guard drops (also on an error or a
+/// SIGINT / SIGTERM, which stop the section at its next step). Rows: a
+/// VHDX (32 MiB blocks) and a VHD (2 MiB blocks) child holding 1 GiB and
+/// 4 GiB (`--quick`: 1 GiB) in full blocks, and two VHDX children with
+/// 32 MiB blocks each half written (1 GiB of data; `--quick`: 256 MiB):
+/// the first half of each block, and every other 4 KiB; each merged into
+/// an empty dynamic base; against `cp --reflink=always` and
+/// `cp --reflink=never` of the child (then `sync -f`).
+fn clone_section(
+    args: &BenchArgs,
+    root: &Path,
+    pairs: usize,
+    report: &mut Report,
+) -> formats::Result<()> {
+    use testdata::loopfs::{FsKind, LoopMount};
+    clone_install_signal_handler();
+    CLONE_RUNNING.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _running = CloneRunning;
+    let sizes: &[u64] = if args.quick {
+        &[CLONE_GIB]
+    } else {
+        &[CLONE_GIB, 4 * CLONE_GIB]
+    };
+    let half_data = if args.quick { 256 << 20 } else { CLONE_GIB };
+    // (name, vhdx, block, data, fill)
+    let mut rows: Vec<(String, bool, u64, u64, CloneFill)> = vec![];
+    for &data in sizes {
+        let gib = data / CLONE_GIB;
+        let full = CloneFill::Full;
+        rows.push((format!("vhdx-32M-{gib}G"), true, 32 << 20, data, full));
+        rows.push((format!("vhd-2M-{gib}G"), false, 2 << 20, data, full));
+    }
+    for (label, fill) in [
+        ("half", CloneFill::HalfBlocks),
+        ("half4k", CloneFill::Half4k),
+    ] {
+        let mib = half_data >> 20;
+        rows.push((
+            format!("vhdx-32M-{label}-{mib}M"),
+            true,
+            32 << 20,
+            half_data,
+            fill,
+        ));
+    }
+    let scratch = root.join("clone-scratch");
+    std::fs::create_dir_all(&scratch)
+        .map_err(|e| formats::Error::io(scratch.display().to_string(), e))?;
+    fn skip(report: &mut Report, line: String) {
+        eprintln!("bench: {line}");
+        report.clone_skipped.push(line);
+    }
+    for (kind, fs, label, tool) in [
+        (FsKind::Xfs, "xfs-reflink", "XFS (reflink)", "mkfs.xfs"),
+        (FsKind::Btrfs, "btrfs", "btrfs", "mkfs.btrfs"),
+    ] {
+        clone_check_cancel()?;
+        let selected: Vec<_> = rows
+            .iter()
+            .filter(|r| wanted(args, &format!("clone-{fs}-{}", r.0)))
+            .collect();
+        if selected.is_empty() {
+            continue;
+        }
+        if !sh(&["sh", "-c", &format!("command -v {tool}")]) {
+            skip(
+                report,
+                format!("clone: {label} skipped: {tool} is not installed"),
+            );
+            continue;
+        }
+        // Room for the largest row's top, child and a full copy, with slack
+        // for metadata; sparse, so only what is written takes host space.
+        let largest = selected.iter().map(|r| 2 * r.3).max().unwrap_or(CLONE_GIB);
+        eprintln!("bench: clone: mounting {label}");
+        let m = match LoopMount::new(kind, 4 * largest + 4 * CLONE_GIB) {
+            Ok(m) => m,
+            Err(reason) => {
+                skip(report, format!("clone: {label} skipped: {reason}"));
+                continue;
+            }
+        };
+        // A mount that does not share extents (reflink off) is no clone
+        // bench: say so rather than time copies.
+        let probe = m.path().join("probe");
+        let probe2 = m.path().join("probe2");
+        let _ = std::fs::write(&probe, pattern(1 << 20, 1));
+        if !sh(&[
+            "cp",
+            "--reflink=always",
+            &probe.display().to_string(),
+            &probe2.display().to_string(),
+        ]) {
+            skip(
+                report,
+                format!("clone: {label} skipped: cp --reflink=always is refused on the mount"),
+            );
+            continue;
+        }
+        let _ = std::fs::remove_file(&probe);
+        let _ = std::fs::remove_file(&probe2);
+        for (name, vhdx, block, data, fill) in selected {
+            clone_check_cancel()?;
+            eprintln!("bench: clone: preparing {fs} {name}");
+            let w = match clone_workload(m.path(), &scratch, name, *vhdx, *block, *data, *fill) {
+                Ok(w) => w,
+                Err(e) => {
+                    skip(report, format!("clone: {fs} {name} skipped: {e}"));
+                    continue;
+                }
+            };
+            clone_check_cancel()?;
+            eprintln!("bench: clone: timing {fs} {name}");
+            match clone_row(&m, fs, &w, pairs) {
+                Ok(r) => {
+                    eprintln!("bench: {r:?}");
+                    report.clone.push(r);
+                }
+                Err(e) => {
+                    clone_check_cancel()?;
+                    skip(report, format!("clone: {fs} {name} failed: {e}"));
+                }
+            }
+            let _ = std::fs::remove_dir_all(&w.dir);
+        }
+        drop(m);
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(())
+}
+
 pub fn bench(args: &BenchArgs) -> formats::Result<Report> {
     let tmp;
     let root = match &args.dir {
@@ -1021,6 +1632,13 @@ pub fn bench(args: &BenchArgs) -> formats::Result<Report> {
     if wanted(args, "space") && !args.prepare_only {
         eprintln!("bench: space");
         space(&root, &mut report)?;
+    }
+    if (wanted(args, "clone") || args.only.iter().any(|o| o.contains("clone")))
+        && !args.prepare_only
+    {
+        eprintln!("bench: clone");
+        // Fewer pairs under --quick: each moves the data once more by cp.
+        clone_section(args, &root, if args.quick { 3 } else { pairs }, &mut report)?;
     }
     const GIB: u64 = 1 << 30;
     let sizes: &[u64] = if args.quick { &[GIB] } else { &[GIB, 4 * GIB] };
@@ -1184,6 +1802,95 @@ pub fn bench(args: &BenchArgs) -> formats::Result<Report> {
     Ok(report)
 }
 
+/// The clone section's table (one line per row) and its skip lines.
+fn print_clone(r: &Report) {
+    if r.clone.is_empty() && r.clone_skipped.is_empty() {
+        return;
+    }
+    let mib = |b: i64| {
+        if b < 0 {
+            "?".to_string()
+        } else {
+            format!("{:.1}", b as f64 / (1u64 << 20) as f64)
+        }
+    };
+    let verdict = |v: Option<bool>| match v {
+        Some(true) => "ok",
+        Some(false) => "FAIL",
+        None => "-",
+    };
+    if let Some(c) = r.clone.first() {
+        println!(
+            "clone: merge of the child into an empty dynamic base on a loop mount, vs `cp --reflink=always|never CHILD X && sync -f X` ({} alternating pairs, medians; wrote = bytes the process wrote as the kernel counted them; dest = the base's `stat -c '%s %b'` as MiB, apparent/allocated, before -> after the merge; fs used = statvfs free space the merge consumed, child still present)",
+            c.pairs
+        );
+    }
+    if !r.clone.is_empty() {
+        println!(
+            "{:<34} {:>8} {:>9} {:>8} {:>14} {:>16} {:>10} {:>20} {:>17} {:>8} {:>27} {:>8} {:>7}",
+            "clone: workload",
+            "merge s",
+            "reflink s",
+            "copy s",
+            "s/GiB (<=0.1)",
+            "/reflink (<=50)",
+            "wrote MiB",
+            "wrote/data (target)",
+            "cp wrote MiB r/c",
+            "RSS MiB",
+            "dest MiB before -> after",
+            "fs used",
+            "content"
+        );
+    }
+    for c in &r.clone {
+        let s_per_gib = match c.s_per_gib_target {
+            Some(_) => format!("{:.3} {}", c.merge_s_per_gib, verdict(c.s_per_gib_holds)),
+            None => format!("{:.3}", c.merge_s_per_gib),
+        };
+        let ratio = match c.reflink_ratio_target {
+            Some(_) => format!(
+                "{:.1} {}",
+                c.merge_over_reflink,
+                verdict(c.reflink_ratio_holds)
+            ),
+            None => format!("{:.1}", c.merge_over_reflink),
+        };
+        let written = format!(
+            "{:.4} (<={}) {}",
+            c.written_over_data,
+            c.written_target,
+            verdict(Some(c.written_holds))
+        );
+        let mb = |b: u64| b as f64 / (1u64 << 20) as f64;
+        println!(
+            "{:<34} {:>8.3} {:>9.3} {:>8.3} {:>14} {:>16} {:>10} {:>20} {:>17} {:>8.1} {:>27} {:>8} {:>7}",
+            format!("{} {}", c.fs, c.workload),
+            c.merge_s,
+            c.cp_reflink_s,
+            c.cp_copy_s,
+            s_per_gib,
+            ratio,
+            mib(c.merge_write_bytes),
+            written,
+            format!("{}/{}", mib(c.cp_reflink_write_bytes), mib(c.cp_copy_write_bytes)),
+            c.merge_max_rss_kib as f64 / 1024.0,
+            format!(
+                "{:.1}/{:.1} -> {:.1}/{:.1}",
+                mb(c.dest_apparent_before),
+                mb(c.dest_allocated_before),
+                mb(c.dest_apparent_after),
+                mb(c.dest_allocated_after)
+            ),
+            format!("{:.1}", c.fs_used_bytes as f64 / (1u64 << 20) as f64),
+            if c.content_ok { "ok" } else { "WRONG" }
+        );
+    }
+    for line in &r.clone_skipped {
+        println!("{line}");
+    }
+}
+
 pub fn run(args: BenchArgs) -> u8 {
     match bench(&args) {
         Ok(r) => {
@@ -1283,6 +1990,7 @@ pub fn run(args: BenchArgs) -> u8 {
                         if c.holds { "holds" } else { "FAILS" }
                     );
                 }
+                print_clone(&r);
                 for m in &r.memory {
                     println!(
                         "memory {:<22} peak RSS {:>7.1} MiB (limit {}) in {:.2}s: {}",
