@@ -235,6 +235,10 @@ impl WriteCombiner {
             return Ok(());
         }
         let file_len = st.len()?;
+        // On a file system that shares extents a block's unchanged bytes
+        // are already in place (cloned, or fresh zeros): filling the gaps
+        // would double the bytes written for nothing.
+        let max_gap = if st.shares_extents() { 0 } else { MAX_GAP };
         let w = self.window;
         let buf = self
             .buf
@@ -247,7 +251,7 @@ impl WriteCombiner {
             while let Some(&(ns, ne)) = self.pieces.get(j) {
                 // A gap is filled only with bytes the file really has, and
                 // the span is read back whole, so it must end inside the file.
-                if ns - e > MAX_GAP || w + u64::from(ne) > file_len {
+                if ns - e > max_gap || w + u64::from(ne) > file_len {
                     break;
                 }
                 e = ne;

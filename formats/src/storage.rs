@@ -73,6 +73,14 @@ pub trait Storage: Send + Sync + Debug {
         Ok(())
     }
 
+    /// Whether copies into this storage share extents with their source
+    /// (a reflink file system): writing only the bytes that changed then
+    /// beats joining small pieces into long spans (see `combine`). Default:
+    /// no.
+    fn shares_extents(&self) -> bool {
+        false
+    }
+
     /// The real file behind this storage, for kernel copy offload.
     fn as_file(&self) -> Option<&File> {
         None
@@ -353,6 +361,15 @@ impl Storage for FileStorage {
 
     fn as_any(&self) -> Option<&dyn std::any::Any> {
         Some(self)
+    }
+
+    fn shares_extents(&self) -> bool {
+        !self.clones.refused.load(std::sync::atomic::Ordering::Relaxed)
+            && self
+                .clones
+                .block
+                .get_or_init(|| detect_clones(&self.file))
+                .is_some()
     }
 
     /// Share extents with the source where the file system can (XFS with
