@@ -364,7 +364,10 @@ impl Storage for FileStorage {
     }
 
     fn shares_extents(&self) -> bool {
-        !self.clones.refused.load(std::sync::atomic::Ordering::Relaxed)
+        !self
+            .clones
+            .refused
+            .load(std::sync::atomic::Ordering::Relaxed)
             && self
                 .clones
                 .block

@@ -12,6 +12,7 @@ mod cmd_create;
 mod cmd_demo;
 mod cmd_fuzz;
 mod cmd_info;
+mod cmd_map;
 mod cmd_merge;
 mod cmd_scan;
 mod cmd_sim;
@@ -56,6 +57,8 @@ pub struct ChainArgs {
 enum Cmd {
     /// Describe an image and its chain.
     Info(cmd_info::InfoArgs),
+    /// Show which layer of the chain provides each virtual range (--json, --svg FILE).
+    Map(cmd_map::MapArgs),
     /// Validate an image and its chain (exit 0 clean, 1 errors, 2 unreadable).
     Check(cmd_check::CheckArgs),
     /// Write the virtual content of a chain to a raw file, or flatten it into a new .vhd/.vhdx.
@@ -90,6 +93,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.cmd {
         Cmd::Info(a) => cmd_info::run(a),
+        Cmd::Map(a) => cmd_map::run(a),
         Cmd::Check(a) => cmd_check::run(a),
         Cmd::Convert(a) => cmd_convert::run(a),
         Cmd::Create(a) => cmd_create::run(a),
