@@ -22,13 +22,14 @@
 //! entry naming its new place, nor the BAT commit before the old place is
 //! punched or the file cut; the checker must catch it.
 
-use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use formats::chain::{open_image_file, Chain, ChainOptions};
 use formats::params::{DiskType, OpenOptions};
 use formats::{Access, CompactReport, JournalSlot, Namespace, Severity, Storage};
+
+use crate::barrier::{NoBarrier, NoBarrierNs};
 
 use crate::explore::{CrashContext, Marks, Scenario};
 use crate::merge_scenarios::{
@@ -272,35 +273,6 @@ fn build(ns: &Arc<dyn Namespace>, p: &CompactParams) -> Result<(), String> {
     Ok(())
 }
 
-/// The negative control's storage: every flush is dropped, so the page
-/// cache may write the compaction's bytes back in any order.
-#[derive(Debug)]
-struct NoBarrier(Arc<dyn Storage>);
-
-impl Storage for NoBarrier {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.0.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.0.write_at(buf, offset)
-    }
-    fn len(&self) -> io::Result<u64> {
-        self.0.len()
-    }
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        self.0.set_len(len)
-    }
-    fn flush(&self) -> io::Result<()> {
-        Ok(())
-    }
-    fn allocated_range(&self, offset: u64) -> io::Result<Option<std::ops::Range<u64>>> {
-        self.0.allocated_range(offset)
-    }
-    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.0.punch_hole(offset, len)
-    }
-}
-
 /// Compact the image as `xtask compact` does: lock it, refuse unless it
 /// passes `check`, reopen it writable, compact. The negative control opens
 /// it through `NoBarrier` instead.
@@ -316,7 +288,7 @@ fn compact_image(
         ignore_checksums: false,
     };
     let mut img = match strategy {
-        MergeStrategy::Safe => {
+        MergeStrategy::Safe | MergeStrategy::UnsafeRecovery => {
             let opts = ChainOptions {
                 access: Access::Write,
                 ..Default::default()
@@ -401,16 +373,23 @@ impl Scenario for CompactScenario {
         let exp = self.expected()?;
         let p = &self.params;
         let limit = exp.report.length_after;
-        formats::entropy::with_seed(self.seed ^ 2 ^ (ctx.crash_point as u64) << 8, || {
+        let salt = ctx.entropy_salt();
+        // The negative control of recovery: the re-run compaction through a
+        // namespace that drops its flushes (harmless unless it crashes).
+        let rns: Arc<dyn Namespace> = match self.strategy {
+            MergeStrategy::UnsafeRecovery => Arc::new(NoBarrierNs(Arc::clone(ns))),
+            _ => Arc::clone(ns),
+        };
+        formats::entropy::with_seed(self.seed ^ 2 ^ (ctx.crash_point as u64) << 8 ^ salt, || {
             judge(ns, p, exp)?;
             let len = file_len(ns, p)?;
-            if ctx.run_finished() && self.strategy == MergeStrategy::Safe && len > limit {
+            if ctx.run_finished() && self.strategy.run_is_safe() && len > limit {
                 return Err(format!(
                     "the compaction had returned, yet the file is {len} bytes, not {limit}"
                 ));
             }
             // Recover as a user would: compact again.
-            compact_image(ns, p, MergeStrategy::Safe)
+            compact_image(&rns, p, MergeStrategy::Safe)
                 .map_err(|e| format!("re-running the compaction after the crash: {e}"))?;
             judge(ns, p, exp).map_err(|e| format!("after the re-run: {e}"))?;
             let len = file_len(ns, p)?;

@@ -4,6 +4,7 @@
 //! ([`CrashModel`]), and the explorer that checks them ([`explore`],
 //! [`run_for`]) for any [`Scenario`].
 
+pub mod barrier;
 pub mod compact_scenarios;
 pub mod crash_storage;
 pub mod explore;
@@ -19,8 +20,10 @@ use std::sync::Arc;
 pub use compact_scenarios::{CompactParams, CompactScenario};
 pub use crash_storage::{CrashNamespace, Snapshot};
 pub use explore::{
-    explore, explore_prepared, prepare, replay_command, replay_state, run_for, run_for_with,
-    Budget, CrashContext, Marks, Prepared, Report, Scenario, ScenarioSummary, Strategy, Violation,
+    double_replay_command, explore, explore_double_crashes, explore_prepared, prepare,
+    replay_command, replay_double, replay_state, run_double_at, run_for, run_for_opts,
+    run_for_with, Budget, CrashContext, Marks, Prepared, RecoveryCrash, Report, RunOptions,
+    Scenario, ScenarioSummary, Strategy, Violation,
 };
 pub use merge_scenarios::{MergeParams, MergeScenario, MergeStrategy};
 pub use model::{Choice, CrashModel, Keep, PointSpace};

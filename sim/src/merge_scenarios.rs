@@ -28,6 +28,7 @@ use formats::params::{CreateParams, DiskType, OpenOptions};
 use formats::{Access, EntryKind, JournalSlot, Namespace, Severity};
 use merge::{JobHandle, MergeRequest};
 
+use crate::barrier::NoBarrierNs;
 use crate::explore::{CrashContext, Marks, Scenario};
 use crate::rng::SplitMix64;
 
@@ -44,6 +45,12 @@ pub enum MergeStrategy {
     /// Negative control: raw in-place writes, no journal, no ordering; for
     /// a compaction, `Image::compact` with every flush dropped.
     UnsafeInPlace,
+    /// Negative control of recovery: the operation is the safe one, but the
+    /// checker's recovery (re-run merge or compaction, with the log replay
+    /// and journal apply of its open) runs through a namespace that drops
+    /// every flush and directory sync. Invisible unless the recovery itself
+    /// crashes: single crashes pass, double crashes must catch it.
+    UnsafeRecovery,
 }
 
 impl MergeStrategy {
@@ -51,7 +58,14 @@ impl MergeStrategy {
         match self {
             MergeStrategy::Safe => "safe",
             MergeStrategy::UnsafeInPlace => "unsafe-in-place",
+            MergeStrategy::UnsafeRecovery => "unsafe-recovery",
         }
+    }
+
+    /// The operation under test is chainfold's own (only the recovery may
+    /// be broken).
+    pub fn run_is_safe(self) -> bool {
+        self != MergeStrategy::UnsafeInPlace
     }
 }
 
@@ -67,8 +81,9 @@ impl FromStr for MergeStrategy {
         match s {
             "safe" | "merge" => Ok(MergeStrategy::Safe),
             "unsafe-in-place" => Ok(MergeStrategy::UnsafeInPlace),
+            "unsafe-recovery" => Ok(MergeStrategy::UnsafeRecovery),
             _ => Err(format!(
-                "unknown merge strategy {s:?} (safe, merge, unsafe-in-place)"
+                "unknown merge strategy {s:?} (safe, merge, unsafe-in-place, unsafe-recovery)"
             )),
         }
     }
@@ -103,19 +118,27 @@ pub struct MergeParams {
     pub sector_4k: bool,
     /// The source is one block larger than the destination.
     pub grow: bool,
+    /// `--remove-merged`: the source and intermediates are removed after
+    /// the commit.
+    pub remove_merged: bool,
 }
 
 impl MergeParams {
-    /// `vhdx-dynamic-d2-4k-grow` style.
+    /// `vhdx-dynamic-d2-4k-grow-rm` style.
     pub fn name(&self) -> String {
         format!(
-            "{}-{}-d{}{}{}",
+            "{}-{}-d{}{}{}{}",
             if self.vhdx { "vhdx" } else { "vhd" },
             self.dest.name(),
             self.depth,
             if self.sector_4k { "-4k" } else { "" },
-            if self.grow { "-grow" } else { "" }
+            if self.grow { "-grow" } else { "" },
+            if self.remove_merged { "-rm" } else { "" }
         )
+    }
+    /// The files `--remove-merged` removes: the source and intermediates.
+    fn merged_paths(&self) -> Vec<PathBuf> {
+        (1..=self.depth).map(|i| self.child_path(i)).collect()
     }
     fn sector(&self) -> u64 {
         if self.sector_4k {
@@ -162,6 +185,7 @@ impl MergeParams {
         MergeRequest {
             source: self.source_path(),
             destination: Some(self.dest_path()),
+            remove_merged: self.remove_merged,
             ..Default::default()
         }
     }
@@ -686,7 +710,7 @@ impl Scenario for MergeScenario {
     }
     fn run(&self, ns: &Arc<dyn Namespace>, _marks: &Marks) -> Result<(), String> {
         formats::entropy::with_seed(self.seed ^ 1, || match self.strategy {
-            MergeStrategy::Safe => {
+            MergeStrategy::Safe | MergeStrategy::UnsafeRecovery => {
                 let out = merge::run(ns, &self.params.request(), &JobHandle::new());
                 if out.return_value == 0 {
                     Ok(())
@@ -704,7 +728,15 @@ impl Scenario for MergeScenario {
     fn check(&self, ns: &Arc<dyn Namespace>, ctx: &CrashContext) -> Result<(), String> {
         let exp = self.expected()?;
         let p = &self.params;
-        formats::entropy::with_seed(self.seed ^ 2 ^ (ctx.crash_point as u64) << 8, || {
+        // A second crash's recovery draws fresh GUIDs, as a new process.
+        let salt = ctx.entropy_salt();
+        // The recovery's negative control: the re-run merge through a
+        // namespace that drops every flush and directory sync.
+        let rns: Arc<dyn Namespace> = match self.strategy {
+            MergeStrategy::UnsafeRecovery => Arc::new(NoBarrierNs(Arc::clone(ns))),
+            _ => Arc::clone(ns),
+        };
+        formats::entropy::with_seed(self.seed ^ 2 ^ (ctx.crash_point as u64) << 8 ^ salt, || {
             let shows = judge_destination(ns, p, exp, true)?;
             if shows == Shows::Old {
                 // Invariant B: not committed, so the source chain reads
@@ -714,10 +746,13 @@ impl Scenario for MergeScenario {
             let record = merge::record::record_path(&p.source_path());
             let record_left = ns.kind(&record).map_err(e2s)? != EntryKind::Missing;
             if shows == Shows::Merged && !record_left {
-                // The merge committed and finished: nothing to recover.
-                return Ok(());
+                // The merge committed and finished: nothing to recover
+                // (and, with --remove-merged, the merged files are gone:
+                // the record is retired only after their removal is
+                // durable).
+                return merged_files_removed(ns, p, "the merge record is retired");
             }
-            if ctx.run_finished() && self.strategy == MergeStrategy::Safe {
+            if ctx.run_finished() && self.strategy.run_is_safe() && ctx.recovery.is_none() {
                 return Err(format!(
                     "the merge had returned, yet the destination shows {shows:?} content{}",
                     if record_left {
@@ -728,7 +763,7 @@ impl Scenario for MergeScenario {
                 ));
             }
             // Recover as a user would: run the same merge again.
-            let out = merge::run(ns, &p.request(), &JobHandle::new());
+            let out = merge::run(&rns, &p.request(), &JobHandle::new());
             if out.return_value != 0 {
                 return Err(format!(
                     "re-running the merge after the crash (destination showed {shows:?}) returned {}: {}",
@@ -748,9 +783,29 @@ impl Scenario for MergeScenario {
             if ns.kind(&record).map_err(e2s)? != EntryKind::Missing {
                 return Err("after the re-run the merge record is still there".into());
             }
-            Ok(())
+            merged_files_removed(ns, p, "after the re-run")
         })
     }
+}
+
+/// With `--remove-merged`, the source and every intermediate are gone.
+fn merged_files_removed(
+    ns: &Arc<dyn Namespace>,
+    p: &MergeParams,
+    when: &str,
+) -> Result<(), String> {
+    if !p.remove_merged {
+        return Ok(());
+    }
+    for f in p.merged_paths() {
+        if ns.kind(&f).map_err(e2s)? != EntryKind::Missing {
+            return Err(format!(
+                "{when}, yet {} is still there (--remove-merged)",
+                f.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The negative control. Reads the folded runs into memory, then writes
@@ -833,13 +888,16 @@ pub fn all_params() -> Vec<MergeParams> {
                         continue;
                     }
                     for grow in [false, true] {
-                        v.push(MergeParams {
-                            vhdx,
-                            dest,
-                            depth,
-                            sector_4k,
-                            grow,
-                        });
+                        for remove_merged in [false, true] {
+                            v.push(MergeParams {
+                                vhdx,
+                                dest,
+                                depth,
+                                sector_4k,
+                                grow,
+                                remove_merged,
+                            });
+                        }
                     }
                 }
             }
@@ -857,6 +915,11 @@ pub fn default_params() -> Vec<MergeParams> {
         depth,
         sector_4k,
         grow,
+        remove_merged: false,
+    };
+    let rm = |p: MergeParams| MergeParams {
+        remove_merged: true,
+        ..p
     };
     use DestKind::*;
     vec![
@@ -872,6 +935,10 @@ pub fn default_params() -> Vec<MergeParams> {
         mk(true, Dynamic, 3, false, true),
         mk(true, Differencing, 1, false, false),
         mk(true, Differencing, 2, true, true),
+        // --remove-merged: crashes among the removes, their directory sync
+        // and the record's retirement.
+        rm(mk(false, Dynamic, 2, false, false)),
+        rm(mk(true, Differencing, 2, false, false)),
     ]
 }
 

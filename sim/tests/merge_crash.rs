@@ -23,6 +23,7 @@ fn kinds() -> Vec<MergeParams> {
         depth,
         sector_4k,
         grow,
+        remove_merged: false,
     };
     vec![
         // Fixed VHD growth has a known violation (regression test below).
@@ -137,6 +138,7 @@ fn fixed_grow() -> MergeScenario {
             depth: 1,
             sector_4k: false,
             grow: true,
+            remove_merged: false,
         },
         MergeStrategy::Safe,
     )
@@ -159,6 +161,7 @@ fn failing_all_kept_points(s: &MergeScenario) -> Vec<(usize, String)> {
             state: 0,
             marks: Vec::new(),
             model,
+            recovery: None,
         };
         if let Err(e) = s.check(&post, &ctx) {
             out.push((k, e));
