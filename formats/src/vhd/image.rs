@@ -125,10 +125,16 @@ impl VhdImage {
                 end = Some((f, ok, off));
             }
         }
+        // Where the end footer is, or, when none has its cookie, where one
+        // belongs: the end of the file (rounded to a sector). A footer cut
+        // off (Xen Orchestra wrote such files) leaves the last block ending
+        // at EOF; EOF-512 would put that block's tail "under the footer"
+        // and make `check` report a false overlap. A writable open puts the
+        // footer there (`repair_footer_copy`).
         let end_offset = end
             .as_ref()
             .map(|e| e.2)
-            .unwrap_or(len.saturating_sub(FOOTER_SIZE as u64));
+            .unwrap_or_else(|| super::codec::align512(len).unwrap_or(len));
         let copy = if len >= 2 * FOOTER_SIZE as u64 {
             let (f, ok) = read_footer_at(st, name, 0, FOOTER_SIZE)?;
             f.cookie_ok().then_some((f, ok))
@@ -146,7 +152,8 @@ impl VhdImage {
                 findings.push(Finding::warning(
                     name,
                     "hard disk footer",
-                    end_offset,
+                    end.as_ref()
+                        .map_or(len.saturating_sub(FOOTER_SIZE as u64), |e| e.2),
                     format!("end footer invalid ({why}); using the copy at offset 0"),
                 ));
                 (c, FooterSource::CopyAtZero)

@@ -1037,6 +1037,22 @@ fn open_err(bytes: Vec<u8>) -> Error {
     VhdImage::open("bad.vhd", mem(bytes), None, ro()).unwrap_err()
 }
 
+/// The end footer cut off exactly (Xen Orchestra wrote such files): the
+/// last block ends at EOF. Read from the copy at 0 with a warning and no
+/// error: nothing is "under" a footer that is not there.
+#[test]
+fn footer_cut_off_reads_from_the_copy_without_a_false_overlap() {
+    use crate::image::Image;
+    let good = sample_dynamic();
+    let want = content(&VhdImage::open("good.vhd", mem(good.clone()), None, ro()).unwrap());
+    let cut = good[..good.len() - 512].to_vec();
+    let img = VhdImage::open("cut.vhd", mem(cut), None, ro()).unwrap();
+    assert_eq!(img.footer_source(), FooterSource::CopyAtZero);
+    let f = img.check().unwrap();
+    assert!(f.iter().all(|x| x.severity == Severity::Warning), "{f:?}");
+    assert!(content(&img) == want);
+}
+
 #[test]
 fn corrupted_images_give_precise_errors() {
     use crate::image::Image;
