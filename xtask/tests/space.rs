@@ -840,3 +840,41 @@ fn zero_blocks_of_a_dynamic_vhd_are_released() {
 fn zero_blocks_of_a_differencing_vhd_are_released_only_over_parent_zeros() {
     zero_blocks(Kind::VhdDifferencing);
 }
+
+/// A refused `compact` changes no byte: an image whose BAT names a block
+/// past the end of the file fails `check` (exit 1), and `--zero-blocks` on
+/// a differencing image whose parent is gone cannot judge the parent
+/// (exit 2).
+#[test]
+fn refused_compactions_change_no_byte() {
+    let d = tempfile::tempdir().unwrap();
+    // A dynamic VHD with a BAT entry pointing far past the end.
+    let img = make_destination(d.path(), Kind::VhdDynamic);
+    let mut bytes = std::fs::read(&img).unwrap();
+    let header = u64::from_be_bytes(bytes[16..24].try_into().unwrap()) as usize;
+    let table = u64::from_be_bytes(bytes[header + 16..header + 24].try_into().unwrap()) as usize;
+    bytes[table..table + 4].copy_from_slice(&0x00F0_0000u32.to_be_bytes());
+    std::fs::write(&img, &bytes).unwrap();
+    let out = xtask(&["compact", s(&img), "--json"]);
+    let v = json(&out);
+    assert_eq!(out.status.code(), Some(1), "{v}");
+    assert!(v["error"].as_str().unwrap_or("").contains("refused"), "{v}");
+    assert!(
+        std::fs::read(&img).unwrap() == bytes,
+        "a refused compact changed the image"
+    );
+
+    // A differencing VHDX without its parent, with --zero-blocks.
+    let d = tempfile::tempdir().unwrap();
+    let child = make_destination(d.path(), Kind::VhdxDifferencing);
+    std::fs::remove_file(d.path().join("base.vhdx")).unwrap();
+    let before = std::fs::read(&child).unwrap();
+    let out = xtask(&["compact", s(&child), "--zero-blocks", "--json"]);
+    let v = json(&out);
+    assert_eq!(out.status.code(), Some(2), "{v}");
+    assert!(v["error"].as_str().unwrap_or("").contains("parent"), "{v}");
+    assert!(
+        std::fs::read(&child).unwrap() == before,
+        "a refused compact changed the image"
+    );
+}
