@@ -68,7 +68,7 @@ pub fn create(storage: &dyn Storage, params: &CreateParams) -> Result<()> {
         sectors_per_track: s,
         disk_type: DISK_TYPE_FIXED,
         checksum: 0,
-        unique_id: uuid::Uuid::new_v4().into_bytes(),
+        unique_id: crate::entropy::new_guid().into_bytes(),
         saved_state: 0,
         reserved: [0u8; 427],
     };

@@ -576,7 +576,7 @@ fn commit_steps(
         }
         (img.allocate(len)?, len)
     };
-    let l = Uuid::new_v4();
+    let l = crate::entropy::new_guid();
     let params = img.entry_params(l)?;
     writer::write_entry(&*img.storage, &name, lo, ll, &params, &src)?;
     // (1) The entry is durable before any header names its LogGuid.

@@ -86,7 +86,7 @@ pub fn create(storage: &dyn Storage, params: &CreateParams) -> Result<()> {
     // Metadata items.
     let disk_id = parent
         .and_then(|p| p.virtual_disk_id)
-        .unwrap_or_else(Uuid::new_v4);
+        .unwrap_or_else(crate::entropy::new_guid);
     let mut item_list: Vec<(Uuid, u32, Vec<u8>)> = vec![
         (items::FILE_PARAMETERS, FLAG_IS_REQUIRED, fp.encode()),
         (

@@ -85,7 +85,7 @@ impl VhdxImage {
     /// First writes of a writable open: a new FileWriteGuid in both
     /// headers, before any other write (replay included).
     pub(crate) fn start_write_session(&mut self) -> Result<()> {
-        self.header_update_both(|h| h.file_write_guid = Uuid::new_v4())
+        self.header_update_both(|h| h.file_write_guid = crate::entropy::new_guid())
     }
 
     /// Replay the pending log on disk: entries in place, extend, flush, and
@@ -123,7 +123,7 @@ impl VhdxImage {
     /// Before the first change a reader could see: a new DataWriteGuid.
     pub(crate) fn renew_data_write_guid(&mut self) -> Result<()> {
         if !self.data_write_guid_renewed {
-            self.header_update_both(|h| h.data_write_guid = Uuid::new_v4())?;
+            self.header_update_both(|h| h.data_write_guid = crate::entropy::new_guid())?;
             self.data_write_guid_renewed = true;
         }
         Ok(())
@@ -163,7 +163,7 @@ impl VhdxImage {
         src: &dyn SectorSource,
         new_data_write_guid: Option<Uuid>,
     ) -> Result<()> {
-        let l = Uuid::new_v4();
+        let l = crate::entropy::new_guid();
         let params = self.entry_params(l)?;
         let (lo, ll) = (self.header.log_offset, u64::from(self.header.log_length));
         writer::write_entry(&*self.storage, &self.name, lo, ll, &params, src)?;
