@@ -180,7 +180,8 @@ pub(super) fn compact(img: &mut VhdImage) -> Result<CompactReport> {
         return Ok(report);
     };
     let end = align512(map.used_end()).unwrap_or(length_before);
-    if end + (FOOTER_SIZE as u64) < length_before {
+    let cut = end + (FOOTER_SIZE as u64) < length_before;
+    if cut {
         st.write_at(&footer_bytes(img)?, end).ctx(&name)?;
         st.flush().ctx(&name)?;
         st.set_len(end + FOOTER_SIZE as u64).ctx(&name)?;
@@ -194,7 +195,11 @@ pub(super) fn compact(img: &mut VhdImage) -> Result<CompactReport> {
             report.bytes_punched += b - a;
         }
     }
-    st.flush().ctx(&name)?;
+    // The moves flushed themselves; the new length and the holes are made
+    // durable here (an already compact file has nothing to flush).
+    if cut || report.bytes_punched > 0 {
+        st.flush().ctx(&name)?;
+    }
     report.length_after = st.len().ctx(&name)?;
     Ok(report)
 }
