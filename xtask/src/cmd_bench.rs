@@ -353,6 +353,108 @@ pub struct Report {
     pub clone: Vec<CloneResult>,
     /// Why clone rows or file systems were not measured.
     pub clone_skipped: Vec<String>,
+    pub scan: Vec<ScanResult>,
+}
+
+/// `scan` of one folder of many small images (issue: < 5 s for 10,000).
+#[derive(Serialize, Debug)]
+pub struct ScanResult {
+    pub images: u64,
+    /// Wall time with the page cache dropped first (None when not root).
+    pub cold_s: Option<f64>,
+    /// Wall time right after (median of three).
+    pub warm_s: f64,
+    pub max_rss_mib: f64,
+    pub images_found: u64,
+    pub limit_s: f64,
+    pub holds: bool,
+}
+
+/// 10,000 images (half VHDX, half VHD; every tenth a differencing child
+/// of the one before it, so chains are resolved too) in one folder, then
+/// `scan DIR --json`, cold (caches dropped, as root) and warm.
+fn scan_section(root: &Path, report: &mut Report) -> Result<(), formats::Error> {
+    const IMAGES: u64 = 10_000;
+    let dir = root.join("scan-10k");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| formats::Error::io(dir.display().to_string(), e))?;
+    let run = |args: &[&str]| -> Result<(), formats::Error> {
+        let out = Command::new(exe())
+            .args(args)
+            .output()
+            .map_err(|e| formats::Error::io("xtask", e))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(formats::Error::InvalidParameter(format!(
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )))
+        }
+    };
+    let s = |p: &Path| p.display().to_string();
+    // Templates: a base and a child of it per format; copies of the pair
+    // keep their links (the locator is relative: `.\base-N` would not
+    // match a renamed copy, so children are made per chain).
+    let mut made = 0u64;
+    let mut n = 0u64;
+    while made < IMAGES {
+        let ext = if n % 2 == 0 { "vhdx" } else { "vhd" };
+        let base = dir.join(format!("b{n}.{ext}"));
+        if n < 2 {
+            run(&["create", &s(&base), "--size", "16M"])?;
+        } else {
+            let template = dir.join(format!("b{}.{ext}", n % 2));
+            std::fs::copy(&template, &base).map_err(|e| formats::Error::io(s(&base), e))?;
+        }
+        made += 1;
+        if n % 10 < 2 && made < IMAGES {
+            let child = dir.join(format!("c{n}.{ext}"));
+            run(&["create", &s(&child), "--parent", &s(&base)])?;
+            made += 1;
+        }
+        n += 1;
+    }
+    let scan = || -> Result<(Measurement, u64), formats::Error> {
+        let m = timed(&[&s(&exe()), "scan", &s(&dir), "--json"]);
+        Ok((m, made))
+    };
+    // Dropping the page cache needs root; without it there is no cold run.
+    let _ = Command::new("sync").status();
+    let cold_s = if std::fs::write("/proc/sys/vm/drop_caches", b"3").is_ok() {
+        Some(scan()?.0.wall_s)
+    } else {
+        None
+    };
+    let mut warm = Vec::new();
+    let mut rss: f64 = 0.0;
+    for _ in 0..3 {
+        let (m, _) = scan()?;
+        warm.push(m.wall_s);
+        rss = rss.max(m.max_rss_kib as f64 / 1024.0);
+    }
+    warm.sort_by(f64::total_cmp);
+    let found = {
+        let out = Command::new(exe())
+            .args(["scan", &s(&dir), "--json"])
+            .output()
+            .map_err(|e| formats::Error::io("xtask scan", e))?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["images"].as_array().map_or(0, |a| a.len() as u64)
+    };
+    let limit_s = 5.0;
+    let worst = cold_s.unwrap_or(0.0).max(warm[1]);
+    report.scan.push(ScanResult {
+        images: made,
+        cold_s,
+        warm_s: warm[1],
+        max_rss_mib: rss,
+        images_found: found,
+        limit_s,
+        holds: worst < limit_s && found == made,
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
 }
 
 #[derive(Serialize, Debug)]
@@ -1633,6 +1735,10 @@ pub fn bench(args: &BenchArgs) -> formats::Result<Report> {
         eprintln!("bench: space");
         space(&root, &mut report)?;
     }
+    if wanted(args, "scan") && !args.prepare_only {
+        eprintln!("bench: scan");
+        scan_section(&root, &mut report)?;
+    }
     if (wanted(args, "clone") || args.only.iter().any(|o| o.contains("clone")))
         && !args.prepare_only
     {
@@ -1967,6 +2073,18 @@ pub fn run(args: BenchArgs) -> u8 {
                         s.holds,
                         if s.content_ok { "ok" } else { "WRONG" },
                         wmib(s.merge_write_bytes)
+                    );
+                }
+                for sc in &r.scan {
+                    println!(
+                        "scan: {} images in one folder: cold {} (caches dropped), warm {:.3}s (median of 3), peak RSS {:.1} MiB, {} found; target < {:.0}s: {}",
+                        sc.images,
+                        sc.cold_s.map_or("not measured (not root)".into(), |c| format!("{c:.3}s")),
+                        sc.warm_s,
+                        sc.max_rss_mib,
+                        sc.images_found,
+                        sc.limit_s,
+                        if sc.holds { "holds" } else { "FAILS" }
                     );
                 }
                 for c in &r.space_cycles {
