@@ -399,7 +399,7 @@ fn scan_section(root: &Path, report: &mut Report) -> Result<(), formats::Error> 
     let mut made = 0u64;
     let mut n = 0u64;
     while made < IMAGES {
-        let ext = if n % 2 == 0 { "vhdx" } else { "vhd" };
+        let ext = if n.is_multiple_of(2) { "vhdx" } else { "vhd" };
         let base = dir.join(format!("b{n}.{ext}"));
         if n < 2 {
             run(&["create", &s(&base), "--size", "16M"])?;
