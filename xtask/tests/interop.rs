@@ -5,35 +5,17 @@
 //! aligned VHD writes, disks under 4 GiB). Each test skips with a printed
 //! reason when its tool is not installed.
 
+mod common;
+use common::{ok, s, xtask};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-fn xtask(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(args)
-        .output()
-        .expect("run xtask")
-}
-
-fn ok(out: Output, what: &str) -> Output {
-    assert!(
-        out.status.success(),
-        "{what}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 fn run(cmd: &str, args: &[&str]) -> Output {
     ok(
         Command::new(cmd).args(args).output().expect("spawn"),
         &format!("{cmd} {args:?}"),
     )
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 fn our_sha(img: &Path, dir: &Path) -> String {

@@ -3,36 +3,17 @@
 //! override, exact with it), and the Hyper-V checkpoint
 //! `differencing.avhdx` into a stand-in parent built as its README says.
 
+mod common;
+use common::{json, s, xtask};
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+
 use std::sync::Arc;
 
 use formats::chain::{Chain, ChainOptions, Source};
 use formats::{FsNamespace, Namespace};
-use serde_json::Value;
-
-fn xtask(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(args)
-        .output()
-        .expect("run xtask")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn json(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{e}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
 
 fn hashes(dir: &Path) -> BTreeMap<PathBuf, String> {
     std::fs::read_dir(dir)

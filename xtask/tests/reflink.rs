@@ -5,6 +5,9 @@
 //! reason) when the file systems cannot be made or mounted (not root, no
 //! mkfs tools).
 
+mod common;
+use common::{ok, s, xtask};
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -12,27 +15,6 @@ use formats::{Access, FsNamespace, Namespace, Storage};
 use testdata::loopfs::{FsKind, LoopMount};
 
 const MIB: u64 = 1 << 20;
-
-fn xtask(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(args)
-        .output()
-        .expect("run xtask")
-}
-
-fn ok(out: Output, what: &str) -> Output {
-    assert!(
-        out.status.success(),
-        "{what}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 fn pattern(seed: u64, len: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

@@ -2,21 +2,12 @@
 //! chainfold's own `create`, checked through `--json` (the document
 //! scripts read) and the exit status.
 
+mod common;
+use common::{s, xtask};
+
 use std::path::Path;
-use std::process::{Command, Output};
 
 use serde_json::Value;
-
-fn xtask(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(args)
-        .output()
-        .expect("run xtask")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 fn create(dir: &Path, name: &str, parent: Option<&str>) {
     let p = dir.join(name);
