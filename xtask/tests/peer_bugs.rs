@@ -40,6 +40,9 @@
 //!    as Windows and chainfold's `write` place it);
 //! 6. a virtual size that is not a multiple of the block size.
 
+mod common;
+use common::{s, xtask};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
@@ -51,13 +54,6 @@ const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 
 // ------------------------------------------------------------ plumbing
-
-fn xtask(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(args)
-        .output()
-        .expect("run xtask")
-}
 
 fn text(out: &Output) -> String {
     format!(
@@ -75,10 +71,6 @@ fn ok(out: Output, what: &str) -> Output {
         text(&out)
     );
     out
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// `len` bytes of seeded data without a zero byte (so no sector of it can

@@ -26,47 +26,18 @@
 //! ../shared/docs/ORACLES.md) and `qemu-img check` (VHDX only: qemu has no
 //! VHD check).
 
+mod common;
+use common::{json, ok, s, xtask};
+
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
 /// Virtual size of every test disk.
 const SIZE: u64 = 16 * MIB;
-
-fn xtask(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(args)
-        .output()
-        .expect("run xtask")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn ok(out: Output, what: &str) -> Output {
-    assert!(
-        out.status.success(),
-        "{what} failed ({:?}): {}{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn json(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
 
 /// (apparent, allocated) bytes of a file: `stat -c '%s'` and `%b * 512`.
 fn sizes(p: &Path) -> (u64, u64) {
