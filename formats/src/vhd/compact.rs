@@ -156,21 +156,8 @@ pub(super) fn compact(img: &mut VhdImage) -> Result<CompactReport> {
         }
         // Copies durable before any BAT sector names them.
         st.flush().ctx(&name)?;
-        let table = BlockAllocationTable { entries }.to_bytes()?;
-        let mut sectors: Vec<usize> = moves.iter().map(|&(i, _, _)| i * 4 / 512).collect();
-        sectors.sort_unstable();
-        sectors.dedup();
-        let t = s.header.table_offset;
-        for k in sectors {
-            let a = k * 512;
-            st.write_at(&table[a..a + 512], t + a as u64).ctx(&name)?;
-        }
-        st.flush().ctx(&name)?;
-        if let Some(s) = img.sparse.as_mut() {
-            for &(i, _, to) in &moves {
-                s.bat[i] = (to / 512) as u32;
-            }
-        }
+        let changed: Vec<usize> = moves.iter().map(|&(i, _, _)| i).collect();
+        commit_bat_in_place(img, entries, &changed)?;
         report.moved += moves.len() as u64;
         report.bytes_moved += bytes;
     }
@@ -202,6 +189,32 @@ pub(super) fn compact(img: &mut VhdImage) -> Result<CompactReport> {
     }
     report.length_after = st.len().ctx(&name)?;
     Ok(report)
+}
+
+/// Make `entries` the image's BAT: the 512-byte BAT sectors holding the
+/// `changed` entries are written in place, then flushed, then adopted in
+/// memory. Callers change only entries whose old and new values read the
+/// same content (a moved copy, a released zero block), so every sector,
+/// old, new or torn between them, reads the same image.
+fn commit_bat_in_place(img: &mut VhdImage, entries: Vec<u32>, changed: &[usize]) -> Result<()> {
+    let name = img.name.clone();
+    let Some(s) = img.sparse.as_mut() else {
+        return Ok(());
+    };
+    let bat = BlockAllocationTable { entries };
+    let table = bat.to_bytes()?;
+    let mut sectors: Vec<usize> = changed.iter().map(|&i| i * 4 / 512).collect();
+    sectors.sort_unstable();
+    sectors.dedup();
+    let st = &img.storage;
+    for k in sectors {
+        let a = k * 512;
+        st.write_at(&table[a..a + 512], s.header.table_offset + a as u64)
+            .ctx(&name)?;
+    }
+    st.flush().ctx(&name)?;
+    s.bat = bat.entries;
+    Ok(())
 }
 
 fn footer_bytes(img: &VhdImage) -> Result<[u8; FOOTER_SIZE]> {
@@ -256,19 +269,6 @@ pub(super) fn release_zero_blocks(
     if released.is_empty() {
         return Ok(0);
     }
-    let table = BlockAllocationTable { entries }.to_bytes()?;
-    let mut sectors: Vec<usize> = released.iter().map(|&i| i * 4 / 512).collect();
-    sectors.dedup();
-    let t = s.header.table_offset;
-    for k in sectors {
-        let a = k * 512;
-        st.write_at(&table[a..a + 512], t + a as u64).ctx(&name)?;
-    }
-    st.flush().ctx(&name)?;
-    if let Some(s) = img.sparse.as_mut() {
-        for &i in &released {
-            s.bat[i] = BAT_UNALLOCATED;
-        }
-    }
+    commit_bat_in_place(img, entries, &released)?;
     Ok(released.len() as u64)
 }
