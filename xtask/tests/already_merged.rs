@@ -5,15 +5,14 @@
 //! `<source>.cfmerged` checked against the destination's identity, while a
 //! genuinely mismatched chain still gets 32775 and changes no byte.
 
+mod common;
+use common::{s, xtask_ok as ok};
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
-
-fn run(args: &[&str]) -> Output {
-    run_in(Path::new("."), args)
-}
 
 fn run_in(cwd: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_xtask"))
@@ -22,22 +21,6 @@ fn run_in(cwd: &Path, args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("run xtask")
-}
-
-/// Run and insist on exit 0.
-fn ok(args: &[&str]) -> Output {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {:?}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// `merge ARGS --json`: the outcome, checked against the exit status.

@@ -6,7 +6,7 @@
 //! reason when its tool is not installed.
 
 mod common;
-use common::{ok, s, xtask};
+use common::{ok, s, write, xtask};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -26,22 +26,6 @@ fn our_sha(img: &Path, dir: &Path) -> String {
     let _ = std::fs::remove_file(&raw);
     ok(xtask(&["convert", s(img), s(&raw)]), "convert");
     testdata::sha256_file(&raw).unwrap()
-}
-
-fn write(img: &Path, offset: u64, data: &[u8], dir: &Path) {
-    let input = dir.join("input.bin");
-    std::fs::write(&input, data).unwrap();
-    ok(
-        xtask(&[
-            "write",
-            s(img),
-            "--offset",
-            &offset.to_string(),
-            "--input",
-            s(&input),
-        ]),
-        "write",
-    );
 }
 
 fn pattern(seed: u8, len: usize) -> Vec<u8> {

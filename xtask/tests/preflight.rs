@@ -4,7 +4,7 @@
 //! unless `--no-space-check`.
 
 mod common;
-use common::{json, ok, s, xtask};
+use common::{json, ok, s, write, xtask};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,23 +21,6 @@ fn pattern(seed: u64, len: u64) -> Vec<u8> {
             (x as u8) | 1
         })
         .collect()
-}
-
-fn write(img: &Path, offset: u64, bytes: &[u8], dir: &Path) {
-    let input = dir.join("input.bin");
-    std::fs::write(&input, bytes).unwrap();
-    ok(
-        xtask(&[
-            "write",
-            s(img),
-            "--offset",
-            &offset.to_string(),
-            "--input",
-            s(&input),
-        ]),
-        "write",
-    );
-    std::fs::remove_file(&input).unwrap();
 }
 
 /// sha256 of every file in `dir`, by name.

@@ -6,7 +6,7 @@
 //! mkfs tools).
 
 mod common;
-use common::{ok, s, xtask};
+use common::{ok, s, write, xtask};
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -294,23 +294,6 @@ fn btrfs_convert_shares_its_payload() {
     convert_shares_payload(FsKind::Btrfs);
 }
 
-/// Writes `bytes` at `offset` through `img` with `xtask write`.
-fn write_at(img: &Path, offset: u64, bytes: &[u8], scratch: &Path) {
-    let input = scratch.join("piece.bin");
-    std::fs::write(&input, bytes).unwrap();
-    ok(
-        xtask(&[
-            "write",
-            s(img),
-            "--offset",
-            &offset.to_string(),
-            "--input",
-            s(&input),
-        ]),
-        "write",
-    );
-}
-
 /// Every destination kind (VHD and VHDX; fixed, dynamic, differencing)
 /// on a file system that clones: a destination holding data, a child
 /// with full blocks over some of it and 4 KiB runs a page apart over the
@@ -333,7 +316,7 @@ fn every_kind_merges_exactly(fs: FsKind) {
                     xtask(&["create", s(&base), "--size", "64M", "--block-size", "2M"]),
                     "create base",
                 );
-                write_at(&base, 0, &pattern(1, 20 * MIB), scratch.path());
+                write(&base, 0, &pattern(1, 20 * MIB), scratch.path());
                 let dest = dir.join(format!("dest.{cext}"));
                 ok(
                     xtask(&["create", s(&dest), "--parent", s(&base)]),
@@ -357,17 +340,17 @@ fn every_kind_merges_exactly(fs: FsKind) {
                 );
                 dest
             };
-            write_at(&dest, 4 * MIB, &pattern(2, 24 * MIB), scratch.path());
+            write(&dest, 4 * MIB, &pattern(2, 24 * MIB), scratch.path());
             let child = dir.join(format!("child.{cext}"));
             ok(
                 xtask(&["create", s(&child), "--parent", s(&dest)]),
                 "create child",
             );
             // Full blocks over part of the destination's data.
-            write_at(&child, 8 * MIB, &pattern(3, 8 * MIB), scratch.path());
+            write(&child, 8 * MIB, &pattern(3, 8 * MIB), scratch.path());
             // 4 KiB runs a page apart over the rest of it and past it.
             for i in 0..48u64 {
-                write_at(
+                write(
                     &child,
                     20 * MIB + i * 8192,
                     &pattern(10 + i, 4096),

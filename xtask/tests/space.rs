@@ -27,7 +27,7 @@
 //! VHD check).
 
 mod common;
-use common::{json, ok, s, xtask};
+use common::{json, ok, s, write, xtask};
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -72,23 +72,6 @@ fn data(seed: u64, len: usize) -> Vec<u8> {
         c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
     }
     v
-}
-
-fn write(img: &Path, offset: u64, bytes: &[u8], dir: &Path) {
-    let input = dir.join("input.bin");
-    std::fs::write(&input, bytes).unwrap();
-    ok(
-        xtask(&[
-            "write",
-            s(img),
-            "--offset",
-            &offset.to_string(),
-            "--input",
-            s(&input),
-        ]),
-        &format!("write {} at {offset}", img.display()),
-    );
-    let _ = std::fs::remove_file(&input);
 }
 
 /// sha256 of the virtual content of `img`'s chain (chainfold's `convert`

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
@@ -12,8 +12,33 @@ use serde_json::Value;
 pub fn xtask(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_xtask"))
         .args(args)
+        .stdin(Stdio::null())
         .output()
         .expect("run xtask")
+}
+
+/// `xtask(args)`, which must succeed.
+pub fn xtask_ok(args: &[&str]) -> Output {
+    ok(xtask(args), &format!("xtask {args:?}"))
+}
+
+/// Write `bytes` at virtual `offset` of `img` with `xtask write`, through
+/// an input file in `dir` (removed afterwards).
+pub fn write(img: &Path, offset: u64, bytes: &[u8], dir: &Path) {
+    let input = dir.join("input.bin");
+    std::fs::write(&input, bytes).expect("write the input file");
+    ok(
+        xtask(&[
+            "write",
+            s(img),
+            "--offset",
+            &offset.to_string(),
+            "--input",
+            s(&input),
+        ]),
+        &format!("write {} at {offset}", img.display()),
+    );
+    let _ = std::fs::remove_file(&input);
 }
 
 /// `out`, which must have succeeded; `what` names it in the failure.
