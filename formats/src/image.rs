@@ -119,6 +119,15 @@ pub trait MergeBatch {
     fn zero(&mut self, offset: u64, len: u64) -> Result<()>;
     /// Stage growth of the virtual size (never shrinks).
     fn grow(&mut self, new_virtual_size: u64) -> Result<()>;
+    /// Stage a new parent link (`Set-VHD -ParentPath`): the locator's paths
+    /// and the linkage recorded for `parent`, visible with the commit like
+    /// everything staged. Only a differencing image has a parent to set.
+    fn set_parent(&mut self, parent: &crate::params::ParentSpec) -> Result<()> {
+        let _ = parent;
+        Err(crate::Error::InvalidParameter(
+            "this image has no parent link to set".into(),
+        ))
+    }
     /// Make every staged byte durable (flush), still invisible to readers.
     fn prepare(&mut self) -> Result<()>;
     /// The single commit point, then apply and clean up. The image takes

@@ -39,7 +39,11 @@ pub fn classify(e: &MergeError) -> ReturnValue {
         MergeError::NotAnAncestor { .. } | MergeError::InvalidParameter(_) => {
             ReturnValue::InvalidParameter
         }
-        MergeError::Siblings { .. } | MergeError::SavedState { .. } => ReturnValue::InvalidState,
+        MergeError::Siblings { .. }
+        | MergeError::SavedState { .. }
+        | MergeError::IdMismatch { .. }
+        | MergeError::Cycle { .. } => ReturnValue::InvalidState,
+        MergeError::ParentMismatch { .. } => ReturnValue::InvalidParameter,
         MergeError::Unhealthy { .. } => ReturnValue::IncorrectDataType,
         // Hyper-V has no code of its own for a full volume.
         MergeError::Cancelled | MergeError::InsufficientSpace { .. } => ReturnValue::Failed,

@@ -16,7 +16,7 @@ pub enum MergeError {
         chain: Vec<String>,
     },
 
-    #[error("other images depend on {}: {}; merging would silently change their content (pass --force to merge anyway)", parents.join(", "), siblings.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
+    #[error("other images depend on {}: {}; merging would silently change their content; first move each of them off it with `rebase CHILD --onto <the destination's parent>` (or `--standalone`), or pass --force to merge anyway", parents.join(", "), siblings.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
     Siblings {
         parents: Vec<String>,
         siblings: Vec<PathBuf>,
@@ -41,6 +41,27 @@ pub enum MergeError {
         destination: String,
         needed: u64,
         free: u64,
+    },
+
+    #[error("{child}: refused, nothing changed: {parent} is not the parent it records ({detail}); pass --ignore-id-mismatch to link it anyway")]
+    IdMismatch {
+        child: String,
+        parent: String,
+        detail: String,
+    },
+
+    #[error("{child}: refused, nothing changed: {parent} does not fit as its parent: {detail}")]
+    ParentMismatch {
+        child: String,
+        parent: String,
+        detail: String,
+    },
+
+    #[error("{child}: refused, nothing changed: {parent} descends from it (its chain: {}); the link would make a cycle", chain.join(" -> "))]
+    Cycle {
+        child: String,
+        parent: String,
+        chain: Vec<String>,
     },
 
     #[error("invalid parameter: {0}")]
@@ -76,6 +97,9 @@ impl MergeError {
             MergeError::Unhealthy { .. } => "unhealthy",
             MergeError::DestinationLarger { .. } => "destination_larger",
             MergeError::InsufficientSpace { .. } => "insufficient_space",
+            MergeError::IdMismatch { .. } => "id_mismatch",
+            MergeError::ParentMismatch { .. } => "parent_mismatch",
+            MergeError::Cycle { .. } => "cycle",
             MergeError::InvalidParameter(_) => "invalid_parameter",
             MergeError::Cancelled => "cancelled",
         }

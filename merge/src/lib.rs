@@ -23,6 +23,7 @@ pub mod job;
 pub mod plan;
 mod preflight;
 pub mod record;
+pub mod relink;
 pub mod siblings;
 
 use std::path::{Path, PathBuf};

@@ -14,6 +14,7 @@ mod cmd_fuzz;
 mod cmd_info;
 mod cmd_map;
 mod cmd_merge;
+mod cmd_relink;
 mod cmd_scan;
 mod cmd_sim;
 mod cmd_write;
@@ -73,6 +74,10 @@ enum Cmd {
     Scan(cmd_scan::ScanArgs),
     /// Merge a differencing image into its parent or an ancestor (MergeVirtualHardDisk).
     Merge(cmd_merge::MergeArgs),
+    /// Rewrite a differencing image's parent link (Set-VHD -ParentPath); refuses a parent that does not fit.
+    SetParent(cmd_relink::SetParentArgs),
+    /// Move a differencing image onto another parent, keeping its content (qemu-img rebase).
+    Rebase(cmd_relink::RebaseArgs),
     /// Build a three-level VHDX chain under target/demo, merge it and verify the result.
     Demo(cmd_demo::DemoArgs),
     /// Run the crash simulator over the merge scenarios.
@@ -101,6 +106,8 @@ fn main() -> ExitCode {
         Cmd::Merge(a) => cmd_merge::run(a),
         Cmd::Compact(a) => cmd_compact::run(a),
         Cmd::Scan(a) => cmd_scan::run(a),
+        Cmd::SetParent(a) => cmd_relink::run_set_parent(a),
+        Cmd::Rebase(a) => cmd_relink::run_rebase(a),
         Cmd::Demo(a) => cmd_demo::run(a),
         Cmd::Ci(a) => cmd_ci::run(a),
         Cmd::Bench(a) => cmd_bench::run(a),

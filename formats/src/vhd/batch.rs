@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use super::bat::{BlockAllocationTable, BAT_UNALLOCATED};
 use super::codec::align512;
+use super::dynamic_header::DynamicDiskHeader;
 use super::footer::{HardDiskFooter, FOOTER_SIZE};
 use super::geometry::chs_for_size;
 use super::image::{FooterSource, VhdImage, MAX_SPARSE_SIZE};
@@ -119,6 +120,10 @@ struct ShadowBatch<'a> {
     new_size: u64,
     /// (BAT offset, header offset, footer offset) once prepared.
     prepared: Option<(u64, u64, u64)>,
+    /// A new parent link (`set_parent`), written into the new header.
+    parent: Option<crate::params::ParentSpec>,
+    /// The new header and its locators, as `prepare` wrote them.
+    new_header: Option<(DynamicDiskHeader, Vec<LocatorSlot>)>,
     /// Small data pieces on their way to the file (see `combine`).
     combiner: WriteCombiner,
     /// The sector bitmap of the block staged into last: a merge stages a
@@ -126,6 +131,13 @@ struct ShadowBatch<'a> {
     /// written once instead of once per run.
     bitmap: Option<CachedBitmap>,
 }
+
+/// A used locator slot as `Sparse::locators` holds it.
+type LocatorSlot = (
+    super::parent_locator::ParentLocatorEntry,
+    u64,
+    Option<String>,
+);
 
 struct CachedBitmap {
     /// File offset of the (fresh) block's bitmap.
@@ -160,6 +172,8 @@ impl<'a> ShadowBatch<'a> {
             old_footer,
             new_size,
             prepared: None,
+            parent: None,
+            new_header: None,
             combiner: WriteCombiner::default(),
             bitmap: None,
         };
@@ -438,11 +452,38 @@ impl MergeBatch for ShadowBatch<'_> {
             entries: self.new_bat.clone(),
         }
         .to_bytes()?;
+        // New locator data first, so that it sits below the BAT and header
+        // a later compaction moves down.
+        let locator_data = match self.parent.clone() {
+            Some(p) => {
+                super::create::set_parent_fields(&mut header, &p, &mut |space| self.alloc(space))?
+            }
+            None => Vec::new(),
+        };
         let bat_at = self.alloc(bat.len() as u64)?;
         let header_at = self.alloc(super::dynamic_header::HEADER_SIZE as u64)?;
         let footer_at = self.alloc(FOOTER_SIZE as u64)?;
         header.table_offset = bat_at;
         header.max_table_entries = count;
+        for (at, data) in &locator_data {
+            self.st.write_at(data, *at).ctx(&name)?;
+        }
+        let locators = if self.parent.is_some() {
+            header
+                .parent_locators
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e.is_used())
+                .zip(&locator_data)
+                .map(|((i, e), (_, data))| {
+                    let text = super::parent_locator::decode_locator(e.platform_code, data)
+                        .map(|(s, _)| s);
+                    (*e, header_at + 0x240 + 24 * i as u64, text)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         self.st.write_at(&bat, bat_at).ctx(&name)?;
         self.st
             .write_at(&header.to_bytes()?, header_at)
@@ -460,6 +501,30 @@ impl MergeBatch for ShadowBatch<'_> {
             self.st.flush().ctx(&name)?;
         }
         self.prepared = Some((bat_at, header_at, footer_at));
+        self.new_header = Some((header, locators));
+        Ok(())
+    }
+
+    fn set_parent(&mut self, parent: &crate::params::ParentSpec) -> Result<()> {
+        let Some(s) = &self.img.sparse else {
+            return Err(Error::InvalidParameter("not a dynamic VHD".into()));
+        };
+        if !s.differencing {
+            return Err(Error::Unsupported {
+                file: self.name(),
+                message: "not a differencing image: it has no parent to set".into(),
+            });
+        }
+        if self.prepared.is_some() {
+            return Err(Error::InvalidParameter(format!(
+                "{}: set_parent after prepare",
+                self.name()
+            )));
+        }
+        // Every refusal now, before anything is staged.
+        let mut probe = s.header.clone();
+        super::create::set_parent_fields(&mut probe, parent, &mut |_| Ok(0))?;
+        self.parent = Some(parent.clone());
         Ok(())
     }
 
@@ -484,9 +549,20 @@ impl MergeBatch for ShadowBatch<'_> {
         img.footer = footer;
         img.footer_offset = footer_at;
         img.footer_source = FooterSource::End;
+        let new_header = self.new_header.take();
         if let Some(s) = &mut img.sparse {
-            s.header.table_offset = bat_at;
-            s.header.max_table_entries = self.new_bat.len() as u32;
+            match new_header {
+                Some((h, locators)) => {
+                    s.header = h;
+                    if self.parent.is_some() {
+                        s.locators = locators;
+                    }
+                }
+                None => {
+                    s.header.table_offset = bat_at;
+                    s.header.max_table_entries = self.new_bat.len() as u32;
+                }
+            }
             s.header_offset = header_at;
             s.bat = std::mem::take(&mut self.new_bat);
         }

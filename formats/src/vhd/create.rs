@@ -10,7 +10,7 @@ use super::geometry::chs_for_size;
 use super::image::{MAX_BLOCK_SIZE, MAX_SPARSE_SIZE};
 use super::parent_locator::{ParentLocatorEntry, PLATFORM_W2KU, PLATFORM_W2RU};
 use crate::error::IoContext;
-use crate::params::{CreateParams, DiskType, Identity};
+use crate::params::{CreateParams, DiskType, Identity, ParentSpec};
 use crate::{Error, Result, Storage};
 
 /// Creator Application written by chainfold. QEMU sizes images of unknown
@@ -23,6 +23,66 @@ const BAT_AT: u64 = 1536;
 
 fn bad(msg: String) -> Error {
     Error::InvalidParameter(msg)
+}
+
+/// Record `p` as the parent in a dynamic header (2.4): Parent Unique Id,
+/// Parent Time Stamp, Parent Unicode Name, and the W2ku (slot 0) and W2ru
+/// (slot 1) locators, Hyper-V's order, every other slot cleared. The
+/// locator data (UTF-16LE; Platform Data Space a whole number of sectors)
+/// goes wherever `place(space)` says; returns (offset, data) to write.
+/// Shared by `create` and the batch's `set_parent`.
+pub(crate) fn set_parent_fields(
+    header: &mut DynamicDiskHeader,
+    p: &ParentSpec,
+    place: &mut dyn FnMut(u64) -> Result<u64>,
+) -> Result<Vec<(u64, Vec<u8>)>> {
+    let Identity::Vhd {
+        unique_id,
+        timestamp,
+    } = p.identity
+    else {
+        return Err(bad("a VHD parent has a VHD identity".into()));
+    };
+    let units: Vec<u16> = p.file_name.encode_utf16().collect();
+    if units.len() > 256 {
+        return Err(bad("parent file name longer than 256 UTF-16 units".into()));
+    }
+    let mut slots = Vec::new();
+    for (code, path) in [
+        (PLATFORM_W2KU, &p.absolute_path),
+        (PLATFORM_W2RU, &p.relative_path),
+    ] {
+        if path.is_empty() {
+            continue;
+        }
+        let data: Vec<u8> = path.encode_utf16().flat_map(|u| u.to_le_bytes()).collect();
+        if data.len() > super::parent_locator::MAX_LOCATOR_DATA as usize {
+            return Err(bad("parent path too long".into()));
+        }
+        slots.push((code, data));
+    }
+    // Every check passed: only now change the header.
+    header.parent_unique_id = unique_id;
+    header.parent_time_stamp = timestamp;
+    header.parent_unicode_name = [0; 512];
+    for (i, u) in units.iter().enumerate() {
+        header.parent_unicode_name[2 * i..2 * i + 2].copy_from_slice(&u.to_be_bytes());
+    }
+    header.parent_locators = [ParentLocatorEntry::default(); 8];
+    let mut out = Vec::new();
+    for (slot, (code, data)) in slots.into_iter().enumerate() {
+        let space = (data.len() as u64).div_ceil(512).max(1) * 512;
+        let at = place(space)?;
+        header.parent_locators[slot] = ParentLocatorEntry {
+            platform_code: code,
+            platform_data_space: space as u32,
+            platform_data_length: data.len() as u32,
+            reserved: 0,
+            platform_data_offset: at,
+        };
+        out.push((at, data));
+    }
+    Ok(out)
 }
 
 /// Write a new image into the empty `storage`, then flush.
@@ -119,47 +179,12 @@ pub fn create(storage: &dyn Storage, params: &CreateParams) -> Result<()> {
     let mut next = BAT_AT + bat.len() as u64;
     let mut locator_data: Vec<(u64, Vec<u8>)> = Vec::new();
     if let Some(p) = &params.parent {
-        let Identity::Vhd {
-            unique_id,
-            timestamp,
-        } = p.identity
-        else {
-            return Err(bad("a VHD parent has a VHD identity".into()));
-        };
-        header.parent_unique_id = unique_id;
-        header.parent_time_stamp = timestamp;
-        let units: Vec<u16> = p.file_name.encode_utf16().collect();
-        if units.len() > 256 {
-            return Err(bad("parent file name longer than 256 UTF-16 units".into()));
-        }
-        for (i, u) in units.iter().enumerate() {
-            header.parent_unicode_name[2 * i..2 * i + 2].copy_from_slice(&u.to_be_bytes());
-        }
-        // Hyper-V's order: W2ku in slot 0, W2ru in slot 1; data UTF-16LE,
-        // Platform Data Space in bytes rounded to a sector.
-        let mut slot = 0;
-        for (code, path) in [
-            (PLATFORM_W2KU, &p.absolute_path),
-            (PLATFORM_W2RU, &p.relative_path),
-        ] {
-            if path.is_empty() {
-                continue;
-            }
-            let data: Vec<u8> = path.encode_utf16().flat_map(|u| u.to_le_bytes()).collect();
-            if data.len() > super::parent_locator::MAX_LOCATOR_DATA as usize {
-                return Err(bad("parent path too long".into()));
-            }
-            let space = (data.len() as u64).div_ceil(512).max(1) * 512;
-            header.parent_locators[slot] = ParentLocatorEntry {
-                platform_code: code,
-                platform_data_space: space as u32,
-                platform_data_length: data.len() as u32,
-                reserved: 0,
-                platform_data_offset: next,
-            };
-            locator_data.push((next, data));
+        for (at, data) in set_parent_fields(&mut header, p, &mut |space| {
+            let at = next;
             next += space;
-            slot += 1;
+            Ok(at)
+        })? {
+            locator_data.push((at, data));
         }
     }
     let fb = footer.to_bytes()?;

@@ -39,8 +39,18 @@ pub(crate) fn begin(img: &mut VhdxImage) -> Result<Box<dyn MergeBatch + '_>> {
         sb_copies: BTreeMap::new(),
         committed_end,
         combiner: WriteCombiner::default(),
+        locator: None,
         done: false,
     }))
+}
+
+/// A new parent locator item staged by `set_parent`: where in the metadata
+/// region it goes and the metadata table that names it there.
+struct StagedLocator {
+    /// Offset of the item inside the metadata region.
+    offset: u64,
+    bytes: Vec<u8>,
+    table: super::metadata_table::MetadataTable,
 }
 
 struct VhdxBatch<'a> {
@@ -55,6 +65,8 @@ struct VhdxBatch<'a> {
     committed_end: u64,
     /// Small payload pieces on their way to the file (see `combine`).
     combiner: WriteCombiner,
+    /// A new parent locator, written with the commit's log entry.
+    locator: Option<StagedLocator>,
     done: bool,
 }
 
@@ -293,15 +305,24 @@ fn patched_sectors(
     let end = abs + bytes.len() as u64;
     let mut sec = first;
     while sec < end {
-        let mut b = Box::new([0u8; 4096]);
-        img.storage.read_at(&mut b[..], sec).ctx(&img.name)?;
+        // Two patches of one sector (say the locator and the table entry
+        // naming it) must both land: patch the sector already collected.
+        let at = match out.iter().position(|(o, _)| *o == sec) {
+            Some(i) => i,
+            None => {
+                let mut b = Box::new([0u8; 4096]);
+                img.storage.read_at(&mut b[..], sec).ctx(&img.name)?;
+                out.push((sec, b));
+                out.len() - 1
+            }
+        };
+        let b = &mut out[at].1;
         for (i, v) in bytes.iter().enumerate() {
             let a = abs + i as u64;
             if a >= sec && a < sec + 4096 {
                 b[(a - sec) as usize] = *v;
             }
         }
-        out.push((sec, b));
         sec += 4096;
     }
     Ok(())
@@ -395,6 +416,11 @@ impl MergeBatch for VhdxBatch<'_> {
         Ok(())
     }
 
+    fn set_parent(&mut self, parent: &crate::params::ParentSpec) -> Result<()> {
+        self.locator = Some(stage_locator(self.img, parent)?);
+        Ok(())
+    }
+
     fn prepare(&mut self) -> Result<()> {
         // Every staged byte durable before the commit can reference it.
         let st = &*self.img.storage;
@@ -422,7 +448,15 @@ impl MergeBatch for VhdxBatch<'_> {
         // header changes; take them out of the batch for the duration.
         let mut old = std::mem::take(&mut self.img.bat);
         let staged = std::mem::take(&mut self.staged);
-        if let Err(e) = commit_steps(self.img, &old, &staged, self.geometry, g_new) {
+        let locator = self.locator.take();
+        if let Err(e) = commit_steps(
+            self.img,
+            &old,
+            &staged,
+            self.geometry,
+            locator.as_ref(),
+            g_new,
+        ) {
             self.img.bat = old;
             self.staged = staged;
             return Err(e);
@@ -467,6 +501,7 @@ fn commit_steps(
     old: &BlockAllocationTable,
     staged: &BTreeMap<u64, BatEntry>,
     geometry: BatGeometry,
+    locator: Option<&StagedLocator>,
     g_new: Uuid,
 ) -> Result<()> {
     let name = img.name.clone();
@@ -548,6 +583,22 @@ fn commit_steps(
         )?;
     }
 
+    if let Some(l) = locator {
+        // The item first, then only the table sectors that change: both
+        // reach the file through the log entry, so a reader sees the old
+        // locator or the new one, never a mix.
+        let base = img.metadata_region.0;
+        patched_sectors(img, base + l.offset, &l.bytes, &mut extra)?;
+        let table = l.table.to_bytes();
+        let mut cur = vec![0u8; table.len()];
+        img.storage.read_at(&mut cur, base).ctx(&name)?;
+        for (k, (new_s, old_s)) in table.chunks(4096).zip(cur.chunks(4096)).enumerate() {
+            if new_s != old_s {
+                patched_sectors(img, base + k as u64 * 4096, new_s, &mut extra)?;
+            }
+        }
+    }
+
     // Payload, copies, SB copies and a moved BAT durable before the
     // entry that references them.
     img.storage.flush().ctx(&name)?;
@@ -607,6 +658,65 @@ fn commit_steps(
         img.storage.flush().ctx(&name)?;
     }
     Ok(())
+}
+
+/// Validate and place a new parent locator item (nothing is written
+/// here). It stays where the old one is when it fits before the next
+/// item, else it goes after the last item; a locator that fits nowhere in
+/// the metadata region is refused.
+fn stage_locator(img: &VhdxImage, parent: &crate::params::ParentSpec) -> Result<StagedLocator> {
+    let name = &img.name;
+    let bytes = super::create::parent_locator_item(parent)?;
+    let region_len = img.metadata_region.1;
+    let mut table = img.metadata_table.clone();
+    let Some(idx) = table
+        .entries
+        .iter()
+        .position(|e| e.item_id == items::PARENT_LOCATOR && !e.is_user())
+    else {
+        return Err(Error::Unsupported {
+            file: name.clone(),
+            message: "not a differencing image (no parent locator item): it has no parent to set"
+                .into(),
+        });
+    };
+    let old = table.entries[idx].clone();
+    let len = bytes.len() as u64;
+    let next_item = table
+        .entries
+        .iter()
+        .map(|e| u64::from(e.offset))
+        .filter(|&o| o > u64::from(old.offset))
+        .min()
+        .unwrap_or(region_len);
+    let last_end = table
+        .entries
+        .iter()
+        .map(|e| u64::from(e.offset) + u64::from(e.length))
+        .max()
+        .unwrap_or(0);
+    let offset = if u64::from(old.offset) + len <= next_item {
+        u64::from(old.offset)
+    } else {
+        let at = round_up(last_end, 4096).unwrap_or(u64::MAX);
+        if at.saturating_add(len) > region_len {
+            return Err(Error::Unsupported {
+                file: name.clone(),
+                message: format!(
+                    "the new parent locator ({len} bytes) does not fit in the {region_len}-byte metadata region"
+                ),
+            });
+        }
+        at
+    };
+    let e = &mut table.entries[idx];
+    e.offset = offset as u32;
+    e.length = len as u32;
+    Ok(StagedLocator {
+        offset,
+        bytes,
+        table,
+    })
 }
 
 /// Sectors of the BAT region that hold staged entries.

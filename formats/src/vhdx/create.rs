@@ -15,7 +15,7 @@ use super::metadata_table::{
 };
 use super::region_table::{self as rt, RegionTable, RegionTableEntry};
 use crate::error::IoContext;
-use crate::params::{CreateParams, DiskType, Identity};
+use crate::params::{CreateParams, DiskType, Identity, ParentSpec};
 use crate::{Error, Result, Storage};
 
 pub const CREATOR: &str = concat!("chainfold ", env!("CARGO_PKG_VERSION"));
@@ -29,6 +29,39 @@ const NAME: &str = "new image";
 
 fn invalid(m: impl Into<String>) -> Error {
     Error::InvalidParameter(m.into())
+}
+
+/// The parent locator metadata item naming `p` (3.6.2): `parent_linkage`
+/// (its DataWriteGuid), then `relative_path` and `absolute_win32_path`
+/// where known. Shared by `create` and the batch's `set_parent`.
+pub(crate) fn parent_locator_item(p: &ParentSpec) -> Result<Vec<u8>> {
+    let Identity::Vhdx { data_write_guid } = p.identity else {
+        return Err(invalid(
+            "a VHDX child needs a VHDX parent (identity is a VHD one)",
+        ));
+    };
+    let mut entries = vec![(
+        "parent_linkage".to_string(),
+        items::braced_guid(data_write_guid),
+    )];
+    if !p.relative_path.is_empty() {
+        entries.push(("relative_path".into(), p.relative_path.clone()));
+    }
+    if !p.absolute_path.is_empty() {
+        entries.push(("absolute_win32_path".into(), p.absolute_path.clone()));
+    }
+    if entries.len() == 1 {
+        return Err(invalid("the parent needs a relative or absolute path"));
+    }
+    let loc = DecodedParentLocator {
+        locator_type: items::VHDX_PARENT_LOCATOR_TYPE,
+        entries,
+    };
+    let bytes = loc.to_bytes();
+    if bytes.len() > 60 * 1024 {
+        return Err(invalid("parent paths too long"));
+    }
+    Ok(bytes)
 }
 
 /// Write a new VHDX into `storage`, which must be empty.
@@ -111,33 +144,11 @@ pub fn create(storage: &dyn Storage, params: &CreateParams) -> Result<()> {
         ),
     ];
     if let Some(p) = parent {
-        let Identity::Vhdx { data_write_guid } = p.identity else {
-            return Err(invalid(
-                "a VHDX child needs a VHDX parent (identity is a VHD one)",
-            ));
-        };
-        let mut entries = vec![(
-            "parent_linkage".to_string(),
-            items::braced_guid(data_write_guid),
-        )];
-        if !p.relative_path.is_empty() {
-            entries.push(("relative_path".into(), p.relative_path.clone()));
-        }
-        if !p.absolute_path.is_empty() {
-            entries.push(("absolute_win32_path".into(), p.absolute_path.clone()));
-        }
-        if entries.len() == 1 {
-            return Err(invalid("the parent needs a relative or absolute path"));
-        }
-        let loc = DecodedParentLocator {
-            locator_type: items::VHDX_PARENT_LOCATOR_TYPE,
-            entries,
-        };
-        let bytes = loc.to_bytes();
-        if bytes.len() > 60 * 1024 {
-            return Err(invalid("parent paths too long"));
-        }
-        item_list.push((items::PARENT_LOCATOR, FLAG_IS_REQUIRED, bytes));
+        item_list.push((
+            items::PARENT_LOCATOR,
+            FLAG_IS_REQUIRED,
+            parent_locator_item(p)?,
+        ));
     }
     let mut region = vec![0u8; METADATA_LENGTH as usize];
     let mut entries = Vec::new();
