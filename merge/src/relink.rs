@@ -297,10 +297,21 @@ fn relink(
                             chain: paths,
                         });
                     }
-                    if let Some(e) = c.broken {
-                        if mode == Mode::Rebase {
-                            return Err(e.into());
+                    match c.broken {
+                        // Its chain reached the child, which we hold locked.
+                        Some(formats::Error::Locked { file, .. })
+                            if canonical(ns, Path::new(&file)) == child_canon =>
+                        {
+                            let mut chain = paths;
+                            chain.push(name(&req.child));
+                            return Err(MergeError::Cycle {
+                                child: name(&req.child),
+                                parent: name(np),
+                                chain,
+                            });
                         }
+                        Some(e) if mode == Mode::Rebase => return Err(e.into()),
+                        _ => {}
                     }
                     Some(NewChain::Own(c.links))
                 }
