@@ -11,6 +11,7 @@ pub mod explore;
 pub mod merge_scenarios;
 pub mod model;
 pub mod pages;
+pub mod relink_scenarios;
 pub mod rng;
 pub mod toy;
 pub mod trace;
@@ -30,7 +31,7 @@ pub use model::{Choice, CrashModel, Keep, PointSpace};
 pub use trace::{Ino, Op};
 
 /// The scenarios a default `cargo xtask sim` explores: every correct
-/// protocol (merge and compaction scenarios join here), none of the
+/// protocol (merge, compaction and relink scenarios join here), none of the
 /// deliberately broken toys.
 pub fn default_scenarios() -> Vec<Arc<dyn Scenario>> {
     default_scenarios_for(MergeStrategy::Safe)
@@ -45,6 +46,10 @@ pub fn default_scenarios_for(strategy: MergeStrategy) -> Vec<Arc<dyn Scenario>> 
     let mut v = merge_scenarios::scenarios(&merge_scenarios::default_params(), strategy);
     v.extend(compact_scenarios::scenarios(
         &compact_scenarios::default_params(),
+        strategy,
+    ));
+    v.extend(relink_scenarios::scenarios(
+        &relink_scenarios::all_params(),
         strategy,
     ));
     v
@@ -62,6 +67,10 @@ pub fn all_scenarios_for(strategy: MergeStrategy) -> Vec<Arc<dyn Scenario>> {
     let mut v = merge_scenarios::scenarios(&merge_scenarios::all_params(), strategy);
     v.extend(compact_scenarios::scenarios(
         &compact_scenarios::all_params(),
+        strategy,
+    ));
+    v.extend(relink_scenarios::scenarios(
+        &relink_scenarios::all_params(),
         strategy,
     ));
     v.extend(toy::all());

@@ -79,14 +79,7 @@ impl Builder {
 
     fn child(&mut self, name: &str, parent: &Path) -> PathBuf {
         let p = self.dir.join(name);
-        xtask_ok(&[
-            "create",
-            s(&p),
-            "--parent",
-            s(parent),
-            "--block-size",
-            "2M",
-        ]);
+        xtask_ok(&["create", s(&p), "--parent", s(parent), "--block-size", "2M"]);
         let m = self.model[parent].clone();
         self.model.insert(p.clone(), m);
         p
@@ -424,7 +417,8 @@ fn rebase_pulls_a_middle_layer_into_each_child() {
                 assert_eq!(code, Some(0), "{what}: {v}");
                 assert_eq!(v["old_parent"], s(&mid), "{what}: {v}");
                 assert_eq!(
-                    v["bytes_copied"], expect_copied,
+                    v["bytes_copied"],
+                    expect_copied,
                     "{what}: {} copies exactly what mid holds and it does not: {v}",
                     top.display()
                 );
@@ -437,7 +431,11 @@ fn rebase_pulls_a_middle_layer_into_each_child() {
             // mid is no longer needed.
             std::fs::remove_file(&mid).unwrap();
             for top in [&top1, &top2] {
-                verify(top, &b.model[top].clone(), &format!("{what} after mid went"));
+                verify(
+                    top,
+                    &b.model[top].clone(),
+                    &format!("{what} after mid went"),
+                );
             }
             // And a merge of top1 into base now only refuses for top2.
             let (v, _) = run_json(&["merge", s(&top1), "--dry-run"]);
@@ -503,7 +501,12 @@ fn rebase_refusals_change_nothing() {
         let c = s(&child);
         refused(dir, &["rebase", c, "--onto", s(&grand)], 10, "cycle");
         refused(dir, &["rebase", c, "--onto", c], 10, "cycle");
-        refused(dir, &["rebase", c, "--onto", s(&small)], 10, "parent_mismatch");
+        refused(
+            dir,
+            &["rebase", c, "--onto", s(&small)],
+            10,
+            "parent_mismatch",
+        );
         refused(
             dir,
             &["rebase", s(&base), "--onto", s(&small)],
@@ -513,6 +516,11 @@ fn rebase_refusals_change_nothing() {
         // The old parent is gone: the child's view cannot be kept.
         let other = b.base(&format!("other.{}", fmt.base()), false);
         std::fs::rename(&base, dir.join("elsewhere.bin")).unwrap();
-        refused(dir, &["rebase", c, "--onto", s(&other)], 3, "parent_not_found");
+        refused(
+            dir,
+            &["rebase", c, "--onto", s(&other)],
+            3,
+            "parent_not_found",
+        );
     }
 }
