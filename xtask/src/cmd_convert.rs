@@ -151,7 +151,12 @@ pub fn run(args: ConvertArgs) -> u8 {
             0
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            // Parameter errors (the output's block size) name no file of
+            // their own: they are about the output.
+            match e.file() {
+                Some(_) => eprintln!("error: {e}"),
+                None => eprintln!("error: {}: {e}", args.dest.display()),
+            }
             if let Error::ParentNotFound { .. } | Error::FileNotFound { .. } = e {
                 3
             } else {

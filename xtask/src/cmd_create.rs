@@ -84,7 +84,11 @@ pub fn run(args: CreateArgs) -> u8 {
             0
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            // Parameter errors name no file of their own: say which one.
+            match e.file() {
+                Some(_) => eprintln!("error: {e}"),
+                None => eprintln!("error: {}: {e}", args.path.display()),
+            }
             1
         }
     }
