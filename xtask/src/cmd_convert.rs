@@ -153,9 +153,10 @@ pub fn run(args: ConvertArgs) -> u8 {
         Err(e) => {
             // Parameter errors (the output's block size) name no file of
             // their own: they are about the output.
+            let shown = args.dest.display().to_string();
             match e.file() {
-                Some(_) => eprintln!("error: {e}"),
-                None => eprintln!("error: {}: {e}", args.dest.display()),
+                None if !e.to_string().contains(&shown) => eprintln!("error: {shown}: {e}"),
+                _ => eprintln!("error: {e}"),
             }
             if let Error::ParentNotFound { .. } | Error::FileNotFound { .. } = e {
                 3

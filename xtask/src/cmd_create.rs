@@ -85,9 +85,10 @@ pub fn run(args: CreateArgs) -> u8 {
         }
         Err(e) => {
             // Parameter errors name no file of their own: say which one.
+            let shown = args.path.display().to_string();
             match e.file() {
-                Some(_) => eprintln!("error: {e}"),
-                None => eprintln!("error: {}: {e}", args.path.display()),
+                None if !e.to_string().contains(&shown) => eprintln!("error: {shown}: {e}"),
+                _ => eprintln!("error: {e}"),
             }
             1
         }

@@ -97,7 +97,12 @@ pub fn write(args: &WriteArgs) -> Result<u64, Error> {
     // Map the range through the top first: a block the write would land in
     // that lies outside the file (a corrupt BAT entry) is refused here,
     // before the writable reopen changes the first byte.
-    top.map(args.offset, len, &mut Vec::new())?;
+    // (Whole sectors: the edges of an unaligned range are read and
+    // written back whole.)
+    let sector = u64::from(top.logical_sector_size());
+    let first = args.offset / sector * sector;
+    let past = (args.offset + len).div_ceil(sector) * sector;
+    top.map(first, past - first, &mut Vec::new())?;
     // The parents next, still read-only: a missing, locked, corrupt or
     // mislinked parent refuses the write before the top is reopened
     // writable (which would already give a VHDX a new FileWriteGuid).
@@ -162,9 +167,10 @@ pub fn run(args: WriteArgs) -> u8 {
         }
         Err(e) => {
             // Range errors name no file of their own: say which image.
+            let shown = args.image.display().to_string();
             match e.file() {
-                Some(_) => eprintln!("error: {e}"),
-                None => eprintln!("error: {}: {e}", args.image.display()),
+                None if !e.to_string().contains(&shown) => eprintln!("error: {shown}: {e}"),
+                _ => eprintln!("error: {e}"),
             }
             1
         }
