@@ -151,7 +151,13 @@ pub fn run(args: ConvertArgs) -> u8 {
             0
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            // Parameter errors (the output's block size) name no file of
+            // their own: they are about the output.
+            let shown = args.dest.display().to_string();
+            match e.file() {
+                None if !e.to_string().contains(&shown) => eprintln!("error: {shown}: {e}"),
+                _ => eprintln!("error: {e}"),
+            }
             if let Error::ParentNotFound { .. } | Error::FileNotFound { .. } = e {
                 3
             } else {

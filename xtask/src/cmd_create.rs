@@ -84,7 +84,12 @@ pub fn run(args: CreateArgs) -> u8 {
             0
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            // Parameter errors name no file of their own: say which one.
+            let shown = args.path.display().to_string();
+            match e.file() {
+                None if !e.to_string().contains(&shown) => eprintln!("error: {shown}: {e}"),
+                _ => eprintln!("error: {e}"),
+            }
             1
         }
     }

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Args;
-use formats::chain::{open_image_file, Chain};
+use formats::chain::{open_image_file, Chain, Link};
 use formats::params::OpenOptions;
 use formats::{Access, Error, JournalSlot};
 
@@ -94,22 +94,48 @@ pub fn write(args: &WriteArgs) -> Result<u64, Error> {
     };
     let (input, len, exact) = open_input(args.input.as_ref(), limit)?;
     validate(args.offset, len, exact, size)?;
-    // The same locked handle, now writable (as `merge` does it).
+    // Map the range through the top first: a block the write would land in
+    // that lies outside the file (a corrupt BAT entry) is refused here,
+    // before the writable reopen changes the first byte.
+    // (Whole sectors: the edges of an unaligned range are read and
+    // written back whole.)
+    let sector = u64::from(top.logical_sector_size());
+    let first = args.offset / sector * sector;
+    let past = (args.offset + len).div_ceil(sector) * sector;
+    top.map(first, past - first, &mut Vec::new())?;
+    // The parents next, still read-only: a missing, locked, corrupt or
+    // mislinked parent refuses the write before the top is reopened
+    // writable (which would already give a VHDX a new FileWriteGuid).
+    opts.access = Access::Read;
+    let mut chain = Chain::open_partial_from(&ns, &args.image, top, &opts)?;
+    if let Some(e) = chain.broken.take() {
+        return Err(e);
+    }
+    // Every image opened: the same locked handle, now writable (as
+    // `merge` does it).
     let real = ns
         .canonicalize(&args.image)
         .map_err(|e| Error::io(args.image.display().to_string(), e))?;
-    let top = top.reopen(
+    let Link {
+        path,
+        image,
+        parent_resolution,
+    } = chain.links.remove(0);
+    let image = image.reopen(
         Some(JournalSlot::for_image(Arc::clone(&ns), &real)),
         OpenOptions {
             writable: true,
             ignore_checksums: args.chain.ignore_checksums,
         },
     )?;
-    opts.access = Access::Read;
-    let mut chain = Chain::open_partial_from(&ns, &args.image, top, &opts)?;
-    if let Some(e) = chain.broken.take() {
-        return Err(e);
-    }
+    chain.links.insert(
+        0,
+        Link {
+            path,
+            image,
+            parent_resolution,
+        },
+    );
     // Exactly `len` bytes: a file that grew since is not written past the
     // validated range; one that shrank ends the write with an error.
     let mut input = input.take(len);
@@ -140,7 +166,12 @@ pub fn run(args: WriteArgs) -> u8 {
             0
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            // Range errors name no file of their own: say which image.
+            let shown = args.image.display().to_string();
+            match e.file() {
+                None if !e.to_string().contains(&shown) => eprintln!("error: {shown}: {e}"),
+                _ => eprintln!("error: {e}"),
+            }
             1
         }
     }

@@ -327,9 +327,17 @@ pub fn resolve_parent(
             }
             Err(e) => {
                 attempt.outcome = e.to_string();
-                // A locked parent is "system in use", not "not found".
-                if matches!(e, Error::Locked { .. } | Error::PermissionDenied { .. })
-                    && linkage_failure.is_none()
+                // A locked parent is "system in use", not "not found"; a
+                // parent that is there but corrupt or unsupported is
+                // "incorrect data type", with the parent's own offset.
+                if matches!(
+                    e,
+                    Error::Locked { .. }
+                        | Error::PermissionDenied { .. }
+                        | Error::Corrupt { .. }
+                        | Error::Checksum { .. }
+                        | Error::Unsupported { .. }
+                ) && linkage_failure.is_none()
                 {
                     linkage_failure = Some(e);
                 }

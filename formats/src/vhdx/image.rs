@@ -935,8 +935,9 @@ impl VhdxImage {
         }
     }
 
-    /// Check a present block's file range before handing it out.
-    fn check_present(&self, p: u64, e: BatEntry) -> Result<()> {
+    /// Check a present block's file range before handing it out (or
+    /// writing into it).
+    pub(crate) fn check_present(&self, p: u64, e: BatEntry) -> Result<()> {
         let g = &self.geometry;
         let in_disk = (g.virtual_size - p * g.block_size).min(g.block_size);
         let len = self.view.len().ctx(&self.name)?;

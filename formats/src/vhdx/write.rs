@@ -298,12 +298,16 @@ impl VhdxImage {
         let whole = in_off == 0 && data.len() as u64 == in_disk;
         match e.state() {
             bat::PAYLOAD_FULLY_PRESENT => {
-                // Overwrite in place: no metadata changes.
+                // Overwrite in place: no metadata changes. The entry's
+                // offset is a file field: a block outside the file is
+                // refused, not written (which would extend the file to it).
+                self.check_present(blk, e)?;
                 self.storage
                     .write_at(data, e.file_offset() + in_off)
                     .ctx(&self.name)?;
             }
             bat::PAYLOAD_PARTIALLY_PRESENT => {
+                self.check_present(blk, e)?;
                 self.storage
                     .write_at(data, e.file_offset() + in_off)
                     .ctx(&self.name)?;
