@@ -305,10 +305,31 @@ mod exit {
     pub const M_INVALID_STATE: i32 = 5; // 32775
     pub const M_NOT_SUPPORTED: i32 = 6; // 32770
     pub const M_CORRUPT: i32 = 7; // 32776
+    /// set-parent and rebase: the merge table plus 10, the new parent
+    /// does not fit (identity, size, format, cycle).
+    pub const R_MISMATCH: i32 = 10;
 }
 
 #[rustfmt::skip]
 const CASES: &[Case] = &[
+    // ---- set-parent
+    case("set-parent: identity mismatch", &["vx-base.vhdx", "vx-child.vhdx", "vx-other.vhdx"], nothing, &["set-parent", "vx-child.vhdx", "vx-other.vhdx"], exit::R_MISMATCH, "vx-other.vhdx"),
+    case("set-parent: VHD identity mismatch", &["vh-base.vhd", "vh-child.vhd", "vh-fixed.vhd"], nothing, &["set-parent", "vh-child.vhd", "vh-fixed.vhd"], exit::R_MISMATCH, "vh-fixed.vhd"),
+    case("set-parent: other size", &["vx-base.vhdx", "vx-child.vhdx", "vx-fixed.vhdx"], nothing, &["set-parent", "vx-child.vhdx", "vx-fixed.vhdx", "--ignore-id-mismatch"], exit::R_MISMATCH, "vx-fixed.vhdx"),
+    case("set-parent: other format", &["vx-base.vhdx", "vx-child.vhdx", "vh-base.vhd"], nothing, &["set-parent", "vx-child.vhdx", "vh-base.vhd", "--ignore-id-mismatch"], exit::R_MISMATCH, "vh-base.vhd"),
+    case("set-parent: cycle", &["vx-base.vhdx", "vx-child.vhdx", "vx-gc.vhdx"], nothing, &["set-parent", "vx-child.vhdx", "vx-gc.vhdx", "--ignore-id-mismatch"], exit::R_MISMATCH, "vx-child.vhdx"),
+    case("set-parent: not differencing", &["vx-base.vhdx", "vx-other.vhdx"], nothing, &["set-parent", "vx-base.vhdx", "vx-other.vhdx"], exit::M_NOT_SUPPORTED, "vx-base.vhdx"),
+    case("set-parent: parent missing", VX, nothing, &["set-parent", "vx-child.vhdx", "nope.vhdx"], exit::M_NOT_FOUND, "nope.vhdx"),
+    case("set-parent: child locked", VX, |d| vec![lock(d, "vx-child.vhdx")], &["set-parent", "vx-child.vhdx", "vx-base.vhdx"], exit::M_IN_USE, "vx-child.vhdx"),
+    case("set-parent: parent locked", VX, |d| vec![lock(d, "vx-base.vhdx")], &["set-parent", "vx-child.vhdx", "vx-base.vhdx"], exit::M_IN_USE, "vx-base.vhdx"),
+    case("set-parent: corrupt child", VX, |d| { edit(d, "vx-child.vhdx", vhdx_header_checksums); vec![] }, &["set-parent", "vx-child.vhdx", "vx-base.vhdx"], exit::M_CORRUPT, "vx-child.vhdx"),
+    // ---- rebase
+    case("rebase: onto its own child", &["vx-base.vhdx", "vx-child.vhdx", "vx-gc.vhdx"], nothing, &["rebase", "vx-child.vhdx", "--onto", "vx-gc.vhdx"], exit::R_MISMATCH, "vx-child.vhdx"),
+    case("rebase: other size", &["vx-base.vhdx", "vx-child.vhdx", "vx-fixed.vhdx"], nothing, &["rebase", "vx-child.vhdx", "--onto", "vx-fixed.vhdx"], exit::R_MISMATCH, "vx-fixed.vhdx"),
+    case("rebase: not differencing", &["vx-base.vhdx", "vx-other.vhdx"], nothing, &["rebase", "vx-base.vhdx", "--onto", "vx-other.vhdx"], exit::M_NOT_SUPPORTED, "vx-base.vhdx"),
+    case("rebase: old parent missing", &["vx-child.vhdx", "vx-other.vhdx"], nothing, &["rebase", "vx-child.vhdx", "--onto", "vx-other.vhdx"], exit::M_NOT_FOUND, "vx-child.vhdx"),
+    case("rebase: new parent locked", &["vx-base.vhdx", "vx-child.vhdx", "vx-other.vhdx"], |d| vec![lock(d, "vx-other.vhdx")], &["rebase", "vx-child.vhdx", "--onto", "vx-other.vhdx"], exit::M_IN_USE, "vx-other.vhdx"),
+    case("rebase: VHD new parent too small", &["vh-base.vhd", "vh-child.vhd", "vh-fixed.vhd"], nothing, &["rebase", "vh-child.vhd", "--onto", "vh-fixed.vhd"], exit::R_MISMATCH, "vh-fixed.vhd"),
     // ---- info
     case("info: no such file", &[], nothing, &["info", "nope.vhdx"], exit::INFO, "nope.vhdx"),
     case("info: not an image", &["data.bin"], nothing, &["info", "data.bin"], exit::INFO, "data.bin"),
