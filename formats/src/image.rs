@@ -119,6 +119,21 @@ pub trait MergeBatch {
     fn zero(&mut self, offset: u64, len: u64) -> Result<()>;
     /// Stage growth of the virtual size (never shrinks).
     fn grow(&mut self, new_virtual_size: u64) -> Result<()>;
+    /// Stage the end of the parent link (`rebase --standalone`): every
+    /// sector this image stores in a block but leaves to its parent (no
+    /// bitmap bit) gets `parent_view(offset, buf)`'s bytes, and at the
+    /// commit the image becomes a dynamic one. Stage every other change
+    /// first (the blocks it creates are filled too). Only a differencing
+    /// image has a parent to drop.
+    fn make_standalone(
+        &mut self,
+        parent_view: &mut dyn FnMut(u64, &mut [u8]) -> Result<()>,
+    ) -> Result<()> {
+        let _ = parent_view;
+        Err(crate::Error::InvalidParameter(
+            "this image has no parent link to drop".into(),
+        ))
+    }
     /// Stage a new parent link (`Set-VHD -ParentPath`): the locator's paths
     /// and the linkage recorded for `parent`, visible with the commit like
     /// everything staged. Only a differencing image has a parent to set.

@@ -16,7 +16,7 @@ pub enum MergeError {
         chain: Vec<String>,
     },
 
-    #[error("other images depend on {}: {}; merging would silently change their content; first move each of them off it with `rebase CHILD --onto <the destination's parent>`, or pass --force to merge anyway", parents.join(", "), siblings.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
+    #[error("other images depend on {}: {}; merging would silently change their content; first move each of them off it with `rebase CHILD --onto <the destination's parent>` (`--standalone` when it has none), or pass --force to merge anyway", parents.join(", "), siblings.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
     Siblings {
         parents: Vec<String>,
         siblings: Vec<PathBuf>,

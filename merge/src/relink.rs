@@ -3,7 +3,8 @@
 //! `ignore_id_mismatch` another parent altogether) and `rebase` (qemu-img
 //! rebase's safe mode: the child's view is kept, so every range where the
 //! old parent chain and the new one read differently is first copied into
-//! the child).
+//! the child; with no new parent, `--standalone`, the child becomes a
+//! dynamic image holding everything its chain showed).
 //!
 //! Both go through the child's atomic batch: the copied data lands in fresh
 //! space, and the new locator and linkage are part of the same single
@@ -63,6 +64,8 @@ pub struct RelinkOutcome {
     /// After the commit: the child's chain opens through the new locator
     /// with the same search options (false: it needs `--search-dir`).
     pub resolves: Option<bool>,
+    /// `rebase --standalone` of an image that has no parent (already).
+    pub nothing_to_do: bool,
     pub dry_run: bool,
     pub compaction: Option<formats::CompactReport>,
     pub error: Option<String>,
@@ -83,6 +86,7 @@ impl RelinkOutcome {
             bytes_compared: 0,
             bytes_copied: 0,
             resolves: None,
+            nothing_to_do: false,
             dry_run: req.dry_run,
             compaction: None,
             error: None,
@@ -206,6 +210,13 @@ fn relink(
     child_opts.access = Access::Write;
     child_opts.writable = false;
     let child = formats::chain::open_image_file(ns, &req.child, &child_opts)?;
+    if !child.is_differencing() && mode == Mode::Rebase && req.new_parent.is_none() {
+        // `--standalone` of an image without a parent (a finished run
+        // repeated): there is nothing to do, as with qemu-img.
+        healthy(&req.child, child.as_ref())?;
+        out.nothing_to_do = true;
+        return Ok(());
+    }
     if !child.is_differencing() {
         return Err(MergeError::NotDifferencing {
             file: name(&req.child),
@@ -385,9 +396,9 @@ fn relink(
             Some(spec)
         }
     };
-    if spec.is_none() {
+    if spec.is_none() && mode == Mode::SetParent {
         return Err(MergeError::InvalidParameter(
-            "rebase --standalone is not supported yet: use --onto".into(),
+            "set-parent needs a parent".into(),
         ));
     }
     if req.dry_run {
@@ -472,7 +483,15 @@ fn relink(
                 at += n;
             }
         }
-        batch.set_parent(spec.as_ref().expect("checked above"))?;
+        match &spec {
+            Some(spec) => batch.set_parent(spec)?,
+            // Standalone: the sectors of stored blocks that still read
+            // through to the parent get the old view too.
+            None => {
+                let reader = &mut cmp.old;
+                batch.make_standalone(&mut |off, buf| reader.read(off, buf))?;
+            }
+        }
         batch.prepare()?;
         if job.is_cancelled() {
             return Err(MergeError::Cancelled);
@@ -494,6 +513,9 @@ fn relink(
     check_opts.parents = Vec::new();
     check_opts.access = Access::Read;
     check_opts.writable = false;
+    if req.new_parent.is_none() {
+        return Ok(());
+    }
     out.resolves = Some(
         Chain::open(ns, &req.child, &check_opts)
             .ok()

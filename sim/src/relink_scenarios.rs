@@ -44,6 +44,8 @@ const BLOCKS: u64 = 4;
 pub enum RelinkOp {
     SetParent,
     Rebase,
+    /// `rebase --standalone`.
+    Standalone,
 }
 
 /// The parameters of one relink scenario.
@@ -61,6 +63,7 @@ impl RelinkParams {
             match self.op {
                 RelinkOp::SetParent => "set-parent",
                 RelinkOp::Rebase => "rebase",
+                RelinkOp::Standalone => "rebase-standalone",
             },
             if self.vhdx { "vhdx" } else { "vhd" }
         )
@@ -100,10 +103,11 @@ impl RelinkParams {
     fn request(&self) -> RelinkRequest {
         RelinkRequest {
             child: self.child(),
-            new_parent: Some(match self.op {
-                RelinkOp::SetParent => self.renamed(),
-                RelinkOp::Rebase => self.base(),
-            }),
+            new_parent: match self.op {
+                RelinkOp::SetParent => Some(self.renamed()),
+                RelinkOp::Rebase => Some(self.base()),
+                RelinkOp::Standalone => None,
+            },
             ..Default::default()
         }
     }
@@ -131,7 +135,7 @@ fn build(ns: &Arc<dyn Namespace>, p: &RelinkParams) -> Result<(), String> {
     )?;
     let parent = match p.op {
         RelinkOp::SetParent => base.clone(),
-        RelinkOp::Rebase => {
+        RelinkOp::Rebase | RelinkOp::Standalone => {
             let mid = p.mid();
             create_image(
                 ns,
@@ -175,8 +179,9 @@ fn build(ns: &Arc<dyn Namespace>, p: &RelinkParams) -> Result<(), String> {
 }
 
 /// The child's recorded locator, read from the image alone (its parent
-/// need not resolve).
-fn locator(ns: &Arc<dyn Namespace>, p: &RelinkParams) -> Result<ParentLocator, String> {
+/// need not resolve); `None` once it has no parent. The image must pass
+/// `check`.
+fn locator(ns: &Arc<dyn Namespace>, p: &RelinkParams) -> Result<Option<ParentLocator>, String> {
     let opts = ChainOptions {
         access: Access::Read,
         ..Default::default()
@@ -193,15 +198,21 @@ fn locator(ns: &Arc<dyn Namespace>, p: &RelinkParams) -> Result<ParentLocator, S
     if !errors.is_empty() {
         return Err(format!("check of the child: {}", errors.join("; ")));
     }
-    img.parent_locator()
-        .ok_or_else(|| "the child has no parent locator".to_string())
+    match (img.is_differencing(), img.parent_locator()) {
+        (true, Some(l)) => Ok(Some(l)),
+        (false, None) => Ok(None),
+        (d, l) => Err(format!(
+            "differencing {d} but locator {:?}",
+            l.map(|l| l.entries)
+        )),
+    }
 }
 
 fn relink(ns: &Arc<dyn Namespace>, p: &RelinkParams) -> Result<RelinkOutcome, String> {
     let job = JobHandle::new();
     let out = match p.op {
         RelinkOp::SetParent => merge::relink::set_parent(ns, &p.request(), &job),
-        RelinkOp::Rebase => merge::relink::rebase(ns, &p.request(), &job),
+        RelinkOp::Rebase | RelinkOp::Standalone => merge::relink::rebase(ns, &p.request(), &job),
     };
     if out.return_value != 0 {
         return Err(format!(
@@ -216,8 +227,8 @@ fn relink(ns: &Arc<dyn Namespace>, p: &RelinkParams) -> Result<RelinkOutcome, St
 
 #[derive(Debug)]
 struct RelinkExpected {
-    old_locator: ParentLocator,
-    new_locator: ParentLocator,
+    old_locator: Option<ParentLocator>,
+    new_locator: Option<ParentLocator>,
     /// The child's content through its chain (both before and after).
     content: Vec<u8>,
 }
@@ -249,7 +260,7 @@ impl RelinkScenario {
                 formats::entropy::with_seed(self.seed, || build(&ns, p))?;
                 let old_locator = locator(&ns, p)?;
                 let content = match p.op {
-                    RelinkOp::Rebase => read_chain(&ns, &p.child())?,
+                    RelinkOp::Rebase | RelinkOp::Standalone => read_chain(&ns, &p.child())?,
                     RelinkOp::SetParent => {
                         let opts = ChainOptions {
                             parents: vec![p.renamed()],
@@ -262,7 +273,7 @@ impl RelinkScenario {
                     }
                 };
                 let out = formats::entropy::with_seed(self.seed ^ 1, || relink(&ns, p))?;
-                if p.op == RelinkOp::Rebase && out.bytes_copied == 0 {
+                if p.op != RelinkOp::SetParent && out.bytes_copied == 0 {
                     return Err("the rebase copied nothing: the scenario proves nothing".into());
                 }
                 let new_locator = locator(&ns, p)?;
@@ -294,7 +305,7 @@ fn judge(ns: &Arc<dyn Namespace>, p: &RelinkParams, exp: &RelinkExpected) -> Res
     } else {
         return Err(format!(
             "the child records neither the old nor the new locator: {:?}",
-            loc.entries
+            loc.map(|l| l.entries)
         ));
     };
     match (p.op, new) {
@@ -305,8 +316,12 @@ fn judge(ns: &Arc<dyn Namespace>, p: &RelinkParams, exp: &RelinkExpected) -> Res
             let chain = Chain::open(ns, &p.child(), &ChainOptions::default())
                 .map_err(|e| format!("the chain does not open (new link: {new}): {e}"))?;
             check_chain(&chain)?;
-            let want_len = if new { 2 } else { 3 };
-            if p.op == RelinkOp::Rebase && chain.links.len() != want_len {
+            let want_len = match (p.op, new) {
+                (RelinkOp::Standalone, true) => 1,
+                (_, true) => 2,
+                (_, false) => 3,
+            };
+            if p.op != RelinkOp::SetParent && chain.links.len() != want_len {
                 return Err(format!(
                     "the chain has {} links, expected {want_len} with the {} link",
                     chain.links.len(),
@@ -365,7 +380,7 @@ impl Scenario for RelinkScenario {
             if !judge(ns, p, exp).map_err(|e| format!("after the re-run: {e}"))? {
                 return Err("after the re-run the old link is still in place".into());
             }
-            if p.op == RelinkOp::Rebase {
+            if p.op != RelinkOp::SetParent {
                 // The middle layer's data now lives in the child: read it
                 // over the base alone (the linkage is verified). Deleting
                 // the middle file here would make this check a part of the
@@ -373,6 +388,11 @@ impl Scenario for RelinkScenario {
                 let opts = ChainOptions {
                     parents: vec![p.base()],
                     ..Default::default()
+                };
+                let opts = if p.op == RelinkOp::Standalone {
+                    ChainOptions::default()
+                } else {
+                    opts
                 };
                 let c = Chain::open(ns, &p.child(), &opts).map_err(e2s)?;
                 let mut buf = vec![0u8; c.top().virtual_size() as usize];
@@ -388,7 +408,7 @@ impl Scenario for RelinkScenario {
 
 pub fn all_params() -> Vec<RelinkParams> {
     let mut v = Vec::new();
-    for op in [RelinkOp::SetParent, RelinkOp::Rebase] {
+    for op in [RelinkOp::SetParent, RelinkOp::Rebase, RelinkOp::Standalone] {
         for vhdx in [false, true] {
             v.push(RelinkParams { op, vhdx });
         }

@@ -1,6 +1,6 @@
 //! `set-parent CHILD PARENT [--ignore-id-mismatch]` (Hyper-V's `Set-VHD
-//! -ParentPath`) and `rebase CHILD --onto NEWPARENT` (qemu-img rebase, safe
-//! mode): see `merge::relink`. Both print what they did (`--json`: the
+//! -ParentPath`) and `rebase CHILD (--onto NEWPARENT | --standalone)`
+//! (qemu-img rebase, safe mode): see `merge::relink`. Both print what they did (`--json`: the
 //! `RelinkOutcome`). Exit status: the merge table (0 done, 2 invalid
 //! parameter, 3 file not found, 4 in use, 5 invalid state, 6 not a
 //! differencing image, 7 corrupt, 8 access denied, 1 other) plus 10: the
@@ -43,8 +43,16 @@ pub struct RebaseArgs {
     pub child: PathBuf,
     /// The new parent: every range where it reads differently from the old
     /// parent chain is first copied into the child.
-    #[arg(long, required = true)]
-    pub onto: PathBuf,
+    #[arg(
+        long,
+        required_unless_present = "standalone",
+        conflicts_with = "standalone"
+    )]
+    pub onto: Option<PathBuf>,
+    /// No new parent: the child becomes a dynamic image holding everything
+    /// its chain shows (qemu-img rebase -b "").
+    #[arg(long)]
+    pub standalone: bool,
     /// Run every check, change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -77,7 +85,7 @@ pub fn run_set_parent(args: SetParentArgs) -> u8 {
 pub fn run_rebase(args: RebaseArgs) -> u8 {
     let req = RelinkRequest {
         child: args.child.clone(),
-        new_parent: Some(args.onto.clone()),
+        new_parent: args.onto.clone(),
         ignore_id_mismatch: false,
         chain: chain_options(&args.chain),
         dry_run: args.dry_run,
@@ -137,11 +145,20 @@ fn report(what: &str, out: &RelinkOutcome, json: bool) -> u8 {
     if json {
         print_json(out);
     } else if out.return_value == 0 {
-        let parent = out.new_parent.as_deref().unwrap_or("?");
+        let parent = out.new_parent.as_deref().unwrap_or("no parent");
         if out.dry_run {
             eprintln!(
                 "dry run: {} would be rebased onto {parent}; nothing was changed",
                 out.child
+            );
+        } else if out.nothing_to_do {
+            eprintln!("{}: has no parent already; nothing to do", out.child);
+        } else if out.new_parent.is_none() {
+            eprintln!(
+                "{}: now a dynamic image with no parent (was over {}); {} bytes copied where the chain differed from zeros, every stored block filled",
+                out.child,
+                out.old_parent.as_deref().unwrap_or("?"),
+                out.bytes_copied
             );
         } else {
             let copied = if what == "rebase" {

@@ -524,3 +524,70 @@ fn rebase_refusals_change_nothing() {
         );
     }
 }
+
+/// `rebase --standalone`: the child becomes a dynamic image holding what
+/// its chain showed; qemu-img (which reads dynamic VHD/VHDX but no
+/// differencing chain) confirms it against the model, as libvhdi does.
+#[test]
+fn rebase_standalone_makes_a_dynamic_image() {
+    for fmt in [Fmt::Vhd, Fmt::Vhdx] {
+        for fixed in [false, true] {
+            let what = format!("{fmt:?} fixed={fixed}");
+            let t = tempfile::tempdir().unwrap();
+            let dir = t.path();
+            let mut b = Builder::new(dir);
+            let base = b.base(&format!("base.{}", fmt.base()), fixed);
+            b.write(&base, 0, 5 << 20, 1);
+            let mid = b.child(&format!("mid.{}", fmt.child()), &base);
+            // Partial blocks of the mid, a whole one, and one in an empty
+            // region of the base.
+            b.write(&mid, 1 << 20, 12 << 10, 2);
+            b.write(&mid, 4 << 20, 2 << 20, 3);
+            b.write(&mid, 9 << 20, 1 << 20, 4);
+            let top = b.child(&format!("top.{}", fmt.child()), &mid);
+            b.write(&top, (2 << 20) + (4 << 10), 12 << 10, 5);
+            b.write(&top, 14 << 20, 4 << 10, 6);
+            // A grandchild of top stays linked (top keeps its identity).
+            let leaf = b.child(&format!("leaf.{}", fmt.child()), &top);
+            b.write(&leaf, 15 << 20, 4 << 10, 7);
+            let want = b.model[&top].clone();
+            let want_leaf = b.model[&leaf].clone();
+
+            let (v, code) = run_json(&["rebase", s(&top), "--standalone"]);
+            assert_eq!(code, Some(0), "{what}: {v}");
+            assert_eq!(v["new_parent"], Value::Null, "{what}: {v}");
+            // Base and mid go: top needs neither.
+            std::fs::remove_file(&base).unwrap();
+            std::fs::remove_file(&mid).unwrap();
+            let info = xtask_ok(&["info", s(&top), "--json"]);
+            let info = json(&info);
+            assert_eq!(info["disk_type"], "dynamic", "{what}: {info}");
+            verify(&top, &want, &what);
+            verify(&leaf, &want_leaf, &what);
+            if testdata::have_qemu() {
+                let raw = dir.join("want.raw");
+                std::fs::write(&raw, &want).unwrap();
+                let f = match fmt {
+                    Fmt::Vhd => "vpc",
+                    Fmt::Vhdx => "vhdx",
+                };
+                let out = std::process::Command::new("qemu-img")
+                    .args(["compare", "-f", f, s(&top), "-F", "raw", s(&raw)])
+                    .output()
+                    .expect("spawn qemu-img");
+                assert!(
+                    out.status.success(),
+                    "{what}: qemu-img compare: {}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            // Running it again: nothing to do, nothing changed.
+            let before = hashes(dir);
+            let (v, code) = run_json(&["rebase", s(&top), "--standalone"]);
+            assert_eq!(code, Some(0), "{what}: again: {v}");
+            assert_eq!(v["nothing_to_do"], true, "{what}: again: {v}");
+            assert_eq!(hashes(dir), before, "{what}: the re-run changed a file");
+        }
+    }
+}

@@ -122,6 +122,8 @@ struct ShadowBatch<'a> {
     prepared: Option<(u64, u64, u64)>,
     /// A new parent link (`set_parent`), written into the new header.
     parent: Option<crate::params::ParentSpec>,
+    /// `make_standalone` ran: the image becomes a dynamic one at the commit.
+    standalone: bool,
     /// The new header and its locators, as `prepare` wrote them.
     new_header: Option<(DynamicDiskHeader, Vec<LocatorSlot>)>,
     /// Small data pieces on their way to the file (see `combine`).
@@ -173,6 +175,7 @@ impl<'a> ShadowBatch<'a> {
             new_size,
             prepared: None,
             parent: None,
+            standalone: false,
             new_header: None,
             combiner: WriteCombiner::default(),
             bitmap: None,
@@ -460,6 +463,12 @@ impl MergeBatch for ShadowBatch<'_> {
             }
             None => Vec::new(),
         };
+        if self.standalone {
+            header.parent_unique_id = [0; 16];
+            header.parent_time_stamp = 0;
+            header.parent_unicode_name = [0; 512];
+            header.parent_locators = Default::default();
+        }
         let bat_at = self.alloc(bat.len() as u64)?;
         let header_at = self.alloc(super::dynamic_header::HEADER_SIZE as u64)?;
         let footer_at = self.alloc(FOOTER_SIZE as u64)?;
@@ -468,7 +477,7 @@ impl MergeBatch for ShadowBatch<'_> {
         for (at, data) in &locator_data {
             self.st.write_at(data, *at).ctx(&name)?;
         }
-        let locators = if self.parent.is_some() {
+        let locators = if self.parent.is_some() || self.standalone {
             header
                 .parent_locators
                 .iter()
@@ -521,10 +530,70 @@ impl MergeBatch for ShadowBatch<'_> {
                 self.name()
             )));
         }
+        if self.standalone {
+            return Err(Error::InvalidParameter(format!(
+                "{}: set_parent after make_standalone",
+                self.name()
+            )));
+        }
         // Every refusal now, before anything is staged.
         let mut probe = s.header.clone();
         super::create::set_parent_fields(&mut probe, parent, &mut |_| Ok(0))?;
         self.parent = Some(parent.clone());
+        Ok(())
+    }
+
+    fn make_standalone(
+        &mut self,
+        parent_view: &mut dyn FnMut(u64, &mut [u8]) -> Result<()>,
+    ) -> Result<()> {
+        let (bs, bitmap_bytes, differencing) = self.block_size();
+        if !differencing || self.parent.is_some() {
+            return Err(Error::Unsupported {
+                file: self.name(),
+                message: "not a differencing image (or a new parent is staged): no parent to drop"
+                    .into(),
+            });
+        }
+        // A dynamic VHD reads a stored block's data whatever its bitmap
+        // says: every sector without a bit gets the parent's bytes first.
+        let sectors = bs / 512;
+        let mut buf = Vec::new();
+        for b in 0..self.new_bat.len() as u64 {
+            let entry = self.new_bat[b as usize];
+            if entry == BAT_UNALLOCATED {
+                continue;
+            }
+            let base = u64::from(entry) * 512;
+            let bits = match &self.bitmap {
+                Some(c) if c.base == base => c.bits.clone(),
+                _ => {
+                    let mut bytes = vec![0u8; bitmap_bytes as usize];
+                    self.st.read_at(&mut bytes, base).ctx(&self.img.name)?;
+                    SectorBitmap { bytes }
+                }
+            };
+            let mut k = 0;
+            while k < sectors {
+                if bits.get(k) {
+                    k += 1;
+                    continue;
+                }
+                let first = k;
+                while k < sectors && !bits.get(k) {
+                    k += 1;
+                }
+                let off = b * bs + first * 512;
+                if off >= self.new_size {
+                    break;
+                }
+                let len = ((k - first) * 512).min(self.new_size - off);
+                buf.resize(len as usize, 0);
+                parent_view(off, &mut buf)?;
+                self.write(off, &buf)?;
+            }
+        }
+        self.standalone = true;
         Ok(())
     }
 
@@ -536,6 +605,9 @@ impl MergeBatch for ShadowBatch<'_> {
         };
         let mut footer = new_footer(&self.img.footer, self.new_size, new_identity, &name)?;
         footer.data_offset = header_at;
+        if self.standalone {
+            footer.disk_type = super::footer::DISK_TYPE_DYNAMIC;
+        }
         let bytes = footer.to_bytes()?;
         // THE commit point: one 512-byte sector, the end footer now points at
         // the new header and BAT.
@@ -554,8 +626,11 @@ impl MergeBatch for ShadowBatch<'_> {
             match new_header {
                 Some((h, locators)) => {
                     s.header = h;
-                    if self.parent.is_some() {
+                    if self.parent.is_some() || self.standalone {
                         s.locators = locators;
+                    }
+                    if self.standalone {
+                        s.differencing = false;
                     }
                 }
                 None => {

@@ -39,17 +39,17 @@ pub(crate) fn begin(img: &mut VhdxImage) -> Result<Box<dyn MergeBatch + '_>> {
         sb_copies: BTreeMap::new(),
         committed_end,
         combiner: WriteCombiner::default(),
-        locator: None,
+        metadata: None,
+        standalone: false,
         done: false,
     }))
 }
 
-/// A new parent locator item staged by `set_parent`: where in the metadata
-/// region it goes and the metadata table that names it there.
-struct StagedLocator {
-    /// Offset of the item inside the metadata region.
-    offset: u64,
-    bytes: Vec<u8>,
+/// Metadata staged by `set_parent` / `make_standalone`: item bytes to
+/// write (offset inside the metadata region, bytes) and the metadata table
+/// that names the items then.
+struct StagedMetadata {
+    items: Vec<(u64, Vec<u8>)>,
     table: super::metadata_table::MetadataTable,
 }
 
@@ -65,8 +65,11 @@ struct VhdxBatch<'a> {
     committed_end: u64,
     /// Small payload pieces on their way to the file (see `combine`).
     combiner: WriteCombiner,
-    /// A new parent locator, written with the commit's log entry.
-    locator: Option<StagedLocator>,
+    /// A new parent locator (or no parent at all), written with the
+    /// commit's log entry.
+    metadata: Option<StagedMetadata>,
+    /// `make_standalone` ran: the image loses its parent at the commit.
+    standalone: bool,
     done: bool,
 }
 
@@ -162,6 +165,29 @@ impl VhdxBatch<'_> {
             .storage
             .write_at(&zeros, sb + start)
             .ctx(&self.img.name)
+    }
+
+    /// The sector bits of block `blk` as staged so far: its chunk's fresh
+    /// bitmap copy when the batch made one, else the committed bitmap.
+    fn block_bits(&mut self, blk: u64) -> Result<Vec<u8>> {
+        let g = self.geometry;
+        let spb = g.sectors_per_block();
+        match self.sb_copies.get(&(blk / g.chunk_ratio)) {
+            Some(&sb) => {
+                // Pieces on their way must not hide bits from this read.
+                self.combiner
+                    .flush(&*self.img.storage)
+                    .ctx(&self.img.name)?;
+                let mut bytes = vec![0u8; (spb / 8) as usize];
+                let at = sb + (blk % g.chunk_ratio) * spb / 8;
+                self.img
+                    .storage
+                    .read_at(&mut bytes, at)
+                    .ctx(&self.img.name)?;
+                Ok(bytes)
+            }
+            None => self.img.block_bitmap(blk),
+        }
     }
 
     fn write_in_block(&mut self, blk: u64, in_off: u64, data: Payload<'_>) -> Result<()> {
@@ -417,7 +443,62 @@ impl MergeBatch for VhdxBatch<'_> {
     }
 
     fn set_parent(&mut self, parent: &crate::params::ParentSpec) -> Result<()> {
-        self.locator = Some(stage_locator(self.img, parent)?);
+        if self.standalone {
+            return Err(Error::InvalidParameter(format!(
+                "{}: set_parent after make_standalone",
+                self.img.name
+            )));
+        }
+        self.metadata = Some(stage_locator(self.img, parent)?);
+        Ok(())
+    }
+
+    fn make_standalone(
+        &mut self,
+        parent_view: &mut dyn FnMut(u64, &mut [u8]) -> Result<()>,
+    ) -> Result<()> {
+        let table = standalone_metadata(self.img)?;
+        let g = self.geometry;
+        let (bs, lss) = (g.block_size, g.logical_sector_size);
+        let payload_blocks = g.virtual_size.div_ceil(bs);
+        let mut buf = Vec::new();
+        // Every PARTIALLY_PRESENT block becomes FULLY_PRESENT: its sectors
+        // without a bit get the parent's bytes (a dynamic image has no
+        // sector bitmaps, and no such state).
+        for blk in 0..payload_blocks {
+            let idx = g.payload_index(blk);
+            if self.entry(idx).state() != bat::PAYLOAD_PARTIALLY_PRESENT {
+                continue;
+            }
+            let bits = self.block_bits(blk)?;
+            let in_disk = (g.virtual_size - blk * bs).min(bs) / lss;
+            let mut k = 0;
+            while k < in_disk {
+                if sector_bitmap::get_bit(&bits, k) {
+                    k += 1;
+                    continue;
+                }
+                let first = k;
+                while k < in_disk && !sector_bitmap::get_bit(&bits, k) {
+                    k += 1;
+                }
+                buf.resize(((k - first) * lss) as usize, 0);
+                parent_view(blk * bs + first * lss, &mut buf)?;
+                self.write_in_block(blk, first * lss, Payload::Bytes(&buf))?;
+            }
+            let e = self.entry(idx);
+            self.staged.insert(
+                idx,
+                BatEntry::new(bat::PAYLOAD_FULLY_PRESENT, e.file_offset()),
+            );
+        }
+        // No sector bitmap blocks any more.
+        for k in 0..payload_blocks.div_ceil(g.chunk_ratio) {
+            self.staged
+                .insert(g.sb_index(k), BatEntry::new(bat::SB_NOT_PRESENT, 0));
+        }
+        self.metadata = Some(table);
+        self.standalone = true;
         Ok(())
     }
 
@@ -448,13 +529,13 @@ impl MergeBatch for VhdxBatch<'_> {
         // header changes; take them out of the batch for the duration.
         let mut old = std::mem::take(&mut self.img.bat);
         let staged = std::mem::take(&mut self.staged);
-        let locator = self.locator.take();
+        let metadata = self.metadata.take();
         if let Err(e) = commit_steps(
             self.img,
             &old,
             &staged,
             self.geometry,
-            locator.as_ref(),
+            metadata.as_ref(),
             g_new,
         ) {
             self.img.bat = old;
@@ -469,18 +550,21 @@ impl MergeBatch for VhdxBatch<'_> {
         // is freed before the load reads it, so a 64 TiB image's BAT is
         // never held twice.
         let old_region = self.img.bat_region;
-        let known = if self.geometry.virtual_size == self.img.geometry.virtual_size {
-            for (&i, &e) in &staged {
-                old.set(i as usize, e);
-            }
-            Some(KnownBat {
-                region: old_region,
-                entries: old,
-            })
-        } else {
-            drop(old);
-            None
-        };
+        // A standalone image's BAT has another shape (no trailing sector
+        // bitmap entry): read back, like a resized one.
+        let known =
+            if self.geometry.virtual_size == self.img.geometry.virtual_size && !self.standalone {
+                for (&i, &e) in &staged {
+                    old.set(i as usize, e);
+                }
+                Some(KnownBat {
+                    region: old_region,
+                    entries: old,
+                })
+            } else {
+                drop(old);
+                None
+            };
         drop(staged);
 
         // Adopt the committed state from disk.
@@ -501,7 +585,7 @@ fn commit_steps(
     old: &BlockAllocationTable,
     staged: &BTreeMap<u64, BatEntry>,
     geometry: BatGeometry,
-    locator: Option<&StagedLocator>,
+    metadata: Option<&StagedMetadata>,
     g_new: Uuid,
 ) -> Result<()> {
     let name = img.name.clone();
@@ -583,13 +667,15 @@ fn commit_steps(
         )?;
     }
 
-    if let Some(l) = locator {
-        // The item first, then only the table sectors that change: both
+    if let Some(m) = metadata {
+        // The items first, then only the table sectors that change: all
         // reach the file through the log entry, so a reader sees the old
-        // locator or the new one, never a mix.
+        // metadata or the new, never a mix.
         let base = img.metadata_region.0;
-        patched_sectors(img, base + l.offset, &l.bytes, &mut extra)?;
-        let table = l.table.to_bytes();
+        for (offset, bytes) in &m.items {
+            patched_sectors(img, base + offset, bytes, &mut extra)?;
+        }
+        let table = m.table.to_bytes();
         let mut cur = vec![0u8; table.len()];
         img.storage.read_at(&mut cur, base).ctx(&name)?;
         for (k, (new_s, old_s)) in table.chunks(4096).zip(cur.chunks(4096)).enumerate() {
@@ -664,7 +750,7 @@ fn commit_steps(
 /// here). It stays where the old one is when it fits before the next
 /// item, else it goes after the last item; a locator that fits nowhere in
 /// the metadata region is refused.
-fn stage_locator(img: &VhdxImage, parent: &crate::params::ParentSpec) -> Result<StagedLocator> {
+fn stage_locator(img: &VhdxImage, parent: &crate::params::ParentSpec) -> Result<StagedMetadata> {
     let name = &img.name;
     let bytes = super::create::parent_locator_item(parent)?;
     let region_len = img.metadata_region.1;
@@ -712,9 +798,45 @@ fn stage_locator(img: &VhdxImage, parent: &crate::params::ParentSpec) -> Result<
     let e = &mut table.entries[idx];
     e.offset = offset as u32;
     e.length = len as u32;
-    Ok(StagedLocator {
-        offset,
-        bytes,
+    Ok(StagedMetadata {
+        items: vec![(offset, bytes)],
+        table,
+    })
+}
+
+/// The metadata of the image without a parent: the parent locator's table
+/// entry gone, File Parameters without HasParent.
+fn standalone_metadata(img: &VhdxImage) -> Result<StagedMetadata> {
+    let name = &img.name;
+    let mut table = img.metadata_table.clone();
+    let before = table.entries.len();
+    table
+        .entries
+        .retain(|e| !(e.item_id == items::PARENT_LOCATOR && !e.is_user()));
+    if table.entries.len() == before || !img.file_parameters.has_parent() {
+        return Err(Error::Unsupported {
+            file: name.clone(),
+            message: "not a differencing image: it has no parent to drop".into(),
+        });
+    }
+    let fp_entry = table
+        .entries
+        .iter()
+        .find(|e| e.item_id == items::FILE_PARAMETERS && !e.is_user())
+        .ok_or_else(|| {
+            Error::corrupt(
+                name,
+                "metadata table",
+                img.metadata_region.0,
+                "no File Parameters item",
+            )
+        })?;
+    let fp = items::FileParameters {
+        block_size: img.file_parameters.block_size,
+        flags: img.file_parameters.flags & !items::HAS_PARENT,
+    };
+    Ok(StagedMetadata {
+        items: vec![(u64::from(fp_entry.offset), fp.encode())],
         table,
     })
 }
