@@ -812,7 +812,7 @@ fn standalone_metadata(img: &VhdxImage) -> Result<StagedMetadata> {
     let before = table.entries.len();
     table
         .entries
-        .retain(|e| !(e.item_id == items::PARENT_LOCATOR && !e.is_user()));
+        .retain(|e| e.item_id != items::PARENT_LOCATOR || e.is_user());
     if table.entries.len() == before || !img.file_parameters.has_parent() {
         return Err(Error::Unsupported {
             file: name.clone(),
