@@ -366,7 +366,7 @@ pub fn scan(args: &ScanArgs) -> Result<ScanReport, String> {
                 kind: "stale_locator",
                 path: shown,
                 detail: format!(
-                    "the locator ({locator}) does not lead to the parent, but {found_at} carries the identity this image records{others}: the parent moved; point this image's locator at it (Hyper-V: Set-VHD {child} -ParentPath {found_at}), or pass `--parent {found_at}` to merge or info",
+                    "the locator ({locator}) does not lead to the parent, but {found_at} carries the identity this image records{others}: the parent moved; re-link it with `cargo xtask set-parent {child} {found_at}` (Hyper-V: Set-VHD {child} -ParentPath {found_at}), or pass `--parent {found_at}` to merge or info",
                     found_at = found[j].path.display(),
                     others = if by_id.len() > 1 {
                         format!(" (so do {} other files)", by_id.len() - 1)

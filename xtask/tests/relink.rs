@@ -591,3 +591,45 @@ fn rebase_standalone_makes_a_dynamic_image() {
         }
     }
 }
+
+/// `scan` finds a moved parent by identity and names `set-parent`; after
+/// it, `scan` reports the link as ok.
+#[test]
+fn scan_stale_locator_is_fixed_by_set_parent() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let mut b = Builder::new(dir);
+    let base = b.base("base.vhdx", false);
+    b.write(&base, 0, 1 << 20, 1);
+    let child = b.child("child.avhdx", &base);
+    let moved = dir.join("renamed.vhdx");
+    std::fs::rename(&base, &moved).unwrap();
+    let scan = |expect: i32| {
+        let out = xtask(&["scan", s(dir), "--json"]);
+        assert_eq!(
+            out.status.code(),
+            Some(expect),
+            "scan: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        json(&out)
+    };
+    let v = scan(1);
+    let p = v["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["kind"] == "stale_locator")
+        .unwrap_or_else(|| panic!("no stale_locator: {v}"));
+    assert!(p["detail"].as_str().unwrap().contains("set-parent"), "{p}");
+    xtask_ok(&["set-parent", s(&child), s(&moved)]);
+    let v = scan(0);
+    let img = v["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["path"].as_str().unwrap().ends_with("child.avhdx"))
+        .unwrap()
+        .clone();
+    assert_eq!(img["parent_status"], "ok", "{v}");
+}
