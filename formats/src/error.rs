@@ -4,6 +4,8 @@
 
 use std::io;
 
+use crate::corruption::CorruptionKind;
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +23,8 @@ pub enum Error {
         file: String,
         structure: &'static str,
         offset: u64,
+        /// Which violation (stable; match this, not `message`).
+        kind: CorruptionKind,
         message: String,
     },
 
@@ -32,6 +36,8 @@ pub enum Error {
         file: String,
         structure: &'static str,
         offset: u64,
+        /// Which structure's checksum (`HeaderChecksum`, `FooterChecksum`, ...).
+        kind: CorruptionKind,
         stored: u32,
         computed: u32,
     },
@@ -75,6 +81,7 @@ pub enum Error {
 
 impl Error {
     pub fn corrupt(
+        kind: CorruptionKind,
         file: impl Into<String>,
         structure: &'static str,
         offset: u64,
@@ -84,7 +91,36 @@ impl Error {
             file: file.into(),
             structure,
             offset,
+            kind,
             message: message.into(),
+        }
+    }
+
+    /// The violation, for the errors that are about an image's bytes
+    /// (`Corrupt`, `Checksum`).
+    pub fn corruption_kind(&self) -> Option<CorruptionKind> {
+        match self {
+            Error::Corrupt { kind, .. } | Error::Checksum { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
+
+    /// The kind of the finding that reports this error (`check` turns an
+    /// image it cannot open into one finding): the violation for the
+    /// corruption errors, else what stopped the read.
+    pub fn finding_kind(&self) -> CorruptionKind {
+        match self {
+            Error::Corrupt { kind, .. } | Error::Checksum { kind, .. } => *kind,
+            Error::NotAnImage { .. } => CorruptionKind::NotAnImage,
+            Error::Unsupported { .. } => CorruptionKind::UnsupportedFeature,
+            Error::ParentNotFound { .. } => CorruptionKind::ParentNotFound,
+            Error::Linkage { .. } => CorruptionKind::LinkageMismatch,
+            Error::Io { .. }
+            | Error::Locked { .. }
+            | Error::PermissionDenied { .. }
+            | Error::FileNotFound { .. }
+            | Error::InvalidParameter(_)
+            | Error::Cancelled => CorruptionKind::Unreadable,
         }
     }
 

@@ -2,6 +2,8 @@
 
 use serde::Serialize;
 
+use crate::corruption::CorruptionKind;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
@@ -17,11 +19,14 @@ pub struct Finding {
     pub structure: String,
     /// Absolute byte offset of the structure or field, when it has one.
     pub offset: Option<u64>,
+    /// Which violation (stable snake_case in JSON; match this, not `message`).
+    pub kind: CorruptionKind,
     pub message: String,
 }
 
 impl Finding {
     pub fn error(
+        kind: CorruptionKind,
         file: &str,
         structure: &str,
         offset: impl Into<Option<u64>>,
@@ -32,11 +37,13 @@ impl Finding {
             file: file.to_string(),
             structure: structure.to_string(),
             offset: offset.into(),
+            kind,
             message: message.into(),
         }
     }
 
     pub fn warning(
+        kind: CorruptionKind,
         file: &str,
         structure: &str,
         offset: impl Into<Option<u64>>,
@@ -44,8 +51,16 @@ impl Finding {
     ) -> Self {
         Finding {
             severity: Severity::Warning,
-            ..Finding::error(file, structure, offset, message)
+            ..Finding::error(kind, file, structure, offset, message)
         }
+    }
+}
+
+impl Finding {
+    /// An error finding that reports `e` (an image or chain that could
+    /// not be opened), with the error's kind.
+    pub fn from_error(file: &str, structure: &str, e: &crate::Error) -> Self {
+        Finding::error(e.finding_kind(), file, structure, None, e.to_string())
     }
 }
 

@@ -10,6 +10,7 @@ mod bitrun;
 pub mod chain;
 pub mod checksum;
 mod combine;
+pub mod corruption;
 pub mod create;
 mod direct_writer;
 pub mod entropy;
@@ -23,6 +24,7 @@ pub mod storage;
 pub mod vhd;
 pub mod vhdx;
 
+pub use corruption::CorruptionKind;
 pub use error::{Error, Result};
 pub use finding::{Finding, Severity};
 pub use image::{CompactReport, Image, MergeBatch};

@@ -910,6 +910,15 @@ fn write_into_a_block_outside_the_file_is_refused() {
     let mut img = formats::image::open("x", dynamic, None, rw()).expect("opens");
     let len = storage.len().unwrap();
     let err = img.write_sectors(2 * MIB, &[1; 4096]).expect_err("refused");
-    assert!(matches!(err, formats::Error::Corrupt { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            formats::Error::Corrupt {
+                kind: formats::CorruptionKind::BlockOutsideFile,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert_eq!(storage.len().unwrap(), len);
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use formats::params::{CreateParams, DiskType, OpenOptions};
 use formats::vhdx::{self, header, region_table, RegionTable, VhdxHeader, VhdxImage};
-use formats::{Error, Image, Layer, MemStorage, Severity, Storage};
+use formats::{CorruptionKind as K, Error, Image, Layer, MemStorage, Severity, Storage};
 use proptest::prelude::*;
 
 const MIB: usize = 1 << 20;
@@ -63,6 +63,14 @@ fn corrupt_msg(e: Error) -> (String, u64, String) {
     }
 }
 
+/// The kind of a corruption error (which violation was detected).
+fn kind_of(e: Error) -> K {
+    match e {
+        Error::Corrupt { kind, .. } | Error::Checksum { kind, .. } => kind,
+        other => panic!("expected Corrupt or Checksum, got {other:?}"),
+    }
+}
+
 /// Rewrite the current header with a change (CRC recomputed).
 fn edit_header(b: &mut [u8], f: impl Fn(&mut VhdxHeader)) {
     for off in header::SLOT_OFFSETS {
@@ -86,7 +94,18 @@ fn edit_regions(b: &mut [u8], f: impl Fn(&mut RegionTable)) {
 fn bad_identifier() {
     let mut b = fresh(DiskType::Dynamic);
     b[0] = b'X';
-    let (s, o, _) = corrupt_msg(try_open(b, false).unwrap_err());
+    let e = try_open(b, false).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Corrupt {
+                kind: K::FileIdentifierSignature,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let (s, o, _) = corrupt_msg(e);
     assert_eq!((s.as_str(), o), ("file type identifier", 0));
 }
 
@@ -100,13 +119,15 @@ fn header_checksums() {
     assert!(img
         .open_findings()
         .iter()
-        .any(|f| f.offset == Some(0x10000) && f.message.contains("checksum")));
+        .any(|f| f.offset == Some(0x10000) && f.kind == K::HeaderChecksum));
     // Both bad: a checksum error, unless ignored.
     let mut both = b.clone();
     both[0x10000 + 200] ^= 1;
     both[0x20000 + 200] ^= 1;
     match try_open(both.clone(), false).unwrap_err() {
-        Error::Checksum { structure, .. } => assert_eq!(structure, "header"),
+        Error::Checksum {
+            structure, kind, ..
+        } => assert_eq!((structure, kind), ("header", K::HeaderChecksum)),
         e => panic!("{e:?}"),
     }
     let img = try_open(both, true).unwrap();
@@ -114,32 +135,43 @@ fn header_checksums() {
         .check()
         .unwrap()
         .iter()
-        .any(|f| f.severity == Severity::Error && f.structure == "header"));
+        .any(|f| f.severity == Severity::Error && f.kind == K::HeaderChecksum));
     // Equal sequence numbers, different contents.
     let mut eq = b.clone();
     edit_header(&mut eq, |h| {
         h.sequence_number = 9;
         h.file_write_guid = uuid::Uuid::new_v4();
     });
-    assert!(corrupt_msg(try_open(eq, false).unwrap_err())
-        .2
-        .contains("equal sequence"));
+    assert_eq!(
+        kind_of(try_open(eq, false).unwrap_err()),
+        K::HeaderSequenceTie
+    );
     // No signature at all.
     let mut none = b.clone();
     none[0x10000] = 0;
     none[0x20000] = 0;
-    assert!(corrupt_msg(try_open(none, false).unwrap_err())
-        .2
-        .contains("head"));
+    assert_eq!(
+        kind_of(try_open(none, false).unwrap_err()),
+        K::NoValidHeader
+    );
 }
 
 #[test]
 fn log_placement_is_bounded() {
     let mut b = fresh(DiskType::Dynamic);
     edit_header(&mut b, |h| h.log_offset = 1 << 40);
-    let (s, _, m) = corrupt_msg(try_open(b, false).unwrap_err());
-    assert_eq!(s, "header");
-    assert!(m.contains("past the end"), "{m}");
+    let e = try_open(b, false).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Corrupt {
+                structure: "header",
+                kind: K::LogOutsideFile,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -148,16 +180,16 @@ fn region_table_copies_and_overlaps() {
     let mut c1 = b.clone();
     c1[0x30000 + 1000] ^= 1;
     let img = try_open(c1.clone(), false).unwrap();
-    assert!(img
-        .open_findings()
-        .iter()
-        .any(|f| f.offset == Some(0x30000) && f.message.contains("copy 2 is used")));
+    assert!(img.open_findings().iter().any(|f| f.offset == Some(0x30000)
+        && f.kind == K::RegionTableChecksum
+        && f.severity == Severity::Warning));
     c1[0x40000 + 1000] ^= 1;
     assert!(matches!(
         try_open(c1, false).unwrap_err(),
         Error::Checksum {
             structure: "region table",
             offset: 0x30000,
+            kind: K::RegionTableChecksum,
             ..
         }
     ));
@@ -166,17 +198,22 @@ fn region_table_copies_and_overlaps() {
     edit_regions(&mut ov, |t| {
         t.find_mut(region_table::BAT_GUID).unwrap().file_offset = META as u64
     });
-    assert!(corrupt_msg(try_open(ov, false).unwrap_err())
-        .2
-        .contains("overlaps"));
+    assert_eq!(kind_of(try_open(ov, false).unwrap_err()), K::RegionOverlap);
 
     let mut logov = b.clone();
     edit_regions(&mut logov, |t| {
         t.find_mut(region_table::METADATA_GUID).unwrap().file_offset = LOG as u64
     });
-    assert!(corrupt_msg(try_open(logov, false).unwrap_err())
-        .2
-        .contains("overlaps the log"));
+    let e = try_open(logov, false).unwrap_err();
+    assert!(matches!(
+        e,
+        Error::Corrupt {
+            kind: K::RegionOverlap,
+            ..
+        }
+    ));
+    // The message names what it overlaps.
+    assert!(corrupt_msg(e).2.contains("overlaps the log"));
 
     let mut huge = b.clone();
     for off in region_table::COPY_OFFSETS {
@@ -185,7 +222,15 @@ fn region_table_copies_and_overlaps() {
         let crc = formats::checksum::crc32c_zeroed(&huge[o..o + region_table::SIZE], 4);
         huge[o + 4..o + 8].copy_from_slice(&crc.to_le_bytes());
     }
-    let (s, o, m) = corrupt_msg(try_open(huge, false).unwrap_err());
+    let e = try_open(huge, false).unwrap_err();
+    assert!(matches!(
+        e,
+        Error::Corrupt {
+            kind: K::RegionTableEntryCount,
+            ..
+        }
+    ));
+    let (s, o, m) = corrupt_msg(e);
     assert_eq!((s.as_str(), o), ("region table", 0x30008));
     assert!(m.contains("100000"));
 
@@ -193,9 +238,10 @@ fn region_table_copies_and_overlaps() {
     edit_regions(&mut past, |t| {
         t.find_mut(region_table::BAT_GUID).unwrap().length = 1 << 30
     });
-    assert!(corrupt_msg(try_open(past, false).unwrap_err())
-        .2
-        .contains("past the end"));
+    assert_eq!(
+        kind_of(try_open(past, false).unwrap_err()),
+        K::RegionOutsideFile
+    );
 }
 
 #[test]
@@ -204,26 +250,36 @@ fn metadata_bounds() {
     let mut sig = b.clone();
     sig[META] = b'X';
     assert_eq!(
-        corrupt_msg(try_open(sig, false).unwrap_err()).0,
-        "metadata table"
+        kind_of(try_open(sig, false).unwrap_err()),
+        K::MetadataTableSignature
     );
     let mut count = b.clone();
     count[META + 10..META + 12].copy_from_slice(&60000u16.to_le_bytes());
-    let (_, o, m) = corrupt_msg(try_open(count, false).unwrap_err());
+    let e = try_open(count, false).unwrap_err();
+    assert!(matches!(
+        e,
+        Error::Corrupt {
+            kind: K::MetadataTableEntryCount,
+            ..
+        }
+    ));
+    let (_, o, m) = corrupt_msg(e);
     assert_eq!(o, (META + 10) as u64);
     assert!(m.contains("60000"));
     // First entry's Length huge.
     let mut len = b.clone();
     len[META + 32 + 20..META + 32 + 24].copy_from_slice(&0x4000_0000u32.to_le_bytes());
-    assert!(corrupt_msg(try_open(len, false).unwrap_err())
-        .2
-        .contains("exceeds 1 MiB"));
+    assert_eq!(
+        kind_of(try_open(len, false).unwrap_err()),
+        K::MetadataItemTooLong
+    );
     // First entry's Offset outside the region.
     let mut off = b.clone();
     off[META + 32 + 16..META + 32 + 20].copy_from_slice(&(MIB as u32 - 4).to_le_bytes());
-    assert!(corrupt_msg(try_open(off, false).unwrap_err())
-        .2
-        .contains("not inside the metadata region"));
+    assert_eq!(
+        kind_of(try_open(off, false).unwrap_err()),
+        K::MetadataItemOutsideRegion
+    );
     // A virtual size of 64 TiB in an 8 MiB file: the BAT region is too short.
     let mut vs = b.clone();
     let e = vhdx::MetadataTable::parse(&vs[META..META + 65536]).unwrap();
@@ -234,8 +290,10 @@ fn metadata_bounds() {
         .unwrap();
     let at = META + item.offset as usize;
     vs[at..at + 8].copy_from_slice(&(64u64 << 40).to_le_bytes());
-    let (_, _, m) = corrupt_msg(try_open(vs, false).unwrap_err());
-    assert!(m.contains("TotalBATEntries"), "{m}");
+    assert_eq!(
+        kind_of(try_open(vs, false).unwrap_err()),
+        K::BatRegionTooSmall
+    );
     // Block size not a power of two.
     let mut bs = b.clone();
     let item = e
@@ -245,9 +303,10 @@ fn metadata_bounds() {
         .unwrap();
     let at = META + item.offset as usize;
     bs[at..at + 4].copy_from_slice(&3_000_000u32.to_le_bytes());
-    assert!(corrupt_msg(try_open(bs, false).unwrap_err())
-        .2
-        .contains("BlockSize"));
+    assert_eq!(
+        kind_of(try_open(bs, false).unwrap_err()),
+        K::InvalidBlockSize
+    );
 }
 
 #[test]
@@ -258,39 +317,48 @@ fn bat_entries() {
     r[BAT + 16..BAT + 24].copy_from_slice(&(4u64 | (5 << 20)).to_le_bytes());
     let img = try_open(r, false).unwrap();
     let mut runs = Vec::new();
-    let (s, o, m) = corrupt_msg(img.map(0, img.virtual_size(), &mut runs).unwrap_err());
+    let e = img.map(0, img.virtual_size(), &mut runs).unwrap_err();
+    assert!(matches!(
+        e,
+        Error::Corrupt {
+            kind: K::BatEntryReservedState,
+            ..
+        }
+    ));
+    let (s, o, m) = corrupt_msg(e);
     assert_eq!((s.as_str(), o), ("BAT entry", (BAT + 16) as u64));
     assert!(m.contains("reserved state 4"));
     assert!(img
         .check()
         .unwrap()
         .iter()
-        .any(|f| f.offset == Some((BAT + 16) as u64) && f.severity == Severity::Error));
+        .any(|f| f.offset == Some((BAT + 16) as u64)
+            && f.severity == Severity::Error
+            && f.kind == K::BatEntryReservedState));
     // A FULLY_PRESENT block far past the end of the file.
     let mut p = b.clone();
     p[BAT + 24..BAT + 32].copy_from_slice(&(6u64 | (1 << 40)).to_le_bytes());
     let img = try_open(p, false).unwrap();
     runs.clear();
-    assert!(
-        corrupt_msg(img.map(3 << 20, 1 << 20, &mut runs).unwrap_err())
-            .2
-            .contains("outside")
+    assert_eq!(
+        kind_of(img.map(3 << 20, 1 << 20, &mut runs).unwrap_err()),
+        K::BlockOutsideFile
     );
     assert!(img
         .check()
         .unwrap()
         .iter()
-        .any(|f| f.message.contains("past the end")));
+        .any(|f| f.kind == K::BlockOutsideFile));
     // Two blocks at the same offset, and a block on the BAT region.
     let mut d = b.clone();
     let first = u64::from_le_bytes(d[BAT..BAT + 8].try_into().unwrap());
     d[BAT + 8..BAT + 16].copy_from_slice(&first.to_le_bytes());
     d[BAT + 32..BAT + 40].copy_from_slice(&(6u64 | BAT as u64).to_le_bytes());
     let f = try_open(d, false).unwrap().check().unwrap();
-    assert!(f.iter().any(|x| x.message.contains("used by BAT entries")));
+    assert!(f.iter().any(|x| x.kind == K::BlockOverlap));
     assert!(f
         .iter()
-        .any(|x| x.message.contains("overlaps the BAT region")));
+        .any(|x| x.kind == K::BlockOverlapsStructure && x.message.contains("the BAT region")));
     // PARTIALLY_PRESENT in a dynamic file.
     let mut pp = b.clone();
     pp[BAT..BAT + 8].copy_from_slice(&((first & !7) | 7).to_le_bytes());
@@ -299,7 +367,7 @@ fn bat_entries() {
         .check()
         .unwrap()
         .iter()
-        .any(|x| x.message.contains("non-differencing")));
+        .any(|x| x.kind == K::PartialBlockInNonDifferencing));
     runs.clear();
     assert!(img.map(0, 4096, &mut runs).is_err());
 }
@@ -369,25 +437,46 @@ fn damaged_logs_refuse_to_open() {
     // A flipped byte inside the entry: CRC mismatch, no valid sequence.
     let mut crc = b.clone();
     crc[LOG + 4096 + 100] ^= 1;
-    let (s, o, m) = corrupt_msg(try_open(crc, false).unwrap_err());
+    let e = try_open(crc, false).unwrap_err();
+    assert!(matches!(
+        e,
+        Error::Corrupt {
+            kind: K::LogSequenceInvalid,
+            ..
+        }
+    ));
+    let (s, o, m) = corrupt_msg(e);
     assert_eq!((s.as_str(), o), ("log", LOG as u64));
+    // The message says why the entry was rejected.
     assert!(m.contains("checksum"), "{m}");
     // EntryLength beyond the log.
     let mut len = b.clone();
     len[LOG + 8..LOG + 12].copy_from_slice(&(4u32 << 20).to_le_bytes());
-    let m = corrupt_msg(try_open(len, false).unwrap_err()).2;
+    let e = try_open(len, false).unwrap_err();
+    assert!(matches!(
+        e,
+        Error::Corrupt {
+            kind: K::LogSequenceInvalid,
+            ..
+        }
+    ));
+    let m = corrupt_msg(e).2;
     assert!(m.contains("EntryLength"), "{m}");
     // A descriptor count claiming millions of descriptors.
     let mut dc = b.clone();
     dc[LOG + 24..LOG + 28].copy_from_slice(&u32::MAX.to_le_bytes());
-    assert!(corrupt_msg(try_open(dc, false).unwrap_err())
-        .2
-        .contains("no valid complete sequence"));
+    assert_eq!(
+        kind_of(try_open(dc, false).unwrap_err()),
+        K::LogSequenceInvalid
+    );
     // Truncated file (shorter than FlushedFileOffset).
     let mut t = b.clone();
     let flushed = u64::from_le_bytes(t[LOG + 48..LOG + 56].try_into().unwrap()) as usize;
     t.truncate(flushed - MIB);
-    assert!(try_open(t, false).is_err());
+    assert_eq!(
+        kind_of(try_open(t, false).unwrap_err()),
+        K::LogFlushedOffsetBeyondFile
+    );
 }
 
 proptest! {

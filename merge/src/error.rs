@@ -26,7 +26,12 @@ pub enum MergeError {
     SavedState { file: String },
 
     #[error("{file}: failed validation: {findings}")]
-    Unhealthy { file: String, findings: String },
+    Unhealthy {
+        file: String,
+        /// The kind of the first error finding.
+        kind: formats::CorruptionKind,
+        findings: String,
+    },
 
     #[error("{destination}: its virtual size {destination_size} is larger than the {source_size} bytes its descendant {source_path} shows; the merged content would need the destination shrunk, which merge never does")]
     DestinationLarger {
@@ -72,6 +77,17 @@ pub enum MergeError {
 }
 
 impl MergeError {
+    /// Which violation, when the error is about an image's bytes (a corrupt
+    /// or checksum error, or an image that failed validation: its first
+    /// error finding). `corruption_kind` in the `--json` outcomes.
+    pub fn corruption_kind(&self) -> Option<formats::CorruptionKind> {
+        match self {
+            MergeError::Format(f) => f.corruption_kind(),
+            MergeError::Unhealthy { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
+
     /// A stable snake_case name of the refusal or failure, for scripts
     /// (`error_kind` in `merge --json`).
     pub fn kind(&self) -> &'static str {

@@ -92,6 +92,9 @@ pub struct MergeOutcome {
     /// `MergeError::kind` of the error (`insufficient_space`, `siblings`,
     /// `linkage_mismatch`, ...).
     pub error_kind: Option<&'static str>,
+    /// `formats::CorruptionKind` of the violation when the error is about
+    /// an image's bytes (`error_kind` `corrupt`, `checksum` or `unhealthy`).
+    pub corruption_kind: Option<formats::CorruptionKind>,
 }
 
 /// Run a merge to the end and describe it; never fails (the outcome carries
@@ -114,6 +117,7 @@ pub fn run(ns: &Arc<dyn Namespace>, req: &MergeRequest, job: &JobHandle) -> Merg
         compaction: None,
         error: None,
         error_kind: None,
+        corruption_kind: None,
     };
     match merge(ns, req, job, &mut out) {
         Ok(()) => {
@@ -132,6 +136,7 @@ pub fn run(ns: &Arc<dyn Namespace>, req: &MergeRequest, job: &JobHandle) -> Merg
             }
             out.error = Some(e.to_string());
             out.error_kind = Some(e.kind());
+            out.corruption_kind = e.corruption_kind();
         }
     }
     job.set_state(out.state);
@@ -240,15 +245,19 @@ pub fn merge(
 
     for link in &chain.links[..=dest_index] {
         let findings = link.image.check()?;
-        let errors: Vec<String> = findings
+        let errors: Vec<&formats::Finding> = findings
             .iter()
             .filter(|f| f.severity == Severity::Error)
-            .map(|f| f.to_string())
             .collect();
-        if !errors.is_empty() && !req.chain.ignore_checksums {
+        if let (Some(first), false) = (errors.first(), req.chain.ignore_checksums) {
             return Err(MergeError::Unhealthy {
                 file: link.path.display().to_string(),
-                findings: errors.join("; "),
+                kind: first.kind,
+                findings: errors
+                    .iter()
+                    .map(|f| f.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; "),
             });
         }
     }

@@ -70,6 +70,9 @@ pub struct RelinkOutcome {
     pub compaction: Option<formats::CompactReport>,
     pub error: Option<String>,
     pub error_kind: Option<&'static str>,
+    /// `formats::CorruptionKind` of the violation when the error is about
+    /// an image's bytes (see `MergeOutcome::corruption_kind`).
+    pub corruption_kind: Option<formats::CorruptionKind>,
 }
 
 impl RelinkOutcome {
@@ -91,6 +94,7 @@ impl RelinkOutcome {
             compaction: None,
             error: None,
             error_kind: None,
+            corruption_kind: None,
         }
     }
 
@@ -109,6 +113,7 @@ impl RelinkOutcome {
                 self.return_value = codes::classify(&e).code();
                 self.error = Some(e.to_string());
                 self.error_kind = Some(e.kind());
+                self.corruption_kind = e.corruption_kind();
             }
         }
         job.set_state(self.state);
@@ -147,19 +152,22 @@ fn canonical(ns: &Arc<dyn Namespace>, p: &Path) -> PathBuf {
 }
 
 fn healthy(path: &Path, image: &dyn Image) -> Result<(), MergeError> {
-    let errors: Vec<String> = image
-        .check()?
+    let findings = image.check()?;
+    let errors: Vec<&formats::Finding> = findings
         .iter()
         .filter(|f| f.severity == Severity::Error)
-        .map(|f| f.to_string())
         .collect();
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(MergeError::Unhealthy {
+    match errors.first() {
+        None => Ok(()),
+        Some(first) => Err(MergeError::Unhealthy {
             file: name(path),
-            findings: errors.join("; "),
-        })
+            kind: first.kind,
+            findings: errors
+                .iter()
+                .map(|f| f.to_string())
+                .collect::<Vec<_>>()
+                .join("; "),
+        }),
     }
 }
 

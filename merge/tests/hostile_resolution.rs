@@ -201,6 +201,13 @@ fn open_partial(child: &Path, opts: ChainOptions) -> (usize, Option<String>, Arc
     }
 }
 
+/// The violation the broken chain of `child` reports, when it is one.
+fn broken_kind(child: &Path) -> Option<formats::CorruptionKind> {
+    let (_, ns) = recording();
+    let c = Chain::open_partial(&ns, child, &ChainOptions::default()).unwrap();
+    c.broken.and_then(|e| e.corruption_kind())
+}
+
 fn kind_of(e: &Error) -> &'static str {
     match e {
         Error::ParentNotFound { .. } => "parent-not-found",
@@ -543,7 +550,11 @@ fn locator_naming_the_child_itself_is_a_cycle() {
         let (n, broken, rec) = open_partial(&child, ChainOptions::default());
         assert_eq!(n, 1);
         let msg = broken.unwrap();
-        assert!(msg.contains("cycle"), "{msg}");
+        assert_eq!(
+            broken_kind(&child),
+            Some(formats::CorruptionKind::ChainCycle),
+            "{msg}"
+        );
         assert!(
             msg.contains("parent locator"),
             "error names the structure: {msg}"
@@ -551,7 +562,12 @@ fn locator_naming_the_child_itself_is_a_cycle() {
         let opens = rec.touching(&["open"], &child);
         assert_eq!(opens.len(), 1, "the child is opened once: {opens:?}");
         let (out, _) = merge_refused(&root, &child, ChainOptions::default());
-        assert!(out.error.unwrap().contains("cycle"));
+        assert_eq!(
+            out.corruption_kind,
+            Some(formats::CorruptionKind::ChainCycle),
+            "{:?}",
+            out.error
+        );
     }
 }
 
@@ -640,14 +656,21 @@ fn two_file_cycle_is_an_error_not_a_hang() {
             // second step found a file already in the chain.
             assert_eq!(n, 2, "{broken:?}");
             let msg = broken.unwrap();
-            assert!(
-                msg.contains("cycle") && msg.contains("parent locator"),
+            assert_eq!(
+                broken_kind(top),
+                Some(formats::CorruptionKind::ChainCycle),
                 "{msg}"
             );
+            assert!(msg.contains("parent locator"), "{msg}");
             assert_eq!(rec.touching(&["open"], top).len(), 1);
             assert_eq!(rec.touching(&["open"], other).len(), 1);
             let (out, _) = merge_refused(&root, top, ChainOptions::default());
-            assert!(out.error.unwrap().contains("cycle"));
+            assert_eq!(
+                out.corruption_kind,
+                Some(formats::CorruptionKind::ChainCycle),
+                "{:?}",
+                out.error
+            );
         }
     }
 }

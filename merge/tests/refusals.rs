@@ -132,3 +132,72 @@ fn refusals_change_nothing() {
         refused(d.path(), 32776, || merge(&junk, None, false));
     }
 }
+
+fn damage(path: &Path, f: impl FnOnce(&mut Vec<u8>)) {
+    let mut b = std::fs::read(path).unwrap();
+    f(&mut b);
+    std::fs::write(path, b).unwrap();
+}
+
+/// A refusal because of damaged bytes carries the violation's kind, both
+/// for an image that does not open (checksum) and for one that opens but
+/// fails validation (unhealthy).
+#[test]
+fn corrupt_refusals_name_the_violation() {
+    use formats::CorruptionKind as K;
+    for vhdx in [true, false] {
+        // Checksums: both VHDX headers / both VHD footers.
+        let d = tempfile::tempdir().unwrap();
+        let (base, _mid, top) = chain(d.path(), vhdx);
+        damage(&base, |b| {
+            if vhdx {
+                b[(64 << 10) + 100] ^= 1;
+                b[(128 << 10) + 100] ^= 1;
+            } else {
+                let n = b.len();
+                b[n - 512 + 64] ^= 0x55;
+                b[64] ^= 0x55;
+            }
+        });
+        let before = hashes(d.path());
+        let out = merge(&top, Some(&base), false);
+        assert_eq!(out.error_kind, Some("checksum"), "{:?}", out.error);
+        let expect = if vhdx {
+            K::HeaderChecksum
+        } else {
+            K::FooterChecksum
+        };
+        assert_eq!(out.corruption_kind, Some(expect), "{:?}", out.error);
+        assert_eq!(hashes(d.path()), before);
+
+        // Opens, fails validation: VHDX BAT entry reserved bits, VHD two
+        // BAT entries on one block.
+        let d = tempfile::tempdir().unwrap();
+        let (base, _mid, top) = chain(d.path(), vhdx);
+        damage(&base, |b| {
+            if vhdx {
+                // vhdx::create puts the BAT at 3 MiB; entry 0 is block 0.
+                let at = 3 << 20;
+                let v = u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+                b[at..at + 8].copy_from_slice(&(v | 1 << 3).to_le_bytes());
+            } else {
+                let n = b.len();
+                let ho = u64::from_be_bytes(b[n - 512 + 16..n - 512 + 24].try_into().unwrap());
+                let ho = ho as usize;
+                let table = u64::from_be_bytes(b[ho + 16..ho + 24].try_into().unwrap()) as usize;
+                let first: [u8; 4] = b[table..table + 4].try_into().unwrap();
+                b[table + 4..table + 8].copy_from_slice(&first);
+            }
+        });
+        let before = hashes(d.path());
+        let out = merge(&top, Some(&base), false);
+        assert_eq!(out.error_kind, Some("unhealthy"), "{:?}", out.error);
+        let expect = if vhdx {
+            K::BatEntryReservedBits
+        } else {
+            K::BlockOverlap
+        };
+        assert_eq!(out.corruption_kind, Some(expect), "{:?}", out.error);
+        assert_eq!(hashes(d.path()), before);
+    }
+}

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 use formats::chain::{linkage_matches, Chain};
 use formats::params::{Identity, ParentLinkage};
-use formats::{Finding, Severity};
+use formats::{CorruptionKind, Finding, Severity};
 use serde::Serialize;
 
 use crate::cli_util::{chain_options, fs, print_json};
@@ -44,11 +44,10 @@ pub fn report(args: &CheckArgs) -> CheckReport {
     match Chain::open_partial(&ns, &args.image, &opts) {
         Err(e) => {
             readable = false;
-            findings.push(Finding::error(
+            findings.push(Finding::from_error(
                 &args.image.display().to_string(),
                 "image",
-                None,
-                e.to_string(),
+                &e,
             ));
         }
         Ok(chain) => {
@@ -60,11 +59,10 @@ pub fn report(args: &CheckArgs) -> CheckReport {
             for (i, link) in chain.links.iter().enumerate() {
                 match link.image.check() {
                     Ok(f) => findings.extend(f),
-                    Err(e) => findings.push(Finding::error(
+                    Err(e) => findings.push(Finding::from_error(
                         &link.path.display().to_string(),
                         "image",
-                        None,
-                        e.to_string(),
+                        &e,
                     )),
                 }
                 if let (Some(linkage), Some(parent)) =
@@ -73,7 +71,13 @@ pub fn report(args: &CheckArgs) -> CheckReport {
                     let name = link.path.display().to_string();
                     let pid = parent.image.identity();
                     if let Err(msg) = linkage_matches(&linkage, &pid) {
-                        findings.push(Finding::error(&name, "parent linkage", None, msg));
+                        findings.push(Finding::error(
+                            CorruptionKind::LinkageMismatch,
+                            &name,
+                            "parent linkage",
+                            None,
+                            msg,
+                        ));
                     } else if let (
                         ParentLinkage::Vhd {
                             parent_timestamp, ..
@@ -83,6 +87,7 @@ pub fn report(args: &CheckArgs) -> CheckReport {
                     {
                         if parent_timestamp != timestamp {
                             findings.push(Finding::warning(
+                                CorruptionKind::ParentTimestampMismatch,
                                 &name,
                                 "dynamic disk header",
                                 None,
@@ -96,15 +101,14 @@ pub fn report(args: &CheckArgs) -> CheckReport {
             }
             if let Some(e) = &chain.broken {
                 readable = false;
-                findings.push(Finding::error(
+                findings.push(Finding::from_error(
                     &chain
                         .links
                         .last()
                         .map(|l| l.path.display().to_string())
                         .unwrap_or_default(),
                     "chain",
-                    None,
-                    e.to_string(),
+                    e,
                 ));
             }
         }

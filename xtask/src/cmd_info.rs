@@ -95,15 +95,14 @@ pub fn report(args: &InfoArgs) -> Result<InfoReport, formats::Error> {
     let mut findings = top.open_findings();
     if let Some(e) = &chain.broken {
         if chain.links.len() > 1 {
-            findings.push(Finding::error(
+            findings.push(Finding::from_error(
                 &chain
                     .links
                     .last()
                     .map(|l| l.path.display().to_string())
                     .unwrap_or_default(),
                 "chain",
-                None,
-                e.to_string(),
+                e,
             ));
         }
     }

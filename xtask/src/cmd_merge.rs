@@ -240,6 +240,7 @@ pub fn run_with_progress(req: MergeRequest, quiet: bool) -> MergeOutcome {
         compaction: None,
         error: Some("merge thread panicked".into()),
         error_kind: None,
+        corruption_kind: None,
     })
 }
 

@@ -186,10 +186,23 @@ fn outside_locator_merge_and_info() {
 }
 
 /// Run `info` and `check` on a hostile file: both must fail or report
-/// quickly, in bounded memory, naming `field`, and leave it unchanged.
-fn hostile(path: &Path, field: &[&str]) {
+/// quickly, in bounded memory, naming `field`, and leave it unchanged;
+/// `check --json` must report an error finding of `kind`.
+fn hostile(path: &Path, kind: &str, field: &[&str]) {
     let before = std::fs::read(path).unwrap();
     let p = path.to_str().unwrap();
+    let r = run(&["check", "--json", p]);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("check --json");
+    let findings = v["findings"].as_array().unwrap();
+    assert!(
+        findings
+            .iter()
+            .any(|f| f["severity"] == "error" && f["kind"] == kind),
+        "{p}: no error finding of kind {kind}: {v}"
+    );
+    assert!(findings
+        .iter()
+        .all(|f| f["kind"].as_str().is_some_and(|k| !k.is_empty())));
     let out = path.with_extension("raw");
     let o = out.to_str().unwrap();
     for cmd in [&["info", p][..], &["check", p][..], &["convert", p, o][..]] {
@@ -257,7 +270,7 @@ fn hostile_vhd_sizes() {
         let p = hostile_vhd(d.path(), name, |b, ho| {
             b[ho + 0x20..ho + 0x24].copy_from_slice(&bs.to_be_bytes());
         });
-        hostile(&p, &["Block Size"]);
+        hostile(&p, "invalid_block_size", &["Block Size"]);
     }
     // A BAT of 2^30 entries (4 GiB) for a 512 GiB disk of 512-byte blocks,
     // in a 1 MiB file.
@@ -270,12 +283,16 @@ fn hostile_vhd_sizes() {
         b[ho + 0x1C..ho + 0x20].copy_from_slice(&(1u32 << 30).to_be_bytes());
         b[ho + 0x20..ho + 0x24].copy_from_slice(&512u32.to_be_bytes());
     });
-    hostile(&p, &["Table Offset", "Max Table Entries"]);
+    hostile(
+        &p,
+        "bat_outside_file",
+        &["Table Offset", "Max Table Entries"],
+    );
     // A BAT count far beyond what the size needs.
     let p = hostile_vhd(d.path(), "bat-count.vhd", |b, ho| {
         b[ho + 0x1C..ho + 0x20].copy_from_slice(&u32::MAX.to_be_bytes());
     });
-    hostile(&p, &["Max Table Entries"]);
+    hostile(&p, "max_table_entries_invalid", &["Max Table Entries"]);
 }
 
 fn le_u32(b: &[u8], at: usize) -> u32 {
@@ -338,7 +355,7 @@ fn hostile_vhdx_sizes() {
         fix_region_tables(b);
     });
     assert!(std::fs::metadata(&p).unwrap().len() < 8 << 20);
-    hostile(&p, &["BAT", "region"]);
+    hostile(&p, "region_outside_file", &["BAT", "region"]);
     // A virtual size whose BAT would need gigabytes (64 TiB / 1 MiB blocks
     // = 2^26 entries... plus the region is only 1 MiB).
     let p = hostile_vhdx(d.path(), "vsize.vhdx", |b| {
@@ -356,14 +373,22 @@ fn hostile_vhdx_sizes() {
         let io = mo + le_u32(b, t + 16) as usize;
         b[io..io + 8].copy_from_slice(&(64u64 << 40).to_le_bytes());
     });
-    hostile(&p, &["BAT", "Virtual Disk Size", "virtual size"]);
+    hostile(
+        &p,
+        "bat_region_too_small",
+        &["BAT", "Virtual Disk Size", "virtual size"],
+    );
     // The metadata table claims 65535 entries (spec: at most 2047).
     let p = hostile_vhdx(d.path(), "metadata-count.vhdx", |b| {
         let e = region_entry(b, &METADATA_GUID);
         let mo = le_u64(b, e + 16) as usize;
         b[mo + 10..mo + 12].copy_from_slice(&0xFFFFu16.to_le_bytes());
     });
-    hostile(&p, &["EntryCount", "entry count", "entries"]);
+    hostile(
+        &p,
+        "metadata_table_entry_count",
+        &["EntryCount", "entry count", "entries"],
+    );
     // A log entry whose EntryLength (4 GiB - 4 KiB) is beyond the log.
     let p = hostile_vhdx(d.path(), "log-length.vhdx", |b| {
         let h = 64usize << 10;
@@ -391,5 +416,9 @@ fn hostile_vhdx_sizes() {
         }
         fix_headers(b);
     });
-    hostile(&p, &["EntryLength", "entry length", "log"]);
+    hostile(
+        &p,
+        "log_sequence_invalid",
+        &["EntryLength", "entry length", "log"],
+    );
 }

@@ -37,7 +37,8 @@ fn dfvfs_child_merges_into_its_parent_only_with_the_override() {
     let out = xtask(&["merge", s(&child), "--json"]);
     let v = json(&out);
     assert_eq!(v["return_value"], 32776, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("checksum"), "{v}");
+    assert_eq!(v["error_kind"], "checksum", "{v}");
+    assert_eq!(v["corruption_kind"], "footer_checksum", "{v}");
     assert_eq!(out.status.code(), Some(7));
     assert_eq!(hashes(d.path()), before, "a refused merge changed bytes");
 

@@ -93,6 +93,7 @@ fn fold_from(
         for r in runs {
             if r.offset != expect || r.len == 0 || r.offset + r.len > offset + inside {
                 return Err(crate::Error::corrupt(
+                    crate::CorruptionKind::LayerMapInvalid,
                     layer.name(),
                     "layer map",
                     r.offset,
@@ -125,6 +126,7 @@ fn fold_from(
         }
         if expect != offset + inside {
             return Err(crate::Error::corrupt(
+                crate::CorruptionKind::LayerMapInvalid,
                 layer.name(),
                 "layer map",
                 expect,

@@ -94,6 +94,7 @@ impl Chain {
                             file: last.path.display().to_string(),
                             structure: "parent locator",
                             offset: 0,
+                            kind: crate::CorruptionKind::ChainCycle,
                             message: format!(
                                 "chain cycle: parent {} is already in the chain",
                                 parent.path.display()

@@ -290,6 +290,7 @@ pub fn resolve_parent(
                     file: name.clone(),
                     structure: "parent locator",
                     offset: 0,
+                    kind: crate::CorruptionKind::ChainCycle,
                     message: format!("chain cycle: parent {shown} is already in the chain"),
                 });
             }

@@ -270,6 +270,7 @@ impl<'a> ShadowBatch<'a> {
             let len = self.st.len().ctx(&name)?;
             if old + span > len {
                 return Err(Error::corrupt(
+                    crate::CorruptionKind::BlockOutsideFile,
                     &name,
                     "block allocation table",
                     table_offset + 4 * b,
@@ -799,8 +800,15 @@ impl MergeBatch for JournalBatch<'_> {
         // before it, so a surviving commit record implies complete records
         // (and the CRC rejects any torn state anyway).
         self.jst.flush().ctx(&jname)?;
-        let cj = journal::scan(self.jst.as_ref(), &jname)?
-            .map_err(|why| Error::corrupt(&jname, "redo journal", 0, why))?;
+        let cj = journal::scan(self.jst.as_ref(), &jname)?.map_err(|why| {
+            Error::corrupt(
+                crate::CorruptionKind::RedoJournalInvalid,
+                &jname,
+                "redo journal",
+                0,
+                why,
+            )
+        })?;
         journal::apply(self.img.storage.as_ref(), self.jst.as_ref(), &cj, &name)?;
         // Ordering: apply is flushed (inside apply) before the journal goes.
         self.slot.remove().ctx(&jname)?;

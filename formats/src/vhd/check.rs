@@ -7,7 +7,7 @@ use super::dynamic_header::HEADER_SIZE;
 use super::footer::{HardDiskFooter, FEATURES_RESERVED, FILE_FORMAT_VERSION, FOOTER_SIZE};
 use super::image::{FooterSource, VhdImage};
 use crate::error::IoContext;
-use crate::{Finding, Result};
+use crate::{CorruptionKind, Finding, Result};
 
 /// Findings of one kind beyond this are summarised.
 const MAX_PER_KIND: usize = 50;
@@ -22,6 +22,7 @@ pub(super) fn check(img: &VhdImage) -> Result<Vec<Finding>> {
     };
     if f.file_format_version != FILE_FORMAT_VERSION {
         out.push(Finding::warning(
+            CorruptionKind::FooterFormatVersion,
             name,
             "hard disk footer",
             foff + 0x0C,
@@ -33,6 +34,7 @@ pub(super) fn check(img: &VhdImage) -> Result<Vec<Finding>> {
     }
     if f.features & FEATURES_RESERVED == 0 {
         out.push(Finding::warning(
+            CorruptionKind::FooterFeatures,
             name,
             "hard disk footer",
             foff + 0x08,
@@ -41,6 +43,7 @@ pub(super) fn check(img: &VhdImage) -> Result<Vec<Finding>> {
     }
     if f.features & !0x3 != 0 {
         out.push(Finding::warning(
+            CorruptionKind::FooterFeatures,
             name,
             "hard disk footer",
             foff + 0x08,
@@ -49,6 +52,7 @@ pub(super) fn check(img: &VhdImage) -> Result<Vec<Finding>> {
     }
     if f.saved_state != 0 {
         out.push(Finding::warning(
+            CorruptionKind::SavedState,
             name,
             "hard disk footer",
             foff + 0x54,
@@ -59,6 +63,7 @@ pub(super) fn check(img: &VhdImage) -> Result<Vec<Finding>> {
     let Some(s) = &img.sparse else {
         if img.footer_offset > f.current_size {
             out.push(Finding::warning(
+                CorruptionKind::FixedDiskGap,
                 name,
                 "hard disk footer",
                 img.footer_offset,
@@ -79,6 +84,7 @@ pub(super) fn check(img: &VhdImage) -> Result<Vec<Finding>> {
         let (copy, ok) = HardDiskFooter::parse(&b, name, 0)?;
         if !copy.cookie_ok() || !ok {
             out.push(Finding::warning(
+                CorruptionKind::FooterCopyInvalid,
                 name,
                 "hard disk footer copy",
                 0u64,
@@ -86,6 +92,7 @@ pub(super) fn check(img: &VhdImage) -> Result<Vec<Finding>> {
             ));
         } else if copy != *f {
             out.push(Finding::warning(
+                CorruptionKind::FooterCopyMismatch,
                 name,
                 "hard disk footer copy",
                 0u64,
@@ -127,6 +134,7 @@ pub(super) fn check(img: &VhdImage) -> Result<Vec<Finding>> {
         for (i, e) in s.header.parent_locators.iter().enumerate() {
             if e.is_used() {
                 out.push(Finding::warning(
+                    CorruptionKind::LocatorInNonDifferencing,
                     name,
                     "parent locator entry",
                     s.header_offset + 0x240 + 24 * i as u64,
@@ -140,6 +148,7 @@ pub(super) fn check(img: &VhdImage) -> Result<Vec<Finding>> {
             let (a, b) = (&meta[i], &meta[j]);
             if a.0 < b.1 && b.0 < a.1 {
                 out.push(Finding::error(
+                    CorruptionKind::StructureOverlap,
                     name,
                     "file layout",
                     b.3,
@@ -165,12 +174,16 @@ pub(super) fn check(img: &VhdImage) -> Result<Vec<Finding>> {
         if end > img.footer_offset {
             outside += 1;
             if outside <= MAX_PER_KIND {
-                let what = if end > len {
-                    "lies outside the file"
+                let (kind, what) = if end > len {
+                    (CorruptionKind::BlockOutsideFile, "lies outside the file")
                 } else {
-                    "overlaps the end footer"
+                    (
+                        CorruptionKind::BlockOverlapsStructure,
+                        "overlaps the end footer",
+                    )
                 };
                 out.push(Finding::error(
+                    kind,
                     name,
                     "block allocation table",
                     s.header.table_offset + 4 * b as u64,
@@ -182,6 +195,7 @@ pub(super) fn check(img: &VhdImage) -> Result<Vec<Finding>> {
     }
     if outside > MAX_PER_KIND {
         out.push(Finding::error(
+            CorruptionKind::BlockOutsideFile,
             name,
             "block allocation table",
             s.header.table_offset,
@@ -195,6 +209,7 @@ pub(super) fn check(img: &VhdImage) -> Result<Vec<Finding>> {
             overlaps += 1;
             if overlaps <= MAX_PER_KIND {
                 out.push(Finding::error(
+                    CorruptionKind::BlockOverlap,
                     name,
                     "block allocation table",
                     s.header.table_offset + 4 * u64::from(w[1].1),
@@ -212,6 +227,7 @@ pub(super) fn check(img: &VhdImage) -> Result<Vec<Finding>> {
             overlaps += 1;
             if overlaps <= MAX_PER_KIND {
                 out.push(Finding::error(
+                    CorruptionKind::BlockOverlapsStructure,
                     name,
                     "block allocation table",
                     s.header.table_offset + 4 * u64::from(b.1),
@@ -230,6 +246,7 @@ pub(super) fn check(img: &VhdImage) -> Result<Vec<Finding>> {
     }
     if overlaps > MAX_PER_KIND {
         out.push(Finding::error(
+            CorruptionKind::BlockOverlap,
             name,
             "block allocation table",
             s.header.table_offset,

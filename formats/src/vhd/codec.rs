@@ -6,7 +6,7 @@ use std::io::Cursor;
 use binrw::meta::{ReadEndian, WriteEndian};
 use binrw::{BinRead, BinWrite};
 
-use crate::{Error, Result};
+use crate::{CorruptionKind, Error, Result};
 
 /// Decode `T` from `bytes` (a structure found at `offset` in `file`).
 pub fn decode<T>(bytes: &[u8], file: &str, structure: &'static str, offset: u64) -> Result<T>
@@ -14,8 +14,15 @@ where
     T: BinRead + ReadEndian,
     for<'a> T::Args<'a>: Default,
 {
-    T::read(&mut Cursor::new(bytes))
-        .map_err(|e| Error::corrupt(file, structure, offset, format!("cannot decode: {e}")))
+    T::read(&mut Cursor::new(bytes)).map_err(|e| {
+        Error::corrupt(
+            CorruptionKind::Undecodable,
+            file,
+            structure,
+            offset,
+            format!("cannot decode: {e}"),
+        )
+    })
 }
 
 /// Decode `T` with explicit binrw arguments (counts of variable tables).
@@ -29,8 +36,15 @@ pub fn decode_args<'a, T>(
 where
     T: BinRead + ReadEndian,
 {
-    T::read_args(&mut Cursor::new(bytes), args)
-        .map_err(|e| Error::corrupt(file, structure, offset, format!("cannot decode: {e}")))
+    T::read_args(&mut Cursor::new(bytes), args).map_err(|e| {
+        Error::corrupt(
+            CorruptionKind::Undecodable,
+            file,
+            structure,
+            offset,
+            format!("cannot decode: {e}"),
+        )
+    })
 }
 
 /// Encode `T` into a fresh buffer.

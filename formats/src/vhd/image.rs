@@ -17,7 +17,7 @@ use crate::params::{
     DiskType, Format, Identity, ImageInfo, OpenOptions, ParentLinkage, ParentLocator, PathHint,
 };
 use crate::storage::JournalSlot;
-use crate::{Error, Finding, Result, Storage};
+use crate::{CorruptionKind, Error, Finding, Result, Storage};
 
 /// Largest block size accepted (the spec names none; 256 MiB is far above
 /// anything produced and keeps a bitmap at 64 KiB).
@@ -145,11 +145,12 @@ impl VhdImage {
         let (footer, source) = match (end, copy) {
             (Some((f, true, _)), _) => (f, FooterSource::End),
             (end, Some((c, true))) if sparse_type(&c) => {
-                let why = match &end {
-                    Some(_) => "checksum mismatch",
-                    None => "no `conectix` cookie",
+                let (kind, why) = match &end {
+                    Some(_) => (CorruptionKind::FooterChecksum, "checksum mismatch"),
+                    None => (CorruptionKind::FooterCookie, "no `conectix` cookie"),
                 };
                 findings.push(Finding::warning(
+                    kind,
                     name,
                     "hard disk footer",
                     end.as_ref()
@@ -167,11 +168,13 @@ impl VhdImage {
                         file: name.into(),
                         structure: "hard disk footer",
                         offset: off,
+                        kind: CorruptionKind::FooterChecksum,
                         stored: f.checksum,
                         computed,
                     });
                 }
                 findings.push(Finding::error(
+                    CorruptionKind::FooterChecksum,
                     name,
                     "hard disk footer",
                     off,
@@ -196,6 +199,7 @@ impl VhdImage {
         };
         let Some(kind) = footer.kind() else {
             return Err(Error::corrupt(
+                CorruptionKind::DiskTypeInvalid,
                 name,
                 "hard disk footer",
                 foff + 0x3C,
@@ -207,6 +211,7 @@ impl VhdImage {
         };
         if !footer.current_size.is_multiple_of(512) {
             return Err(Error::corrupt(
+                CorruptionKind::VirtualSizeInvalid,
                 name,
                 "hard disk footer",
                 foff + 0x30,
@@ -220,6 +225,7 @@ impl VhdImage {
             DiskType::Fixed => {
                 if footer.current_size > footer_offset {
                     return Err(Error::corrupt(
+                        CorruptionKind::FixedDiskTruncated,
                         name,
                         "hard disk footer",
                         foff + 0x30,
@@ -271,6 +277,7 @@ impl VhdImage {
         let ho = footer.data_offset;
         if ho.checked_add(HEADER_SIZE as u64).is_none_or(|e| e > len) {
             return Err(Error::corrupt(
+                CorruptionKind::DynamicHeaderOutsideFile,
                 name,
                 "hard disk footer",
                 foff + 0x10,
@@ -282,6 +289,7 @@ impl VhdImage {
         let (header, hok) = DynamicDiskHeader::parse(&hb, name, ho)?;
         if header.cookie != HEADER_COOKIE {
             return Err(Error::corrupt(
+                CorruptionKind::DynamicHeaderCookie,
                 name,
                 "dynamic disk header",
                 ho,
@@ -295,11 +303,13 @@ impl VhdImage {
                     file: name.into(),
                     structure: "dynamic disk header",
                     offset: ho,
+                    kind: CorruptionKind::DynamicHeaderChecksum,
                     stored: header.checksum,
                     computed,
                 });
             }
             findings.push(Finding::error(
+                CorruptionKind::DynamicHeaderChecksum,
                 name,
                 "dynamic disk header",
                 ho,
@@ -311,6 +321,7 @@ impl VhdImage {
         }
         if header.header_version != HEADER_VERSION {
             return Err(Error::corrupt(
+                CorruptionKind::DynamicHeaderVersion,
                 name,
                 "dynamic disk header",
                 ho + 0x18,
@@ -327,6 +338,7 @@ impl VhdImage {
             || bs > MAX_BLOCK_SIZE
         {
             return Err(Error::corrupt(
+                CorruptionKind::InvalidBlockSize,
                 name,
                 "dynamic disk header",
                 ho + 0x20,
@@ -337,6 +349,7 @@ impl VhdImage {
         let size = footer.current_size;
         if size > MAX_SPARSE_SIZE {
             return Err(Error::corrupt(
+                CorruptionKind::VirtualSizeInvalid,
                 name,
                 "hard disk footer",
                 foff + 0x30,
@@ -347,6 +360,7 @@ impl VhdImage {
         let entries = u64::from(header.max_table_entries);
         if entries < needed {
             return Err(Error::corrupt(
+                CorruptionKind::MaxTableEntriesInvalid,
                 name,
                 "dynamic disk header",
                 ho + 0x1C,
@@ -355,6 +369,7 @@ impl VhdImage {
         }
         if entries > needed + BAT_SLACK_ENTRIES {
             return Err(Error::corrupt(
+                CorruptionKind::MaxTableEntriesInvalid,
                 name,
                 "dynamic disk header",
                 ho + 0x1C,
@@ -367,6 +382,7 @@ impl VhdImage {
         let bat_bytes = entries * 4;
         if to.checked_add(bat_bytes).is_none_or(|e| e > len) {
             return Err(Error::corrupt(
+                CorruptionKind::BatOutsideFile,
                 name,
                 "dynamic disk header",
                 ho + 0x10,
@@ -393,6 +409,7 @@ impl VhdImage {
                     .is_some_and(|x| x <= len);
                 if dl > MAX_LOCATOR_DATA || !fits {
                     findings.push(Finding::error(
+                        CorruptionKind::LocatorOutsideFile,
                         name,
                         "parent locator entry",
                         eoff,
@@ -504,6 +521,7 @@ impl VhdImage {
 
     fn block_outside(&self, b: u64, base: u64, need_end: u64) -> Error {
         Error::corrupt(
+            CorruptionKind::BlockOutsideFile,
             &self.name,
             "block allocation table",
             self.sparse

@@ -19,7 +19,7 @@ use super::footer::{HardDiskFooter, FOOTER_SIZE};
 use crate::error::IoContext;
 use crate::params::Identity;
 use crate::storage::{Access, JournalSlot};
-use crate::{Finding, Result, Storage};
+use crate::{CorruptionKind, Finding, Result, Storage};
 
 pub const JOURNAL_MAGIC: [u8; 8] = *b"cfvhdjnl";
 pub const JOURNAL_VERSION: u32 = 1;
@@ -325,6 +325,7 @@ pub fn recover(
         }
         (Ok(j), false) => {
             findings.push(Finding::warning(
+                CorruptionKind::PendingJournal,
                 name,
                 "redo journal",
                 None,
@@ -344,6 +345,7 @@ pub fn recover(
             drop(jst);
             slot.remove().ctx(&jname)?;
             findings.push(Finding::warning(
+                CorruptionKind::UncommittedJournal,
                 name,
                 "redo journal",
                 None,
@@ -353,6 +355,7 @@ pub fn recover(
         }
         (Err(why), false) => {
             findings.push(Finding::warning(
+                CorruptionKind::UncommittedJournal,
                 name,
                 "redo journal",
                 None,

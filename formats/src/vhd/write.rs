@@ -7,7 +7,7 @@ use super::codec::align512;
 use super::footer::FOOTER_SIZE;
 use super::image::VhdImage;
 use crate::error::IoContext;
-use crate::{Error, Result};
+use crate::{CorruptionKind, Error, Result};
 
 pub(super) static ZEROS: [u8; 64 * 1024] = [0u8; 64 * 1024];
 
@@ -103,6 +103,7 @@ impl VhdImage {
         let len = self.storage.len().ctx(&self.name)?;
         if data_at + n > len {
             return Err(Error::corrupt(
+                CorruptionKind::BlockOutsideFile,
                 &self.name,
                 "block allocation table",
                 s.header.table_offset + 4 * b,

@@ -26,7 +26,7 @@ use crate::error::IoContext;
 use crate::image::MergeBatch;
 use crate::params::Identity;
 use crate::storage::Storage;
-use crate::{Error, Result};
+use crate::{CorruptionKind, Error, Result};
 
 pub(crate) fn begin(img: &mut VhdxImage) -> Result<Box<dyn MergeBatch + '_>> {
     img.require_writable()?;
@@ -258,6 +258,7 @@ impl VhdxBatch<'_> {
             }
             s => {
                 return Err(Error::corrupt(
+                    CorruptionKind::BatEntryReservedState,
                     name,
                     "BAT entry",
                     self.img.bat_region.0 + idx * 8,
@@ -649,6 +650,7 @@ fn commit_steps(
             .find(|e| e.item_id == items::VIRTUAL_DISK_SIZE && !e.is_user())
             .ok_or_else(|| {
                 Error::corrupt(
+                    CorruptionKind::MetadataItemMissing,
                     &name,
                     "metadata table",
                     img.metadata_region.0,
@@ -825,6 +827,7 @@ fn standalone_metadata(img: &VhdxImage) -> Result<StagedMetadata> {
         .find(|e| e.item_id == items::FILE_PARAMETERS && !e.is_user())
         .ok_or_else(|| {
             Error::corrupt(
+                CorruptionKind::MetadataItemMissing,
                 name,
                 "metadata table",
                 img.metadata_region.0,

@@ -3,7 +3,7 @@
 
 use super::bat;
 use super::image::{overlaps, VhdxImage, MIB};
-use crate::{Finding, Image};
+use crate::{CorruptionKind, Finding, Image};
 
 pub fn check(img: &VhdxImage) -> Vec<Finding> {
     let mut f = img.open_findings();
@@ -48,6 +48,7 @@ pub fn check(img: &VhdxImage) -> Vec<Finding> {
         let at = bat_off + i * 8;
         if e.reserved_bits() != 0 {
             f.push(Finding::error(
+                CorruptionKind::BatEntryReservedBits,
                 name,
                 "BAT entry",
                 at,
@@ -61,12 +62,14 @@ pub fn check(img: &VhdxImage) -> Vec<Finding> {
                     blocks.push((e.file_offset(), super::sector_bitmap::BLOCK_SIZE, i))
                 }
                 bat::SB_PRESENT => f.push(Finding::error(
+                    CorruptionKind::SectorBitmapInNonDifferencing,
                     name,
                     "BAT entry",
                     at,
                     "SB_BLOCK_PRESENT in a non-differencing file",
                 )),
                 s => f.push(Finding::error(
+                    CorruptionKind::BatEntryReservedState,
                     name,
                     "BAT entry",
                     at,
@@ -87,6 +90,7 @@ pub fn check(img: &VhdxImage) -> Vec<Finding> {
             bat::PAYLOAD_PARTIALLY_PRESENT => {
                 if !g.has_parent {
                     f.push(Finding::error(
+                        CorruptionKind::PartialBlockInNonDifferencing,
                         name,
                         "BAT entry",
                         at,
@@ -101,12 +105,14 @@ pub fn check(img: &VhdxImage) -> Vec<Finding> {
                 blocks.push((e.file_offset(), len, i));
             }
             bat::PAYLOAD_UNMAPPED_V095 => f.push(Finding::warning(
+                CorruptionKind::BatEntryLegacyState,
                 name,
                 "BAT entry",
                 at,
                 format!("payload block {p} uses state 5 (VHDX 0.95 UNMAPPED)"),
             )),
             bat::PAYLOAD_ZERO if e.file_offset() != 0 => f.push(Finding::warning(
+                CorruptionKind::BatEntryZeroWithOffset,
                 name,
                 "BAT entry",
                 at,
@@ -117,6 +123,7 @@ pub fn check(img: &VhdxImage) -> Vec<Finding> {
             | bat::PAYLOAD_UNMAPPED
             | bat::PAYLOAD_UNDEFINED => {}
             s => f.push(Finding::error(
+                CorruptionKind::BatEntryReservedState,
                 name,
                 "BAT entry",
                 at,
@@ -132,7 +139,7 @@ pub fn check(img: &VhdxImage) -> Vec<Finding> {
                 .get(sbi as usize)
                 .is_none_or(|e| e.state() != bat::SB_PRESENT)
             {
-                f.push(Finding::error(name, "BAT entry", bat_off + sbi * 8, format!(
+                f.push(Finding::error(CorruptionKind::SectorBitmapNotPresent, name, "BAT entry", bat_off + sbi * 8, format!(
                     "chunk {k} has PARTIALLY_PRESENT blocks but its sector bitmap block is not present")));
             }
         }
@@ -141,6 +148,7 @@ pub fn check(img: &VhdxImage) -> Vec<Finding> {
         let at = bat_off + i * 8;
         if off < MIB {
             f.push(Finding::error(
+                CorruptionKind::BlockOverlapsStructure,
                 name,
                 "BAT entry",
                 at,
@@ -149,11 +157,12 @@ pub fn check(img: &VhdxImage) -> Vec<Finding> {
             continue;
         }
         if off.saturating_add(len) > file_len {
-            f.push(Finding::error(name, "BAT entry", at, format!(
+            f.push(Finding::error(CorruptionKind::BlockOutsideFile, name, "BAT entry", at, format!(
                 "block [{off:#x}, +{len:#x}) extends past the end of the {file_len}-byte file (truncated)")));
         }
         if let Some((what, _)) = fixed.iter().find(|(_, r)| overlaps(*r, (off, len))) {
             f.push(Finding::error(
+                CorruptionKind::BlockOverlapsStructure,
                 name,
                 "BAT entry",
                 at,
@@ -167,6 +176,7 @@ pub fn check(img: &VhdxImage) -> Vec<Finding> {
         let (a, b) = (w[0], w[1]);
         if a.0 == b.0 {
             f.push(Finding::error(
+                CorruptionKind::BlockOverlap,
                 name,
                 "BAT entry",
                 bat_off + b.2 * 8,
@@ -179,6 +189,7 @@ pub fn check(img: &VhdxImage) -> Vec<Finding> {
             ));
         } else if a.0 + a.1 > b.0 {
             f.push(Finding::error(
+                CorruptionKind::BlockOverlap,
                 name,
                 "BAT entry",
                 bat_off + b.2 * 8,

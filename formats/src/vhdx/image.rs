@@ -22,7 +22,7 @@ use crate::layer::{push_run, Layer, Run, RunKind};
 use crate::params::{
     DiskType, Format, Identity, ImageInfo, OpenOptions, ParentLinkage, ParentLocator, PathHint,
 };
-use crate::{Error, Finding, Result, Storage};
+use crate::{CorruptionKind, Error, Finding, Result, Storage};
 
 pub(crate) const MIB: u64 = 1 << 20;
 
@@ -76,8 +76,14 @@ pub fn open_image(
     Ok(Box::new(VhdxImage::open(name, storage, opts)?))
 }
 
-fn corrupt(name: &str, structure: &'static str, offset: u64, msg: impl Into<String>) -> Error {
-    Error::corrupt(name, structure, offset, msg)
+fn corrupt(
+    kind: CorruptionKind,
+    name: &str,
+    structure: &'static str,
+    offset: u64,
+    msg: impl Into<String>,
+) -> Error {
+    Error::corrupt(kind, name, structure, offset, msg)
 }
 
 fn read_vec(s: &dyn Storage, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
@@ -124,12 +130,13 @@ impl VhdxImage {
             let findings: Vec<Finding> = img
                 .findings
                 .iter()
-                .filter(|f| !f.message.contains("replayed in memory"))
+                .filter(|f| f.kind != CorruptionKind::PendingLog)
                 .cloned()
                 .collect();
             let mut again = Self::load(name, storage, opts, None)?;
             again.findings = findings;
             again.findings.push(Finding::warning(
+                CorruptionKind::PendingLog,
                 name,
                 "log",
                 img.header.log_offset,
@@ -160,6 +167,7 @@ impl VhdxImage {
         let file_len = storage.len().ctx(name)?;
         if file_len < 5 * 64 * 1024 {
             return Err(corrupt(
+                CorruptionKind::FileTooShort,
                 name,
                 "file",
                 0,
@@ -169,9 +177,18 @@ impl VhdxImage {
 
         // File type identifier.
         let ident = FileIdentifier::decode(&read_vec(&*storage, name, 0, FileIdentifier::SIZE)?)
-            .ok_or_else(|| corrupt(name, "file type identifier", 0, "unreadable"))?;
+            .ok_or_else(|| {
+                corrupt(
+                    CorruptionKind::FileIdentifierSignature,
+                    name,
+                    "file type identifier",
+                    0,
+                    "unreadable",
+                )
+            })?;
         if !ident.signature_ok() {
             return Err(corrupt(
+                CorruptionKind::FileIdentifierSignature,
                 name,
                 "file type identifier",
                 0,
@@ -198,6 +215,7 @@ impl VhdxImage {
             Ok(c) => c,
             Err(HeaderChoiceError::NoSignature) => {
                 return Err(corrupt(
+                    CorruptionKind::NoValidHeader,
                     name,
                     "header",
                     header::SLOT_OFFSETS[0],
@@ -209,12 +227,14 @@ impl VhdxImage {
                     file: name.into(),
                     structure: "header",
                     offset: header::SLOT_OFFSETS[i],
+                    kind: CorruptionKind::HeaderChecksum,
                     stored: slots[i].stored,
                     computed: slots[i].computed,
                 })
             }
             Err(HeaderChoiceError::EqualSequence) => {
                 return Err(corrupt(
+                    CorruptionKind::HeaderSequenceTie,
                     name,
                     "header",
                     header::SLOT_OFFSETS[0],
@@ -224,6 +244,7 @@ impl VhdxImage {
         };
         if identical {
             findings.push(Finding::warning(
+                CorruptionKind::HeaderSequenceTie,
                 name,
                 "header",
                 header::SLOT_OFFSETS[1],
@@ -233,6 +254,7 @@ impl VhdxImage {
         for (i, s) in slots.iter().enumerate() {
             if !s.signature_ok {
                 findings.push(Finding::warning(
+                    CorruptionKind::HeaderSignature,
                     name,
                     "header",
                     header::SLOT_OFFSETS[i],
@@ -244,9 +266,16 @@ impl VhdxImage {
                     s.stored, s.computed
                 );
                 findings.push(if i == cur {
-                    Finding::error(name, "header", header::SLOT_OFFSETS[i], f)
+                    Finding::error(
+                        CorruptionKind::HeaderChecksum,
+                        name,
+                        "header",
+                        header::SLOT_OFFSETS[i],
+                        f,
+                    )
                 } else {
                     Finding::warning(
+                        CorruptionKind::HeaderChecksum,
                         name,
                         "header",
                         header::SLOT_OFFSETS[i],
@@ -255,13 +284,19 @@ impl VhdxImage {
                 });
             }
         }
-        let h = slots[cur]
-            .header
-            .clone()
-            .ok_or_else(|| corrupt(name, "header", header::SLOT_OFFSETS[cur], "unreadable"))?;
+        let h = slots[cur].header.clone().ok_or_else(|| {
+            corrupt(
+                CorruptionKind::NoValidHeader,
+                name,
+                "header",
+                header::SLOT_OFFSETS[cur],
+                "unreadable",
+            )
+        })?;
         let hoff = header::SLOT_OFFSETS[cur];
         if h.version != 1 {
             return Err(corrupt(
+                CorruptionKind::HeaderVersion,
                 name,
                 "header",
                 hoff + 66,
@@ -276,6 +311,7 @@ impl VhdxImage {
         }
         if !h.reserved_is_zero() {
             findings.push(Finding::warning(
+                CorruptionKind::HeaderReservedNonZero,
                 name,
                 "header",
                 hoff + 80,
@@ -286,6 +322,7 @@ impl VhdxImage {
         if log.1 != 0 || !h.log_guid.is_nil() {
             if log.1 == 0 || log.1 % MIB != 0 {
                 return Err(corrupt(
+                    CorruptionKind::LogLengthInvalid,
                     name,
                     "header",
                     hoff + 68,
@@ -294,6 +331,7 @@ impl VhdxImage {
             }
             if log.0 < MIB || log.0 % MIB != 0 {
                 return Err(corrupt(
+                    CorruptionKind::LogOffsetInvalid,
                     name,
                     "header",
                     hoff + 72,
@@ -302,6 +340,7 @@ impl VhdxImage {
             }
             if log.0.checked_add(log.1).is_none_or(|e| e > file_len) {
                 return Err(corrupt(
+                    CorruptionKind::LogOutsideFile,
                     name,
                     "header",
                     hoff + 72,
@@ -330,6 +369,7 @@ impl VhdxImage {
                     .map(|(o, m)| format!(" (entry at {o:#x}: {m})"))
                     .unwrap_or_default();
                 return Err(corrupt(
+                    CorruptionKind::LogSequenceInvalid,
                     name,
                     "log",
                     log.0,
@@ -340,7 +380,7 @@ impl VhdxImage {
                 ));
             };
             if file_len < head.flushed_file_offset {
-                return Err(corrupt(name, "log entry", log.0 + head.pos, format!(
+                return Err(corrupt(CorruptionKind::LogFlushedOffsetBeyondFile, name, "log entry", log.0 + head.pos, format!(
                     "file is {file_len} bytes, shorter than the entry's FlushedFileOffset {} (truncated)",
                     head.flushed_file_offset)));
             }
@@ -349,6 +389,7 @@ impl VhdxImage {
             view = Arc::new(ov);
             replayed_in_memory = true;
             findings.push(Finding::warning(
+                CorruptionKind::PendingLog,
                 name,
                 "log",
                 log.0,
@@ -374,22 +415,35 @@ impl VhdxImage {
         let c2 = parse_copy(1);
         let region_err = |e: RegionTableError, off: u64| -> Error {
             match e {
-                RegionTableError::Signature => {
-                    corrupt(name, "region table", off, "signature is not `regi`")
-                }
+                RegionTableError::Signature => corrupt(
+                    CorruptionKind::RegionTableSignature,
+                    name,
+                    "region table",
+                    off,
+                    "signature is not `regi`",
+                ),
                 RegionTableError::Checksum { stored, computed } => Error::Checksum {
                     file: name.into(),
                     structure: "region table",
                     offset: off,
+                    kind: CorruptionKind::RegionTableChecksum,
                     stored,
                     computed,
                 },
                 RegionTableError::TooManyEntries(n) => corrupt(
+                    CorruptionKind::RegionTableEntryCount,
                     name,
                     "region table",
                     off + 8,
                     format!("EntryCount {n} exceeds 2047"),
                 ),
+            }
+        };
+        let region_kind = |e: &RegionTableError| -> CorruptionKind {
+            match e {
+                RegionTableError::Signature => CorruptionKind::RegionTableSignature,
+                RegionTableError::Checksum { .. } => CorruptionKind::RegionTableChecksum,
+                RegionTableError::TooManyEntries(_) => CorruptionKind::RegionTableEntryCount,
             }
         };
         let describe = |e: &RegionTableError| -> String {
@@ -405,6 +459,7 @@ impl VhdxImage {
             (Ok((t1, soft)), other) => {
                 if let Some(s) = soft {
                     findings.push(Finding::error(
+                        region_kind(s),
                         name,
                         "region table",
                         rt::COPY_OFFSETS[0],
@@ -413,12 +468,14 @@ impl VhdxImage {
                 }
                 match other {
                     Ok((t2, _)) if t2.entries != t1.entries => findings.push(Finding::warning(
+                        CorruptionKind::RegionTableCopyMismatch,
                         name,
                         "region table",
                         rt::COPY_OFFSETS[1],
                         "copy 2 differs from copy 1",
                     )),
                     Err((e, off)) => findings.push(Finding::warning(
+                        region_kind(e),
                         name,
                         "region table",
                         *off,
@@ -430,6 +487,7 @@ impl VhdxImage {
             }
             (Err((e1, off1)), Ok((t2, soft))) => {
                 findings.push(Finding::warning(
+                    region_kind(e1),
                     name,
                     "region table",
                     *off1,
@@ -437,6 +495,7 @@ impl VhdxImage {
                 ));
                 if let Some(s) = soft {
                     findings.push(Finding::error(
+                        region_kind(s),
                         name,
                         "region table",
                         rt::COPY_OFFSETS[1],
@@ -456,6 +515,7 @@ impl VhdxImage {
             let eoff = toff + 16 + 32 * i as u64;
             if table.entries[..i].iter().any(|o| o.guid == e.guid) {
                 return Err(corrupt(
+                    CorruptionKind::RegionDuplicate,
                     name,
                     "region table entry",
                     eoff,
@@ -474,7 +534,7 @@ impl VhdxImage {
             }
             let len = u64::from(e.length);
             if e.file_offset < MIB || e.file_offset % MIB != 0 || len % MIB != 0 || len == 0 {
-                return Err(corrupt(name, "region table entry", eoff, format!(
+                return Err(corrupt(CorruptionKind::RegionAlignment, name, "region table entry", eoff, format!(
                     "region {} at {:#x} length {:#x}: offset must be a 1 MiB multiple >= 1 MiB and length a non-zero 1 MiB multiple",
                     e.guid, e.file_offset, len)));
             }
@@ -482,7 +542,7 @@ impl VhdxImage {
                 .checked_add(len)
                 .is_none_or(|end| end > view_len)
             {
-                return Err(corrupt(name, "region table entry", eoff, format!(
+                return Err(corrupt(CorruptionKind::RegionOutsideFile, name, "region table entry", eoff, format!(
                     "region {} [{:#x}, +{len:#x}) extends past the end of the {view_len}-byte file", e.guid, e.file_offset)));
             }
             let what = if e.guid == rt::BAT_GUID {
@@ -497,6 +557,7 @@ impl VhdxImage {
                 .find(|(_, r)| overlaps(*r, (e.file_offset, len)))
             {
                 return Err(corrupt(
+                    CorruptionKind::RegionOverlap,
                     name,
                     "region table entry",
                     eoff,
@@ -505,12 +566,24 @@ impl VhdxImage {
             }
             regions.push((what, (e.file_offset, len)));
         }
-        let bat_e = table
-            .find(rt::BAT_GUID)
-            .ok_or_else(|| corrupt(name, "region table", toff, "no BAT region"))?;
-        let meta_e = table
-            .find(rt::METADATA_GUID)
-            .ok_or_else(|| corrupt(name, "region table", toff, "no metadata region"))?;
+        let bat_e = table.find(rt::BAT_GUID).ok_or_else(|| {
+            corrupt(
+                CorruptionKind::RegionMissing,
+                name,
+                "region table",
+                toff,
+                "no BAT region",
+            )
+        })?;
+        let meta_e = table.find(rt::METADATA_GUID).ok_or_else(|| {
+            corrupt(
+                CorruptionKind::RegionMissing,
+                name,
+                "region table",
+                toff,
+                "no metadata region",
+            )
+        })?;
         let bat_region = (bat_e.file_offset, u64::from(bat_e.length));
         let metadata_region = (meta_e.file_offset, u64::from(meta_e.length));
 
@@ -518,10 +591,15 @@ impl VhdxImage {
         let moff = metadata_region.0;
         let raw_table = read_vec(&*view, name, moff, mt::TABLE_SIZE)?;
         let metadata_table = MetadataTable::parse(&raw_table).map_err(|e| match e {
-            mt::MetadataTableError::Signature => {
-                corrupt(name, "metadata table", moff, "signature is not `metadata`")
-            }
+            mt::MetadataTableError::Signature => corrupt(
+                CorruptionKind::MetadataTableSignature,
+                name,
+                "metadata table",
+                moff,
+                "signature is not `metadata`",
+            ),
             mt::MetadataTableError::TooManyEntries(n) => corrupt(
+                CorruptionKind::MetadataTableEntryCount,
                 name,
                 "metadata table",
                 moff + 10,
@@ -544,6 +622,7 @@ impl VhdxImage {
             .count();
         if users > mt::MAX_USER_ENTRIES {
             return Err(corrupt(
+                CorruptionKind::MetadataTableEntryCount,
                 name,
                 "metadata table",
                 moff,
@@ -557,6 +636,7 @@ impl VhdxImage {
                 .any(|o| o.item_id == e.item_id && o.is_user() == e.is_user())
             {
                 return Err(corrupt(
+                    CorruptionKind::MetadataItemDuplicate,
                     name,
                     "metadata table entry",
                     eoff,
@@ -565,6 +645,7 @@ impl VhdxImage {
             }
             if e.flags & !7 != 0 {
                 return Err(corrupt(
+                    CorruptionKind::MetadataEntryReservedFlags,
                     name,
                     "metadata table entry",
                     eoff + 24,
@@ -583,6 +664,7 @@ impl VhdxImage {
             if e.length == 0 {
                 if e.offset != 0 {
                     findings.push(Finding::warning(
+                        CorruptionKind::MetadataEmptyItemOffset,
                         name,
                         "metadata table entry",
                         eoff,
@@ -593,6 +675,7 @@ impl VhdxImage {
             }
             if e.length > mt::MAX_ITEM_LENGTH {
                 return Err(corrupt(
+                    CorruptionKind::MetadataItemTooLong,
                     name,
                     "metadata table entry",
                     eoff + 20,
@@ -601,11 +684,12 @@ impl VhdxImage {
             }
             let (o, l) = (u64::from(e.offset), u64::from(e.length));
             if o < mt::TABLE_SIZE as u64 || o + l > metadata_region.1 {
-                return Err(corrupt(name, "metadata table entry", eoff + 16, format!(
+                return Err(corrupt(CorruptionKind::MetadataItemOutsideRegion, name, "metadata table entry", eoff + 16, format!(
                     "item {} [{o:#x}, +{l:#x}) is not inside the metadata region after its 64 KiB table", e.item_id)));
             }
             if spans.iter().any(|(so, sl, _)| overlaps((*so, *sl), (o, l))) {
                 return Err(corrupt(
+                    CorruptionKind::MetadataItemOverlap,
                     name,
                     "metadata table entry",
                     eoff,
@@ -622,6 +706,7 @@ impl VhdxImage {
                 .find(|(_, e)| e.item_id == id && !e.is_user())
                 .ok_or_else(|| {
                     corrupt(
+                        CorruptionKind::MetadataItemMissing,
                         name,
                         "metadata table",
                         moff,
@@ -631,6 +716,7 @@ impl VhdxImage {
             let eoff = moff + 32 + 32 * i as u64;
             if (e.length as usize) < min {
                 return Err(corrupt(
+                    CorruptionKind::MetadataItemTooShort,
                     name,
                     "metadata table entry",
                     eoff + 20,
@@ -641,10 +727,18 @@ impl VhdxImage {
             Ok((read_vec(&*view, name, abs, e.length as usize)?, abs))
         };
         let (b, fp_off) = item(items::FILE_PARAMETERS, "File Parameters", 8)?;
-        let file_parameters = FileParameters::decode(&b)
-            .ok_or_else(|| corrupt(name, "File Parameters", fp_off, "unreadable"))?;
+        let file_parameters = FileParameters::decode(&b).ok_or_else(|| {
+            corrupt(
+                CorruptionKind::MetadataItemTooShort,
+                name,
+                "File Parameters",
+                fp_off,
+                "unreadable",
+            )
+        })?;
         if !file_parameters.block_size_valid() {
             return Err(corrupt(
+                CorruptionKind::InvalidBlockSize,
                 name,
                 "File Parameters",
                 fp_off,
@@ -656,6 +750,7 @@ impl VhdxImage {
         }
         if file_parameters.flags & !3 != 0 {
             return Err(corrupt(
+                CorruptionKind::FileParametersReservedFlags,
                 name,
                 "File Parameters",
                 fp_off + 4,
@@ -666,6 +761,7 @@ impl VhdxImage {
         let lss = items::LogicalSectorSize::decode(&b).map_or(0, |x| x.size);
         if !items::sector_size_valid(lss) {
             return Err(corrupt(
+                CorruptionKind::InvalidSectorSize,
                 name,
                 "Logical Sector Size",
                 off,
@@ -676,6 +772,7 @@ impl VhdxImage {
         let pss = items::PhysicalSectorSize::decode(&b).map_or(0, |x| x.size);
         if !items::sector_size_valid(pss) {
             return Err(corrupt(
+                CorruptionKind::InvalidSectorSize,
                 name,
                 "Physical Sector Size",
                 off,
@@ -685,20 +782,36 @@ impl VhdxImage {
         let (b, off) = item(items::VIRTUAL_DISK_SIZE, "Virtual Disk Size", 8)?;
         let vsize = items::VirtualDiskSize::decode(&b).map_or(0, |x| x.size);
         if vsize == 0 || !vsize.is_multiple_of(u64::from(lss)) || vsize > items::MAX_VIRTUAL_SIZE {
-            return Err(corrupt(name, "Virtual Disk Size", off, format!(
+            return Err(corrupt(CorruptionKind::VirtualSizeInvalid, name, "Virtual Disk Size", off, format!(
                 "{vsize} must be a non-zero multiple of the {lss}-byte logical sector and at most 64 TiB")));
         }
         let (b, off) = item(items::VIRTUAL_DISK_ID, "Virtual Disk ID", 16)?;
         let virtual_disk_id = items::VirtualDiskId::decode(&b)
-            .ok_or_else(|| corrupt(name, "Virtual Disk ID", off, "unreadable"))?
+            .ok_or_else(|| {
+                corrupt(
+                    CorruptionKind::MetadataItemTooShort,
+                    name,
+                    "Virtual Disk ID",
+                    off,
+                    "unreadable",
+                )
+            })?
             .id;
         let has_parent = file_parameters.has_parent();
         let parent_locator = if has_parent {
             let (b, off) = item(items::PARENT_LOCATOR, "Parent Locator", 20)?;
-            let loc = items::decode_parent_locator(&b)
-                .map_err(|(rel, m)| corrupt(name, "parent locator", off + rel, m))?;
+            let loc = items::decode_parent_locator(&b).map_err(|(rel, m)| {
+                corrupt(
+                    CorruptionKind::ParentLocatorInvalid,
+                    name,
+                    "parent locator",
+                    off + rel,
+                    m,
+                )
+            })?;
             if loc.locator_type != items::VHDX_PARENT_LOCATOR_TYPE {
                 findings.push(Finding::error(
+                    CorruptionKind::ParentLocatorType,
                     name,
                     "parent locator",
                     off,
@@ -707,6 +820,7 @@ impl VhdxImage {
             }
             if loc.get("parent_linkage").is_none() {
                 findings.push(Finding::error(
+                    CorruptionKind::ParentLocatorMissingLinkage,
                     name,
                     "parent locator",
                     off,
@@ -718,6 +832,7 @@ impl VhdxImage {
                 .is_none()
             {
                 findings.push(Finding::error(
+                    CorruptionKind::ParentLocatorLinkageInvalid,
                     name,
                     "parent locator",
                     off,
@@ -729,6 +844,7 @@ impl VhdxImage {
                 .any(|k| loc.get(k).is_some())
             {
                 findings.push(Finding::error(
+                    CorruptionKind::ParentLocatorNoPath,
                     name,
                     "parent locator",
                     off,
@@ -749,6 +865,7 @@ impl VhdxImage {
         )
         .ok_or_else(|| {
             corrupt(
+                CorruptionKind::InvalidBlockSize,
                 name,
                 "File Parameters",
                 fp_off,
@@ -758,6 +875,7 @@ impl VhdxImage {
         let need = geometry.total_entries.saturating_mul(8);
         if need > bat_region.1 {
             return Err(corrupt(
+                CorruptionKind::BatRegionTooSmall,
                 name,
                 "region table entry",
                 toff,
@@ -824,6 +942,7 @@ impl VhdxImage {
         let i = self.geometry.payload_index(p);
         self.bat.get(i as usize).ok_or_else(|| {
             corrupt(
+                CorruptionKind::BatIndexOutOfRange,
                 &self.name,
                 "BAT",
                 self.bat_region.0 + i * 8,
@@ -836,6 +955,7 @@ impl VhdxImage {
         let i = self.geometry.sb_index(chunk);
         self.bat.get(i as usize).ok_or_else(|| {
             corrupt(
+                CorruptionKind::BatIndexOutOfRange,
                 &self.name,
                 "BAT",
                 self.bat_region.0 + i * 8,
@@ -894,7 +1014,7 @@ impl VhdxImage {
         let sbi = g.sb_index(chunk);
         let sb = self.sb_entry(chunk)?;
         if sb.state() != bat::SB_PRESENT {
-            return Err(corrupt(&self.name, "BAT", self.bat_region.0 + sbi * 8, format!(
+            return Err(corrupt(CorruptionKind::SectorBitmapNotPresent, &self.name, "BAT", self.bat_region.0 + sbi * 8, format!(
                 "payload block {p} is PARTIALLY_PRESENT but its sector bitmap entry is not SB_BLOCK_PRESENT")));
         }
         let spb = g.sectors_per_block();
@@ -907,6 +1027,7 @@ impl VhdxImage {
             .filter(|s| s.checked_add(len).is_some_and(|e| e <= file_len));
         let Some(start) = start.filter(|_| sb.file_offset() >= MIB) else {
             return Err(corrupt(
+                CorruptionKind::SectorBitmapOutsideFile,
                 &self.name,
                 "BAT",
                 self.bat_region.0 + sbi * 8,
@@ -946,6 +1067,7 @@ impl VhdxImage {
         if e.file_offset() < MIB || end.is_none_or(|end| end > len) {
             let i = g.payload_index(p);
             return Err(corrupt(
+                CorruptionKind::BlockOutsideFile,
                 &self.name,
                 "BAT entry",
                 self.bat_region.0 + i * 8,
@@ -973,6 +1095,7 @@ impl VhdxImage {
                 if !g.has_parent {
                     let i = g.payload_index(p);
                     return Err(corrupt(
+                        CorruptionKind::PartialBlockInNonDifferencing,
                         &self.name,
                         "BAT entry",
                         self.bat_region.0 + i * 8,
@@ -1015,6 +1138,7 @@ impl VhdxImage {
             s => {
                 let i = g.payload_index(p);
                 return Err(corrupt(
+                    CorruptionKind::BatEntryReservedState,
                     &self.name,
                     "BAT entry",
                     self.bat_region.0 + i * 8,

@@ -14,7 +14,7 @@ use super::log::writer::{self, EntryParams, SectorSource};
 use super::log::{replay, sequence, LogRing};
 use super::sector_bitmap;
 use crate::error::IoContext;
-use crate::{Error, Result};
+use crate::{CorruptionKind, Error, Result};
 
 /// Metadata changes collected for one log entry.
 #[derive(Default)]
@@ -56,6 +56,7 @@ impl VhdxImage {
         change(&mut h);
         h.sequence_number = self.header.sequence_number.checked_add(1).ok_or_else(|| {
             Error::corrupt(
+                CorruptionKind::HeaderSequenceOverflow,
                 &self.name,
                 "header",
                 SLOT_OFFSETS[self.current_slot] + 8,
@@ -101,6 +102,7 @@ impl VhdxImage {
         let found = sequence::find_active_sequence(&ring, h.log_guid)?;
         if found.active.is_empty() {
             return Err(Error::corrupt(
+                CorruptionKind::LogSequenceInvalid,
                 &self.name,
                 "log",
                 h.log_offset,
@@ -235,6 +237,7 @@ impl VhdxImage {
         }
         self.bat.get(idx as usize).ok_or_else(|| {
             Error::corrupt(
+                CorruptionKind::BatIndexOutOfRange,
                 &self.name,
                 "BAT",
                 self.bat_region.0 + idx * 8,
@@ -337,6 +340,7 @@ impl VhdxImage {
             }
             s => {
                 return Err(Error::corrupt(
+                    CorruptionKind::BatEntryReservedState,
                     &self.name,
                     "BAT entry",
                     self.bat_region.0 + idx * 8,

@@ -97,6 +97,15 @@ pub fn run(data: &[u8]) {
         },
         &JobHandle::new(),
     );
+    // A refusal because of damaged bytes names the violation.
+    if matches!(out.error_kind, Some("corrupt" | "checksum" | "unhealthy")) {
+        assert!(
+            out.corruption_kind.is_some(),
+            "a {:?} refusal without a corruption kind: {:?}",
+            out.error_kind,
+            out.error
+        );
+    }
     if !corrupted {
         assert_eq!(
             out.return_value, 0,

@@ -7,7 +7,7 @@ use super::descriptor::Descriptor;
 use super::sequence::{read_entry, EntryRef};
 use super::LogRing;
 use crate::error::IoContext;
-use crate::{Error, Result, Storage};
+use crate::{CorruptionKind, Error, Result, Storage};
 
 /// Where replayed sectors go.
 pub trait ReplaySink {
@@ -38,6 +38,7 @@ pub fn replay(
     for r in active {
         let too_far = |what: &str, end: u64| {
             Error::corrupt(
+                CorruptionKind::LogTargetOutsideFile,
                 ring.name,
                 "log entry",
                 ring.offset + r.pos,
@@ -49,8 +50,15 @@ pub fn replay(
         if r.last_file_offset > limit {
             return Err(too_far("LastFileOffset", r.last_file_offset));
         }
-        let e = read_entry(ring, r.pos, log_guid)?
-            .map_err(|m| Error::corrupt(ring.name, "log entry", ring.offset + r.pos, m))?;
+        let e = read_entry(ring, r.pos, log_guid)?.map_err(|m| {
+            Error::corrupt(
+                CorruptionKind::LogEntryInvalid,
+                ring.name,
+                "log entry",
+                ring.offset + r.pos,
+                m,
+            )
+        })?;
         for d in &e.descriptors {
             let end = match d {
                 Descriptor::Zero(z) => z.file_offset.saturating_add(z.zero_length),
@@ -64,8 +72,15 @@ pub fn replay(
     for r in active {
         // Entries were validated by the search; re-read them one at a time
         // so only one entry is ever held in memory.
-        let e = read_entry(ring, r.pos, log_guid)?
-            .map_err(|m| Error::corrupt(ring.name, "log entry", ring.offset + r.pos, m))?;
+        let e = read_entry(ring, r.pos, log_guid)?.map_err(|m| {
+            Error::corrupt(
+                CorruptionKind::LogEntryInvalid,
+                ring.name,
+                "log entry",
+                ring.offset + r.pos,
+                m,
+            )
+        })?;
         let mut data = e.data_sectors.iter();
         for d in &e.descriptors {
             match d {
@@ -73,6 +88,7 @@ pub fn replay(
                 Descriptor::Data(dd) => {
                     let ds = data.next().ok_or_else(|| {
                         Error::corrupt(
+                            CorruptionKind::LogEntryInvalid,
                             ring.name,
                             "log entry",
                             ring.offset + r.pos,
