@@ -29,6 +29,27 @@ pub enum DiskType {
     Differencing,
 }
 
+impl Format {
+    /// What people call it: "VHD", "VHDX".
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Vhd => "VHD",
+            Format::Vhdx => "VHDX",
+        }
+    }
+}
+
+impl DiskType {
+    /// "fixed", "dynamic", "differencing" (as in the JSON).
+    pub fn name(self) -> &'static str {
+        match self {
+            DiskType::Fixed => "fixed",
+            DiskType::Dynamic => "dynamic",
+            DiskType::Differencing => "differencing",
+        }
+    }
+}
+
 /// What identifies an image to its children.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Identity {

@@ -132,8 +132,8 @@ pub fn run(args: InfoArgs) -> u8 {
                 print_json(&r);
             } else {
                 outln!("{}", r.path);
-                outln!("  format:               {:?}", r.format);
-                outln!("  disk type:            {:?}", r.disk_type);
+                outln!("  format:               {}", r.format.name());
+                outln!("  disk type:            {}", r.disk_type.name());
                 outln!("  virtual size:         {} bytes", r.virtual_size);
                 outln!("  block size:           {} bytes", r.block_size);
                 outln!("  logical sector size:  {}", r.logical_sector_size);

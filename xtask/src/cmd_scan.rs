@@ -97,18 +97,11 @@ struct Found {
 }
 
 fn format_name(f: Format) -> &'static str {
-    match f {
-        Format::Vhd => "VHD",
-        Format::Vhdx => "VHDX",
-    }
+    f.name()
 }
 
 fn type_name(t: DiskType) -> &'static str {
-    match t {
-        DiskType::Fixed => "fixed",
-        DiskType::Dynamic => "dynamic",
-        DiskType::Differencing => "differencing",
-    }
+    t.name()
 }
 
 /// Identities as map keys: VHDX by DataWriteGuid, VHD by Unique Id (the
