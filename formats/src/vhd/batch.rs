@@ -571,9 +571,14 @@ impl MergeBatch for ShadowBatch<'_> {
         if self.prepared.is_some() {
             return Ok(());
         }
+        // Fresh blocks start data-aligned: up to a page of padding each,
+        // which a space bound (the preflight's) leaves out.
+        let (bs, _, _) = self.block_size();
+        let bytes = bytes.min(MAX_EXPECTED);
         let upto = self
             .next_free
-            .saturating_add(bytes.min(MAX_EXPECTED))
+            .saturating_add(bytes)
+            .saturating_add(bytes.div_ceil(bs.max(1)).saturating_mul(DATA_ALIGN))
             .saturating_add(FOOTER_SIZE as u64);
         self.reserve(upto)
     }
