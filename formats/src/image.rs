@@ -131,7 +131,9 @@ pub trait MergeBatch {
     /// The batch will likely need about `bytes` of fresh space (the
     /// preflight's peak): a batch that must make room durable before it
     /// writes into it (a dynamic VHD's reserved end) can make all of it at
-    /// once, one flush instead of one per doubling. Only a hint.
+    /// once, one flush instead of one per doubling. Only a hint, given by
+    /// a caller that compacts the image after the commit (a VHD leaves
+    /// what it reserved but did not use as a hole the compaction cuts off).
     fn expect_fresh(&mut self, _bytes: u64) -> Result<()> {
         Ok(())
     }

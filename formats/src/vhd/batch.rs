@@ -139,6 +139,9 @@ struct ShadowBatch<'a> {
     bitmap: Option<CachedBitmap>,
     /// Whole-block copies joined, not issued yet.
     span: Option<Span>,
+    /// `expect_fresh` reserved the batch's room: the caller compacts after
+    /// the commit (see `prepare`).
+    expected: bool,
 }
 
 /// Consecutive fresh blocks, each a whole-block copy from `src`, laid out
@@ -193,6 +196,7 @@ impl<'a> ShadowBatch<'a> {
             combiner: WriteCombiner::default(),
             bitmap: None,
             span: None,
+            expected: false,
         };
         if !ok_end {
             // Make sure the file ends in a valid footer before anything else.
@@ -580,6 +584,7 @@ impl MergeBatch for ShadowBatch<'_> {
             .saturating_add(bytes)
             .saturating_add(bytes.div_ceil(bs.max(1)).saturating_mul(DATA_ALIGN))
             .saturating_add(FOOTER_SIZE as u64);
+        self.expected = true;
         self.reserve(upto)
     }
 
@@ -626,9 +631,24 @@ impl MergeBatch for ShadowBatch<'_> {
             entries: self.new_bat.clone(),
         }
         .to_bytes()?;
-        let bat_at = self.alloc(bat.len() as u64)?;
-        let header_at = self.alloc(super::dynamic_header::HEADER_SIZE as u64)?;
-        let footer_at = self.alloc(FOOTER_SIZE as u64)?;
+        let tail = bat.len() as u64 + super::dynamic_header::HEADER_SIZE as u64;
+        let (bat_at, header_at, footer_at) = if self.expected
+            && self.new_bat.len() == s.bat.len()
+            && self.reserved_at >= self.next_free.saturating_add(tail)
+        {
+            // The reservation already ends in a durable copy of the old
+            // footer: the new BAT and header go just before it and the file
+            // keeps its length (no trim, no flush for it). What the
+            // reservation had left over stays an unwritten hole before
+            // them, which the compaction after the commit cuts off when it
+            // moves them back into the old ones' place (the same size).
+            let header_at = self.reserved_at - super::dynamic_header::HEADER_SIZE as u64;
+            (header_at - bat.len() as u64, header_at, self.reserved_at)
+        } else {
+            let bat_at = self.alloc(bat.len() as u64)?;
+            let header_at = self.alloc(super::dynamic_header::HEADER_SIZE as u64)?;
+            (bat_at, header_at, self.alloc(FOOTER_SIZE as u64)?)
+        };
         header.table_offset = bat_at;
         header.max_table_entries = count;
         self.st.write_at(&bat, bat_at).ctx(&name)?;
