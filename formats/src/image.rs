@@ -115,6 +115,28 @@ pub trait MergeBatch {
             .map_err(|e| crate::Error::io("merge source", e))?;
         self.write(offset, &buf)
     }
+    /// `copy` from a source the batch may hold on to: a batch can then
+    /// join this copy with the ones that follow it into one (a dynamic
+    /// VHD clones consecutive whole blocks laid out like the source's as
+    /// one range). Issued no later than `prepare`. Default: `copy`.
+    fn copy_joinable(
+        &mut self,
+        offset: u64,
+        len: u64,
+        src: &Arc<dyn Storage>,
+        src_offset: u64,
+    ) -> Result<()> {
+        self.copy(offset, len, src.as_ref(), src_offset)
+    }
+    /// The batch will likely need about `bytes` of fresh space (the
+    /// preflight's peak): a batch that must make room durable before it
+    /// writes into it (a dynamic VHD's reserved end) can make all of it at
+    /// once, one flush instead of one per doubling. Only a hint, given by
+    /// a caller that compacts the image after the commit (a VHD leaves
+    /// what it reserved but did not use as a hole the compaction cuts off).
+    fn expect_fresh(&mut self, _bytes: u64) -> Result<()> {
+        Ok(())
+    }
     /// Stage: whole sectors read zeros and hide any parent.
     fn zero(&mut self, offset: u64, len: u64) -> Result<()>;
     /// Stage growth of the virtual size (never shrinks).

@@ -73,6 +73,12 @@ pub trait Storage: Send + Sync + Debug {
         Ok(())
     }
 
+    /// A hint that `[offset, offset + len)` will be read soon: a file
+    /// starts reading it in the background (many small reads scattered
+    /// over a cold file then queue at the device together instead of
+    /// waiting one by one). Changes nothing. Default: nothing.
+    fn prefetch(&self, _offset: u64, _len: u64) {}
+
     /// Whether copies into this storage share extents with their source
     /// (a reflink file system): writing only the bytes that changed then
     /// beats joining small pieces into long spans (see `combine`). Default:
@@ -357,6 +363,17 @@ impl Storage for FileStorage {
     }
     fn as_file(&self) -> Option<&File> {
         Some(&self.file)
+    }
+
+    fn prefetch(&self, offset: u64, len: u64) {
+        // POSIX_FADV_WILLNEED queues the reads and returns; a failure only
+        // loses the head start.
+        let _ = rustix::fs::fadvise(
+            &self.file,
+            offset,
+            std::num::NonZeroU64::new(len),
+            rustix::fs::Advice::WillNeed,
+        );
     }
 
     fn as_any(&self) -> Option<&dyn std::any::Any> {

@@ -343,6 +343,7 @@ pub fn merge(
             .ok_or_else(|| MergeError::InvalidParameter("destination not in chain".into()))?;
         let (above, below) = (layer_refs(above_links), layer_refs(below_links));
         let mut batch = dest_link.image.begin_batch()?;
+        batch.expect_fresh(preflight.peak_extra_bytes)?;
         if plan.virtual_size > plan.destination_size {
             batch.grow(plan.virtual_size)?;
         }
@@ -355,10 +356,10 @@ pub fn merge(
                     let mut done = 0;
                     while done < r.len {
                         let n = PIECE.min(r.len - done);
-                        batch.copy(
+                        batch.copy_joinable(
                             r.offset + done,
                             n,
-                            sources[layer].as_ref(),
+                            &sources[layer],
                             file_offset + done,
                         )?;
                         done += n;

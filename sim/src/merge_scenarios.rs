@@ -121,19 +121,25 @@ pub struct MergeParams {
     /// `--remove-merged`: the source and intermediates are removed after
     /// the commit.
     pub remove_merged: bool,
+    /// VHD: the source's blocks were placed by a merge (data on pages, a
+    /// page between blocks), and it holds two consecutive whole blocks the
+    /// destination does not: the batch joins them into one copy that
+    /// covers the bitmap page between them (4 blocks instead of 2).
+    pub joined: bool,
 }
 
 impl MergeParams {
     /// `vhdx-dynamic-d2-4k-grow-rm` style.
     pub fn name(&self) -> String {
         format!(
-            "{}-{}-d{}{}{}{}",
+            "{}-{}-d{}{}{}{}{}",
             if self.vhdx { "vhdx" } else { "vhd" },
             self.dest.name(),
             self.depth,
             if self.sector_4k { "-4k" } else { "" },
             if self.grow { "-grow" } else { "" },
-            if self.remove_merged { "-rm" } else { "" }
+            if self.remove_merged { "-rm" } else { "" },
+            if self.joined { "-joined" } else { "" }
         )
     }
     /// The files `--remove-merged` removes: the source and intermediates.
@@ -157,7 +163,11 @@ impl MergeParams {
     /// Virtual size of the destination (and its base): two blocks, so a
     /// merge has a whole block and partial ones (checks read all of it).
     fn dest_size(&self) -> u64 {
-        2 * u64::from(self.block())
+        if self.joined {
+            4 * u64::from(self.block())
+        } else {
+            2 * u64::from(self.block())
+        }
     }
     fn ext(&self, base: bool) -> &'static str {
         match (self.vhdx, base) {
@@ -344,10 +354,11 @@ fn edits(p: &MergeParams, level: usize, size: u64) -> Vec<Edit> {
         },
     ];
     if level == 1 {
-        // A whole block (a full-block run of the merge).
+        // A whole block (a full-block run of the merge); two for `joined`.
+        let n = if p.joined { 2 * b } else { b };
         v.push(Edit::Write {
             at: b,
-            len: b.min(size - b),
+            len: n.min(size - b),
             tag: 300,
         });
     }
@@ -471,7 +482,30 @@ fn build(ns: &Arc<dyn Namespace>, p: &MergeParams) -> Result<(), String> {
             size
         };
         create(ns, p, &c, DiskType::Differencing, csize, Some(&parent))?;
-        apply(ns, &c, &edits(p, i, csize))?;
+        if p.joined && i == 1 {
+            // The edits go into a child of c1 that is merged into it, so
+            // that a merge places c1's blocks.
+            let top = PathBuf::from(format!("{DIR}/c1-top.{}", p.ext(false)));
+            create(ns, p, &top, DiskType::Differencing, csize, Some(&c))?;
+            apply(ns, &top, &edits(p, i, csize))?;
+            let req = MergeRequest {
+                source: top.clone(),
+                destination: Some(c.clone()),
+                remove_merged: true,
+                ..Default::default()
+            };
+            let out = merge::run(ns, &req, &JobHandle::new());
+            if out.return_value != 0 {
+                return Err(format!(
+                    "build: merge into {}: {}",
+                    c.display(),
+                    out.error.unwrap_or_default()
+                ));
+            }
+            let _ = ns.remove(&PathBuf::from(format!("{}.cfmerged", top.display())));
+        } else {
+            apply(ns, &c, &edits(p, i, csize))?;
+        }
         parent = c;
     }
     Ok(())
@@ -896,12 +930,24 @@ pub fn all_params() -> Vec<MergeParams> {
                                 sector_4k,
                                 grow,
                                 remove_merged,
+                                joined: false,
                             });
                         }
                     }
                 }
             }
         }
+    }
+    for dest in [DestKind::Dynamic, DestKind::Differencing] {
+        v.push(MergeParams {
+            vhdx: false,
+            dest,
+            depth: 1,
+            sector_4k: false,
+            grow: false,
+            remove_merged: false,
+            joined: true,
+        });
     }
     v
 }
@@ -916,11 +962,13 @@ pub fn default_params() -> Vec<MergeParams> {
         sector_4k,
         grow,
         remove_merged: false,
+        joined: false,
     };
     let rm = |p: MergeParams| MergeParams {
         remove_merged: true,
         ..p
     };
+    let joined = |p: MergeParams| MergeParams { joined: true, ..p };
     use DestKind::*;
     vec![
         mk(false, Fixed, 1, false, false),
@@ -939,6 +987,9 @@ pub fn default_params() -> Vec<MergeParams> {
         // and the record's retirement.
         rm(mk(false, Dynamic, 2, false, false)),
         rm(mk(true, Differencing, 2, false, false)),
+        // Two whole blocks cloned as one span (bitmap page included).
+        joined(mk(false, Dynamic, 1, false, false)),
+        joined(mk(false, Differencing, 1, false, false)),
     ]
 }
 

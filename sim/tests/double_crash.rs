@@ -35,6 +35,7 @@ fn merge(vhdx: bool, dest: DestKind, depth: usize, grow: bool, remove_merged: bo
         sector_4k: false,
         grow,
         remove_merged,
+        joined: false,
     }
 }
 

@@ -24,6 +24,7 @@ fn kinds() -> Vec<MergeParams> {
         sector_4k,
         grow,
         remove_merged: false,
+        joined: false,
     };
     vec![
         // Fixed VHD growth has a known violation (regression test below).
@@ -139,6 +140,7 @@ fn fixed_grow() -> MergeScenario {
             sector_4k: false,
             grow: true,
             remove_merged: false,
+            joined: false,
         },
         MergeStrategy::Safe,
     )

@@ -28,6 +28,14 @@
 //! destination's apparent and allocated size and the file system's free
 //! space consumed. A file system that cannot be made or mounted (not root,
 //! no mkfs tool) is skipped with the reason.
+//!
+//! `--only ext4-half` (in a full run too): children holding the first half
+//! of every block (32 MiB VHDX, 2 MiB VHD; 1 GiB of data, `--quick` 256
+//! MiB) merged into an empty dynamic base in the work directory, on the
+//! repository's own file system (its type is printed), against
+//! `cp CHILD X && sync -f X` in the same run: see `cmd_bench/ext4_half.rs`.
+
+mod ext4_half;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -354,6 +362,9 @@ pub struct Report {
     /// Why clone rows or file systems were not measured.
     pub clone_skipped: Vec<String>,
     pub scan: Vec<ScanResult>,
+    /// `--only ext4-half`: half-filled blocks merged on the repository's
+    /// file system against cp + sync -f.
+    pub ext4_half: Vec<ext4_half::HalfResult>,
 }
 
 /// `scan` of one folder of many small images (issue: < 5 s for 10,000).
@@ -1746,6 +1757,10 @@ pub fn bench(args: &BenchArgs) -> formats::Result<Report> {
         // Fewer pairs under --quick: each moves the data once more by cp.
         clone_section(args, &root, if args.quick { 3 } else { pairs }, &mut report)?;
     }
+    if wanted(args, "ext4-half") && !args.prepare_only {
+        eprintln!("bench: ext4-half");
+        ext4_half::section(args, &root, pairs, &mut report)?;
+    }
     const GIB: u64 = 1 << 30;
     let sizes: &[u64] = if args.quick { &[GIB] } else { &[GIB, 4 * GIB] };
     for &data in sizes {
@@ -2109,6 +2124,7 @@ pub fn run(args: BenchArgs) -> u8 {
                     );
                 }
                 print_clone(&r);
+                ext4_half::print(&r);
                 for m in &r.memory {
                     println!(
                         "memory {:<22} peak RSS {:>7.1} MiB (limit {}) in {:.2}s: {}",

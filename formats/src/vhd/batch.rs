@@ -15,6 +15,14 @@
 //! survives, EOF-512 is a valid old footer and no committed structure
 //! references the fresh bytes.
 //!
+//! Whole blocks copied from a source whose blocks lie at the same stride
+//! and page phase as the fresh ones they go to are joined into one copy
+//! (`Span`): on XFS (reflink) and btrfs one clone instead of one per block,
+//! the source's bitmap pages between them included. It lands in fresh
+//! space only, inside the reservation, like every other staged write, and
+//! each destination bitmap it covered is rewritten after it unless the
+//! source's bytes there already are that bitmap.
+//!
 //! Fixed: a redo journal (see `journal.rs`).
 
 use std::sync::Arc;
@@ -41,6 +49,10 @@ const DATA_ALIGN: u64 = 4096;
 /// Reservations grow geometrically from this size, capped at `MAX_RESERVE`.
 const MIN_RESERVE: u64 = 4 << 20;
 const MAX_RESERVE: u64 = 1 << 30;
+/// The most fresh space `expect_fresh` reserves at once.
+const MAX_EXPECTED: u64 = 64 << 30;
+/// The longest joined copy (one clone call covers 1 GiB).
+const MAX_SPAN: u64 = 1 << 30;
 
 pub(super) fn begin(img: &mut VhdImage) -> Result<Box<dyn MergeBatch + '_>> {
     if !img.opts.writable {
@@ -132,6 +144,27 @@ struct ShadowBatch<'a> {
     /// block's runs one after another, so its bitmap is read once and
     /// written once instead of once per run.
     bitmap: Option<CachedBitmap>,
+    /// Whole-block copies joined, not issued yet.
+    span: Option<Span>,
+    /// `expect_fresh` reserved the batch's room: the caller compacts after
+    /// the commit (see `prepare`).
+    expected: bool,
+}
+
+/// Consecutive fresh blocks, each a whole-block copy from `src`, laid out
+/// in the destination exactly as in the source: `[dst, dst + len)` is to
+/// hold the bytes of `[src_offset, src_offset + len)`, from the first
+/// block's data to the last one's end, the bitmaps (and padding) between
+/// them included. Nothing else is allocated inside it, and nothing else is
+/// staged until it is issued (`issue_span`).
+struct Span {
+    src: Arc<dyn Storage>,
+    src_offset: u64,
+    dst: u64,
+    len: u64,
+    /// Destination offsets of the bitmaps inside the span (every block's
+    /// but the first, which was written when it was allocated).
+    bitmaps: Vec<u64>,
 }
 
 /// A used locator slot as `Sparse::locators` holds it.
@@ -179,6 +212,8 @@ impl<'a> ShadowBatch<'a> {
             new_header: None,
             combiner: WriteCombiner::default(),
             bitmap: None,
+            span: None,
+            expected: false,
         };
         if !ok_end {
             // Make sure the file ends in a valid footer before anything else.
@@ -233,6 +268,12 @@ impl<'a> ShadowBatch<'a> {
 
     /// The fresh copy of block `b` (bitmap offset), creating it.
     fn fresh_block(&mut self, b: u64) -> Result<u64> {
+        self.place_block(b, false)
+    }
+
+    /// `fresh_block`; `whole`: a new block whose bitmap and whole data area
+    /// the caller writes (a span block), so neither is cleared here.
+    fn place_block(&mut self, b: u64, whole: bool) -> Result<u64> {
         let name = self.name();
         let (span, bitmap_bytes, table_offset) = {
             let s = self
@@ -280,7 +321,7 @@ impl<'a> ShadowBatch<'a> {
             self.st
                 .copy_from(self.st.as_ref(), old, at, span)
                 .ctx(&name)?;
-        } else {
+        } else if !whole {
             self.st
                 .write_at(&vec![0u8; bitmap_bytes as usize], at)
                 .ctx(&name)?;
@@ -338,6 +379,7 @@ impl<'a> ShadowBatch<'a> {
         piece: impl Fn(u64, u64) -> Payload<'p>,
     ) -> Result<()> {
         self.check_range(offset, len)?;
+        self.issue_span()?;
         let (bs, bitmap_bytes, differencing) = self.block_size();
         let name = self.name();
         let end = offset + len;
@@ -362,6 +404,115 @@ impl<'a> ShadowBatch<'a> {
             }
             self.set_bits(base, bitmap_bytes, in_block / 512, (in_block + n) / 512)?;
             pos += n;
+        }
+        Ok(())
+    }
+
+    /// The bitmap of a block whose every sector is staged: the bits of its
+    /// sectors set, the rest of the bitmap sectors zero (as `fresh_block`
+    /// and `set_bits` leave it).
+    fn full_bitmap(&self) -> Vec<u8> {
+        let (bs, bitmap_bytes, _) = self.block_size();
+        let mut bits = SectorBitmap {
+            bytes: vec![0u8; bitmap_bytes as usize],
+        };
+        for k in 0..bs / 512 {
+            bits.set(k);
+        }
+        bits.bytes
+    }
+
+    /// Stage block `b` whole from `src` at `src_offset` into a fresh block
+    /// joined to the pending span when the layouts agree; `false` (nothing
+    /// done) when the block is not a new one or cannot be joined or start
+    /// a span, for `stage` to do instead.
+    fn stage_whole_block(
+        &mut self,
+        b: u64,
+        src: &Arc<dyn Storage>,
+        src_offset: u64,
+    ) -> Result<bool> {
+        let (bs, bitmap_bytes, _) = self.block_size();
+        if self.img.sparse.is_none()
+            || self.new_bat.get(b as usize).copied() != Some(BAT_UNALLOCATED)
+            || self.is_fresh(b)
+        {
+            return Ok(false);
+        }
+        // Where `fresh_block` would put its data.
+        let pad = (DATA_ALIGN - (self.next_free + bitmap_bytes) % DATA_ALIGN) % DATA_ALIGN;
+        let data = self.next_free + pad + bitmap_bytes;
+        let joins = self.span.as_ref().is_some_and(|s| {
+            let (src_end, dst_end) = (s.src_offset + s.len, s.dst + s.len);
+            Arc::ptr_eq(&s.src, src)
+                && self.next_free == dst_end
+                && src_offset >= src_end
+                && src_offset - src_end == data - dst_end
+                && data - dst_end <= DATA_ALIGN
+                && s.len + (data - dst_end) + bs <= MAX_SPAN
+        });
+        if !joins {
+            self.issue_span()?;
+        }
+        let name = self.name();
+        let at = self.place_block(b, true)?;
+        debug_assert_eq!(at + bitmap_bytes, data);
+        match &mut self.span {
+            Some(s) if joins => {
+                s.len = data + bs - s.dst;
+                s.bitmaps.push(at);
+            }
+            _ => {
+                self.span = Some(Span {
+                    src: Arc::clone(src),
+                    src_offset,
+                    dst: data,
+                    len: bs,
+                    bitmaps: Vec::new(),
+                });
+            }
+        }
+        if !joins {
+            // The first block's bitmap lies before the span.
+            let bits = self.full_bitmap();
+            self.st.write_at(&bits, at).ctx(&name)?;
+        }
+        Ok(true)
+    }
+
+    /// Issue the pending span: one copy (a clone where the file systems
+    /// share extents), then every destination bitmap inside it that the
+    /// source's bytes there do not already equal.
+    fn issue_span(&mut self) -> Result<()> {
+        let Some(s) = self.span.take() else {
+            return Ok(());
+        };
+        let name = self.name();
+        // The combiner flushes pending pieces the span overlaps (none: its
+        // blocks are staged only here) and forgets the span's zeros.
+        self.combiner
+            .put(
+                self.st.as_ref(),
+                s.dst,
+                Payload::From {
+                    src: s.src.as_ref(),
+                    offset: s.src_offset,
+                    len: s.len,
+                },
+            )
+            .ctx(&name)?;
+        if s.bitmaps.is_empty() {
+            return Ok(());
+        }
+        let want = self.full_bitmap();
+        let mut got = vec![0u8; want.len()];
+        for &at in &s.bitmaps {
+            s.src
+                .read_at(&mut got, s.src_offset + (at - s.dst))
+                .ctx(&name)?;
+            if got != want {
+                self.st.write_at(&want, at).ctx(&name)?;
+            }
         }
         Ok(())
     }
@@ -415,6 +566,46 @@ impl MergeBatch for ShadowBatch<'_> {
         })
     }
 
+    fn copy_joinable(
+        &mut self,
+        offset: u64,
+        len: u64,
+        src: &Arc<dyn Storage>,
+        src_offset: u64,
+    ) -> Result<()> {
+        self.check_range(offset, len)?;
+        let (bs, _, _) = self.block_size();
+        // Whole blocks one by one through the span; everything else (and
+        // a block that cannot join) through `stage`, which issues the span
+        // first.
+        let mut done = 0;
+        while done < len {
+            let (pos, n) = (offset + done, (bs - (offset + done) % bs).min(len - done));
+            if !(n == bs && self.stage_whole_block(pos / bs, src, src_offset + done)?) {
+                self.copy(pos, n, src.as_ref(), src_offset + done)?;
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn expect_fresh(&mut self, bytes: u64) -> Result<()> {
+        if self.prepared.is_some() {
+            return Ok(());
+        }
+        // Fresh blocks start data-aligned: up to a page of padding each,
+        // which a space bound (the preflight's) leaves out.
+        let (bs, _, _) = self.block_size();
+        let bytes = bytes.min(MAX_EXPECTED);
+        let upto = self
+            .next_free
+            .saturating_add(bytes)
+            .saturating_add(bytes.div_ceil(bs.max(1)).saturating_mul(DATA_ALIGN))
+            .saturating_add(FOOTER_SIZE as u64);
+        self.expected = true;
+        self.reserve(upto)
+    }
+
     fn zero(&mut self, offset: u64, len: u64) -> Result<()> {
         self.stage(offset, len, true, |_, n| Payload::Zeros(n))
     }
@@ -426,6 +617,7 @@ impl MergeBatch for ShadowBatch<'_> {
             new_virtual_size,
             MAX_SPARSE_SIZE,
         )?;
+        self.issue_span()?;
         if self.prepared.is_some() {
             return Err(Error::InvalidParameter("batch already prepared".into()));
         }
@@ -444,6 +636,7 @@ impl MergeBatch for ShadowBatch<'_> {
             return Ok(());
         }
         let name = self.name();
+        self.issue_span()?;
         self.combiner.flush(self.st.as_ref()).ctx(&name)?;
         self.write_back_bitmap()?;
         let Some(s) = &self.img.sparse else {
@@ -456,6 +649,7 @@ impl MergeBatch for ShadowBatch<'_> {
             entries: self.new_bat.clone(),
         }
         .to_bytes()?;
+        let old_bat_len = s.bat.len();
         // New locator data first, so that it sits below the BAT and header
         // a later compaction moves down.
         let locator_data = match self.parent.clone() {
@@ -470,9 +664,24 @@ impl MergeBatch for ShadowBatch<'_> {
             header.parent_unicode_name = [0; 512];
             header.parent_locators = Default::default();
         }
-        let bat_at = self.alloc(bat.len() as u64)?;
-        let header_at = self.alloc(super::dynamic_header::HEADER_SIZE as u64)?;
-        let footer_at = self.alloc(FOOTER_SIZE as u64)?;
+        let tail = bat.len() as u64 + super::dynamic_header::HEADER_SIZE as u64;
+        let (bat_at, header_at, footer_at) = if self.expected
+            && self.new_bat.len() == old_bat_len
+            && self.reserved_at >= self.next_free.saturating_add(tail)
+        {
+            // The reservation already ends in a durable copy of the old
+            // footer: the new BAT and header go just before it and the file
+            // keeps its length (no trim, no flush for it). What the
+            // reservation had left over stays an unwritten hole before
+            // them, which the compaction after the commit cuts off when it
+            // moves them back into the old ones' place (the same size).
+            let header_at = self.reserved_at - super::dynamic_header::HEADER_SIZE as u64;
+            (header_at - bat.len() as u64, header_at, self.reserved_at)
+        } else {
+            let bat_at = self.alloc(bat.len() as u64)?;
+            let header_at = self.alloc(super::dynamic_header::HEADER_SIZE as u64)?;
+            (bat_at, header_at, self.alloc(FOOTER_SIZE as u64)?)
+        };
         header.table_offset = bat_at;
         header.max_table_entries = count;
         for (at, data) in &locator_data {

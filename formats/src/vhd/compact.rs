@@ -7,7 +7,9 @@
 //! Ordering, and why each crash point reads the same content:
 //! - header + BAT: copies written into a gap and flushed, then ONE 512-byte
 //!   write of the end footer (Data Offset -> the copy) is the switch, then
-//!   the footer copy at 0. Before the switch nothing references the copy.
+//!   the footer copy at 0, durable with the next flush (a stale copy at 0
+//!   is a repairable warning, as after a crash between the two writes).
+//!   Before the switch nothing references the copy.
 //! - blocks: each copied (bitmap + data) into a gap and flushed, then the
 //!   changed BAT sectors written in place and flushed. Both places hold the
 //!   same bytes, so every sector of the BAT, old or new or any mix of them,
@@ -84,6 +86,7 @@ pub(super) fn compact(img: &mut VhdImage) -> Result<CompactReport> {
         return Ok(report);
     }
 
+    let mut copy_at_zero_pending = false;
     // 1. Header and BAT back to the lowest gap that holds both.
     if let (Some(mut map), Some(s)) = (layout(img, length_before, true), img.sparse.as_ref()) {
         let unit = HEADER_SIZE as u64 + bat_bytes(s.bat.len());
@@ -104,8 +107,11 @@ pub(super) fn compact(img: &mut VhdImage) -> Result<CompactReport> {
             // The switch: one sector.
             st.write_at(&bytes, img.footer_offset).ctx(&name)?;
             st.flush().ctx(&name)?;
+            // The copy at 0 becomes durable with the next flush (a block
+            // move's, the cut's, or the last one below): until then a crash
+            // leaves it stale, as one between these two writes would.
             st.write_at(&bytes, 0).ctx(&name)?;
-            st.flush().ctx(&name)?;
+            copy_at_zero_pending = true;
             img.footer = f;
             if let Some(s) = img.sparse.as_mut() {
                 s.header_offset = at;
@@ -164,6 +170,9 @@ pub(super) fn compact(img: &mut VhdImage) -> Result<CompactReport> {
 
     // 3. Cut after the last referenced sector, then punch what is left.
     let Some(map) = layout(img, length_before, false) else {
+        if copy_at_zero_pending {
+            st.flush().ctx(&name)?;
+        }
         return Ok(report);
     };
     let end = align512(map.used_end()).unwrap_or(length_before);
@@ -182,9 +191,10 @@ pub(super) fn compact(img: &mut VhdImage) -> Result<CompactReport> {
             report.bytes_punched += b - a;
         }
     }
-    // The moves flushed themselves; the new length and the holes are made
-    // durable here (an already compact file has nothing to flush).
-    if cut || report.bytes_punched > 0 {
+    // The moves flushed themselves; the new length, the holes and a
+    // pending copy at 0 are made durable here (an already compact file
+    // has nothing to flush).
+    if cut || report.bytes_punched > 0 || copy_at_zero_pending {
         st.flush().ctx(&name)?;
     }
     report.length_after = st.len().ctx(&name)?;

@@ -567,6 +567,17 @@ impl Layer for VhdImage {
         };
         let file_len = self.storage.len().ctx(&self.name)?;
         let end = offset + len;
+        if s.differencing && len > s.block_size {
+            // Every block's bitmap is read below, one small read each: ask
+            // for them all first, so that a cold file's reads overlap.
+            for b in offset / s.block_size..end.div_ceil(s.block_size) {
+                let entry = s.bat.get(b as usize).copied().unwrap_or(BAT_UNALLOCATED);
+                if entry != BAT_UNALLOCATED {
+                    self.storage
+                        .prefetch(u64::from(entry) * 512, s.bitmap_bytes);
+                }
+            }
+        }
         let mut pos = offset;
         while pos < end {
             let b = pos / s.block_size;
