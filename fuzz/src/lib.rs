@@ -14,6 +14,8 @@
 pub mod corpus;
 mod harness;
 mod mutate;
+mod reference;
+mod sparse;
 mod targets;
 mod template;
 

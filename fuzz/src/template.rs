@@ -29,7 +29,8 @@ pub struct BaseSpec {
     pub fixed: bool,
     pub big_sector: bool,
     /// Virtual size in 512-byte (VHD) or 4 KiB (VHDX) units, reduced to at
-    /// most 4 MiB.
+    /// most 2 MiB (small disks keep every input fast; the block sizes below
+    /// still give several blocks and partial last blocks).
     pub size_units: u16,
     pub block: u8,
     pub ops: Vec<Op>,
@@ -39,7 +40,7 @@ pub struct BaseSpec {
 #[derive(Debug, Clone, Arbitrary)]
 pub struct ChildSpec {
     pub block: u8,
-    /// Extra virtual size over the parent, in MiB, reduced to 0..=2.
+    /// Extra virtual size over the parent, in 512 KiB, reduced to 0..=2.
     pub grow: u8,
     pub ops: Vec<Op>,
 }
@@ -54,9 +55,9 @@ impl BaseSpec {
     }
     pub fn virtual_size(&self) -> u64 {
         if self.vhdx {
-            (u64::from(self.size_units) % 1024 + 1) * 4096
+            (u64::from(self.size_units) % 512 + 1) * 4096
         } else {
-            (u64::from(self.size_units) % 8192 + 1) * 512
+            (u64::from(self.size_units) % 4096 + 1) * 512
         }
     }
     pub fn ext(&self, child: bool) -> &'static str {
@@ -162,7 +163,7 @@ pub fn build_chain(
             .unwrap_or_else(|e| panic!("parent_spec: {e}"));
         drop(pimg);
         spec_p.virtual_size = model.len() as u64;
-        let vsize = model.len() as u64 + u64::from(c.grow % 3) * MIB;
+        let vsize = model.len() as u64 + u64::from(c.grow % 3) * (MIB / 2);
         formats::create::create_file(
             ns,
             &path,

@@ -35,7 +35,7 @@ fn structured(rest: &[u8]) {
     let Ok(input) = Input::arbitrary(&mut u) else {
         return;
     };
-    let (m, ns) = harness::mem_ns();
+    let (m, ns) = harness::sparse_ns();
     let (path, model) = template::build_base(&ns, &input.base);
     if input.mutations.is_empty() {
         // Oracle: what was written is what is read, and a file chainfold
@@ -58,8 +58,7 @@ fn structured(rest: &[u8]) {
             .collect();
         assert!(errs.is_empty(), "check errors on a valid image: {errs:?}");
     }
-    let mut bytes = m.get(&path).expect("image exists");
-    mutate::apply_all(&mut bytes, &input.mutations);
-    m.insert(&path, bytes);
-    harness::open_file_both_ways(&m, &path, input.flags);
+    m.edit(&path, |p| mutate::apply_all(p, &input.mutations))
+        .expect("image exists");
+    harness::open_file_both_ways(&ns, &path, input.flags);
 }
