@@ -191,6 +191,16 @@ pub trait Bytes {
     fn size(&self) -> u64;
     /// `n` bytes at `at`, or None when they are not all inside the file.
     fn at(&self, at: u64, n: usize) -> Option<Vec<u8>>;
+    /// Fill `buf` from `at`; false when that is not all inside the file.
+    fn read_into(&self, at: u64, buf: &mut [u8]) -> bool {
+        match self.at(at, buf.len()) {
+            Some(v) => {
+                buf.copy_from_slice(&v);
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 impl Bytes for [u8] {
@@ -218,6 +228,9 @@ impl Bytes for Pages {
     }
     fn at(&self, at: u64, n: usize) -> Option<Vec<u8>> {
         (at.checked_add(n as u64)? <= self.len()).then(|| self.get(at, n))
+    }
+    fn read_into(&self, at: u64, buf: &mut [u8]) -> bool {
+        self.read_checked(at, buf)
     }
 }
 

@@ -23,6 +23,13 @@ fn get<B: Bytes + ?Sized>(b: &B, at: u64, n: usize, what: &str) -> R<Vec<u8>> {
     b.at(at, n)
         .ok_or_else(|| format!("{what}: {n} bytes at {at} outside the file"))
 }
+/// Whether `[at, at + n)` lies inside the file.
+fn inside<B: Bytes + ?Sized>(b: &B, at: u64, n: u64, what: &str) -> R<()> {
+    match at.checked_add(n) {
+        Some(e) if e <= b.size() => Ok(()),
+        _ => Err(format!("{what}: {n} bytes at {at} outside the file")),
+    }
+}
 fn u16le(v: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([v[at], v[at + 1]])
 }
@@ -70,16 +77,19 @@ const CRC_TABLE: [u32; 256] = {
     t
 };
 
-fn crc32c_ok(v: &[u8], field: usize) -> bool {
-    let mut c = !0u32;
-    for (i, b) in v.iter().enumerate() {
-        let b = if (field..field + 4).contains(&i) {
-            0
-        } else {
-            *b
-        };
-        c = CRC_TABLE[((c ^ u32::from(b)) & 0xFF) as usize] ^ (c >> 8);
+fn crc32c_update(mut c: u32, bytes: &[u8]) -> u32 {
+    for b in bytes {
+        c = CRC_TABLE[((c ^ u32::from(*b)) & 0xFF) as usize] ^ (c >> 8);
     }
+    c
+}
+
+/// The CRC-32C over `v` with its field at `field` counted as zeros
+/// matches the field.
+fn crc32c_ok(v: &[u8], field: usize) -> bool {
+    let c = crc32c_update(!0, &v[..field]);
+    let c = crc32c_update(c, &[0; 4]);
+    let c = crc32c_update(c, &v[field + 4..]);
     !c == u32le(v, field)
 }
 
@@ -193,7 +203,8 @@ fn open_vhd<B: Bytes + ?Sized>(b: &B) -> R<RefImage> {
         let bm_at = u64::from(e) * 512;
         let data_at = bm_at + bitmap_bytes;
         let bm = get(b, bm_at, bitmap_bytes as usize, "sector bitmap")?;
-        get(b, data_at, vlen as usize, "block data")?;
+        inside(b, data_at, vlen, "block data")?;
+        let mut sector = [0u8; 512];
         for k in 0..vlen / 512 {
             // Most significant bit first: sector k is bit 7 - k % 8.
             let set = bm[(k / 8) as usize] & (0x80 >> (k % 8)) != 0;
@@ -205,7 +216,7 @@ fn open_vhd<B: Bytes + ?Sized>(b: &B) -> R<RefImage> {
             } else {
                 // A dynamic disk's unmarked sectors must be zeros on disk,
                 // and readers may use the bitmap or not: only then defined.
-                if get(b, at, 512, "block data")?.iter().any(|x| *x != 0) {
+                if !b.read_into(at, &mut sector) || sector.iter().any(|x| *x != 0) {
                     return Err("dynamic: unmarked sector holds data".into());
                 }
                 Paint::Zero
@@ -382,7 +393,7 @@ fn open_vhdx<B: Bytes + ?Sized>(b: &B) -> R<RefImage> {
                 if off < MIB {
                     return Err("payload block inside the header section".into());
                 }
-                get(b, off, vlen as usize, "payload block")?;
+                inside(b, off, vlen, "payload block")?;
                 if state == 6 {
                     push_run(&mut runs, voff, vlen, Paint::Data(off));
                     continue;
@@ -450,7 +461,11 @@ pub fn fold<B: Bytes + ?Sized>(files: &[&B]) -> R<Vec<u8>> {
             match p {
                 Paint::Below => {}
                 Paint::Zero => dst.fill(0),
-                Paint::Data(at) => dst.copy_from_slice(&get(*file, at, len as usize, "data")?),
+                Paint::Data(at) => {
+                    if !file.read_into(at, dst) {
+                        return Err(format!("data: {len} bytes at {at} outside the file"));
+                    }
+                }
             }
         }
     }
@@ -576,14 +591,16 @@ mod tests {
     #[test]
     fn checksums_known_answers() {
         let mut v = b"123456789\0\0\0\0".to_vec();
-        // CRC-32C("123456789") = 0xE3069283 (FORMATS.md section 4), with
-        // the checksum field placed after the data and counted as zero:
-        // the field bytes are zeros here, so the CRC covers 9 + 4 zeros.
-        let mut c = !0u32;
-        for b in &v[..9] {
-            c = CRC_TABLE[((c ^ u32::from(*b)) & 0xFF) as usize] ^ (c >> 8);
-        }
-        assert_eq!(!c, 0xE306_9283);
+        // CRC-32C("123456789") = 0xE3069283 (FORMATS.md section 4).
+        assert_eq!(!crc32c_update(!0, &v[..9]), 0xE306_9283);
+        let mut h = vec![0u8; 64];
+        h[..9].copy_from_slice(b"123456789");
+        let full = !crc32c_update(!0, &h);
+        h[20..24].copy_from_slice(&full.to_le_bytes());
+        // Stored at 20, the CRC is checked with those bytes as zeros.
+        assert!(crc32c_ok(&h, 20));
+        h[3] ^= 0x10;
+        assert!(!crc32c_ok(&h, 20));
         // A VHD-style sum over a tiny structure.
         let sum = !v[..9].iter().map(|b| u32::from(*b)).sum::<u32>();
         v[9..13].copy_from_slice(&sum.to_be_bytes());

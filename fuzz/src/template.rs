@@ -2,19 +2,23 @@
 //! chainfold itself on memory storage, with a plain byte model of what the
 //! top of the chain shows.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arbitrary::Arbitrary;
 use formats::chain::{open_image_file, ChainOptions};
 use formats::params::{CreateParams, DiskType};
 use formats::{Access, Namespace};
 
+use crate::harness;
+use crate::sparse::{Pages, SparseNs};
+
 const MIB: u64 = 1 << 20;
 /// At most this many writes per layer: each one is a full write path.
 const MAX_OPS: usize = 8;
 
-#[derive(Debug, Clone, Arbitrary)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Arbitrary)]
 pub enum Op {
     /// Write `len + 1` sectors of a pattern at sector `at` (clamped).
     Write { at: u16, len: u8, seed: u8 },
@@ -23,7 +27,7 @@ pub enum Op {
 }
 
 /// One image, base of its chain.
-#[derive(Debug, Clone, Arbitrary)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Arbitrary)]
 pub struct BaseSpec {
     pub vhdx: bool,
     pub fixed: bool,
@@ -37,10 +41,10 @@ pub struct BaseSpec {
 }
 
 /// A differencing child on top of the previous layer.
-#[derive(Debug, Clone, Arbitrary)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Arbitrary)]
 pub struct ChildSpec {
     pub block: u8,
-    /// Extra virtual size over the parent, in 512 KiB, reduced to 0..=2.
+    /// Extra virtual size over the parent, in 256 KiB, reduced to 0..=2.
     pub grow: u8,
     pub ops: Vec<Op>,
 }
@@ -163,7 +167,7 @@ pub fn build_chain(
             .unwrap_or_else(|e| panic!("parent_spec: {e}"));
         drop(pimg);
         spec_p.virtual_size = model.len() as u64;
-        let vsize = model.len() as u64 + u64::from(c.grow % 3) * (MIB / 2);
+        let vsize = model.len() as u64 + u64::from(c.grow % 3) * (MIB / 4);
         formats::create::create_file(
             ns,
             &path,
@@ -181,5 +185,64 @@ pub fn build_chain(
         apply(ns, &path, base.sector(), &c.ops, &mut model);
         paths.push(path);
     }
+    (paths, model)
+}
+
+/// A built chain: its files (base first) and the model of the top's view.
+struct Built {
+    key: (BaseSpec, Vec<ChildSpec>),
+    files: Vec<(PathBuf, Pages)>,
+    model: Arc<Vec<u8>>,
+}
+
+/// Chains built recently, newest last. libFuzzer mostly mutates inputs it
+/// has run, and the chain spec comes first in every structured input, so
+/// many inputs share a spec with one just run; copying its sparse files is
+/// much cheaper than creating and writing them again through formats.
+/// Creation itself is covered by every miss and by `cargo test`.
+static CACHE: Mutex<VecDeque<Built>> = Mutex::new(VecDeque::new());
+const CACHE_ENTRIES: usize = 16;
+
+/// [`build_chain`] into a sparse namespace `m`, through the cache of
+/// recently built chains.
+pub fn build_chain_cached(
+    m: &SparseNs,
+    base: &BaseSpec,
+    children: &[ChildSpec],
+) -> (Vec<PathBuf>, Arc<Vec<u8>>) {
+    let key = (base.clone(), children.iter().take(3).cloned().collect());
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(i) = cache.iter().position(|b| b.key == key) {
+        let b = cache.remove(i).expect("found");
+        for (p, f) in &b.files {
+            m.put(p, f.clone());
+        }
+        let out = (
+            b.files.iter().map(|(p, _)| p.clone()).collect(),
+            Arc::clone(&b.model),
+        );
+        cache.push_back(b);
+        return out;
+    }
+    drop(cache);
+    let (fresh, ns) = harness::sparse_ns();
+    let (paths, model) = build_chain(&ns, base, children);
+    let files: Vec<(PathBuf, Pages)> = paths
+        .iter()
+        .map(|p| (p.clone(), fresh.get(p).expect("built file")))
+        .collect();
+    for (p, f) in &files {
+        m.put(p, f.clone());
+    }
+    let model = Arc::new(model);
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if cache.len() >= CACHE_ENTRIES {
+        cache.pop_front();
+    }
+    cache.push_back(Built {
+        key,
+        files,
+        model: Arc::clone(&model),
+    });
     (paths, model)
 }

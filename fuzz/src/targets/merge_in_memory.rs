@@ -113,7 +113,7 @@ pub fn run(data: &[u8]) {
     let (m, ns) = harness::sparse_ns();
     let mut children = vec![input.first.clone()];
     children.extend(input.more.iter().take(2).cloned());
-    let (paths, model) = template::build_chain(&ns, &input.base, &children);
+    let (paths, model) = template::build_chain_cached(&m, &input.base, &children);
     let depth = paths.len() - 1;
     let source = paths[depth].clone();
     let dest_index = depth - (1 + usize::from(input.dest) % depth);
@@ -134,7 +134,7 @@ pub fn run(data: &[u8]) {
     if !corrupted {
         match &folded {
             Ok(f) => assert!(
-                f == &model,
+                f == &*model,
                 "reference fold of a valid chain differs from its model"
             ),
             Err(e) => panic!("reference declines a valid chain: {e}"),

@@ -31,7 +31,7 @@ pub fn run(data: &[u8]) {
     let (m, ns) = harness::sparse_ns();
     let mut children = vec![input.first.clone()];
     children.extend(input.second.clone());
-    let (paths, model) = template::build_chain(&ns, &input.base, &children);
+    let (paths, model) = template::build_chain_cached(&m, &input.base, &children);
     let top = paths.last().expect("chain has a top").clone();
     if input.mutations.is_empty() {
         let chain = Chain::open(&ns, &top, &ChainOptions::default())
@@ -41,7 +41,7 @@ pub fn run(data: &[u8]) {
             .reader()
             .read(0, &mut got)
             .unwrap_or_else(|e| panic!("valid chain does not read: {e}"));
-        assert!(got == model, "chain reads differ from what was written");
+        assert!(got == *model, "chain reads differ from what was written");
         for l in &chain.links {
             let errs: Vec<String> = l
                 .image
