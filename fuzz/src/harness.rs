@@ -12,7 +12,7 @@ use formats::{Image, Layer, MemNamespace, MemStorage, Namespace, Storage};
 use crate::sparse::SparseNs;
 
 /// Virtual disks up to this size are read whole through the chain reader.
-/// The templates stay below it (at most 3 MiB); a raw input claiming more
+/// The templates stay below it (at most 1.5 MiB); a raw input claiming more
 /// is mapped instead, so no input costs time in proportion to a size field.
 pub const WHOLE_READ_LIMIT: u64 = 4 << 20;
 /// Larger ones are mapped whole in this many windows, and at most this many

@@ -33,7 +33,7 @@ pub struct BaseSpec {
     pub fixed: bool,
     pub big_sector: bool,
     /// Virtual size in 512-byte (VHD) or 4 KiB (VHDX) units, reduced to at
-    /// most 2 MiB (small disks keep every input fast; the block sizes below
+    /// most 1 MiB (small disks keep every input fast; the block sizes below
     /// still give several blocks and partial last blocks).
     pub size_units: u16,
     pub block: u8,
@@ -59,9 +59,9 @@ impl BaseSpec {
     }
     pub fn virtual_size(&self) -> u64 {
         if self.vhdx {
-            (u64::from(self.size_units) % 512 + 1) * 4096
+            (u64::from(self.size_units) % 256 + 1) * 4096
         } else {
-            (u64::from(self.size_units) % 4096 + 1) * 512
+            (u64::from(self.size_units) % 2048 + 1) * 512
         }
     }
     pub fn ext(&self, child: bool) -> &'static str {
