@@ -33,7 +33,6 @@ pub struct Pages {
 const MAX_LEN: u64 = 16 << 30;
 
 impl Pages {
-    #[cfg(test)]
     pub fn from_bytes(b: &[u8]) -> Self {
         let mut p = Pages::default();
         p.write(0, b);

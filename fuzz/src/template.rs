@@ -11,7 +11,6 @@ use formats::chain::{open_image_file, ChainOptions};
 use formats::params::{CreateParams, DiskType};
 use formats::{Access, Namespace};
 
-use crate::harness;
 use crate::sparse::{Pages, SparseNs};
 
 const MIB: u64 = 1 << 20;
@@ -123,15 +122,18 @@ pub fn apply(ns: &Arc<dyn Namespace>, path: &Path, sector: u64, ops: &[Op], mode
     }
 }
 
-/// Create the base image at `/c/base.<ext>` and apply its writes.
-pub fn build_base(ns: &Arc<dyn Namespace>, spec: &BaseSpec) -> (PathBuf, Vec<u8>) {
-    let path = PathBuf::from(format!("/c/base.{}", spec.ext(false)));
-    let size = spec.virtual_size();
+fn base_path(spec: &BaseSpec) -> PathBuf {
+    PathBuf::from(format!("/c/base.{}", spec.ext(false)))
+}
+
+/// Create the base image, empty, at `/c/base.<ext>`.
+fn create_base(ns: &Arc<dyn Namespace>, spec: &BaseSpec) -> PathBuf {
+    let path = base_path(spec);
     formats::create::create_file(
         ns,
         &path,
         &CreateParams {
-            virtual_size: size,
+            virtual_size: spec.virtual_size(),
             disk_type: if spec.fixed {
                 DiskType::Fixed
             } else {
@@ -144,9 +146,51 @@ pub fn build_base(ns: &Arc<dyn Namespace>, spec: &BaseSpec) -> (PathBuf, Vec<u8>
         },
     )
     .unwrap_or_else(|e| panic!("create {spec:?}: {e}"));
-    let mut model = vec![0u8; size as usize];
+    path
+}
+
+/// Create the base image at `/c/base.<ext>` and apply its writes.
+pub fn build_base(ns: &Arc<dyn Namespace>, spec: &BaseSpec) -> (PathBuf, Vec<u8>) {
+    let path = create_base(ns, spec);
+    let mut model = vec![0u8; spec.virtual_size() as usize];
     apply(ns, &path, spec.sector(), &spec.ops, &mut model);
     (path, model)
+}
+
+/// Create child number `i` over the top of `paths` and apply its writes.
+fn add_child(
+    ns: &Arc<dyn Namespace>,
+    base: &BaseSpec,
+    paths: &mut Vec<PathBuf>,
+    model: &mut Vec<u8>,
+    i: usize,
+    c: &ChildSpec,
+) {
+    let parent = paths.last().expect("base exists").clone();
+    let path = PathBuf::from(format!("/c/child{i}.{}", base.ext(true)));
+    let pimg = open_image_file(ns, &parent, &ChainOptions::default())
+        .unwrap_or_else(|e| panic!("open parent {}: {e}", parent.display()));
+    let mut spec_p = formats::create::parent_spec(ns, pimg.as_ref(), &parent, &path)
+        .unwrap_or_else(|e| panic!("parent_spec: {e}"));
+    drop(pimg);
+    spec_p.virtual_size = model.len() as u64;
+    let vsize = model.len() as u64 + u64::from(c.grow % 3) * (MIB / 4);
+    formats::create::create_file(
+        ns,
+        &path,
+        &CreateParams {
+            virtual_size: vsize,
+            disk_type: DiskType::Differencing,
+            block_size: Some(block_size(base.vhdx, c.block)),
+            logical_sector_size: base.sector() as u32,
+            physical_sector_size: 4096,
+            parent: Some(spec_p),
+        },
+    )
+    .unwrap_or_else(|e| panic!("create child {i} of {base:?}: {e}"));
+    model.resize(vsize as usize, 0);
+    apply(ns, &path, base.sector(), &c.ops, model);
+    paths.push(path);
 }
 
 /// Build a chain: the base then `children` (at most 3). Returns the paths,
@@ -159,90 +203,191 @@ pub fn build_chain(
     let (p, mut model) = build_base(ns, base);
     let mut paths = vec![p];
     for (i, c) in children.iter().take(3).enumerate() {
-        let parent = paths.last().expect("base exists").clone();
-        let path = PathBuf::from(format!("/c/child{i}.{}", base.ext(true)));
-        let pimg = open_image_file(ns, &parent, &ChainOptions::default())
-            .unwrap_or_else(|e| panic!("open parent {}: {e}", parent.display()));
-        let mut spec_p = formats::create::parent_spec(ns, pimg.as_ref(), &parent, &path)
-            .unwrap_or_else(|e| panic!("parent_spec: {e}"));
-        drop(pimg);
-        spec_p.virtual_size = model.len() as u64;
-        let vsize = model.len() as u64 + u64::from(c.grow % 3) * (MIB / 4);
-        formats::create::create_file(
-            ns,
-            &path,
-            &CreateParams {
-                virtual_size: vsize,
-                disk_type: DiskType::Differencing,
-                block_size: Some(block_size(base.vhdx, c.block)),
-                logical_sector_size: base.sector() as u32,
-                physical_sector_size: 4096,
-                parent: Some(spec_p),
-            },
-        )
-        .unwrap_or_else(|e| panic!("create child {i} of {base:?}: {e}"));
-        model.resize(vsize as usize, 0);
-        apply(ns, &path, base.sector(), &c.ops, &mut model);
-        paths.push(path);
+        add_child(ns, base, &mut paths, &mut model, i, c);
     }
     (paths, model)
 }
 
-/// A built chain: its files (base first) and the model of the top's view.
+/// The creation parameters of a base (its spec without the writes).
+type EmptyKey = (bool, bool, bool, u64, u8);
+
+fn empty_key(b: &BaseSpec) -> EmptyKey {
+    (
+        b.vhdx,
+        b.fixed,
+        b.vhdx && b.big_sector,
+        b.virtual_size(),
+        b.block % if b.vhdx { 3 } else { 4 },
+    )
+}
+
+/// A built chain prefix: its files (base first) and the model of the
+/// top's view.
 struct Built {
     key: (BaseSpec, Vec<ChildSpec>),
     files: Vec<(PathBuf, Pages)>,
     model: Arc<Vec<u8>>,
 }
 
-/// Chains built recently, newest last. libFuzzer mostly mutates inputs it
-/// has run, and the chain spec comes first in every structured input, so
-/// many inputs share a spec with one just run; copying its sparse files is
-/// much cheaper than creating and writing them again through formats.
-/// Creation itself is covered by every miss and by `cargo test`.
-static CACHE: Mutex<VecDeque<Built>> = Mutex::new(VecDeque::new());
-const CACHE_ENTRIES: usize = 16;
+#[derive(Default)]
+struct Cache {
+    /// Chain prefixes built recently, newest last.
+    chains: VecDeque<Built>,
+    /// Freshly created, unwritten base files.
+    empty: VecDeque<(EmptyKey, Pages)>,
+}
 
-/// [`build_chain`] into a sparse namespace `m`, through the cache of
-/// recently built chains.
+/// libFuzzer mutates inputs it has run, and the chain spec comes first in
+/// every structured input, so many inputs share a chain, or the start of
+/// one, with an input just run; copying sparse files is much cheaper than
+/// creating and writing them again through formats (which, for a VHDX,
+/// writes megabytes of zeros). Creation and writing are still run on every
+/// miss, and uncached by `cargo test` and the splice templates.
+static CACHE: Mutex<Option<Cache>> = Mutex::new(None);
+const CHAIN_ENTRIES: usize = 32;
+const EMPTY_ENTRIES: usize = 32;
+
+fn with_cache<R>(f: impl FnOnce(&mut Cache) -> R) -> R {
+    let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    f(c.get_or_insert_with(Cache::default))
+}
+
+fn remember(m: &SparseNs, key: (BaseSpec, Vec<ChildSpec>), paths: &[PathBuf], model: &[u8]) {
+    let files: Vec<(PathBuf, Pages)> = paths
+        .iter()
+        .map(|p| (p.clone(), m.get(p).expect("built file")))
+        .collect();
+    let model = Arc::new(model.to_vec());
+    with_cache(|c| {
+        if c.chains.len() >= CHAIN_ENTRIES {
+            c.chains.pop_front();
+        }
+        c.chains.push_back(Built { key, files, model });
+    });
+}
+
+/// [`build_chain`] into the sparse namespace `m`, reusing the longest
+/// recently built prefix of the chain (and, failing that, a recently
+/// created empty base).
 pub fn build_chain_cached(
     m: &SparseNs,
     base: &BaseSpec,
     children: &[ChildSpec],
 ) -> (Vec<PathBuf>, Arc<Vec<u8>>) {
-    let key = (base.clone(), children.iter().take(3).cloned().collect());
-    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(i) = cache.iter().position(|b| b.key == key) {
-        let b = cache.remove(i).expect("found");
-        for (p, f) in &b.files {
-            m.put(p, f.clone());
-        }
-        let out = (
-            b.files.iter().map(|(p, _)| p.clone()).collect(),
-            Arc::clone(&b.model),
-        );
-        cache.push_back(b);
-        return out;
-    }
-    drop(cache);
-    let (fresh, ns) = harness::sparse_ns();
-    let (paths, model) = build_chain(&ns, base, children);
-    let files: Vec<(PathBuf, Pages)> = paths
-        .iter()
-        .map(|p| (p.clone(), fresh.get(p).expect("built file")))
-        .collect();
-    for (p, f) in &files {
-        m.put(p, f.clone());
-    }
-    let model = Arc::new(model);
-    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    if cache.len() >= CACHE_ENTRIES {
-        cache.pop_front();
-    }
-    cache.push_back(Built {
-        key,
-        files,
-        model: Arc::clone(&model),
+    let children = &children[..children.len().min(3)];
+    let ns: Arc<dyn Namespace> = Arc::new(m.clone());
+    let found = with_cache(|c| {
+        (0..=children.len()).rev().find_map(|k| {
+            let i = c
+                .chains
+                .iter()
+                .position(|b| b.key.0 == *base && b.key.1 == children[..k])?;
+            let b = c.chains.remove(i).expect("found");
+            for (p, f) in &b.files {
+                m.put(p, f.clone());
+            }
+            let out = (
+                k,
+                b.files.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>(),
+            );
+            let model = Arc::clone(&b.model);
+            c.chains.push_back(b);
+            Some((out, model))
+        })
     });
-    (paths, model)
+    let (mut paths, mut model, from) = match found {
+        Some(((k, paths), model)) if k == children.len() => return (paths, model),
+        Some(((k, paths), model)) => (paths, model.to_vec(), k),
+        None => {
+            let key = empty_key(base);
+            let empty = with_cache(|c| {
+                c.empty
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, f)| f.clone())
+            });
+            let path = match empty {
+                Some(f) => {
+                    let p = base_path(base);
+                    m.put(&p, f);
+                    p
+                }
+                None => {
+                    let p = create_base(&ns, base);
+                    let f = m.get(&p).expect("created");
+                    with_cache(|c| {
+                        if c.empty.len() >= EMPTY_ENTRIES {
+                            c.empty.pop_front();
+                        }
+                        c.empty.push_back((key, f));
+                    });
+                    p
+                }
+            };
+            let mut model = vec![0u8; base.virtual_size() as usize];
+            apply(&ns, &path, base.sector(), &base.ops, &mut model);
+            let paths = vec![path];
+            remember(m, (base.clone(), Vec::new()), &paths, &model);
+            (paths, model, 0)
+        }
+    };
+    for (i, c) in children.iter().enumerate().skip(from) {
+        add_child(&ns, base, &mut paths, &mut model, i, c);
+        remember(m, (base.clone(), children[..=i].to_vec()), &paths, &model);
+    }
+    (paths, Arc::new(model))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use formats::chain::Chain;
+
+    fn spec(vhdx: bool, seed: u8) -> BaseSpec {
+        BaseSpec {
+            vhdx,
+            fixed: seed % 3 == 0,
+            big_sector: seed % 2 == 0,
+            size_units: 100 + u16::from(seed),
+            block: seed,
+            ops: vec![Op::Write {
+                at: u16::from(seed) * 3,
+                len: 20,
+                seed,
+            }],
+        }
+    }
+
+    fn kid(seed: u8) -> ChildSpec {
+        ChildSpec {
+            block: seed,
+            grow: seed,
+            ops: vec![Op::Write {
+                at: u16::from(seed),
+                len: 9,
+                seed: seed ^ 0x5a,
+            }],
+        }
+    }
+
+    /// Chains from the cache (whole, from a prefix, from an empty base) are
+    /// valid chains that read their model, just like fresh ones.
+    #[test]
+    fn cached_chains_read_their_model() {
+        for vhdx in [false, true] {
+            for round in 0..2 {
+                for n in 0..4 {
+                    let kids: Vec<ChildSpec> = (0..n).map(|i| kid(i as u8 + round)).collect();
+                    let (m, ns) = crate::harness::sparse_ns();
+                    let (paths, model) = build_chain_cached(&m, &spec(vhdx, 4), &kids);
+                    assert_eq!(paths.len(), n + 1);
+                    let chain = Chain::open(&ns, paths.last().unwrap(), &ChainOptions::default())
+                        .unwrap_or_else(|e| panic!("cached chain does not open: {e}"));
+                    let mut got = vec![0u8; model.len()];
+                    chain.reader().read(0, &mut got).unwrap();
+                    assert!(got == *model, "vhdx {vhdx} round {round} n {n}");
+                }
+            }
+        }
+    }
 }
