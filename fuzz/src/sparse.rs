@@ -20,11 +20,14 @@ use formats::{Access, EntryKind, Namespace, Storage};
 
 pub const PAGE: u64 = 4096;
 
-/// One file's contents: its length and its non-zero pages.
+type Page = [u8; PAGE as usize];
+
+/// One file's contents: its length and its non-zero pages, shared between
+/// copies until written (a copy of a file is a copy of its page map).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Pages {
     len: u64,
-    pages: BTreeMap<u64, Box<[u8]>>,
+    pages: BTreeMap<u64, Arc<Page>>,
 }
 
 /// Files longer than this are refused (a corrupted size field must not make
@@ -102,15 +105,20 @@ impl Pages {
             let zero = is_zero(src);
             match self.pages.get_mut(&pn) {
                 Some(page) => {
-                    page[(off - ps) as usize..(off - ps + n) as usize].copy_from_slice(src);
-                    if zero && is_zero(page) {
+                    let dst = &page[(off - ps) as usize..(off - ps + n) as usize];
+                    if dst != src {
+                        Arc::make_mut(page)[(off - ps) as usize..(off - ps + n) as usize]
+                            .copy_from_slice(src);
+                    }
+                    if zero && is_zero(&page[..]) {
                         self.pages.remove(&pn);
                     }
                 }
                 None if zero => {}
                 None => {
-                    let mut page = vec![0u8; PAGE as usize].into_boxed_slice();
-                    page[(off - ps) as usize..(off - ps + n) as usize].copy_from_slice(src);
+                    let mut page = Arc::new([0u8; PAGE as usize]);
+                    Arc::make_mut(&mut page)[(off - ps) as usize..(off - ps + n) as usize]
+                        .copy_from_slice(src);
                     self.pages.insert(pn, page);
                 }
             }
@@ -127,7 +135,7 @@ impl Pages {
             // the file grows again.
             if len % PAGE != 0 {
                 if let Some(p) = self.pages.get_mut(&(len / PAGE)) {
-                    p[(len % PAGE) as usize..].fill(0);
+                    Arc::make_mut(p)[(len % PAGE) as usize..].fill(0);
                 }
             }
         }

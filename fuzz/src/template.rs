@@ -157,6 +157,47 @@ pub fn build_base(ns: &Arc<dyn Namespace>, spec: &BaseSpec) -> (PathBuf, Vec<u8>
     (path, model)
 }
 
+fn child_path(base: &BaseSpec, i: usize) -> PathBuf {
+    PathBuf::from(format!("/c/child{i}.{}", base.ext(true)))
+}
+
+fn child_size(parent_size: u64, c: &ChildSpec) -> u64 {
+    parent_size + u64::from(c.grow % 3) * (MIB / 4)
+}
+
+/// Create child number `i`, empty, over the top of `paths`.
+fn create_child(
+    ns: &Arc<dyn Namespace>,
+    base: &BaseSpec,
+    paths: &[PathBuf],
+    parent_size: u64,
+    i: usize,
+    c: &ChildSpec,
+) -> PathBuf {
+    let parent = paths.last().expect("base exists").clone();
+    let path = child_path(base, i);
+    let pimg = open_image_file(ns, &parent, &ChainOptions::default())
+        .unwrap_or_else(|e| panic!("open parent {}: {e}", parent.display()));
+    let mut spec_p = formats::create::parent_spec(ns, pimg.as_ref(), &parent, &path)
+        .unwrap_or_else(|e| panic!("parent_spec: {e}"));
+    drop(pimg);
+    spec_p.virtual_size = parent_size;
+    formats::create::create_file(
+        ns,
+        &path,
+        &CreateParams {
+            virtual_size: child_size(parent_size, c),
+            disk_type: DiskType::Differencing,
+            block_size: Some(block_size(base.vhdx, c.block)),
+            logical_sector_size: base.sector() as u32,
+            physical_sector_size: 4096,
+            parent: Some(spec_p),
+        },
+    )
+    .unwrap_or_else(|e| panic!("create child {i} of {base:?}: {e}"));
+    path
+}
+
 /// Create child number `i` over the top of `paths` and apply its writes.
 fn add_child(
     ns: &Arc<dyn Namespace>,
@@ -166,29 +207,8 @@ fn add_child(
     i: usize,
     c: &ChildSpec,
 ) {
-    let parent = paths.last().expect("base exists").clone();
-    let path = PathBuf::from(format!("/c/child{i}.{}", base.ext(true)));
-    let pimg = open_image_file(ns, &parent, &ChainOptions::default())
-        .unwrap_or_else(|e| panic!("open parent {}: {e}", parent.display()));
-    let mut spec_p = formats::create::parent_spec(ns, pimg.as_ref(), &parent, &path)
-        .unwrap_or_else(|e| panic!("parent_spec: {e}"));
-    drop(pimg);
-    spec_p.virtual_size = model.len() as u64;
-    let vsize = model.len() as u64 + u64::from(c.grow % 3) * (MIB / 4);
-    formats::create::create_file(
-        ns,
-        &path,
-        &CreateParams {
-            virtual_size: vsize,
-            disk_type: DiskType::Differencing,
-            block_size: Some(block_size(base.vhdx, c.block)),
-            logical_sector_size: base.sector() as u32,
-            physical_sector_size: 4096,
-            parent: Some(spec_p),
-        },
-    )
-    .unwrap_or_else(|e| panic!("create child {i} of {base:?}: {e}"));
-    model.resize(vsize as usize, 0);
+    let path = create_child(ns, base, paths, model.len() as u64, i, c);
+    model.resize(child_size(model.len() as u64, c) as usize, 0);
     apply(ns, &path, base.sector(), &c.ops, model);
     paths.push(path);
 }
@@ -224,6 +244,7 @@ fn empty_key(b: &BaseSpec) -> EmptyKey {
 /// A built chain prefix: its files (base first) and the model of the
 /// top's view.
 struct Built {
+    id: u64,
     key: (BaseSpec, Vec<ChildSpec>),
     files: Vec<(PathBuf, Pages)>,
     model: Arc<Vec<u8>>,
@@ -235,7 +256,15 @@ struct Cache {
     chains: VecDeque<Built>,
     /// Freshly created, unwritten base files.
     empty: VecDeque<(EmptyKey, Pages)>,
+    /// Freshly created, unwritten children of a cached chain prefix:
+    /// (the prefix's `Built::id`, child block and growth) -> file. Valid
+    /// because that prefix restores the same parent bytes every time (a
+    /// rebuilt prefix gets a new id: its GUIDs differ).
+    empty_children: VecDeque<(ChildKey, Pages)>,
+    next_id: u64,
 }
+
+type ChildKey = (u64, u8, u8);
 
 /// libFuzzer mutates inputs it has run, and the chain spec comes first in
 /// every structured input, so many inputs share a chain, or the start of
@@ -252,7 +281,8 @@ fn with_cache<R>(f: impl FnOnce(&mut Cache) -> R) -> R {
     f(c.get_or_insert_with(Cache::default))
 }
 
-fn remember(m: &SparseNs, key: (BaseSpec, Vec<ChildSpec>), paths: &[PathBuf], model: &[u8]) {
+/// Cache the chain prefix at `paths`; returns its id.
+fn remember(m: &SparseNs, key: (BaseSpec, Vec<ChildSpec>), paths: &[PathBuf], model: &[u8]) -> u64 {
     let files: Vec<(PathBuf, Pages)> = paths
         .iter()
         .map(|p| (p.clone(), m.get(p).expect("built file")))
@@ -262,8 +292,16 @@ fn remember(m: &SparseNs, key: (BaseSpec, Vec<ChildSpec>), paths: &[PathBuf], mo
         if c.chains.len() >= CHAIN_ENTRIES {
             c.chains.pop_front();
         }
-        c.chains.push_back(Built { key, files, model });
-    });
+        c.next_id += 1;
+        let id = c.next_id;
+        c.chains.push_back(Built {
+            id,
+            key,
+            files,
+            model,
+        });
+        id
+    })
 }
 
 /// [`build_chain`] into the sparse namespace `m`, reusing the longest
@@ -288,6 +326,7 @@ pub fn build_chain_cached(
             }
             let out = (
                 k,
+                b.id,
                 b.files.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>(),
             );
             let model = Arc::clone(&b.model);
@@ -295,9 +334,9 @@ pub fn build_chain_cached(
             Some((out, model))
         })
     });
-    let (mut paths, mut model, from) = match found {
-        Some(((k, paths), model)) if k == children.len() => return (paths, model),
-        Some(((k, paths), model)) => (paths, model.to_vec(), k),
+    let (mut paths, mut model, from, mut parent_id) = match found {
+        Some(((k, _, paths), model)) if k == children.len() => return (paths, model),
+        Some(((k, id, paths), model)) => (paths, model.to_vec(), k, id),
         None => {
             let key = empty_key(base);
             let empty = with_cache(|c| {
@@ -327,13 +366,45 @@ pub fn build_chain_cached(
             let mut model = vec![0u8; base.virtual_size() as usize];
             apply(&ns, &path, base.sector(), &base.ops, &mut model);
             let paths = vec![path];
-            remember(m, (base.clone(), Vec::new()), &paths, &model);
-            (paths, model, 0)
+            let id = remember(m, (base.clone(), Vec::new()), &paths, &model);
+            (paths, model, 0, id)
         }
     };
     for (i, c) in children.iter().enumerate().skip(from) {
-        add_child(&ns, base, &mut paths, &mut model, i, c);
-        remember(m, (base.clone(), children[..=i].to_vec()), &paths, &model);
+        let key: ChildKey = (
+            parent_id,
+            c.block % if base.vhdx { 3 } else { 4 },
+            c.grow % 3,
+        );
+        let empty = with_cache(|cache| {
+            cache
+                .empty_children
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, f)| f.clone())
+        });
+        let path = match empty {
+            Some(f) => {
+                let p = child_path(base, i);
+                m.put(&p, f);
+                p
+            }
+            None => {
+                let p = create_child(&ns, base, &paths, model.len() as u64, i, c);
+                let f = m.get(&p).expect("created");
+                with_cache(|cache| {
+                    if cache.empty_children.len() >= EMPTY_ENTRIES {
+                        cache.empty_children.pop_front();
+                    }
+                    cache.empty_children.push_back((key, f));
+                });
+                p
+            }
+        };
+        model.resize(child_size(model.len() as u64, c) as usize, 0);
+        apply(&ns, &path, base.sector(), &c.ops, &mut model);
+        paths.push(path);
+        parent_id = remember(m, (base.clone(), children[..=i].to_vec()), &paths, &model);
     }
     (paths, Arc::new(model))
 }
@@ -358,26 +429,27 @@ mod tests {
         }
     }
 
-    fn kid(seed: u8) -> ChildSpec {
+    fn kid(seed: u8, round: u8) -> ChildSpec {
         ChildSpec {
             block: seed,
             grow: seed,
             ops: vec![Op::Write {
-                at: u16::from(seed),
+                at: u16::from(seed + round),
                 len: 9,
-                seed: seed ^ 0x5a,
+                seed: seed ^ round,
             }],
         }
     }
 
-    /// Chains from the cache (whole, from a prefix, from an empty base) are
+    /// Chains from the cache (whole, from a prefix, from an empty base or
+    /// child: the same block sizes with other writes in later rounds) are
     /// valid chains that read their model, just like fresh ones.
     #[test]
     fn cached_chains_read_their_model() {
         for vhdx in [false, true] {
-            for round in 0..2 {
+            for round in 0..3 {
                 for n in 0..4 {
-                    let kids: Vec<ChildSpec> = (0..n).map(|i| kid(i as u8 + round)).collect();
+                    let kids: Vec<ChildSpec> = (0..n).map(|i| kid(i as u8, round % 2)).collect();
                     let (m, ns) = crate::harness::sparse_ns();
                     let (paths, model) = build_chain_cached(&m, &spec(vhdx, 4), &kids);
                     assert_eq!(paths.len(), n + 1);
