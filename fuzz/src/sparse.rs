@@ -46,6 +46,11 @@ impl Pages {
         self.len
     }
 
+    /// Bytes held in pages (an upper bound of what this copy owns alone).
+    pub fn stored(&self) -> u64 {
+        self.pages.len() as u64 * PAGE
+    }
+
     /// Dense copy (for small files and tests only).
     #[cfg(test)]
     pub fn to_vec(&self) -> Vec<u8> {

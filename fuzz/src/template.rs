@@ -273,8 +273,11 @@ type ChildKey = (u64, u8, u8);
 /// writes megabytes of zeros). Creation and writing are still run on every
 /// miss, and uncached by `cargo test` and the splice templates.
 static CACHE: Mutex<Option<Cache>> = Mutex::new(None);
-const CHAIN_ENTRIES: usize = 32;
-const EMPTY_ENTRIES: usize = 32;
+const CHAIN_ENTRIES: usize = 64;
+/// ... and at most this many bytes of pages and models (counting shared
+/// pages once per entry), well inside libFuzzer's -rss_limit_mb=256.
+const CHAIN_BUDGET: u64 = 48 << 20;
+const EMPTY_ENTRIES: usize = 512;
 
 fn with_cache<R>(f: impl FnOnce(&mut Cache) -> R) -> R {
     let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
@@ -289,8 +292,13 @@ fn remember(m: &SparseNs, key: (BaseSpec, Vec<ChildSpec>), paths: &[PathBuf], mo
         .collect();
     let model = Arc::new(model.to_vec());
     with_cache(|c| {
-        if c.chains.len() >= CHAIN_ENTRIES {
-            c.chains.pop_front();
+        let size =
+            |b: &Built| b.model.len() as u64 + b.files.iter().map(|(_, f)| f.stored()).sum::<u64>();
+        let mut total: u64 = c.chains.iter().map(size).sum::<u64>() + model.len() as u64;
+        while c.chains.len() >= CHAIN_ENTRIES || (total > CHAIN_BUDGET && !c.chains.is_empty()) {
+            if let Some(old) = c.chains.pop_front() {
+                total -= size(&old).min(total);
+            }
         }
         c.next_id += 1;
         let id = c.next_id;
