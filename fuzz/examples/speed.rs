@@ -49,7 +49,7 @@ fn main() {
         "{target}: {execs} execs in {total:.2?}: {:.0} exec/s",
         execs as f64 / total.as_secs_f64().max(1e-9)
     );
-    per.sort_by(|a, b| b.0.cmp(&a.0));
+    per.sort_by_key(|b| std::cmp::Reverse(b.0));
     for (d, n) in per.iter().take(10) {
         println!("  {:>10.2?} per run  {n}", *d / rounds);
     }

@@ -48,7 +48,7 @@ pub fn mutate(
         return bytes(data, size, max_size);
     };
     // Mostly with the checksum fixed: that is the point of this mutator.
-    let keep_sum = choice[47] % 8 == 0;
+    let keep_sum = choice[47].is_multiple_of(8);
     let mut file = Pages::from_bytes(&data[1..size]);
     mutate::apply_all(
         &mut file,

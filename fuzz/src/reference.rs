@@ -173,7 +173,7 @@ fn open_vhd<B: Bytes + ?Sized>(b: &B) -> R<RefImage> {
     }
     let size = u64be(&f, 0x30);
     let disk_type = u32be(&f, 0x3C);
-    if size == 0 || size % 512 != 0 || size > FOLD_LIMIT {
+    if size == 0 || !size.is_multiple_of(512) || size > FOLD_LIMIT {
         return Err(format!("current size {size}"));
     }
     let mut runs = Vec::new();
@@ -202,7 +202,7 @@ fn open_vhd<B: Bytes + ?Sized>(b: &B) -> R<RefImage> {
     let table = u64be(&h, 0x10);
     let entries = u64::from(u32be(&h, 0x1C));
     let block = u64::from(u32be(&h, 0x20));
-    if block < 512 || !(block / 512).is_power_of_two() || block % 512 != 0 {
+    if block < 512 || !block.is_multiple_of(512) || !(block / 512).is_power_of_two() {
         return Err(format!("block size {block}"));
     }
     let blocks = size.div_ceil(block);
@@ -382,7 +382,7 @@ fn open_vhdx<B: Bytes + ?Sized>(b: &B) -> R<RefImage> {
     if lss != 512 && lss != 4096 {
         return Err(format!("logical sector size {lss}"));
     }
-    if size == 0 || size % lss != 0 || size > FOLD_LIMIT {
+    if size == 0 || !size.is_multiple_of(lss) || size > FOLD_LIMIT {
         return Err(format!("virtual size {size}"));
     }
     let ratio = (1u64 << 23) * lss / bs;

@@ -138,7 +138,7 @@ impl Pages {
             self.pages.split_off(&keep);
             // Bytes of the last kept page past the new end read as zeros if
             // the file grows again.
-            if len % PAGE != 0 {
+            if !len.is_multiple_of(PAGE) {
                 if let Some(p) = self.pages.get_mut(&(len / PAGE)) {
                     Arc::make_mut(p)[(len % PAGE) as usize..].fill(0);
                 }

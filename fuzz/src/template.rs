@@ -322,6 +322,8 @@ pub fn build_chain_cached(
 ) -> (Vec<PathBuf>, Arc<Vec<u8>>) {
     let children = &children[..children.len().min(3)];
     let ns: Arc<dyn Namespace> = Arc::new(m.clone());
+    // The top's size: the model grows to it without reallocating.
+    let full = children.iter().fold(base.virtual_size(), child_size) as usize;
     let found = with_cache(|c| {
         (0..=children.len()).rev().find_map(|k| {
             let i = c
@@ -344,7 +346,11 @@ pub fn build_chain_cached(
     });
     let (mut paths, mut model, from, mut parent_id) = match found {
         Some(((k, _, paths), model)) if k == children.len() => return (paths, model),
-        Some(((k, id, paths), model)) => (paths, model.to_vec(), k, id),
+        Some(((k, id, paths), model)) => {
+            let mut v = Vec::with_capacity(full);
+            v.extend_from_slice(&model);
+            (paths, v, k, id)
+        }
         None => {
             let key = empty_key(base);
             let empty = with_cache(|c| {
@@ -371,7 +377,8 @@ pub fn build_chain_cached(
                     p
                 }
             };
-            let mut model = vec![0u8; base.virtual_size() as usize];
+            let mut model = Vec::with_capacity(full);
+            model.resize(base.virtual_size() as usize, 0);
             apply(&ns, &path, base.sector(), &base.ops, &mut model);
             let paths = vec![path];
             let id = remember(m, (base.clone(), Vec::new()), &paths, &model);
@@ -425,8 +432,8 @@ mod tests {
     fn spec(vhdx: bool, seed: u8) -> BaseSpec {
         BaseSpec {
             vhdx,
-            fixed: seed % 3 == 0,
-            big_sector: seed % 2 == 0,
+            fixed: seed.is_multiple_of(3),
+            big_sector: seed.is_multiple_of(2),
             size_units: 100 + u16::from(seed),
             block: seed,
             ops: vec![Op::Write {
