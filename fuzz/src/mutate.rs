@@ -434,6 +434,11 @@ pub fn fix_sum(b: &mut Pages, r: &Region, touched: u64) {
 /// Recompute the CRC of the log entry covering position `pos` of the log at
 /// `log_at` (`log_len` bytes) of a sparse file, without wrapping.
 fn fix_log_entry_at(b: &mut Pages, log_at: u64, log_len: u64, pos: u64) {
+    // Offsets come from the file: a log "at" the end of the address space
+    // is nothing to fix.
+    if log_at.checked_add(log_len).is_none() {
+        return;
+    }
     let mut at = pos / 4096 * 4096;
     loop {
         if b.at(log_at + at, 4).as_deref() == Some(b"loge") {
@@ -578,13 +583,13 @@ fn locate(b: &Pages, f: &Named) -> Option<(u64, u64, Region, bool)> {
         }
         Named::VhdxMetaEntry { entry, field } => {
             let (m, _) = vhdx_region(b, &METADATA_GUID_LE)?;
-            let count = u64::from(le_u16(b, m + 10)?.min(2047));
+            let count = u64::from(le_u16(b, m.checked_add(10)?)?.min(2047));
             let e = u64::from(entry) % (count + 1);
             if e == count {
                 (m + 10, 2, none(m, 64 << 10), false)
             } else {
                 let (o, w) = pick(VHDX_META_ENTRY_FIELDS, field);
-                let at = m + 32 + 32 * e + o;
+                let at = m.checked_add(32 + 32 * e + o)?;
                 (at, w, none(at, w), false)
             }
         }
@@ -596,13 +601,13 @@ fn locate(b: &Pages, f: &Named) -> Option<(u64, u64, Region, bool)> {
             if w == 0 {
                 return None;
             }
-            let at = at + if len == 8 && item & 0x80 != 0 { 4 } else { 0 };
+            let at = at.checked_add(if len == 8 && item & 0x80 != 0 { 4 } else { 0 })?;
             (at, w, none(at, w), false)
         }
         Named::VhdxBat { index } => {
             let (o, l) = vhdx_region(b, &BAT_GUID_LE)?;
             let entries = (l / 8).clamp(1, 1 << 16);
-            let at = o + 8 * (u64::from(index) % entries);
+            let at = o.checked_add(8 * (u64::from(index) % entries))?;
             (at, 8, none(at, 8), false)
         }
         Named::VhdxLogEntry { field } => {
@@ -614,7 +619,7 @@ fn locate(b: &Pages, f: &Named) -> Option<(u64, u64, Region, bool)> {
                 len: ll,
                 sum: Sum::Log,
             };
-            (lo + o, w, r, false)
+            (lo.checked_add(o)?, w, r, false)
         }
         Named::VhdxLogDescriptor { desc, field } => {
             let (lo, ll) = vhdx_log(b, 0)?;
@@ -625,7 +630,12 @@ fn locate(b: &Pages, f: &Named) -> Option<(u64, u64, Region, bool)> {
                 len: ll,
                 sum: Sum::Log,
             };
-            (lo + 64 + 32 * u64::from(desc % 126) + o, w, r, false)
+            (
+                lo.checked_add(64 + 32 * u64::from(desc % 126) + o)?,
+                w,
+                r,
+                false,
+            )
         }
     })
 }
@@ -777,6 +787,59 @@ mod tests {
         assert_eq!(&f[512 + 0x30..512 + 0x38], &0x1235u64.to_be_bytes());
         let stale = u32::from_be_bytes(f[512 + 0x40..512 + 0x44].try_into().unwrap());
         assert_ne!(stale, vhd_checksum(&f[512..], 0x40));
+    }
+
+    /// Offsets read from a hostile file (log, BAT, metadata at the end of
+    /// the address space) never make a named mutation overflow or panic.
+    #[test]
+    fn named_fields_survive_hostile_offsets() {
+        let mut f = vec![0u8; 320 << 10];
+        f[..8].copy_from_slice(b"vhdxfile");
+        for h in VHDX_HEADER_SLOTS {
+            let h = h as usize;
+            f[h..h + 4].copy_from_slice(b"head");
+            f[h + 68..h + 72].copy_from_slice(&u32::MAX.to_le_bytes());
+            f[h + 72..h + 80].copy_from_slice(&(u64::MAX - 5).to_le_bytes());
+        }
+        let t = VHDX_REGION_TABLES[0] as usize;
+        f[t..t + 4].copy_from_slice(b"regi");
+        f[t + 8..t + 12].copy_from_slice(&2u32.to_le_bytes());
+        for (i, (g, off)) in [
+            (BAT_GUID_LE, u64::MAX - 3),
+            (METADATA_GUID_LE, u64::MAX - 20),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let e = t + 16 + 32 * i;
+            f[e..e + 16].copy_from_slice(g);
+            f[e + 16..e + 24].copy_from_slice(&off.to_le_bytes());
+            f[e + 24..e + 28].copy_from_slice(&u32::MAX.to_le_bytes());
+        }
+        let base = Pages::from_bytes(&f);
+        for field in 0..=255u8 {
+            for named in [
+                Named::VhdxMetaEntry {
+                    entry: field,
+                    field,
+                },
+                Named::VhdxMetaItem { item: field },
+                Named::VhdxBat {
+                    index: u16::from(field) * 257,
+                },
+                Named::VhdxLogEntry { field },
+                Named::VhdxLogDescriptor { desc: field, field },
+                Named::VhdxRegion {
+                    copy: field,
+                    entry: field,
+                    field,
+                },
+            ] {
+                let mut p = base.clone();
+                apply_named(&mut p, &named, Interesting::Max, false);
+                assert_eq!(p.len(), base.len());
+            }
+        }
     }
 
     /// A VHDX BAT entry value is composed of state and MiB offset.
