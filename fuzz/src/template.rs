@@ -285,12 +285,16 @@ fn with_cache<R>(f: impl FnOnce(&mut Cache) -> R) -> R {
 }
 
 /// Cache the chain prefix at `paths`; returns its id.
-fn remember(m: &SparseNs, key: (BaseSpec, Vec<ChildSpec>), paths: &[PathBuf], model: &[u8]) -> u64 {
+fn remember(
+    m: &SparseNs,
+    key: (BaseSpec, Vec<ChildSpec>),
+    paths: &[PathBuf],
+    model: Arc<Vec<u8>>,
+) -> u64 {
     let files: Vec<(PathBuf, Pages)> = paths
         .iter()
         .map(|p| (p.clone(), m.get(p).expect("built file")))
         .collect();
-    let model = Arc::new(model.to_vec());
     with_cache(|c| {
         let size =
             |b: &Built| b.model.len() as u64 + b.files.iter().map(|(_, f)| f.stored()).sum::<u64>();
@@ -381,7 +385,18 @@ pub fn build_chain_cached(
             model.resize(base.virtual_size() as usize, 0);
             apply(&ns, &path, base.sector(), &base.ops, &mut model);
             let paths = vec![path];
-            let id = remember(m, (base.clone(), Vec::new()), &paths, &model);
+            if children.is_empty() {
+                // The whole chain: the cache and the caller share its model.
+                let model = Arc::new(model);
+                remember(m, (base.clone(), Vec::new()), &paths, Arc::clone(&model));
+                return (paths, model);
+            }
+            let id = remember(
+                m,
+                (base.clone(), Vec::new()),
+                &paths,
+                Arc::new(model.clone()),
+            );
             (paths, model, 0, id)
         }
     };
@@ -419,7 +434,13 @@ pub fn build_chain_cached(
         model.resize(child_size(model.len() as u64, c) as usize, 0);
         apply(&ns, &path, base.sector(), &c.ops, &mut model);
         paths.push(path);
-        parent_id = remember(m, (base.clone(), children[..=i].to_vec()), &paths, &model);
+        let key = (base.clone(), children[..=i].to_vec());
+        if i + 1 == children.len() {
+            let model = Arc::new(std::mem::take(&mut model));
+            remember(m, key, &paths, Arc::clone(&model));
+            return (paths, model);
+        }
+        parent_id = remember(m, key, &paths, Arc::new(model.clone()));
     }
     (paths, Arc::new(model))
 }
