@@ -9,17 +9,29 @@ use formats::chain::{Chain, ChainOptions, ChainReader, Source};
 use formats::params::OpenOptions;
 use formats::{Image, Layer, MemNamespace, MemStorage, Namespace, Storage};
 
+use crate::sparse::SparseNs;
+
 /// Virtual disks up to this size are read whole through the chain reader.
-pub const WHOLE_READ_LIMIT: u64 = 64 << 20;
+/// The templates stay below it (at most 1.5 MiB); a raw input claiming more
+/// is mapped instead, so no input costs time in proportion to a size field.
+pub const WHOLE_READ_LIMIT: u64 = 4 << 20;
 /// Larger ones are mapped whole in this many windows, and at most this many
 /// bytes of `Present` runs are read.
-const MAP_WINDOWS: u64 = 1024;
-const PRESENT_READ_BUDGET: u64 = 32 << 20;
+const MAP_WINDOWS: u64 = 256;
+const PRESENT_READ_BUDGET: u64 = 1 << 20;
 const CHUNK: u64 = 1 << 20;
 
 pub fn mem_ns() -> (Arc<MemNamespace>, Arc<dyn Namespace>) {
     let m = MemNamespace::new();
     let d: Arc<dyn Namespace> = Arc::new(Arc::clone(&m));
+    (m, d)
+}
+
+/// A sparse in-memory namespace (see `sparse`), for the whole-image
+/// targets.
+pub fn sparse_ns() -> (Arc<SparseNs>, Arc<dyn Namespace>) {
+    let m = SparseNs::new();
+    let d: Arc<dyn Namespace> = Arc::new(SparseNs::clone(&m));
     (m, d)
 }
 
@@ -58,7 +70,7 @@ pub fn read_virtual(layers: Vec<&dyn Layer>) {
         .max(512);
     let mut reader = ChainReader::new(layers.clone());
     if size <= WHOLE_READ_LIMIT {
-        let mut buf = vec![0u8; CHUNK as usize];
+        let mut buf = vec![0u8; CHUNK.min(size) as usize];
         let mut off = 0;
         while off < size {
             let n = CHUNK.min(size - off) as usize;
@@ -127,8 +139,8 @@ pub fn open_bytes(bytes: Vec<u8>, ignore_checksums: bool) {
 
 /// Open `path` in `ns` alone: read-only, then (on a copy of the namespace
 /// state) writable, which replays a VHDX log on disk and rewrites headers.
-pub fn open_file_both_ways(m: &Arc<MemNamespace>, path: &Path, flags: u8) {
-    let ns: Arc<dyn Namespace> = Arc::new(Arc::clone(m));
+pub fn open_file_both_ways(ns: &Arc<dyn Namespace>, path: &Path, flags: u8) {
+    let ns = Arc::clone(ns);
     let ignore_checksums = flags & 1 != 0;
     let opts = ChainOptions {
         ignore_checksums,

@@ -14,6 +14,9 @@
 pub mod corpus;
 mod harness;
 mod mutate;
+pub mod mutator;
+mod reference;
+mod sparse;
 mod targets;
 mod template;
 

@@ -2,19 +2,22 @@
 //! chainfold itself on memory storage, with a plain byte model of what the
 //! top of the chain shows.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arbitrary::Arbitrary;
 use formats::chain::{open_image_file, ChainOptions};
 use formats::params::{CreateParams, DiskType};
 use formats::{Access, Namespace};
 
+use crate::sparse::{Pages, SparseNs};
+
 const MIB: u64 = 1 << 20;
 /// At most this many writes per layer: each one is a full write path.
 const MAX_OPS: usize = 8;
 
-#[derive(Debug, Clone, Arbitrary)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Arbitrary)]
 pub enum Op {
     /// Write `len + 1` sectors of a pattern at sector `at` (clamped).
     Write { at: u16, len: u8, seed: u8 },
@@ -23,23 +26,24 @@ pub enum Op {
 }
 
 /// One image, base of its chain.
-#[derive(Debug, Clone, Arbitrary)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Arbitrary)]
 pub struct BaseSpec {
     pub vhdx: bool,
     pub fixed: bool,
     pub big_sector: bool,
     /// Virtual size in 512-byte (VHD) or 4 KiB (VHDX) units, reduced to at
-    /// most 4 MiB.
+    /// most 1 MiB (small disks keep every input fast; the block sizes below
+    /// still give several blocks and partial last blocks).
     pub size_units: u16,
     pub block: u8,
     pub ops: Vec<Op>,
 }
 
 /// A differencing child on top of the previous layer.
-#[derive(Debug, Clone, Arbitrary)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Arbitrary)]
 pub struct ChildSpec {
     pub block: u8,
-    /// Extra virtual size over the parent, in MiB, reduced to 0..=2.
+    /// Extra virtual size over the parent, in 256 KiB, reduced to 0..=2.
     pub grow: u8,
     pub ops: Vec<Op>,
 }
@@ -54,9 +58,9 @@ impl BaseSpec {
     }
     pub fn virtual_size(&self) -> u64 {
         if self.vhdx {
-            (u64::from(self.size_units) % 1024 + 1) * 4096
+            (u64::from(self.size_units) % 256 + 1) * 4096
         } else {
-            (u64::from(self.size_units) % 8192 + 1) * 512
+            (u64::from(self.size_units) % 2048 + 1) * 512
         }
     }
     pub fn ext(&self, child: bool) -> &'static str {
@@ -118,15 +122,18 @@ pub fn apply(ns: &Arc<dyn Namespace>, path: &Path, sector: u64, ops: &[Op], mode
     }
 }
 
-/// Create the base image at `/c/base.<ext>` and apply its writes.
-pub fn build_base(ns: &Arc<dyn Namespace>, spec: &BaseSpec) -> (PathBuf, Vec<u8>) {
-    let path = PathBuf::from(format!("/c/base.{}", spec.ext(false)));
-    let size = spec.virtual_size();
+fn base_path(spec: &BaseSpec) -> PathBuf {
+    PathBuf::from(format!("/c/base.{}", spec.ext(false)))
+}
+
+/// Create the base image, empty, at `/c/base.<ext>`.
+fn create_base(ns: &Arc<dyn Namespace>, spec: &BaseSpec) -> PathBuf {
+    let path = base_path(spec);
     formats::create::create_file(
         ns,
         &path,
         &CreateParams {
-            virtual_size: size,
+            virtual_size: spec.virtual_size(),
             disk_type: if spec.fixed {
                 DiskType::Fixed
             } else {
@@ -139,9 +146,71 @@ pub fn build_base(ns: &Arc<dyn Namespace>, spec: &BaseSpec) -> (PathBuf, Vec<u8>
         },
     )
     .unwrap_or_else(|e| panic!("create {spec:?}: {e}"));
-    let mut model = vec![0u8; size as usize];
+    path
+}
+
+/// Create the base image at `/c/base.<ext>` and apply its writes.
+pub fn build_base(ns: &Arc<dyn Namespace>, spec: &BaseSpec) -> (PathBuf, Vec<u8>) {
+    let path = create_base(ns, spec);
+    let mut model = vec![0u8; spec.virtual_size() as usize];
     apply(ns, &path, spec.sector(), &spec.ops, &mut model);
     (path, model)
+}
+
+fn child_path(base: &BaseSpec, i: usize) -> PathBuf {
+    PathBuf::from(format!("/c/child{i}.{}", base.ext(true)))
+}
+
+fn child_size(parent_size: u64, c: &ChildSpec) -> u64 {
+    parent_size + u64::from(c.grow % 3) * (MIB / 4)
+}
+
+/// Create child number `i`, empty, over the top of `paths`.
+fn create_child(
+    ns: &Arc<dyn Namespace>,
+    base: &BaseSpec,
+    paths: &[PathBuf],
+    parent_size: u64,
+    i: usize,
+    c: &ChildSpec,
+) -> PathBuf {
+    let parent = paths.last().expect("base exists").clone();
+    let path = child_path(base, i);
+    let pimg = open_image_file(ns, &parent, &ChainOptions::default())
+        .unwrap_or_else(|e| panic!("open parent {}: {e}", parent.display()));
+    let mut spec_p = formats::create::parent_spec(ns, pimg.as_ref(), &parent, &path)
+        .unwrap_or_else(|e| panic!("parent_spec: {e}"));
+    drop(pimg);
+    spec_p.virtual_size = parent_size;
+    formats::create::create_file(
+        ns,
+        &path,
+        &CreateParams {
+            virtual_size: child_size(parent_size, c),
+            disk_type: DiskType::Differencing,
+            block_size: Some(block_size(base.vhdx, c.block)),
+            logical_sector_size: base.sector() as u32,
+            physical_sector_size: 4096,
+            parent: Some(spec_p),
+        },
+    )
+    .unwrap_or_else(|e| panic!("create child {i} of {base:?}: {e}"));
+    path
+}
+
+/// Create child number `i` over the top of `paths` and apply its writes.
+fn add_child(
+    ns: &Arc<dyn Namespace>,
+    base: &BaseSpec,
+    paths: &mut Vec<PathBuf>,
+    model: &mut Vec<u8>,
+    i: usize,
+    c: &ChildSpec,
+) {
+    let path = create_child(ns, base, paths, model.len() as u64, i, c);
+    model.resize(child_size(model.len() as u64, c) as usize, 0);
+    apply(ns, &path, base.sector(), &c.ops, model);
+    paths.push(path);
 }
 
 /// Build a chain: the base then `children` (at most 3). Returns the paths,
@@ -154,31 +223,279 @@ pub fn build_chain(
     let (p, mut model) = build_base(ns, base);
     let mut paths = vec![p];
     for (i, c) in children.iter().take(3).enumerate() {
-        let parent = paths.last().expect("base exists").clone();
-        let path = PathBuf::from(format!("/c/child{i}.{}", base.ext(true)));
-        let pimg = open_image_file(ns, &parent, &ChainOptions::default())
-            .unwrap_or_else(|e| panic!("open parent {}: {e}", parent.display()));
-        let mut spec_p = formats::create::parent_spec(ns, pimg.as_ref(), &parent, &path)
-            .unwrap_or_else(|e| panic!("parent_spec: {e}"));
-        drop(pimg);
-        spec_p.virtual_size = model.len() as u64;
-        let vsize = model.len() as u64 + u64::from(c.grow % 3) * MIB;
-        formats::create::create_file(
-            ns,
-            &path,
-            &CreateParams {
-                virtual_size: vsize,
-                disk_type: DiskType::Differencing,
-                block_size: Some(block_size(base.vhdx, c.block)),
-                logical_sector_size: base.sector() as u32,
-                physical_sector_size: 4096,
-                parent: Some(spec_p),
-            },
-        )
-        .unwrap_or_else(|e| panic!("create child {i} of {base:?}: {e}"));
-        model.resize(vsize as usize, 0);
-        apply(ns, &path, base.sector(), &c.ops, &mut model);
-        paths.push(path);
+        add_child(ns, base, &mut paths, &mut model, i, c);
     }
     (paths, model)
+}
+
+/// The creation parameters of a base (its spec without the writes).
+type EmptyKey = (bool, bool, bool, u64, u8);
+
+fn empty_key(b: &BaseSpec) -> EmptyKey {
+    (
+        b.vhdx,
+        b.fixed,
+        b.vhdx && b.big_sector,
+        b.virtual_size(),
+        b.block % if b.vhdx { 3 } else { 4 },
+    )
+}
+
+/// A built chain prefix: its files (base first) and the model of the
+/// top's view.
+struct Built {
+    id: u64,
+    key: (BaseSpec, Vec<ChildSpec>),
+    files: Vec<(PathBuf, Pages)>,
+    model: Arc<Vec<u8>>,
+}
+
+#[derive(Default)]
+struct Cache {
+    /// Chain prefixes built recently, newest last.
+    chains: VecDeque<Built>,
+    /// Freshly created, unwritten base files.
+    empty: VecDeque<(EmptyKey, Pages)>,
+    /// Freshly created, unwritten children of a cached chain prefix:
+    /// (the prefix's `Built::id`, child block and growth) -> file. Valid
+    /// because that prefix restores the same parent bytes every time (a
+    /// rebuilt prefix gets a new id: its GUIDs differ).
+    empty_children: VecDeque<(ChildKey, Pages)>,
+    next_id: u64,
+}
+
+type ChildKey = (u64, u8, u8);
+
+/// libFuzzer mutates inputs it has run, and the chain spec comes first in
+/// every structured input, so many inputs share a chain, or the start of
+/// one, with an input just run; copying sparse files is much cheaper than
+/// creating and writing them again through formats (which, for a VHDX,
+/// writes megabytes of zeros). Creation and writing are still run on every
+/// miss, and uncached by `cargo test` and the splice templates.
+static CACHE: Mutex<Option<Cache>> = Mutex::new(None);
+const CHAIN_ENTRIES: usize = 64;
+/// ... and at most this many bytes of pages and models (counting shared
+/// pages once per entry), well inside libFuzzer's -rss_limit_mb=256.
+const CHAIN_BUDGET: u64 = 48 << 20;
+const EMPTY_ENTRIES: usize = 512;
+
+fn with_cache<R>(f: impl FnOnce(&mut Cache) -> R) -> R {
+    let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    f(c.get_or_insert_with(Cache::default))
+}
+
+/// Cache the chain prefix at `paths`; returns its id.
+fn remember(
+    m: &SparseNs,
+    key: (BaseSpec, Vec<ChildSpec>),
+    paths: &[PathBuf],
+    model: Arc<Vec<u8>>,
+) -> u64 {
+    let files: Vec<(PathBuf, Pages)> = paths
+        .iter()
+        .map(|p| (p.clone(), m.get(p).expect("built file")))
+        .collect();
+    with_cache(|c| {
+        let size =
+            |b: &Built| b.model.len() as u64 + b.files.iter().map(|(_, f)| f.stored()).sum::<u64>();
+        let mut total: u64 = c.chains.iter().map(size).sum::<u64>() + model.len() as u64;
+        while c.chains.len() >= CHAIN_ENTRIES || (total > CHAIN_BUDGET && !c.chains.is_empty()) {
+            if let Some(old) = c.chains.pop_front() {
+                total -= size(&old).min(total);
+            }
+        }
+        c.next_id += 1;
+        let id = c.next_id;
+        c.chains.push_back(Built {
+            id,
+            key,
+            files,
+            model,
+        });
+        id
+    })
+}
+
+/// [`build_chain`] into the sparse namespace `m`, reusing the longest
+/// recently built prefix of the chain (and, failing that, a recently
+/// created empty base).
+pub fn build_chain_cached(
+    m: &SparseNs,
+    base: &BaseSpec,
+    children: &[ChildSpec],
+) -> (Vec<PathBuf>, Arc<Vec<u8>>) {
+    let children = &children[..children.len().min(3)];
+    let ns: Arc<dyn Namespace> = Arc::new(m.clone());
+    // The top's size: the model grows to it without reallocating.
+    let full = children.iter().fold(base.virtual_size(), child_size) as usize;
+    let found = with_cache(|c| {
+        (0..=children.len()).rev().find_map(|k| {
+            let i = c
+                .chains
+                .iter()
+                .position(|b| b.key.0 == *base && b.key.1 == children[..k])?;
+            let b = c.chains.remove(i).expect("found");
+            for (p, f) in &b.files {
+                m.put(p, f.clone());
+            }
+            let out = (
+                k,
+                b.id,
+                b.files.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>(),
+            );
+            let model = Arc::clone(&b.model);
+            c.chains.push_back(b);
+            Some((out, model))
+        })
+    });
+    let (mut paths, mut model, from, mut parent_id) = match found {
+        Some(((k, _, paths), model)) if k == children.len() => return (paths, model),
+        Some(((k, id, paths), model)) => {
+            let mut v = Vec::with_capacity(full);
+            v.extend_from_slice(&model);
+            (paths, v, k, id)
+        }
+        None => {
+            let key = empty_key(base);
+            let empty = with_cache(|c| {
+                c.empty
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, f)| f.clone())
+            });
+            let path = match empty {
+                Some(f) => {
+                    let p = base_path(base);
+                    m.put(&p, f);
+                    p
+                }
+                None => {
+                    let p = create_base(&ns, base);
+                    let f = m.get(&p).expect("created");
+                    with_cache(|c| {
+                        if c.empty.len() >= EMPTY_ENTRIES {
+                            c.empty.pop_front();
+                        }
+                        c.empty.push_back((key, f));
+                    });
+                    p
+                }
+            };
+            let mut model = Vec::with_capacity(full);
+            model.resize(base.virtual_size() as usize, 0);
+            apply(&ns, &path, base.sector(), &base.ops, &mut model);
+            let paths = vec![path];
+            if children.is_empty() {
+                // The whole chain: the cache and the caller share its model.
+                let model = Arc::new(model);
+                remember(m, (base.clone(), Vec::new()), &paths, Arc::clone(&model));
+                return (paths, model);
+            }
+            let id = remember(
+                m,
+                (base.clone(), Vec::new()),
+                &paths,
+                Arc::new(model.clone()),
+            );
+            (paths, model, 0, id)
+        }
+    };
+    for (i, c) in children.iter().enumerate().skip(from) {
+        let key: ChildKey = (
+            parent_id,
+            c.block % if base.vhdx { 3 } else { 4 },
+            c.grow % 3,
+        );
+        let empty = with_cache(|cache| {
+            cache
+                .empty_children
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, f)| f.clone())
+        });
+        let path = match empty {
+            Some(f) => {
+                let p = child_path(base, i);
+                m.put(&p, f);
+                p
+            }
+            None => {
+                let p = create_child(&ns, base, &paths, model.len() as u64, i, c);
+                let f = m.get(&p).expect("created");
+                with_cache(|cache| {
+                    if cache.empty_children.len() >= EMPTY_ENTRIES {
+                        cache.empty_children.pop_front();
+                    }
+                    cache.empty_children.push_back((key, f));
+                });
+                p
+            }
+        };
+        model.resize(child_size(model.len() as u64, c) as usize, 0);
+        apply(&ns, &path, base.sector(), &c.ops, &mut model);
+        paths.push(path);
+        let key = (base.clone(), children[..=i].to_vec());
+        if i + 1 == children.len() {
+            let model = Arc::new(std::mem::take(&mut model));
+            remember(m, key, &paths, Arc::clone(&model));
+            return (paths, model);
+        }
+        parent_id = remember(m, key, &paths, Arc::new(model.clone()));
+    }
+    (paths, Arc::new(model))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use formats::chain::Chain;
+
+    fn spec(vhdx: bool, seed: u8) -> BaseSpec {
+        BaseSpec {
+            vhdx,
+            fixed: seed.is_multiple_of(3),
+            big_sector: seed.is_multiple_of(2),
+            size_units: 100 + u16::from(seed),
+            block: seed,
+            ops: vec![Op::Write {
+                at: u16::from(seed) * 3,
+                len: 20,
+                seed,
+            }],
+        }
+    }
+
+    fn kid(seed: u8, round: u8) -> ChildSpec {
+        ChildSpec {
+            block: seed,
+            grow: seed,
+            ops: vec![Op::Write {
+                at: u16::from(seed + round),
+                len: 9,
+                seed: seed ^ round,
+            }],
+        }
+    }
+
+    /// Chains from the cache (whole, from a prefix, from an empty base or
+    /// child: the same block sizes with other writes in later rounds) are
+    /// valid chains that read their model, just like fresh ones.
+    #[test]
+    fn cached_chains_read_their_model() {
+        for vhdx in [false, true] {
+            for round in 0..3 {
+                for n in 0..4 {
+                    let kids: Vec<ChildSpec> = (0..n).map(|i| kid(i as u8, round % 2)).collect();
+                    let (m, ns) = crate::harness::sparse_ns();
+                    let (paths, model) = build_chain_cached(&m, &spec(vhdx, 4), &kids);
+                    assert_eq!(paths.len(), n + 1);
+                    let chain = Chain::open(&ns, paths.last().unwrap(), &ChainOptions::default())
+                        .unwrap_or_else(|e| panic!("cached chain does not open: {e}"));
+                    let mut got = vec![0u8; model.len()];
+                    chain.reader().read(0, &mut got).unwrap();
+                    assert!(got == *model, "vhdx {vhdx} round {round} n {n}");
+                }
+            }
+        }
+    }
 }

@@ -1,21 +1,54 @@
-//! `merge_in_memory`: an arbitrary chain and merge request on memory
-//! storage. Uncorrupted: the merge must succeed, the destination must read
-//! exactly the byte model of the source's view and pass `check`. Corrupted
-//! (structure-aware, checksums fixed): anything may be refused, but a merge
-//! that reports success must leave the destination reading what the source
-//! chain read before.
+//! `merge_in_memory`: an arbitrary chain and merge request on sparse memory
+//! storage, checked differentially against `reference`, a reader written
+//! from the specifications that shares no code with `formats`.
+//!
+//! - Before the merge: the reference's fold of the chain equals what
+//!   formats reads through it (when both read it), and, uncorrupted, the
+//!   byte model of what was written.
+//! - Success: the destination's whole view (formats' chain reader) equals
+//!   the reference fold of the original chain, and the reference reading
+//!   the merged files agrees; uncorrupted, `check` is clean.
+//! - Failure: the error is one of the named refusal kinds, and every file
+//!   of the namespace is byte for byte what it was (DESIGN.md section 7:
+//!   a refused merge leaves every byte as it was).
+//!
+//! Uncorrupted, the merge must succeed.
 
 use arbitrary::{Arbitrary, Unstructured};
 use formats::chain::{Chain, ChainOptions};
 use formats::Severity;
 use merge::{JobHandle, MergeRequest};
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::harness;
 use crate::mutate::{self, Mutation};
+use crate::reference;
+use crate::sparse::{Pages, SparseNs};
 use crate::template::{self, BaseSpec, ChildSpec};
+
+/// `MergeError::kind` values that name a refusal of bad or unsuitable
+/// input. Not in the list: `io` (memory storage has no I/O errors, so one
+/// is a corruption reported as a failure), `locked`, `permission_denied`,
+/// `cancelled` (nothing here locks, denies or cancels).
+pub const REFUSALS: &[&str] = &[
+    "corrupt",
+    "checksum",
+    "not_an_image",
+    "unsupported",
+    "parent_not_found",
+    "linkage_mismatch",
+    "file_not_found",
+    "invalid_parameter",
+    "not_differencing",
+    "not_an_ancestor",
+    "siblings",
+    "saved_state",
+    "unhealthy",
+    "destination_larger",
+    "insufficient_space",
+];
 
 #[derive(Debug, Arbitrary)]
 struct Input {
@@ -28,8 +61,13 @@ struct Input {
     corrupt: Option<(u8, Vec<Mutation>)>,
 }
 
-fn read_all(ns: &Arc<dyn formats::Namespace>, path: &Path) -> Option<Vec<u8>> {
+/// What formats reads through the chain whose top is `path`, when that
+/// chain is exactly `expect` (top first) and small enough to read whole.
+fn read_all(ns: &Arc<dyn formats::Namespace>, path: &Path, expect: &[PathBuf]) -> Option<Vec<u8>> {
     let chain = Chain::open(ns, path, &ChainOptions::default()).ok()?;
+    if chain.paths() != expect {
+        return None;
+    }
     let size = chain.top().virtual_size();
     if size > harness::WHOLE_READ_LIMIT {
         return None;
@@ -58,35 +96,61 @@ fn check_errors(ns: &Arc<dyn formats::Namespace>, path: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The reference fold of the files at `paths` (top first).
+fn ref_fold(m: &SparseNs, paths: &[PathBuf]) -> Result<Vec<u8>, String> {
+    let files: Vec<Pages> = paths
+        .iter()
+        .map(|p| m.get(p).ok_or_else(|| format!("{} missing", p.display())))
+        .collect::<Result<_, _>>()?;
+    reference::fold(&files.iter().collect::<Vec<_>>())
+}
+
 pub fn run(data: &[u8]) {
     let mut u = Unstructured::new(data);
     let Ok(input) = Input::arbitrary(&mut u) else {
         return;
     };
-    let (m, ns) = harness::mem_ns();
+    let (m, ns) = harness::sparse_ns();
     let mut children = vec![input.first.clone()];
     children.extend(input.more.iter().take(2).cloned());
-    let (paths, model) = template::build_chain(&ns, &input.base, &children);
+    let (paths, model) = template::build_chain_cached(&m, &input.base, &children);
     let depth = paths.len() - 1;
     let source = paths[depth].clone();
-    let dest = paths[depth - (1 + usize::from(input.dest) % depth)].clone();
+    let dest_index = depth - (1 + usize::from(input.dest) % depth);
+    let dest = paths[dest_index].clone();
     let corrupted = match &input.corrupt {
         Some((victim, ms)) if !ms.is_empty() => {
             let v = &paths[usize::from(*victim) % paths.len()];
-            let mut bytes = m.get(v).expect("file exists");
-            mutate::apply_all(&mut bytes, ms);
-            m.insert(v, bytes);
+            m.edit(v, |p| mutate::apply_all(p, ms))
+                .expect("file exists");
             true
         }
         _ => false,
     };
-    let before = read_all(&ns, &source);
+    let source_chain: Vec<PathBuf> = paths.iter().rev().cloned().collect();
+    let dest_chain: Vec<PathBuf> = paths[..=dest_index].iter().rev().cloned().collect();
+    let folded = ref_fold(&m, &source_chain);
+    let before = read_all(&ns, &source, &source_chain);
     if !corrupted {
+        match &folded {
+            Ok(f) => assert!(
+                f == &*model,
+                "reference fold of a valid chain differs from its model"
+            ),
+            Err(e) => panic!("reference declines a valid chain: {e}"),
+        }
         assert!(
             before.as_deref() == Some(&model[..]),
             "valid chain does not read its model before the merge"
         );
     }
+    if let (Ok(f), Some(b)) = (&folded, &before) {
+        assert!(
+            f == b,
+            "formats reads the chain differently from the reference (corrupted input: {corrupted})"
+        );
+    }
+    let snapshot = m.snapshot();
     let out = merge::run(
         &ns,
         &MergeRequest {
@@ -113,17 +177,53 @@ pub fn run(data: &[u8]) {
             out.error
         );
     }
-    if out.return_value == 0 {
-        if let Some(before) = before {
-            let after = read_all(&ns, &dest);
-            assert!(
-                after.as_deref() == Some(&before[..]),
-                "merged destination does not read what the source read (corrupted input: {corrupted})"
-            );
+    if out.return_value != 0 {
+        let kind = out.error_kind.unwrap_or("none");
+        assert!(
+            REFUSALS.contains(&kind),
+            "merge failed with {kind:?}, not a named refusal: {:?}",
+            out.error
+        );
+        let after = m.snapshot();
+        let changed: Vec<String> = snapshot
+            .iter()
+            .filter(|(p, b)| after.iter().find(|(q, _)| q == p).map(|(_, c)| c) != Some(b))
+            .map(|(p, _)| p.display().to_string())
+            .chain(
+                after
+                    .iter()
+                    .filter(|(p, _)| !snapshot.iter().any(|(q, _)| q == p))
+                    .map(|(p, _)| format!("{} (new)", p.display())),
+            )
+            .collect();
+        assert!(
+            changed.is_empty(),
+            "refused merge ({kind}) changed files: {changed:?}"
+        );
+        return;
+    }
+    let after = read_all(&ns, &dest, &dest_chain);
+    if let Some(before) = &before {
+        assert!(
+            after.as_deref() == Some(&before[..]),
+            "merged destination does not read what the source read (corrupted input: {corrupted})"
+        );
+    }
+    if let Ok(f) = &folded {
+        assert!(
+            after.as_deref() == Some(&f[..]),
+            "merged destination does not read the reference fold of the original chain (corrupted input: {corrupted})"
+        );
+        match ref_fold(&m, &dest_chain) {
+            Ok(g) => assert!(
+                &g == f,
+                "the reference reads the merged files differently (corrupted input: {corrupted})"
+            ),
+            Err(e) => assert!(corrupted, "reference declines the merged chain: {e}"),
         }
-        if !corrupted {
-            let errs = check_errors(&ns, &dest);
-            assert!(errs.is_empty(), "check errors after merge: {errs:?}");
-        }
+    }
+    if !corrupted {
+        let errs = check_errors(&ns, &dest);
+        assert!(errs.is_empty(), "check errors after merge: {errs:?}");
     }
 }

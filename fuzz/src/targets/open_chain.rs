@@ -28,10 +28,10 @@ pub fn run(data: &[u8]) {
     let Ok(input) = Input::arbitrary(&mut u) else {
         return;
     };
-    let (m, ns) = harness::mem_ns();
+    let (m, ns) = harness::sparse_ns();
     let mut children = vec![input.first.clone()];
     children.extend(input.second.clone());
-    let (paths, model) = template::build_chain(&ns, &input.base, &children);
+    let (paths, model) = template::build_chain_cached(&m, &input.base, &children);
     let top = paths.last().expect("chain has a top").clone();
     if input.mutations.is_empty() {
         let chain = Chain::open(&ns, &top, &ChainOptions::default())
@@ -41,7 +41,7 @@ pub fn run(data: &[u8]) {
             .reader()
             .read(0, &mut got)
             .unwrap_or_else(|e| panic!("valid chain does not read: {e}"));
-        assert!(got == model, "chain reads differ from what was written");
+        assert!(got == *model, "chain reads differ from what was written");
         for l in &chain.links {
             let errs: Vec<String> = l
                 .image
@@ -56,9 +56,8 @@ pub fn run(data: &[u8]) {
         return;
     }
     let victim = &paths[usize::from(input.victim) % paths.len()];
-    let mut bytes = m.get(victim).expect("file exists");
-    mutate::apply_all(&mut bytes, &input.mutations);
-    m.insert(victim, bytes);
+    m.edit(victim, |p| mutate::apply_all(p, &input.mutations))
+        .expect("file exists");
     let mut opts = ChainOptions {
         ignore_checksums: input.flags & 1 != 0,
         ignore_linkage: input.flags & 2 != 0,

@@ -125,7 +125,7 @@ pub fn exercise(i: &Instance, flags: u8) {
         };
         harness::open_chain(&i.ns, i.top(), &opts);
     }
-    harness::open_file_both_ways(&i.m, i.top(), flags);
+    harness::open_file_both_ways(&i.ns, i.top(), flags);
 }
 
 /// Overlay `src` onto `dst` at `at` (clipped to `dst`'s length and to
