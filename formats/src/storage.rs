@@ -959,8 +959,58 @@ pub struct MemNamespace {
 #[derive(Debug, Default)]
 struct MemInner {
     files: HashMap<PathBuf, Arc<MemStorage>>,
-    /// Locks held: path -> (shared count, exclusive).
-    locks: HashMap<PathBuf, (usize, bool)>,
+    locks: LockTable<PathBuf>,
+}
+
+/// The advisory locks of an in-memory namespace, keyed by file, as `flock`
+/// behaves between open handles: any number of shared holders, or one
+/// exclusive. Every in-memory namespace (this one, the simulator's
+/// recording one, the fuzzers' sparse one) keeps its locks here.
+#[derive(Debug)]
+pub struct LockTable<K> {
+    /// key -> (shared holders, exclusive held)
+    held: HashMap<K, (usize, bool)>,
+}
+
+impl<K> Default for LockTable<K> {
+    fn default() -> Self {
+        LockTable {
+            held: HashMap::new(),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq> LockTable<K> {
+    /// Take a lock for `access`, or fail with `WouldBlock` as a
+    /// conflicting `flock` would.
+    pub fn take(&mut self, key: K, access: Access) -> io::Result<()> {
+        let l = self.held.entry(key).or_default();
+        let free = match access {
+            Access::Read => !l.1,
+            Access::Write => !l.1 && l.0 == 0,
+        };
+        if !free {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "locked by another handle",
+            ));
+        }
+        match access {
+            Access::Read => l.0 += 1,
+            Access::Write => l.1 = true,
+        }
+        Ok(())
+    }
+
+    /// Give back a lock `take` granted (a handle's drop).
+    pub fn release(&mut self, key: &K, access: Access) {
+        if let Some(l) = self.held.get_mut(key) {
+            match access {
+                Access::Read => l.0 = l.0.saturating_sub(1),
+                Access::Write => l.1 = false,
+            }
+        }
+    }
 }
 
 /// A lock-holding handle onto a shared in-memory file.
@@ -975,12 +1025,7 @@ struct MemHandle {
 impl Drop for MemHandle {
     fn drop(&mut self) {
         let mut inner = self.ns.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(l) = inner.locks.get_mut(&self.path) {
-            match self.access {
-                Access::Read => l.0 = l.0.saturating_sub(1),
-                Access::Write => l.1 = false,
-            }
-        }
+        inner.locks.release(&self.path, self.access);
     }
 }
 
@@ -1041,22 +1086,7 @@ impl MemNamespace {
     }
 
     fn take_lock(inner: &mut MemInner, path: &Path, access: Access) -> io::Result<()> {
-        let l = inner.locks.entry(path.to_path_buf()).or_default();
-        let free = match access {
-            Access::Read => !l.1,
-            Access::Write => !l.1 && l.0 == 0,
-        };
-        if !free {
-            return Err(io::Error::new(
-                io::ErrorKind::WouldBlock,
-                "locked by another handle",
-            ));
-        }
-        match access {
-            Access::Read => l.0 += 1,
-            Access::Write => l.1 = true,
-        }
-        Ok(())
+        inner.locks.take(path.to_path_buf(), access)
     }
 }
 

@@ -218,7 +218,7 @@ impl Storage for SparseFile {
 struct Inner {
     files: HashMap<PathBuf, Arc<SparseFile>>,
     /// Locks held: path -> (shared count, exclusive).
-    locks: HashMap<PathBuf, (usize, bool)>,
+    locks: formats::storage::LockTable<PathBuf>,
 }
 
 /// A directory tree of sparse files (clones share the tree).
@@ -239,12 +239,7 @@ struct Handle {
 impl Drop for Handle {
     fn drop(&mut self) {
         let mut inner = lock(&self.ns);
-        if let Some(l) = inner.locks.get_mut(&self.path) {
-            match self.access {
-                Access::Read => l.0 = l.0.saturating_sub(1),
-                Access::Write => l.1 = false,
-            }
-        }
+        inner.locks.release(&self.path, self.access);
     }
 }
 
@@ -325,22 +320,7 @@ impl SparseNs {
     }
 
     fn take_lock(inner: &mut Inner, path: &Path, access: Access) -> io::Result<()> {
-        let l = inner.locks.entry(path.to_path_buf()).or_default();
-        let free = match access {
-            Access::Read => !l.1,
-            Access::Write => !l.1 && l.0 == 0,
-        };
-        if !free {
-            return Err(io::Error::new(
-                io::ErrorKind::WouldBlock,
-                "locked by another handle",
-            ));
-        }
-        match access {
-            Access::Read => l.0 += 1,
-            Access::Write => l.1 = true,
-        }
-        Ok(())
+        inner.locks.take(path.to_path_buf(), access)
     }
 }
 

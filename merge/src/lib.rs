@@ -243,22 +243,9 @@ pub fn merge(
         });
     }
 
-    for link in &chain.links[..=dest_index] {
-        let findings = link.image.check()?;
-        let errors: Vec<&formats::Finding> = findings
-            .iter()
-            .filter(|f| f.severity == Severity::Error)
-            .collect();
-        if let (Some(first), false) = (errors.first(), req.chain.ignore_checksums) {
-            return Err(MergeError::Unhealthy {
-                file: link.path.display().to_string(),
-                kind: first.kind,
-                findings: errors
-                    .iter()
-                    .map(|f| f.to_string())
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            });
+    if !req.chain.ignore_checksums {
+        for link in &chain.links[..=dest_index] {
+            require_healthy(&link.path, link.image.as_ref())?;
         }
     }
 
@@ -420,6 +407,28 @@ pub fn merge(
     chain.links.clear();
     finish(ns, req, req.remove_merged, &merged_paths, &rec_path, out)?;
     Ok(())
+}
+
+/// Refuse an image whose `check` finds errors (`Unhealthy`, with the first
+/// error's kind): merges and relinks write only into healthy chains.
+pub(crate) fn require_healthy(path: &Path, image: &dyn formats::Image) -> Result<(), MergeError> {
+    let findings = image.check()?;
+    let errors: Vec<&formats::Finding> = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .collect();
+    match errors.first() {
+        None => Ok(()),
+        Some(first) => Err(MergeError::Unhealthy {
+            file: path.display().to_string(),
+            kind: first.kind,
+            findings: errors
+                .iter()
+                .map(|f| f.to_string())
+                .collect::<Vec<_>>()
+                .join("; "),
+        }),
+    }
 }
 
 fn layer_refs(links: &[formats::chain::Link]) -> Vec<&dyn formats::Layer> {

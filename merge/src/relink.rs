@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use formats::chain::{fold, Chain, ChainOptions, ChainReader, FoldedRun, Source};
 use formats::params::{Identity, OpenOptions, ParentLinkage};
-use formats::{Access, Image, JournalSlot, Layer, MergeBatch, Namespace, Severity};
+use formats::{Access, Image, JournalSlot, Layer, MergeBatch, Namespace};
 use serde::Serialize;
 
 use crate::{codes, JobHandle, JobState, MergeError, ReturnValue};
@@ -152,23 +152,7 @@ fn canonical(ns: &Arc<dyn Namespace>, p: &Path) -> PathBuf {
 }
 
 fn healthy(path: &Path, image: &dyn Image) -> Result<(), MergeError> {
-    let findings = image.check()?;
-    let errors: Vec<&formats::Finding> = findings
-        .iter()
-        .filter(|f| f.severity == Severity::Error)
-        .collect();
-    match errors.first() {
-        None => Ok(()),
-        Some(first) => Err(MergeError::Unhealthy {
-            file: name(path),
-            kind: first.kind,
-            findings: errors
-                .iter()
-                .map(|f| f.to_string())
-                .collect::<Vec<_>>()
-                .join("; "),
-        }),
-    }
+    crate::require_healthy(path, image)
 }
 
 fn linkage_text(l: &ParentLinkage) -> String {

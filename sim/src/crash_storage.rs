@@ -37,8 +37,7 @@ struct Inner {
     names: BTreeMap<PathBuf, Ino>,
     files: HashMap<Ino, Overlay>,
     next_ino: Ino,
-    /// ino -> (shared holders, exclusive held)
-    locks: HashMap<Ino, (usize, bool)>,
+    locks: formats::storage::LockTable<Ino>,
     /// `Some` while recording.
     trace: Option<Vec<Op>>,
     /// (trace position, label): "the run had passed this point".
@@ -53,22 +52,7 @@ impl Inner {
     }
 
     fn take_lock(&mut self, ino: Ino, access: Access) -> io::Result<()> {
-        let l = self.locks.entry(ino).or_default();
-        let free = match access {
-            Access::Read => !l.1,
-            Access::Write => !l.1 && l.0 == 0,
-        };
-        if !free {
-            return Err(io::Error::new(
-                io::ErrorKind::WouldBlock,
-                "locked by another handle",
-            ));
-        }
-        match access {
-            Access::Read => l.0 += 1,
-            Access::Write => l.1 = true,
-        }
-        Ok(())
+        self.locks.take(ino, access)
     }
 }
 
@@ -229,12 +213,7 @@ struct CrashFile {
 impl Drop for CrashFile {
     fn drop(&mut self) {
         let mut inner = self.ns.lock();
-        if let Some(l) = inner.locks.get_mut(&self.ino) {
-            match self.access {
-                Access::Read => l.0 = l.0.saturating_sub(1),
-                Access::Write => l.1 = false,
-            }
-        }
+        inner.locks.release(&self.ino, self.access);
     }
 }
 

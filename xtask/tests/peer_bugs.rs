@@ -41,6 +41,7 @@
 //! 6. a virtual size that is not a multiple of the block size.
 
 mod common;
+use common::data;
 use common::{s, xtask};
 
 use std::path::{Path, PathBuf};
@@ -71,20 +72,6 @@ fn ok(out: Output, what: &str) -> Output {
         text(&out)
     );
     out
-}
-
-/// `len` bytes of seeded data without a zero byte (so no sector of it can
-/// pass for an unwritten or zeroed one).
-fn data(seed: u64, len: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x as u8) | 1
-        })
-        .collect()
 }
 
 fn create(path: &Path, size: u64, block: u64, parent: Option<&Path>) {

@@ -4,24 +4,13 @@
 //! unless `--no-space-check`.
 
 mod common;
+use common::data as pattern;
 use common::{json, ok, s, write, xtask};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const MIB: u64 = 1 << 20;
-
-fn pattern(seed: u64, len: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x as u8) | 1
-        })
-        .collect()
-}
 
 /// sha256 of every file in `dir`, by name.
 fn hashes(dir: &Path) -> Vec<(String, String)> {

@@ -6,6 +6,7 @@
 //! mkfs tools).
 
 mod common;
+use common::data as pattern;
 use common::{ok, s, write, xtask};
 
 use std::path::Path;
@@ -15,18 +16,6 @@ use formats::{Access, FsNamespace, Namespace, Storage};
 use testdata::loopfs::{FsKind, LoopMount};
 
 const MIB: u64 = 1 << 20;
-
-fn pattern(seed: u64, len: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 fn mount(kind: FsKind, size: u64) -> Option<LoopMount> {
     match LoopMount::new(kind, size) {

@@ -39,16 +39,11 @@ impl Fmt {
     }
 }
 
-/// Pseudo-random bytes (never all zero).
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
+/// Every format over a dynamic and over a fixed base, with a label.
+fn kinds() -> Vec<(Fmt, bool, String)> {
+    [Fmt::Vhd, Fmt::Vhdx]
+        .into_iter()
+        .flat_map(|fmt| [false, true].map(|fixed| (fmt, fixed, format!("{fmt:?} fixed={fixed}"))))
         .collect()
 }
 
@@ -88,7 +83,7 @@ impl Builder {
     /// Write through `img` (4 KiB multiples: libvhdi misreads finer VHD
     /// bitmap patterns, see chain_read.py).
     fn write(&mut self, img: &Path, offset: u64, len: usize, seed: u64) {
-        let data = pattern(len, seed);
+        let data = common::data(seed, len as u64);
         write(img, offset, &data, &self.dir);
         self.model.get_mut(img).unwrap()[offset as usize..offset as usize + len]
             .copy_from_slice(&data);
@@ -191,80 +186,77 @@ fn refused(dir: &Path, args: &[&str], exit: i32, kind: &str) -> Value {
 
 #[test]
 fn set_parent_reconnects_a_moved_parent() {
-    for fmt in [Fmt::Vhd, Fmt::Vhdx] {
-        for fixed in [false, true] {
-            let what = format!("{fmt:?} fixed={fixed}");
-            let t = tempfile::tempdir().unwrap();
-            let mut b = Builder::new(t.path());
-            let base = b.base(&format!("base.{}", fmt.base()), fixed);
-            b.write(&base, 0, 6 << 20, 1);
-            let child = b.child(&format!("child.{}", fmt.child()), &base);
-            b.write(&child, 3 << 20, 2 << 20, 2);
-            // A grandchild links to the child: set-parent keeps the
-            // child's identity, so it must still open afterwards.
-            let grand = b.child(&format!("grand.{}", fmt.child()), &child);
-            b.write(&grand, 10 << 20, 1 << 20, 3);
-            let want_child = b.model[&child].clone();
-            let want_grand = b.model[&grand].clone();
+    for (fmt, fixed, what) in kinds() {
+        let t = tempfile::tempdir().unwrap();
+        let mut b = Builder::new(t.path());
+        let base = b.base(&format!("base.{}", fmt.base()), fixed);
+        b.write(&base, 0, 6 << 20, 1);
+        let child = b.child(&format!("child.{}", fmt.child()), &base);
+        b.write(&child, 3 << 20, 2 << 20, 2);
+        // A grandchild links to the child: set-parent keeps the
+        // child's identity, so it must still open afterwards.
+        let grand = b.child(&format!("grand.{}", fmt.child()), &child);
+        b.write(&grand, 10 << 20, 1 << 20, 3);
+        let want_child = b.model[&child].clone();
+        let want_grand = b.model[&grand].clone();
 
-            // The parent moves: renamed beside the child (restored from a
-            // backup under another name), then into a subdirectory.
-            std::fs::create_dir(t.path().join("restored")).unwrap();
-            let renamed = t.path().join(format!("old-base.{}", fmt.base()));
-            let moved = t.path().join(format!("restored/old-base.{}", fmt.base()));
-            let mut at = base.clone();
-            for (to, relative) in [
-                (&renamed, format!(".\\old-base.{}", fmt.base())),
-                (&moved, format!(".\\restored\\old-base.{}", fmt.base())),
-            ] {
-                std::fs::rename(&at, to).unwrap();
-                at = to.clone();
-                assert_ne!(
-                    xtask(&["check", s(&child)]).status.code(),
-                    Some(0),
-                    "{what}: the chain is broken before set-parent"
-                );
-                let before = stat(&child);
-                let (v, code) = run_json(&["set-parent", s(&child), s(to)]);
-                assert_eq!(code, Some(0), "{what}: {v}");
-                assert_eq!(v["return_value"], 0, "{what}: {v}");
-                assert_eq!(v["old_parent"], Value::Null, "{what}: {v}");
-                assert_eq!(v["resolves"], true, "{what}: {v}");
-                assert_eq!(v["relative_path"], relative, "{what}: {v}");
-                let after = stat(&child);
-                eprintln!(
-                    "{what}: child stat '%s %b' before {} {}, after {} {}",
-                    before.0,
-                    before.1 / 512,
-                    after.0,
-                    after.1 / 512
-                );
-                // A new locator costs at most a few sectors (VHD: its data
-                // lands in fresh space; VHDX: inside the metadata region).
-                assert!(
-                    after.0 <= before.0 + 8192 && after.1 <= before.1 + 64 * 1024,
-                    "{what}: set-parent grew the child from {before:?} to {after:?}"
-                );
-                let vhd_in_subdir = matches!(fmt, Fmt::Vhd) && to == &moved;
-                let chain: Vec<&Path> = if vhd_in_subdir {
-                    vec![to.as_path()]
-                } else {
-                    Vec::new()
-                };
-                verify_with(&child, &want_child, &what, &chain);
-                let chain: Vec<&Path> = if vhd_in_subdir {
-                    vec![child.as_path(), to.as_path()]
-                } else {
-                    Vec::new()
-                };
-                verify_with(&grand, &want_grand, &what, &chain);
-            }
-
-            // Running it again is harmless.
-            let (v, code) = run_json(&["set-parent", s(&child), s(&moved)]);
-            assert_eq!(code, Some(0), "{what}: again: {v}");
-            assert!(content(&child, &[]) == want_child, "{what}: again");
+        // The parent moves: renamed beside the child (restored from a
+        // backup under another name), then into a subdirectory.
+        std::fs::create_dir(t.path().join("restored")).unwrap();
+        let renamed = t.path().join(format!("old-base.{}", fmt.base()));
+        let moved = t.path().join(format!("restored/old-base.{}", fmt.base()));
+        let mut at = base.clone();
+        for (to, relative) in [
+            (&renamed, format!(".\\old-base.{}", fmt.base())),
+            (&moved, format!(".\\restored\\old-base.{}", fmt.base())),
+        ] {
+            std::fs::rename(&at, to).unwrap();
+            at = to.clone();
+            assert_ne!(
+                xtask(&["check", s(&child)]).status.code(),
+                Some(0),
+                "{what}: the chain is broken before set-parent"
+            );
+            let before = stat(&child);
+            let (v, code) = run_json(&["set-parent", s(&child), s(to)]);
+            assert_eq!(code, Some(0), "{what}: {v}");
+            assert_eq!(v["return_value"], 0, "{what}: {v}");
+            assert_eq!(v["old_parent"], Value::Null, "{what}: {v}");
+            assert_eq!(v["resolves"], true, "{what}: {v}");
+            assert_eq!(v["relative_path"], relative, "{what}: {v}");
+            let after = stat(&child);
+            eprintln!(
+                "{what}: child stat '%s %b' before {} {}, after {} {}",
+                before.0,
+                before.1 / 512,
+                after.0,
+                after.1 / 512
+            );
+            // A new locator costs at most a few sectors (VHD: its data
+            // lands in fresh space; VHDX: inside the metadata region).
+            assert!(
+                after.0 <= before.0 + 8192 && after.1 <= before.1 + 64 * 1024,
+                "{what}: set-parent grew the child from {before:?} to {after:?}"
+            );
+            let vhd_in_subdir = matches!(fmt, Fmt::Vhd) && to == &moved;
+            let chain: Vec<&Path> = if vhd_in_subdir {
+                vec![to.as_path()]
+            } else {
+                Vec::new()
+            };
+            verify_with(&child, &want_child, &what, &chain);
+            let chain: Vec<&Path> = if vhd_in_subdir {
+                vec![child.as_path(), to.as_path()]
+            } else {
+                Vec::new()
+            };
+            verify_with(&grand, &want_grand, &what, &chain);
         }
+
+        // Running it again is harmless.
+        let (v, code) = run_json(&["set-parent", s(&child), s(&moved)]);
+        assert_eq!(code, Some(0), "{what}: again: {v}");
+        assert!(content(&child, &[]) == want_child, "{what}: again");
     }
 }
 
@@ -375,72 +367,68 @@ fn set_parent_ignore_id_mismatch_links_another_parent() {
 /// go. The classic "delete a middle checkpoint with several children".
 #[test]
 fn rebase_pulls_a_middle_layer_into_each_child() {
-    for fmt in [Fmt::Vhd, Fmt::Vhdx] {
-        for fixed in [false, true] {
-            let what = format!("{fmt:?} fixed={fixed}");
-            let t = tempfile::tempdir().unwrap();
-            let dir = t.path();
-            let mut b = Builder::new(dir);
-            let base = b.base(&format!("base.{}", fmt.base()), fixed);
-            b.write(&base, 0, 8 << 20, 1);
-            let mid = b.child(&format!("mid.{}", fmt.child()), &base);
-            b.write(&mid, 2 << 20, 3 << 20, 2);
-            b.write(&mid, 12 << 20, 1 << 20, 3);
-            let top1 = b.child(&format!("top1.{}", fmt.child()), &mid);
-            b.write(&top1, 3 << 20, 1 << 20, 4);
-            let top2 = b.child(&format!("top2.{}", fmt.child()), &mid);
-            b.write(&top2, 12 << 20, 4096, 5);
+    for (fmt, fixed, what) in kinds() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path();
+        let mut b = Builder::new(dir);
+        let base = b.base(&format!("base.{}", fmt.base()), fixed);
+        b.write(&base, 0, 8 << 20, 1);
+        let mid = b.child(&format!("mid.{}", fmt.child()), &base);
+        b.write(&mid, 2 << 20, 3 << 20, 2);
+        b.write(&mid, 12 << 20, 1 << 20, 3);
+        let top1 = b.child(&format!("top1.{}", fmt.child()), &mid);
+        b.write(&top1, 3 << 20, 1 << 20, 4);
+        let top2 = b.child(&format!("top2.{}", fmt.child()), &mid);
+        b.write(&top2, 12 << 20, 4096, 5);
 
-            // Merging top1 into mid is refused while top2 depends on mid,
-            // and the refusal names the way out.
-            let (v, code) = run_json(&["merge", s(&top1)]);
-            assert_eq!(code, Some(5), "{what}: {v}");
-            assert!(
-                v["error"].as_str().unwrap().contains("rebase"),
-                "{what}: the sibling refusal names rebase: {v}"
+        // Merging top1 into mid is refused while top2 depends on mid,
+        // and the refusal names the way out.
+        let (v, code) = run_json(&["merge", s(&top1)]);
+        assert_eq!(code, Some(5), "{what}: {v}");
+        assert!(
+            v["error"].as_str().unwrap().contains("rebase"),
+            "{what}: the sibling refusal names rebase: {v}"
+        );
+
+        // What only mid holds, and top1 does not hide, must be copied.
+        let mid_only_under_top1 = (3 << 20) - (1 << 20) + (1 << 20);
+        let mid_only_under_top2 = (3 << 20) + (1 << 20) - 4096;
+        for (top, expect_copied) in [(&top1, mid_only_under_top1), (&top2, mid_only_under_top2)] {
+            let want = b.model[top].clone();
+            let before = hashes(dir);
+            let (v, code) = run_json(&["rebase", s(top), "--onto", s(&base), "--dry-run"]);
+            assert_eq!(code, Some(0), "{what}: dry run: {v}");
+            assert_eq!(v["dry_run"], true, "{what}: {v}");
+            assert_eq!(hashes(dir), before, "{what}: a dry run changed a file");
+            let _ = v;
+
+            let (v, code) = run_json(&["rebase", s(top), "--onto", s(&base)]);
+            assert_eq!(code, Some(0), "{what}: {v}");
+            assert_eq!(v["old_parent"], s(&mid), "{what}: {v}");
+            assert_eq!(
+                v["bytes_copied"],
+                expect_copied,
+                "{what}: {} copies exactly what mid holds and it does not: {v}",
+                top.display()
             );
-
-            // What only mid holds, and top1 does not hide, must be copied.
-            let mid_only_under_top1 = (3 << 20) - (1 << 20) + (1 << 20);
-            let mid_only_under_top2 = (3 << 20) + (1 << 20) - 4096;
-            for (top, expect_copied) in [(&top1, mid_only_under_top1), (&top2, mid_only_under_top2)]
-            {
-                let want = b.model[top].clone();
-                let before = hashes(dir);
-                let (v, code) = run_json(&["rebase", s(top), "--onto", s(&base), "--dry-run"]);
-                assert_eq!(code, Some(0), "{what}: dry run: {v}");
-                assert_eq!(v["dry_run"], true, "{what}: {v}");
-                assert_eq!(hashes(dir), before, "{what}: a dry run changed a file");
-                let _ = v;
-
-                let (v, code) = run_json(&["rebase", s(top), "--onto", s(&base)]);
-                assert_eq!(code, Some(0), "{what}: {v}");
-                assert_eq!(v["old_parent"], s(&mid), "{what}: {v}");
-                assert_eq!(
-                    v["bytes_copied"],
-                    expect_copied,
-                    "{what}: {} copies exactly what mid holds and it does not: {v}",
-                    top.display()
-                );
-                verify(top, &want, &what);
-                // Again: nothing differs any more.
-                let (v, code) = run_json(&["rebase", s(top), "--onto", s(&base)]);
-                assert_eq!(code, Some(0), "{what}: again: {v}");
-                assert_eq!(v["bytes_copied"], 0, "{what}: again: {v}");
-            }
-            // mid is no longer needed.
-            std::fs::remove_file(&mid).unwrap();
-            for top in [&top1, &top2] {
-                verify(
-                    top,
-                    &b.model[top].clone(),
-                    &format!("{what} after mid went"),
-                );
-            }
-            // And a merge of top1 into base now only refuses for top2.
-            let (v, _) = run_json(&["merge", s(&top1), "--dry-run"]);
-            assert_eq!(v["error_kind"], "siblings", "{what}: {v}");
+            verify(top, &want, &what);
+            // Again: nothing differs any more.
+            let (v, code) = run_json(&["rebase", s(top), "--onto", s(&base)]);
+            assert_eq!(code, Some(0), "{what}: again: {v}");
+            assert_eq!(v["bytes_copied"], 0, "{what}: again: {v}");
         }
+        // mid is no longer needed.
+        std::fs::remove_file(&mid).unwrap();
+        for top in [&top1, &top2] {
+            verify(
+                top,
+                &b.model[top].clone(),
+                &format!("{what} after mid went"),
+            );
+        }
+        // And a merge of top1 into base now only refuses for top2.
+        let (v, _) = run_json(&["merge", s(&top1), "--dry-run"]);
+        assert_eq!(v["error_kind"], "siblings", "{what}: {v}");
     }
 }
 
@@ -530,65 +518,62 @@ fn rebase_refusals_change_nothing() {
 /// differencing chain) confirms it against the model, as libvhdi does.
 #[test]
 fn rebase_standalone_makes_a_dynamic_image() {
-    for fmt in [Fmt::Vhd, Fmt::Vhdx] {
-        for fixed in [false, true] {
-            let what = format!("{fmt:?} fixed={fixed}");
-            let t = tempfile::tempdir().unwrap();
-            let dir = t.path();
-            let mut b = Builder::new(dir);
-            let base = b.base(&format!("base.{}", fmt.base()), fixed);
-            b.write(&base, 0, 5 << 20, 1);
-            let mid = b.child(&format!("mid.{}", fmt.child()), &base);
-            // Partial blocks of the mid, a whole one, and one in an empty
-            // region of the base.
-            b.write(&mid, 1 << 20, 12 << 10, 2);
-            b.write(&mid, 4 << 20, 2 << 20, 3);
-            b.write(&mid, 9 << 20, 1 << 20, 4);
-            let top = b.child(&format!("top.{}", fmt.child()), &mid);
-            b.write(&top, (2 << 20) + (4 << 10), 12 << 10, 5);
-            b.write(&top, 14 << 20, 4 << 10, 6);
-            // A grandchild of top stays linked (top keeps its identity).
-            let leaf = b.child(&format!("leaf.{}", fmt.child()), &top);
-            b.write(&leaf, 15 << 20, 4 << 10, 7);
-            let want = b.model[&top].clone();
-            let want_leaf = b.model[&leaf].clone();
+    for (fmt, fixed, what) in kinds() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path();
+        let mut b = Builder::new(dir);
+        let base = b.base(&format!("base.{}", fmt.base()), fixed);
+        b.write(&base, 0, 5 << 20, 1);
+        let mid = b.child(&format!("mid.{}", fmt.child()), &base);
+        // Partial blocks of the mid, a whole one, and one in an empty
+        // region of the base.
+        b.write(&mid, 1 << 20, 12 << 10, 2);
+        b.write(&mid, 4 << 20, 2 << 20, 3);
+        b.write(&mid, 9 << 20, 1 << 20, 4);
+        let top = b.child(&format!("top.{}", fmt.child()), &mid);
+        b.write(&top, (2 << 20) + (4 << 10), 12 << 10, 5);
+        b.write(&top, 14 << 20, 4 << 10, 6);
+        // A grandchild of top stays linked (top keeps its identity).
+        let leaf = b.child(&format!("leaf.{}", fmt.child()), &top);
+        b.write(&leaf, 15 << 20, 4 << 10, 7);
+        let want = b.model[&top].clone();
+        let want_leaf = b.model[&leaf].clone();
 
-            let (v, code) = run_json(&["rebase", s(&top), "--standalone"]);
-            assert_eq!(code, Some(0), "{what}: {v}");
-            assert_eq!(v["new_parent"], Value::Null, "{what}: {v}");
-            // Base and mid go: top needs neither.
-            std::fs::remove_file(&base).unwrap();
-            std::fs::remove_file(&mid).unwrap();
-            let info = xtask_ok(&["info", s(&top), "--json"]);
-            let info = json(&info);
-            assert_eq!(info["disk_type"], "dynamic", "{what}: {info}");
-            verify(&top, &want, &what);
-            verify(&leaf, &want_leaf, &what);
-            if testdata::have_qemu() {
-                let raw = dir.join("want.raw");
-                std::fs::write(&raw, &want).unwrap();
-                let f = match fmt {
-                    Fmt::Vhd => "vpc",
-                    Fmt::Vhdx => "vhdx",
-                };
-                let out = std::process::Command::new("qemu-img")
-                    .args(["compare", "-f", f, s(&top), "-F", "raw", s(&raw)])
-                    .output()
-                    .expect("spawn qemu-img");
-                assert!(
-                    out.status.success(),
-                    "{what}: qemu-img compare: {}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            // Running it again: nothing to do, nothing changed.
-            let before = hashes(dir);
-            let (v, code) = run_json(&["rebase", s(&top), "--standalone"]);
-            assert_eq!(code, Some(0), "{what}: again: {v}");
-            assert_eq!(v["nothing_to_do"], true, "{what}: again: {v}");
-            assert_eq!(hashes(dir), before, "{what}: the re-run changed a file");
+        let (v, code) = run_json(&["rebase", s(&top), "--standalone"]);
+        assert_eq!(code, Some(0), "{what}: {v}");
+        assert_eq!(v["new_parent"], Value::Null, "{what}: {v}");
+        // Base and mid go: top needs neither.
+        std::fs::remove_file(&base).unwrap();
+        std::fs::remove_file(&mid).unwrap();
+        let info = xtask_ok(&["info", s(&top), "--json"]);
+        let info = json(&info);
+        assert_eq!(info["disk_type"], "dynamic", "{what}: {info}");
+        verify(&top, &want, &what);
+        verify(&leaf, &want_leaf, &what);
+        if testdata::have_qemu() {
+            let raw = dir.join("want.raw");
+            std::fs::write(&raw, &want).unwrap();
+            let f = match fmt {
+                Fmt::Vhd => "vpc",
+                Fmt::Vhdx => "vhdx",
+            };
+            let out = std::process::Command::new("qemu-img")
+                .args(["compare", "-f", f, s(&top), "-F", "raw", s(&raw)])
+                .output()
+                .expect("spawn qemu-img");
+            assert!(
+                out.status.success(),
+                "{what}: qemu-img compare: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
+        // Running it again: nothing to do, nothing changed.
+        let before = hashes(dir);
+        let (v, code) = run_json(&["rebase", s(&top), "--standalone"]);
+        assert_eq!(code, Some(0), "{what}: again: {v}");
+        assert_eq!(v["nothing_to_do"], true, "{what}: again: {v}");
+        assert_eq!(hashes(dir), before, "{what}: the re-run changed a file");
     }
 }
 

@@ -53,6 +53,20 @@ pub fn ok(out: Output, what: &str) -> Output {
     out
 }
 
+/// `len` bytes of seeded data without a zero byte (xorshift), so no
+/// sector of it can pass for an unwritten or zeroed one.
+pub fn data(seed: u64, len: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x as u8) | 1
+        })
+        .collect()
+}
+
 /// A path as the `&str` an argument list takes.
 pub fn s(p: &Path) -> &str {
     p.to_str().expect("test paths are UTF-8")
