@@ -14,15 +14,17 @@ where
     T: BinRead + ReadEndian,
     for<'a> T::Args<'a>: Default,
 {
-    T::read(&mut Cursor::new(bytes)).map_err(|e| {
-        Error::corrupt(
-            CorruptionKind::Undecodable,
-            file,
-            structure,
-            offset,
-            format!("cannot decode: {e}"),
-        )
-    })
+    T::read(&mut Cursor::new(bytes)).map_err(|e| undecodable(e, file, structure, offset))
+}
+
+fn undecodable(e: binrw::Error, file: &str, structure: &'static str, offset: u64) -> Error {
+    Error::corrupt(
+        CorruptionKind::Undecodable,
+        file,
+        structure,
+        offset,
+        format!("cannot decode: {e}"),
+    )
 }
 
 /// Decode `T` with explicit binrw arguments (counts of variable tables).
@@ -36,15 +38,7 @@ pub fn decode_args<'a, T>(
 where
     T: BinRead + ReadEndian,
 {
-    T::read_args(&mut Cursor::new(bytes), args).map_err(|e| {
-        Error::corrupt(
-            CorruptionKind::Undecodable,
-            file,
-            structure,
-            offset,
-            format!("cannot decode: {e}"),
-        )
-    })
+    T::read_args(&mut Cursor::new(bytes), args).map_err(|e| undecodable(e, file, structure, offset))
 }
 
 /// Encode `T` into a fresh buffer.

@@ -17,6 +17,24 @@ pub trait ReplaySink {
     fn extend_to(&mut self, len: u64) -> Result<()>;
 }
 
+/// The entry at ring position `pos`, validated, or why it is not one (the
+/// active sequence was found valid, so a failure here is corruption).
+fn read_entry_or_corrupt(
+    ring: &LogRing<'_>,
+    pos: u64,
+    log_guid: Uuid,
+) -> Result<super::sequence::LogEntry> {
+    read_entry(ring, pos, log_guid)?.map_err(|m| {
+        Error::corrupt(
+            CorruptionKind::LogEntryInvalid,
+            ring.name,
+            "log entry",
+            ring.offset + pos,
+            m,
+        )
+    })
+}
+
 /// Apply every descriptor of `active` (tail to head, in order), then grow
 /// the file to the head's LastFileOffset.
 pub fn replay(
@@ -50,15 +68,7 @@ pub fn replay(
         if r.last_file_offset > limit {
             return Err(too_far("LastFileOffset", r.last_file_offset));
         }
-        let e = read_entry(ring, r.pos, log_guid)?.map_err(|m| {
-            Error::corrupt(
-                CorruptionKind::LogEntryInvalid,
-                ring.name,
-                "log entry",
-                ring.offset + r.pos,
-                m,
-            )
-        })?;
+        let e = read_entry_or_corrupt(ring, r.pos, log_guid)?;
         for d in &e.descriptors {
             let end = match d {
                 Descriptor::Zero(z) => z.file_offset.saturating_add(z.zero_length),
@@ -72,15 +82,7 @@ pub fn replay(
     for r in active {
         // Entries were validated by the search; re-read them one at a time
         // so only one entry is ever held in memory.
-        let e = read_entry(ring, r.pos, log_guid)?.map_err(|m| {
-            Error::corrupt(
-                CorruptionKind::LogEntryInvalid,
-                ring.name,
-                "log entry",
-                ring.offset + r.pos,
-                m,
-            )
-        })?;
+        let e = read_entry_or_corrupt(ring, r.pos, log_guid)?;
         let mut data = e.data_sectors.iter();
         for d in &e.descriptors {
             match d {
