@@ -111,7 +111,12 @@ impl RelinkOutcome {
                     JobState::Failed
                 };
                 self.return_value = codes::classify(&e).code();
-                self.error = Some(e.to_string());
+                self.error = Some(match e {
+                    MergeError::Cancelled => {
+                        "cancelled before the commit; the child is unchanged".to_string()
+                    }
+                    _ => e.to_string(),
+                });
                 self.error_kind = Some(e.kind());
                 self.corruption_kind = e.corruption_kind();
             }

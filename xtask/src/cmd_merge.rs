@@ -101,8 +101,8 @@ pub fn request(args: &MergeArgs) -> MergeRequest {
     }
 }
 
-/// The merge that SIGINT / SIGTERM cancel: set while `run_with_progress`
-/// waits for one, `None` otherwise.
+/// The job (a merge or a rebase) that SIGINT / SIGTERM cancel: set while
+/// one runs, `None` otherwise.
 static ACTIVE: Mutex<Option<JobHandle>> = Mutex::new(None);
 /// Signals received so far.
 static SIGNALS: AtomicU32 = AtomicU32::new(0);
@@ -129,7 +129,7 @@ fn on_signal() {
             job.cancel();
             let _ = writeln!(
                 std::io::stderr(),
-                "merge: cancelling at the next safe point (signal again to stop at once)"
+                "cancelling at the next safe point (signal again to stop at once)"
             );
         }
         // A second signal, or one with no merge running: stop now, as the
@@ -138,8 +138,16 @@ fn on_signal() {
     }
 }
 
-/// Clears [`ACTIVE`] however `run_with_progress` returns.
-struct ActiveGuard;
+/// Let SIGINT / SIGTERM cancel `job` at its next safe point (merge and
+/// rebase) until the returned guard drops.
+pub fn cancel_on_signal(job: &JobHandle) -> ActiveGuard {
+    *ACTIVE.lock().unwrap_or_else(|e| e.into_inner()) = Some(job.clone());
+    install_signal_handler();
+    ActiveGuard
+}
+
+/// Clears [`ACTIVE`] however the job's wait returns.
+pub struct ActiveGuard;
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
@@ -152,9 +160,7 @@ impl Drop for ActiveGuard {
 /// (see the module documentation).
 pub fn run_with_progress(req: MergeRequest, quiet: bool) -> MergeOutcome {
     let job = JobHandle::new();
-    *ACTIVE.lock().unwrap_or_else(|e| e.into_inner()) = Some(job.clone());
-    let _active = ActiveGuard;
-    install_signal_handler();
+    let _active = cancel_on_signal(&job);
     // The outcome comes back on a channel, so the wait for it ends the
     // moment the merge does (a sleeping poll added up to one tick to every
     // merge's wall time).

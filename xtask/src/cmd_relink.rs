@@ -91,6 +91,8 @@ pub fn run_rebase(args: RebaseArgs) -> u8 {
         dry_run: args.dry_run,
     };
     let job = JobHandle::new();
+    // Ctrl-C / SIGTERM cancel before the commit, as for a merge.
+    let _active = crate::cmd_merge::cancel_on_signal(&job);
     let (tx, rx) = std::sync::mpsc::channel();
     {
         let job = job.clone();
@@ -190,6 +192,11 @@ fn report(what: &str, out: &RelinkOutcome, json: bool) -> u8 {
                 );
             }
         }
+    } else if out.state == merge::JobState::Cancelled {
+        eprintln!(
+            "{what} cancelled (return value {}): the child is unchanged",
+            out.return_value
+        );
     } else {
         eprintln!(
             "{what} failed (return value {}): {}",

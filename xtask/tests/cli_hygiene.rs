@@ -340,3 +340,68 @@ fn refused_write_leaves_the_image_byte_identical() {
         ok(&["check", s(image)]);
     }
 }
+
+#[test]
+fn sigint_cancels_a_running_rebase() {
+    let _serial = serial();
+    for gib in [1u64, 2] {
+        let tmp = tempfile::tempdir().unwrap();
+        // base <- child (gib GiB) <- top: rebasing top onto base pulls the
+        // child's data into top.
+        let (base, child) = big_chain(tmp.path(), gib);
+        let top = tmp.path().join("top.avhdx");
+        ok(&["create", s(&top), "--parent", s(&child)]);
+        let top_len = file_len(&top);
+        let view = content_hash(&top);
+        let rebase = Command::new(xtask())
+            .args(["rebase", s(&top), "--onto", s(&base), "--json"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let kill = Command::new("kill")
+            .args(["-INT", &rebase.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success(), "kill -INT failed");
+        let out = rebase.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.code().is_some(),
+            "rebase died by the signal itself ({:?}); stderr: {stderr}",
+            out.status
+        );
+        let v: serde_json::Value = serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("rebase --json output: {e}: {stdout} {stderr}"));
+        if v["state"] == "completed" {
+            eprintln!("the rebase of {gib} GiB finished before the SIGINT; trying a bigger one");
+            continue;
+        }
+        assert_eq!(v["state"], "cancelled", "{v}\n{stderr}");
+        assert_eq!(v["return_value"], 32768, "{v}");
+        assert_eq!(out.status.code(), Some(1), "{v}");
+        // The child reads as before, still over the old chain, and its
+        // staged space is given back. (Its header may carry a new
+        // FileWriteGuid: the writable open that a cancel interrupts takes
+        // one, as for a cancelled merge.)
+        assert_eq!(
+            content_hash(&top),
+            view,
+            "the cancelled rebase changed the view"
+        );
+        assert_eq!(file_len(&top), top_len, "staged space given back");
+        ok(&["check", s(&top)]);
+        // The same command again completes it; the view is kept.
+        let again = ok(&["rebase", s(&top), "--onto", s(&base), "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+        assert_eq!(v["state"], "completed", "{v}");
+        std::fs::remove_file(&child).unwrap();
+        assert_eq!(content_hash(&top), view, "rebased content");
+        ok(&["check", s(&top)]);
+        return;
+    }
+    panic!("the rebase always finished before the SIGINT at 0.3 s");
+}
