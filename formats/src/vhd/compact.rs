@@ -1,11 +1,12 @@
 //! Compaction of a dynamic / differencing VHD: the dynamic header and BAT
 //! (which every merge writes anew at the tail) move back to the lowest gap
-//! that holds them, blocks move from the tail into gaps, the file is cut
+//! that holds them (with the parent locators' data, which a set-parent or
+//! rebase writes anew, when one gap holds all), blocks move from the tail into gaps, the file is cut
 //! after its last referenced sector with a footer there, and the gaps left
 //! are punched.
 //!
 //! Ordering, and why each crash point reads the same content:
-//! - header + BAT: copies written into a gap and flushed, then ONE 512-byte
+//! - header + BAT (+ locator data): copies written into a gap and flushed, then ONE 512-byte
 //!   write of the end footer (Data Offset -> the copy) is the switch, then
 //!   the footer copy at 0, durable with the next flush (a stale copy at 0
 //!   is a repairable warning, as after a crash between the two writes).
@@ -87,17 +88,60 @@ pub(super) fn compact(img: &mut VhdImage) -> Result<CompactReport> {
     }
 
     let mut copy_at_zero_pending = false;
-    // 1. Header and BAT back to the lowest gap that holds both.
-    if let (Some(mut map), Some(s)) = (layout(img, length_before, true), img.sparse.as_ref()) {
-        let unit = HEADER_SIZE as u64 + bat_bytes(s.bat.len());
-        let limit = s.header_offset.min(s.header.table_offset);
-        if let Some(at) = map.take_below(unit, limit, |g| g) {
+    // 1. Header and BAT back to the lowest gap that holds both: together
+    // with the parent locators' data when one gap below all of them holds
+    // the three (after a set-parent or rebase, which write new locator data
+    // at the tail), else the header and BAT alone.
+    if let (Some(map), Some(s)) = (layout(img, length_before, true), img.sparse.as_ref()) {
+        let tables = HEADER_SIZE as u64 + bat_bytes(s.bat.len());
+        let mut limit = s.header_offset.min(s.header.table_offset);
+        // (slot, old data offset, bytes reserved) of the locators.
+        let tail: Vec<(usize, u64, u64)> = s
+            .header
+            .parent_locators
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.is_used() && s.differencing)
+            .filter_map(|(i, e)| {
+                let space = align512(e.reserved_bytes())?;
+                (e.platform_data_offset.checked_add(space)? <= img.footer_offset).then_some((
+                    i,
+                    e.platform_data_offset,
+                    space,
+                ))
+            })
+            .collect();
+        let with_locators = tables + tail.iter().map(|t| t.2).sum::<u64>();
+        let lowest_locator = tail.iter().map(|t| t.1).min().unwrap_or(limit);
+        let (mut with, mut without) = (map.clone(), map);
+        let placed = match with.take_below(with_locators, limit.min(lowest_locator), |g| g) {
+            Some(at) if !tail.is_empty() => Some((at, true)),
+            _ => {
+                limit = s.header_offset.min(s.header.table_offset);
+                without
+                    .take_below(tables, limit, |g| g)
+                    .map(|at| (at, false))
+            }
+        };
+        if let Some((at, moving_locators)) = placed {
             let mut header = s.header.clone();
             header.table_offset = at + HEADER_SIZE as u64;
             let bat = BlockAllocationTable {
                 entries: s.bat.clone(),
             }
             .to_bytes()?;
+            let mut unit = tables;
+            if moving_locators {
+                let mut next = at + tables;
+                for &(i, old, space) in &tail {
+                    let e = &mut header.parent_locators[i];
+                    let len = u64::from(e.platform_data_length);
+                    st.copy_from(st.as_ref(), old, next, len).ctx(&name)?;
+                    e.platform_data_offset = next;
+                    next += space;
+                }
+                unit = with_locators;
+            }
             st.write_at(&header.to_bytes()?, at).ctx(&name)?;
             st.write_at(&bat, header.table_offset).ctx(&name)?;
             st.flush().ctx(&name)?;
@@ -114,6 +158,29 @@ pub(super) fn compact(img: &mut VhdImage) -> Result<CompactReport> {
             copy_at_zero_pending = true;
             img.footer = f;
             if let Some(s) = img.sparse.as_mut() {
+                if moving_locators {
+                    // Rebuilt from the header just written: the layout of
+                    // the next steps reads the locators' places from here.
+                    let rebuilt = header
+                        .parent_locators
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, e)| e.is_used())
+                        .map(|(i, e)| {
+                            let old = tail
+                                .iter()
+                                .find(|t| t.0 == i)
+                                .map_or(e.platform_data_offset, |t| t.1);
+                            let text = s
+                                .locators
+                                .iter()
+                                .find(|(l, _, _)| l.platform_data_offset == old)
+                                .and_then(|(_, _, t)| t.clone());
+                            (*e, at + 0x240 + 24 * i as u64, text)
+                        })
+                        .collect();
+                    s.locators = rebuilt;
+                }
                 s.header_offset = at;
                 s.header = header;
             }
