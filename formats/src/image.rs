@@ -83,6 +83,15 @@ pub trait Image: Layer {
         Ok(0)
     }
 
+    /// Would `MergeBatch::set_parent(parent)` accept this parent? The same
+    /// checks, on a read-only open, so a caller can refuse before it opens
+    /// the image writable (which alone changes a VHDX's header). Default:
+    /// nothing to check.
+    fn check_parent_spec(&self, parent: &crate::params::ParentSpec) -> Result<()> {
+        let _ = parent;
+        Ok(())
+    }
+
     /// Start an atomic batch (the merge's write path): nothing staged is
     /// visible to any reader until `MergeBatch::commit`, and after it all is.
     fn begin_batch(&mut self) -> Result<Box<dyn MergeBatch + '_>>;

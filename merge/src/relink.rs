@@ -388,6 +388,9 @@ fn relink(
                 out.id_mismatch_ignored = true;
             }
             let spec = formats::create::parent_spec(ns, parent, np, &req.child)?;
+            // The link must be recordable (a locator that fits, paths not
+            // too long) before the writable open changes any byte.
+            old.top().check_parent_spec(&spec)?;
             out.relative_path = Some(spec.relative_path.clone());
             out.absolute_path = Some(spec.absolute_path.clone());
             Some(spec)

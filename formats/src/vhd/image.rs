@@ -778,6 +778,17 @@ impl Image for VhdImage {
     fn begin_batch(&mut self) -> Result<Box<dyn MergeBatch + '_>> {
         super::batch::begin(self)
     }
+
+    fn check_parent_spec(&self, parent: &crate::params::ParentSpec) -> Result<()> {
+        let Some(s) = self.sparse.as_ref().filter(|s| s.differencing) else {
+            return Err(Error::Unsupported {
+                file: self.name.clone(),
+                message: "not a differencing image: it has no parent to set".into(),
+            });
+        };
+        let mut probe = s.header.clone();
+        super::create::set_parent_fields(&mut probe, parent, &mut |_| Ok(0)).map(|_| ())
+    }
 }
 
 /// The hint a decoded locator text gives, by platform code.

@@ -752,6 +752,11 @@ fn commit_steps(
 /// here). It stays where the old one is when it fits before the next
 /// item, else it goes after the last item; a locator that fits nowhere in
 /// the metadata region is refused.
+/// `stage_locator`'s checks alone (`Image::check_parent_spec`).
+pub(crate) fn check_locator(img: &VhdxImage, parent: &crate::params::ParentSpec) -> Result<()> {
+    stage_locator(img, parent).map(|_| ())
+}
+
 fn stage_locator(img: &VhdxImage, parent: &crate::params::ParentSpec) -> Result<StagedMetadata> {
     let name = &img.name;
     let bytes = super::create::parent_locator_item(parent)?;

@@ -1379,6 +1379,10 @@ impl Image for VhdxImage {
         super::batch::begin(self)
     }
 
+    fn check_parent_spec(&self, parent: &crate::params::ParentSpec) -> Result<()> {
+        super::batch::check_locator(self, parent)
+    }
+
     fn compact(&mut self) -> Result<crate::image::CompactReport> {
         super::compact::compact(self)
     }
