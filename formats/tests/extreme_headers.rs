@@ -664,10 +664,16 @@ fn exercise(bytes: &[u8]) {
             let mut buf = vec![0u8; len.min(MIB) as usize];
             let _ = ChainReader::new(vec![img.as_ref() as &dyn Layer]).read(off, &mut buf);
         }
-        // A write allocates a whole block: with a valid but large block
-        // size (up to 256 MiB) that is a legitimate allocation of memory
-        // storage beyond this binary's 64 MiB guard, not a bug.
-        if writable && img.block_size() <= 16 * MIB {
+        // A write allocates a whole block at the end of the file: with a
+        // valid but large block size (up to 256 MiB), or a file a log
+        // replay legitimately extended, memory storage then grows past
+        // this binary's 64 MiB guard, which is no bug. Writes run where
+        // the file stays well below the guard.
+        let file_len = storage.len().unwrap_or(u64::MAX);
+        if writable
+            && img.block_size() <= 16 * MIB
+            && file_len.saturating_add(2 * img.block_size()) <= 32 * MIB
+        {
             let last = size.saturating_sub(4096) / sector * sector;
             for off in [0, 3 * MIB, last] {
                 let _ = img.write_sectors(off, &[0x5A; 4096]);
@@ -740,7 +746,13 @@ fn run(b: Base, edits: &[(Field, u64)]) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 160, ..ProptestConfig::default() })]
+    // A fixed seed: CI runs the same 160 cases every time (one seed
+    // reproduces a failure); change the seed to explore others.
+    #![proptest_config(ProptestConfig {
+        cases: 160,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x5eed_e47e),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn vhdx_extreme_fields(
