@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use formats::chain::{fold, Chain, ChainOptions, ChainReader, FoldedRun, Source};
-use formats::params::{Identity, OpenOptions, ParentLinkage};
+use formats::params::OpenOptions;
 use formats::{Access, Image, JournalSlot, Layer, MergeBatch, Namespace};
 use serde::Serialize;
 
@@ -156,44 +156,6 @@ fn canonical(ns: &Arc<dyn Namespace>, p: &Path) -> PathBuf {
     ns.canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
-fn healthy(path: &Path, image: &dyn Image) -> Result<(), MergeError> {
-    crate::require_healthy(path, image)
-}
-
-fn linkage_text(l: &ParentLinkage) -> String {
-    match l {
-        ParentLinkage::Vhdx { parent_linkage, .. } => {
-            format!("parent_linkage {{{parent_linkage}}}")
-        }
-        ParentLinkage::Vhd {
-            parent_unique_id, ..
-        } => format!(
-            "parent unique id {}",
-            uuid::Uuid::from_bytes(*parent_unique_id)
-        ),
-    }
-}
-
-/// Does `parent` carry the identity `linkage` records?
-fn identity_matches(linkage: &ParentLinkage, parent: &Identity) -> bool {
-    match (linkage, parent) {
-        (
-            ParentLinkage::Vhdx {
-                parent_linkage,
-                parent_linkage2,
-            },
-            Identity::Vhdx { data_write_guid },
-        ) => parent_linkage == data_write_guid || parent_linkage2.as_ref() == Some(data_write_guid),
-        (
-            ParentLinkage::Vhd {
-                parent_unique_id, ..
-            },
-            Identity::Vhd { unique_id, .. },
-        ) => parent_unique_id == unique_id,
-        _ => false,
-    }
-}
-
 fn relink(
     ns: &Arc<dyn Namespace>,
     req: &RelinkRequest,
@@ -210,7 +172,7 @@ fn relink(
     if !child.is_differencing() && mode == Mode::Rebase && req.new_parent.is_none() {
         // `--standalone` of an image without a parent (a finished run
         // repeated): there is nothing to do, as with qemu-img.
-        healthy(&req.child, child.as_ref())?;
+        crate::require_healthy(&req.child, child.as_ref())?;
         out.nothing_to_do = true;
         return Ok(());
     }
@@ -219,7 +181,7 @@ fn relink(
             file: name(&req.child),
         });
     }
-    healthy(&req.child, child.as_ref())?;
+    crate::require_healthy(&req.child, child.as_ref())?;
     let mut parent_opts = req.chain.clone();
     parent_opts.access = Access::Read;
     parent_opts.writable = false;
@@ -248,7 +210,7 @@ fn relink(
     out.old_parent = old.links.get(1).map(|l| name(&l.path));
     if mode == Mode::Rebase {
         for l in &old.links[1..] {
-            healthy(&l.path, l.image.as_ref())?;
+            crate::require_healthy(&l.path, l.image.as_ref())?;
         }
     }
     let child_info = old.top().info();
@@ -262,6 +224,11 @@ fn relink(
             // the same layer objects let the comparison skip the ranges
             // both chains read from the same place.
             let np_canon = canonical(ns, np);
+            let cycle = |chain: Vec<String>| MergeError::Cycle {
+                child: name(&req.child),
+                parent: name(np),
+                chain,
+            };
             let in_old = old.links[1..]
                 .iter()
                 .position(|l| canonical(ns, &l.path) == np_canon)
@@ -270,11 +237,7 @@ fn relink(
                 Some(i) if mode == Mode::Rebase => Some(NewChain::InOld(i)),
                 _ => {
                     if np_canon == child_canon {
-                        return Err(MergeError::Cycle {
-                            child: name(&req.child),
-                            parent: name(np),
-                            chain: vec![name(np)],
-                        });
+                        return Err(cycle(vec![name(np)]));
                     }
                     let opts = ChainOptions {
                         parents: Vec::new(),
@@ -286,11 +249,7 @@ fn relink(
                         Err(formats::Error::Locked { file, .. })
                             if canonical(ns, Path::new(&file)) == child_canon =>
                         {
-                            return Err(MergeError::Cycle {
-                                child: name(&req.child),
-                                parent: name(np),
-                                chain: vec![name(np), name(&req.child)],
-                            })
+                            return Err(cycle(vec![name(np), name(&req.child)]))
                         }
                         Err(e) => return Err(e.into()),
                     };
@@ -299,11 +258,7 @@ fn relink(
                         .iter()
                         .any(|l| canonical(ns, &l.path) == child_canon)
                     {
-                        return Err(MergeError::Cycle {
-                            child: name(&req.child),
-                            parent: name(np),
-                            chain: paths,
-                        });
+                        return Err(cycle(paths));
                     }
                     match c.broken {
                         // Its chain reached the child, which we hold locked.
@@ -312,11 +267,7 @@ fn relink(
                         {
                             let mut chain = paths;
                             chain.push(name(&req.child));
-                            return Err(MergeError::Cycle {
-                                child: name(&req.child),
-                                parent: name(np),
-                                chain,
-                            });
+                            return Err(cycle(chain));
                         }
                         Some(e) if mode == Mode::Rebase => return Err(e.into()),
                         _ => {}
@@ -339,7 +290,7 @@ fn relink(
             if let NewChain::Own(links) = new_chain.as_ref().expect("set above") {
                 let upto = if mode == Mode::Rebase { links.len() } else { 1 };
                 for l in &links[..upto] {
-                    healthy(&l.path, l.image.as_ref())?;
+                    crate::require_healthy(&l.path, l.image.as_ref())?;
                 }
             }
             let pinfo = parent.info();
@@ -366,23 +317,17 @@ fn relink(
                     pinfo.logical_sector_size, child_info.logical_sector_size
                 )));
             }
-            let linkage = old.top().parent_linkage();
-            let matches = linkage
-                .as_ref()
-                .is_some_and(|l| identity_matches(l, &parent.identity()));
-            if mode == Mode::SetParent && !matches {
+            // The same linkage test chain resolution applies.
+            let linkage = match old.top().parent_linkage() {
+                Some(l) => formats::chain::resolve::linkage_matches(&l, &parent.identity()),
+                None => Err("the child records no parent linkage".into()),
+            };
+            if let (Mode::SetParent, Err(detail)) = (mode, linkage) {
                 if !req.ignore_id_mismatch {
                     return Err(MergeError::IdMismatch {
                         child: name(&req.child),
                         parent: name(np),
-                        detail: format!(
-                            "the child records {}, the file carries {}",
-                            linkage
-                                .as_ref()
-                                .map(linkage_text)
-                                .unwrap_or_else(|| "nothing".into()),
-                            crate::record::identity_text(&parent.identity())
-                        ),
+                        detail,
                     });
                 }
                 out.id_mismatch_ignored = true;
