@@ -512,13 +512,26 @@ fn build(ns: &Arc<dyn Namespace>, p: &MergeParams) -> Result<(), String> {
 }
 
 pub(crate) fn read_chain(ns: &Arc<dyn Namespace>, path: &Path) -> Result<Vec<u8>, String> {
-    let chain = Chain::open(ns, path, &ChainOptions::default())
-        .map_err(|e| format!("open {}: {e}", path.display()))?;
+    read_chain_with(ns, path, &ChainOptions::default())
+}
+
+/// The whole virtual content of the chain at `path`, opened with `opts`.
+pub(crate) fn read_chain_with(
+    ns: &Arc<dyn Namespace>,
+    path: &Path,
+    opts: &ChainOptions,
+) -> Result<Vec<u8>, String> {
+    let chain = Chain::open(ns, path, opts).map_err(|e| format!("open {}: {e}", path.display()))?;
+    read_whole(&chain)
+}
+
+/// The whole virtual content of an opened chain.
+pub(crate) fn read_whole(chain: &Chain) -> Result<Vec<u8>, String> {
     let mut buf = vec![0u8; chain.top().virtual_size() as usize];
     chain
         .reader()
         .read(0, &mut buf)
-        .map_err(|e| format!("read {}: {e}", path.display()))?;
+        .map_err(|e| format!("read {}: {e}", chain.top().name()))?;
     Ok(buf)
 }
 

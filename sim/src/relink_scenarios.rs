@@ -31,7 +31,8 @@ use merge::JobHandle;
 use crate::barrier::NoBarrierNs;
 use crate::explore::{CrashContext, Marks, Scenario};
 use crate::merge_scenarios::{
-    apply, check_chain, create_image, e2s, name_hash, read_chain, Edit, MergeStrategy,
+    apply, check_chain, create_image, e2s, name_hash, read_chain, read_chain_with, read_whole,
+    Edit, MergeStrategy,
 };
 
 const KIB: u64 = 1 << 10;
@@ -261,16 +262,14 @@ impl RelinkScenario {
                 let old_locator = locator(&ns, p)?;
                 let content = match p.op {
                     RelinkOp::Rebase | RelinkOp::Standalone => read_chain(&ns, &p.child())?,
-                    RelinkOp::SetParent => {
-                        let opts = ChainOptions {
+                    RelinkOp::SetParent => read_chain_with(
+                        &ns,
+                        &p.child(),
+                        &ChainOptions {
                             parents: vec![p.renamed()],
                             ..Default::default()
-                        };
-                        let c = Chain::open(&ns, &p.child(), &opts).map_err(e2s)?;
-                        let mut buf = vec![0u8; c.top().virtual_size() as usize];
-                        c.reader().read(0, &mut buf).map_err(e2s)?;
-                        buf
-                    }
+                        },
+                    )?,
                 };
                 let out = formats::entropy::with_seed(self.seed ^ 1, || relink(&ns, p))?;
                 if p.op != RelinkOp::SetParent && out.bytes_copied == 0 {
@@ -328,8 +327,7 @@ fn judge(ns: &Arc<dyn Namespace>, p: &RelinkParams, exp: &RelinkExpected) -> Res
                     if new { "new" } else { "old" }
                 ));
             }
-            let mut buf = vec![0u8; chain.top().virtual_size() as usize];
-            chain.reader().read(0, &mut buf).map_err(e2s)?;
+            let buf = read_whole(&chain)?;
             if buf != exp.content {
                 let first = buf.iter().zip(&exp.content).position(|(a, b)| a != b);
                 return Err(format!(
@@ -385,19 +383,15 @@ impl Scenario for RelinkScenario {
                 // over the base alone (the linkage is verified). Deleting
                 // the middle file here would make this check a part of the
                 // recovery that a second crash interrupts.
+                let parents = match p.op {
+                    RelinkOp::Standalone => Vec::new(),
+                    _ => vec![p.base()],
+                };
                 let opts = ChainOptions {
-                    parents: vec![p.base()],
+                    parents,
                     ..Default::default()
                 };
-                let opts = if p.op == RelinkOp::Standalone {
-                    ChainOptions::default()
-                } else {
-                    opts
-                };
-                let c = Chain::open(ns, &p.child(), &opts).map_err(e2s)?;
-                let mut buf = vec![0u8; c.top().virtual_size() as usize];
-                c.reader().read(0, &mut buf).map_err(e2s)?;
-                if buf != exp.content {
+                if read_chain_with(ns, &p.child(), &opts)? != exp.content {
                     return Err("over the base alone the child reads differently".into());
                 }
             }
