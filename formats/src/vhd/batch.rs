@@ -517,8 +517,9 @@ impl<'a> ShadowBatch<'a> {
         Ok(())
     }
 
-    /// Set bits `[k0, k1)` of the fresh block bitmap at `base`.
-    fn set_bits(&mut self, base: u64, bitmap_bytes: u64, k0: u64, k1: u64) -> Result<()> {
+    /// The bitmap of the block at `base`, in the cache (the one cached
+    /// before written back first).
+    fn cached_bitmap(&mut self, base: u64, bitmap_bytes: u64) -> Result<&mut CachedBitmap> {
         if self.bitmap.as_ref().map(|c| c.base) != Some(base) {
             self.write_back_bitmap()?;
             let mut bytes = vec![0u8; bitmap_bytes as usize];
@@ -529,12 +530,18 @@ impl<'a> ShadowBatch<'a> {
                 dirty: false,
             });
         }
-        if let Some(c) = &mut self.bitmap {
-            for k in k0..k1 {
-                c.bits.set(k);
-            }
-            c.dirty = true;
+        self.bitmap
+            .as_mut()
+            .ok_or_else(|| Error::InvalidParameter("bitmap cache".into()))
+    }
+
+    /// Set bits `[k0, k1)` of the fresh block bitmap at `base`.
+    fn set_bits(&mut self, base: u64, bitmap_bytes: u64, k0: u64, k1: u64) -> Result<()> {
+        let c = self.cached_bitmap(base, bitmap_bytes)?;
+        for k in k0..k1 {
+            c.bits.set(k);
         }
+        c.dirty = true;
         Ok(())
     }
 
@@ -775,29 +782,19 @@ impl MergeBatch for ShadowBatch<'_> {
                 continue;
             }
             let base = u64::from(entry) * 512;
-            let bits = match &self.bitmap {
-                Some(c) if c.base == base => c.bits.clone(),
-                _ => {
-                    let mut bytes = vec![0u8; bitmap_bytes as usize];
-                    self.st.read_at(&mut bytes, base).ctx(&self.img.name)?;
-                    SectorBitmap { bytes }
-                }
-            };
-            let mut k = 0;
-            while k < sectors {
-                if bits.get(k) {
-                    k += 1;
-                    continue;
-                }
-                let first = k;
-                while k < sectors && !bits.get(k) {
-                    k += 1;
-                }
+            let runs = self
+                .cached_bitmap(base, bitmap_bytes)?
+                .bits
+                .runs(0, sectors);
+            for (first, n, bit) in runs {
                 let off = b * bs + first * 512;
                 if off >= self.new_size {
                     break;
                 }
-                let len = ((k - first) * 512).min(self.new_size - off);
+                if bit {
+                    continue;
+                }
+                let len = (n * 512).min(self.new_size - off);
                 buf.resize(len as usize, 0);
                 parent_view(off, &mut buf)?;
                 self.write(off, &buf)?;

@@ -475,17 +475,13 @@ impl MergeBatch for VhdxBatch<'_> {
             let in_disk = (g.virtual_size - blk * bs).min(bs) / lss;
             let mut k = 0;
             while k < in_disk {
-                if sector_bitmap::get_bit(&bits, k) {
-                    k += 1;
-                    continue;
+                let n = sector_bitmap::run_length(&bits, k, in_disk - k);
+                if !sector_bitmap::get_bit(&bits, k) {
+                    buf.resize((n * lss) as usize, 0);
+                    parent_view(blk * bs + k * lss, &mut buf)?;
+                    self.write_in_block(blk, k * lss, Payload::Bytes(&buf))?;
                 }
-                let first = k;
-                while k < in_disk && !sector_bitmap::get_bit(&bits, k) {
-                    k += 1;
-                }
-                buf.resize(((k - first) * lss) as usize, 0);
-                parent_view(blk * bs + first * lss, &mut buf)?;
-                self.write_in_block(blk, first * lss, Payload::Bytes(&buf))?;
+                k += n;
             }
             let e = self.entry(idx);
             self.staged.insert(
