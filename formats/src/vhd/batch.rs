@@ -732,30 +732,15 @@ impl MergeBatch for ShadowBatch<'_> {
     }
 
     fn set_parent(&mut self, parent: &crate::params::ParentSpec) -> Result<()> {
-        let Some(s) = &self.img.sparse else {
-            return Err(Error::InvalidParameter("not a dynamic VHD".into()));
-        };
-        if !s.differencing {
-            return Err(Error::Unsupported {
-                file: self.name(),
-                message: "not a differencing image: it has no parent to set".into(),
-            });
-        }
-        if self.prepared.is_some() {
+        if self.prepared.is_some() || self.standalone {
             return Err(Error::InvalidParameter(format!(
-                "{}: set_parent after prepare",
+                "{}: set_parent after prepare or make_standalone",
                 self.name()
             )));
         }
-        if self.standalone {
-            return Err(Error::InvalidParameter(format!(
-                "{}: set_parent after make_standalone",
-                self.name()
-            )));
-        }
-        // Every refusal now, before anything is staged.
-        let mut probe = s.header.clone();
-        super::create::set_parent_fields(&mut probe, parent, &mut |_| Ok(0))?;
+        // Every refusal now (the image's own check), before anything is
+        // staged.
+        crate::image::Image::check_parent_spec(&*self.img, parent)?;
         self.parent = Some(parent.clone());
         Ok(())
     }
