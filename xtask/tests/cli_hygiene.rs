@@ -196,6 +196,38 @@ fn sigkill_during_a_merge_then_rerun_ends_within_one_block() {
     assert_space_of_rerun(&base, before, gib);
 }
 
+/// Run `xtask ARGS` (a `--json` command), send it SIGINT after 0.3 s, and
+/// return its JSON outcome, exit status and stderr. The process must have
+/// exited by itself (the handler was installed), not died by the signal.
+fn interrupted(args: &[&str]) -> (serde_json::Value, Option<i32>, String) {
+    let child = Command::new(xtask())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success(), "kill -INT failed");
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let code = out.status.code();
+    assert!(
+        code.is_some(),
+        "{args:?} died by the signal itself ({:?}): the handler was not installed \
+         0.3 s after the start; stderr: {stderr}",
+        out.status
+    );
+    let v: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("{args:?} --json output: {e}: {stdout} {stderr}"));
+    (v, code, stderr)
+}
+
 #[test]
 fn sigint_cancels_a_running_merge() {
     let _serial = serial();
@@ -207,31 +239,7 @@ fn sigint_cancels_a_running_merge() {
         let child_view = content_hash(&child);
         assert_ne!(base_before, child_view);
 
-        let merge = Command::new(xtask())
-            .args(["merge", s(&child), "--json"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-        let kill = Command::new("kill")
-            .args(["-INT", &merge.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(kill.success(), "kill -INT failed");
-        let out = merge.wait_with_output().unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let code = out.status.code();
-        assert!(
-            code.is_some(),
-            "merge died by the signal itself ({:?}): the handler was not installed \
-             0.3 s after the start; stderr: {stderr}",
-            out.status
-        );
-        let v: serde_json::Value = serde_json::from_str(&stdout)
-            .unwrap_or_else(|e| panic!("merge --json output: {e}: {stdout} {stderr}"));
+        let (v, code, stderr) = interrupted(&["merge", s(&child), "--json"]);
         if v["state"] == "completed" {
             eprintln!(
                 "the merge of a {gib} GiB child finished before the SIGINT (0.3 s); \
@@ -353,36 +361,14 @@ fn sigint_cancels_a_running_rebase() {
         ok(&["create", s(&top), "--parent", s(&child)]);
         let top_len = file_len(&top);
         let view = content_hash(&top);
-        let rebase = Command::new(xtask())
-            .args(["rebase", s(&top), "--onto", s(&base), "--json"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-        let kill = Command::new("kill")
-            .args(["-INT", &rebase.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(kill.success(), "kill -INT failed");
-        let out = rebase.wait_with_output().unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.code().is_some(),
-            "rebase died by the signal itself ({:?}); stderr: {stderr}",
-            out.status
-        );
-        let v: serde_json::Value = serde_json::from_str(&stdout)
-            .unwrap_or_else(|e| panic!("rebase --json output: {e}: {stdout} {stderr}"));
+        let (v, code, stderr) = interrupted(&["rebase", s(&top), "--onto", s(&base), "--json"]);
         if v["state"] == "completed" {
             eprintln!("the rebase of {gib} GiB finished before the SIGINT; trying a bigger one");
             continue;
         }
         assert_eq!(v["state"], "cancelled", "{v}\n{stderr}");
         assert_eq!(v["return_value"], 32768, "{v}");
-        assert_eq!(out.status.code(), Some(1), "{v}");
+        assert_eq!(code, Some(1), "{v}");
         // The child reads as before, still over the old chain, and its
         // staged space is given back. (Its header may carry a new
         // FileWriteGuid: the writable open that a cancel interrupts takes
