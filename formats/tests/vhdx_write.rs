@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use formats::layer::push_run;
-use formats::params::{CreateParams, DiskType, Identity, OpenOptions, ParentSpec};
+use formats::params::{CreateParams, DiskType, HeldBlocks, Identity, OpenOptions, ParentSpec};
 use formats::vhdx::{self, VhdxImage};
 use formats::{Image, Layer, MemStorage, RunKind, Severity, Storage};
 
@@ -616,16 +616,27 @@ fn stage(b: &mut dyn MergeBatch, m: &mut Model) -> formats::Result<()> {
     Ok(())
 }
 
+/// `img`'s batch; with `journal`, partly replaced held blocks go through
+/// the log (`HeldBlocks::Journal`, the room a merge would reserve).
+fn begin(img: &mut VhdxImage, journal: bool) -> formats::Result<Box<dyn MergeBatch + '_>> {
+    let mut b = img.begin_batch()?;
+    if journal {
+        b.held_blocks(HeldBlocks::Journal);
+        b.expect_fresh(16 * MIB)?;
+    }
+    Ok(b)
+}
+
 #[test]
 fn batch_commit_and_abandon() {
-    for diff in [false, true] {
+    for (diff, journal) in [(false, false), (true, false), (false, true), (true, true)] {
         let (mem, old) = prepared(diff, 16 * MIB);
         let old_bytes = mem.to_vec();
         // Dropped before commit: the old image, checking clean.
         {
             let mut img = open(mem.clone(), true);
             let mut m = old.clone();
-            let mut b = img.begin_batch().unwrap();
+            let mut b = begin(&mut img, journal).unwrap();
             stage(&mut *b, &mut m).unwrap();
             b.prepare().unwrap();
             drop(b);
@@ -647,7 +658,7 @@ fn batch_commit_and_abandon() {
         let mut m = old.clone();
         let g = uuid::Uuid::new_v4();
         {
-            let mut b = img.begin_batch().unwrap();
+            let mut b = begin(&mut img, journal).unwrap();
             stage(&mut *b, &mut m).unwrap();
             b.prepare().unwrap();
             b.commit(Identity::Vhdx { data_write_guid: g }).unwrap();
@@ -797,14 +808,14 @@ fn batch_with_a_large_entry_uses_a_temporary_log() {
 /// the file always opens as the complete old or the complete new image.
 #[test]
 fn batch_every_cut_point_is_old_or_new() {
-    for diff in [false, true] {
+    for (diff, journal) in [(false, false), (true, false), (false, true), (true, true)] {
         let (base, _) = prepared(diff, 16 * MIB);
         let old = content(&open(base.clone(), false));
         let new = {
             let mem = Arc::new(MemStorage::from_vec(base.to_vec()));
             let mut img = open(mem.clone(), true);
             let mut m = Model::new(16 * MIB, 512, true);
-            let mut b = img.begin_batch().unwrap();
+            let mut b = begin(&mut img, journal).unwrap();
             stage(&mut *b, &mut m).unwrap();
             b.commit(Identity::Vhdx {
                 data_write_guid: uuid::Uuid::new_v4(),
@@ -827,7 +838,7 @@ fn batch_every_cut_point_is_old_or_new() {
             cut.limit.store(n, Ordering::SeqCst);
             let mut m = Model::new(16 * MIB, 512, true);
             let done = (|| -> formats::Result<()> {
-                let mut b = img.begin_batch()?;
+                let mut b = begin(&mut img, journal)?;
                 stage(&mut *b, &mut m)?;
                 b.prepare()?;
                 b.commit(Identity::Vhdx {
@@ -840,7 +851,7 @@ fn batch_every_cut_point_is_old_or_new() {
             let c = content(&ro);
             assert!(
                 c == old || c == new,
-                "diff={diff}: cut after {n} writes: neither old nor new"
+                "diff={diff} journal={journal}: cut after {n} writes: neither old nor new"
             );
             no_errors(&ro);
             if done {
@@ -971,4 +982,66 @@ fn a_writable_reopen_keeps_the_content_and_the_bat() {
     let mut again_runs = Vec::new();
     again.map(0, again.virtual_size(), &mut again_runs).unwrap();
     assert_eq!(runs, again_runs);
+}
+
+/// The journal (`HeldBlocks::Journal`) over a disk whose every block is
+/// held: whole sectors, sectors written in part (512-byte sectors inside
+/// 4 KiB log sectors), a sector written in part again after the log entry
+/// holding it went out (its latest copy read back from the log area), and
+/// out of order. The content equals the model's, nothing moves, and the
+/// file ends where it was.
+#[test]
+fn journal_rewrites_and_partial_sectors_land_in_place() {
+    for diff in [false, true] {
+        let size = 16 * MIB;
+        let mem = created_1m_blocks(diff, size);
+        let mut m = Model::new(size, 512, !diff);
+        let mut img = open(mem.clone(), true);
+        let full: Vec<u8> = (0..size).map(|i| (i % 251) as u8 | 1).collect();
+        img.write_sectors(0, &full).unwrap();
+        m.write(0, &full);
+        drop(img);
+        let len_before = mem.len().unwrap();
+        let mut img = open(mem.clone(), true);
+        // Most of blocks 0..6 (a whole block would be rebuilt, not
+        // journaled): more than one log entry (4 MiB) of whole sectors.
+        let mut ops: Vec<(u64, u64, u8)> =
+            (0..6).map(|k| (k * MIB + 4096, MIB - 8192, 0x21)).collect();
+        ops.extend([
+            // Block 0's first sectors went out with the first entry: the
+            // partly written 4 KiB sector is read back from the log area.
+            (4096 + 1024, 512, 0x22),
+            // Out of order, inside one 4 KiB sector of block 8.
+            (8 * MIB + 1536, 512, 0x23),
+            (8 * MIB, 4096, 0x24),
+            (8 * MIB + 512, 512, 0x25),
+            // Unaligned run across a 4 KiB edge and a block edge.
+            (10 * MIB - 2560, 5120, 0x26),
+            // The same bytes twice: the later copy wins.
+            (12 * MIB + 4096, 8192, 0x27),
+            (12 * MIB + 4096, 8192, 0x28),
+        ]);
+        {
+            let mut b = begin(&mut img, true).unwrap();
+            for &(off, len, v) in &ops {
+                let d = vec![v; len as usize];
+                b.write(off, &d).unwrap();
+                m.write(off as usize, &d);
+            }
+            b.prepare().unwrap();
+            b.commit(Identity::Vhdx {
+                data_write_guid: uuid::Uuid::new_v4(),
+            })
+            .unwrap();
+        }
+        assert_matches(&img, &m);
+        let report = img.compact().unwrap();
+        assert_eq!(report.moved, 0, "diff={diff}: the journal moved blocks");
+        drop(img);
+        assert_eq!(mem.len().unwrap(), len_before, "diff={diff}");
+        let ro = open(mem.clone(), false);
+        assert!(ro.header().log_guid.is_nil());
+        assert_matches(&ro, &m);
+        no_errors(&ro);
+    }
 }

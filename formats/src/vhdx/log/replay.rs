@@ -15,6 +15,11 @@ pub trait ReplaySink {
     fn zero(&mut self, offset: u64, length: u64) -> Result<()>;
     /// Make the file at least `len` bytes long.
     fn extend_to(&mut self, len: u64) -> Result<()>;
+    /// Everything replayed so far reaches the sink's target (a sink may
+    /// hold consecutive sectors to write them as one). Default: nothing.
+    fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The entry at ring position `pos`, validated, or why it is not one (the
@@ -105,23 +110,64 @@ pub fn replay(
             }
         }
     }
+    sink.finish()?;
     if let Some(head) = active.last() {
         sink.extend_to(head.last_file_offset)?;
     }
     Ok(())
 }
 
-/// Replays straight into the file (writable open).
+/// Replays straight into the file (writable open). Sectors for
+/// consecutive targets are joined into writes of up to `RUN` bytes (a
+/// journal entry's sectors usually are consecutive): one write per run,
+/// not one per 4 KiB.
 pub struct StorageSink<'a> {
-    pub storage: &'a dyn Storage,
-    pub name: &'a str,
+    storage: &'a dyn Storage,
+    name: &'a str,
+    /// Sectors not yet written, for `[run_at, run_at + run.len())`.
+    run: Vec<u8>,
+    run_at: u64,
+}
+
+const RUN: usize = 1 << 20;
+
+impl<'a> StorageSink<'a> {
+    pub fn new(storage: &'a dyn Storage, name: &'a str) -> Self {
+        StorageSink {
+            storage,
+            name,
+            run: Vec::new(),
+            run_at: 0,
+        }
+    }
+
+    fn write_run(&mut self) -> Result<()> {
+        if !self.run.is_empty() {
+            self.storage
+                .write_at(&self.run, self.run_at)
+                .ctx(self.name)?;
+            self.run.clear();
+        }
+        Ok(())
+    }
 }
 
 impl ReplaySink for StorageSink<'_> {
     fn data(&mut self, offset: u64, sector: &[u8; 4096]) -> Result<()> {
-        self.storage.write_at(sector, offset).ctx(self.name)
+        // Replay order matters only where targets repeat, and a repeated
+        // target is never the next one of the run: joining keeps order.
+        if self.run.len() >= RUN || self.run_at + self.run.len() as u64 != offset {
+            self.write_run()?;
+            self.run_at = offset;
+        }
+        self.run.extend_from_slice(sector);
+        Ok(())
+    }
+    fn finish(&mut self) -> Result<()> {
+        self.write_run()
     }
     fn zero(&mut self, offset: u64, length: u64) -> Result<()> {
+        self.write_run()?;
         let buf = vec![0u8; (1u64 << 20).min(length) as usize];
         let mut done = 0;
         while done < length {
