@@ -832,3 +832,142 @@ fn refused_compactions_change_no_byte() {
         "a refused compact changed the image"
     );
 }
+
+/// Bytes a command wrote, as the kernel counted them (`/usr/bin/time`
+/// %O: file system outputs, 512-byte units); None without /usr/bin/time.
+fn counting_writes(args: &[&str]) -> (std::process::Output, Option<u64>) {
+    if !Path::new("/usr/bin/time").exists() {
+        return (xtask(args), None);
+    }
+    let d = tempfile::tempdir().unwrap();
+    let report = d.path().join("time");
+    let out = Command::new("/usr/bin/time")
+        .args(["-f", "%O", "-o", s(&report)])
+        .arg(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .output()
+        .expect("run /usr/bin/time");
+    let text = std::fs::read_to_string(&report).unwrap_or_default();
+    let blocks: u64 = text
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no count from /usr/bin/time: {text:?}"));
+    (out, Some(blocks * 512))
+}
+
+/// A full destination of `kind`; a child replacing the first half of
+/// every block and, in every fourth block, 1536 bytes starting 512 bytes
+/// into a 4 KiB sector of the other half (log sectors written in part);
+/// merged with `--held-blocks journal` and with `rebuild`, each from a
+/// copy of the same files. Both give the child's view (chainfold, libvhdi,
+/// qemu-img) and a destination that checks clean; the journal leaves the
+/// file exactly as long as before (nothing moves) and writes about twice
+/// the child's data (log, then in place), the rebuild writes every
+/// touched block whole twice (fresh copy, then compaction's move back),
+/// as the kernel counts them.
+fn half_blocks(kind: Kind) {
+    let root = tempfile::tempdir().unwrap();
+    let src = root.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let dest = make_destination(&src, kind);
+    let child = src.join(format!("child.{}", kind.child_ext()));
+    let b = kind.block();
+    create_child(&child, &dest, b);
+    let half = data(7, (b / 2) as usize);
+    let edge = data(8, 1536);
+    let mut child_data = 0;
+    for k in 0..SIZE / b {
+        write(&child, k * b, &half, &src);
+        child_data += b / 2;
+        if k % 4 == 0 {
+            write(&child, k * b + b / 2 + 8192 + 512, &edge, &src);
+            child_data += 1536;
+        }
+    }
+    let expect_raw = root.path().join("expect.raw");
+    let expect_sha = content_sha(&child, &expect_raw);
+    let mut written = Vec::new();
+    for mode in ["journal", "rebuild"] {
+        let dir = root.path().join(mode);
+        std::fs::create_dir(&dir).unwrap();
+        for e in std::fs::read_dir(&src).unwrap() {
+            let p = e.unwrap().path();
+            std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+        }
+        let (dest, child) = (
+            dir.join(dest.file_name().unwrap()),
+            dir.join(child.file_name().unwrap()),
+        );
+        let before = sizes(&dest);
+        let (out, bytes) = counting_writes(&[
+            "merge",
+            s(&child),
+            s(&dest),
+            "--held-blocks",
+            mode,
+            "--json",
+        ]);
+        let v = json(&out);
+        assert_eq!(v["return_value"], 0, "{kind:?} {mode}: {v}");
+        let after = sizes(&dest);
+        eprintln!(
+            "{kind:?} --held-blocks {mode}: child data {}, wrote {:?} B; before apparent {} allocated {}; after apparent {} allocated {}",
+            mib(child_data),
+            bytes,
+            mib(before.0),
+            mib(before.1),
+            mib(after.0),
+            mib(after.1)
+        );
+        let got = content_sha(&dest, &dir.join("merged.raw"));
+        assert_eq!(got, expect_sha, "{kind:?} {mode}: merged content differs");
+        no_leftovers(&dir);
+        verify_image(kind, &dest, &expect_raw);
+        let limit = if mode == "journal" { 0 } else { b };
+        assert!(
+            after.0 <= before.0 + limit,
+            "{kind:?} {mode}: apparent size grew: before {}, after {}",
+            mib(before.0),
+            mib(after.0)
+        );
+        assert!(
+            after.1 <= before.1 + limit + kind.alloc_slack(),
+            "{kind:?} {mode}: allocated size grew: before {}, after {}",
+            mib(before.1),
+            mib(after.1)
+        );
+        written.push(bytes);
+    }
+    let (Some(journal), Some(rebuild)) = (written[0], written[1]) else {
+        eprintln!("{kind:?}: skipping the bytes-written comparison: /usr/bin/time is not installed (apt-get install time)");
+        return;
+    };
+    // Twice the data, plus the log entries' descriptors (1 in 128), the
+    // 4 KiB sectors the edges fill, headers, BAT / bitmap sectors and (a
+    // differencing destination) its 1 MiB sector-bitmap block.
+    let most = 2 * child_data + child_data / 64 + 3 * MIB;
+    assert!(
+        journal <= most,
+        "{kind:?}: the journal wrote {journal} B for {child_data} B of child data (limit {most})"
+    );
+    assert!(
+        journal < rebuild,
+        "{kind:?}: the journal wrote {journal} B, the rebuild {rebuild} B"
+    );
+}
+
+#[test]
+fn half_blocks_over_a_full_fixed_vhdx_journal_and_rebuild() {
+    half_blocks(Kind::VhdxFixed);
+}
+
+#[test]
+fn half_blocks_over_a_full_dynamic_vhdx_journal_and_rebuild() {
+    half_blocks(Kind::VhdxDynamic);
+}
+
+#[test]
+fn half_blocks_over_a_full_differencing_vhdx_journal_and_rebuild() {
+    half_blocks(Kind::VhdxDifferencing);
+}
