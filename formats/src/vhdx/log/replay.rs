@@ -12,6 +12,20 @@ use crate::{CorruptionKind, Error, Result, Storage};
 /// Where replayed sectors go.
 pub trait ReplaySink {
     fn data(&mut self, offset: u64, sector: &[u8; 4096]) -> Result<()>;
+    /// `data`, for a sector whose data sector lies at file offset `at`
+    /// (bytes 8..4092 of it, the rest in `lead` / `trail`): a sink that
+    /// only reads may keep that place instead of the bytes. Default: `data`.
+    fn data_in_log(
+        &mut self,
+        offset: u64,
+        sector: &[u8; 4096],
+        at: u64,
+        lead: &[u8; 8],
+        trail: &[u8; 4],
+    ) -> Result<()> {
+        let _ = (at, lead, trail);
+        self.data(offset, sector)
+    }
     fn zero(&mut self, offset: u64, length: u64) -> Result<()>;
     /// Make the file at least `len` bytes long.
     fn extend_to(&mut self, len: u64) -> Result<()>;
@@ -88,7 +102,9 @@ pub fn replay(
         // Entries were validated by the search; re-read them one at a time
         // so only one entry is ever held in memory.
         let e = read_entry_or_corrupt(ring, r.pos, log_guid)?;
+        let dsec = super::entry_header::descriptor_sectors(e.descriptors.len() as u64);
         let mut data = e.data_sectors.iter();
+        let mut i = 0u64;
         for d in &e.descriptors {
             match d {
                 Descriptor::Zero(z) => sink.zero(z.file_offset, z.zero_length)?,
@@ -102,9 +118,14 @@ pub fn replay(
                             "missing data sector",
                         )
                     })?;
-                    sink.data(
+                    let at = ring.offset + (r.pos + (dsec + i) * super::SECTOR) % ring.length;
+                    i += 1;
+                    sink.data_in_log(
                         dd.file_offset,
                         &ds.join(&dd.leading_bytes, &dd.trailing_bytes),
+                        at,
+                        &dd.leading_bytes,
+                        &dd.trailing_bytes,
                     )?;
                 }
             }
