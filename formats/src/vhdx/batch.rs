@@ -590,7 +590,12 @@ impl MergeBatch for VhdxBatch<'_> {
             .and_then(|e| round_up(e, MIB))
             .ok_or_else(too_large)?;
         let area_end = area + data_room + commit_room;
-        self.img.storage.set_len(area_end).ctx(&name)?;
+        if self.img.storage.set_len(area_end).is_err() {
+            // A file system that cannot make the file that long (ext4
+            // stops at 16 TiB): no journal, every held block rebuilt.
+            self.img.storage.set_len(end).ctx(&name)?;
+            return Ok(());
+        }
         self.img.fresh_below = Some((end, area));
         self.spool = Some(LogSpool::new(
             area,

@@ -358,13 +358,16 @@ impl SpoolDone {
     /// run of consecutive targets: no per-sector copies. Each entry is
     /// checked against its checksum first.
     pub(crate) fn apply(&self, st: &dyn Storage, name: &str) -> Result<()> {
-        let mut buf = Vec::new();
+        // Page aligned, so the runs (4 KiB multiples at page offsets of
+        // it) go to the device directly like the entries did.
+        let most = self.entries.iter().map(|e| e.length).max().unwrap_or(0);
+        let mut whole = AlignedBuf::zeroed(most as usize);
         for (e, &n) in self.entries.iter().zip(&self.counts) {
             let at = self.area + e.pos;
-            buf.resize(e.length as usize, 0);
-            st.read_at(&mut buf, at).ctx(name)?;
+            let buf = &mut whole.as_mut_slice()[..e.length as usize];
+            st.read_at(buf, at).ctx(name)?;
             let stored = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
-            if crate::checksum::crc32c_zeroed(&buf, super::entry_header::CHECKSUM_FIELD) != stored {
+            if crate::checksum::crc32c_zeroed(buf, super::entry_header::CHECKSUM_FIELD) != stored {
                 return Err(Error::corrupt(
                     crate::CorruptionKind::LogEntryInvalid,
                     name,
