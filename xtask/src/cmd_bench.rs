@@ -1640,6 +1640,9 @@ fn clone_section(
     for (label, fill) in [
         ("half", CloneFill::HalfBlocks),
         ("half4k", CloneFill::Half4k),
+        // The base holds every block: each is replaced in part (`auto`
+        // rebuilds by a clone of the old block plus the new sectors).
+        ("held-half", CloneFill::HalfOverFull),
     ] {
         let mib = half_data >> 20;
         rows.push((
@@ -1961,7 +1964,7 @@ fn print_clone(r: &Report) {
     };
     if let Some(c) = r.clone.first() {
         println!(
-            "clone: merge of the child into an empty dynamic base on a loop mount, vs `cp --reflink=always|never CHILD X && sync -f X` ({} alternating pairs, medians; wrote = bytes the process wrote as the kernel counted them; dest = the base's `stat -c '%s %b'` as MiB, apparent/allocated, before -> after the merge; fs used = statvfs free space the merge consumed, child still present)",
+            "clone: merge of the child into an empty dynamic base (held-half: a base holding every block the child half replaces) on a loop mount, vs `cp --reflink=always|never CHILD X && sync -f X` ({} alternating pairs, medians; wrote = bytes the process wrote as the kernel counted them; dest = the base's `stat -c '%s %b'` as MiB, apparent/allocated, before -> after the merge; fs used = statvfs free space the merge consumed, child still present)",
             c.pairs
         );
     }
