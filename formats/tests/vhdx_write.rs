@@ -1020,7 +1020,8 @@ fn journal_rewrites_and_partial_sectors_land_in_place() {
         let len_before = mem.len().unwrap();
         let mut img = open(mem.clone(), true);
         // Most of blocks 0..6 (a whole block would be rebuilt, not
-        // journaled): more than one log entry (4 MiB) of whole sectors.
+        // journaled): many log entries (126 sectors each for 1 MiB
+        // blocks) of whole sectors.
         let mut ops: Vec<(u64, u64, u8)> =
             (0..6).map(|k| (k * MIB + 4096, MIB - 8192, 0x21)).collect();
         ops.extend([

@@ -36,6 +36,7 @@ fn merge(vhdx: bool, dest: DestKind, depth: usize, grow: bool, remove_merged: bo
         grow,
         remove_merged,
         joined: false,
+        sequence: false,
     }
 }
 

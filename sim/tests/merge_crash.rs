@@ -25,6 +25,7 @@ fn kinds() -> Vec<MergeParams> {
         grow,
         remove_merged: false,
         joined: false,
+        sequence: false,
     };
     vec![
         // Fixed VHD growth has a known violation (regression test below).
@@ -141,6 +142,7 @@ fn fixed_grow() -> MergeScenario {
             grow: true,
             remove_merged: false,
             joined: false,
+            sequence: false,
         },
         MergeStrategy::Safe,
     )

@@ -579,7 +579,8 @@ impl MergeBatch for VhdxBatch<'_> {
         let commit_room = round_up(writer::entry_length(self.img.bat_region.1 / 4096 + 64), MIB)
             .ok_or_else(too_large)?;
         let max = u64::from(u32::MAX) / MIB * MIB;
-        let data_room = round_up(spool::log_bytes_for(bytes) + bytes / 64, MIB)
+        let per_entry = spool::entry_sectors(self.geometry.block_size);
+        let data_room = round_up(spool::log_bytes_for(bytes, per_entry) + bytes / 64, MIB)
             .ok_or_else(too_large)?
             .min(max.saturating_sub(commit_room));
         if data_room < MIB {
@@ -600,6 +601,7 @@ impl MergeBatch for VhdxBatch<'_> {
         self.spool = Some(LogSpool::new(
             area,
             data_room,
+            per_entry,
             crate::entropy::new_guid(),
             self.img.header.sequence_number,
             area_end / MIB * MIB,

@@ -32,8 +32,20 @@ use crate::storage::AlignedBuf;
 use crate::{Error, Result, Storage};
 
 /// Data sectors per spooled entry: 1022 fill exactly 8 descriptor sectors,
-/// so an entry is 4 MiB of data in one write.
+/// so an entry is 4 MiB of data in one write; images of blocks smaller
+/// than 4 MiB take 126 (one descriptor sector, 504 KiB), so that the
+/// entries of one block's sectors stay a fraction of it.
 const ENTRY_SECTORS: usize = 1022;
+const SMALL_ENTRY_SECTORS: usize = 126;
+
+/// Data sectors per entry for blocks of `block_size` bytes.
+pub(crate) fn entry_sectors(block_size: u64) -> usize {
+    if block_size >= 4 << 20 {
+        ENTRY_SECTORS
+    } else {
+        SMALL_ENTRY_SECTORS
+    }
+}
 
 pub(crate) struct LogSpool {
     /// File offset of the log area (ring position 0).
@@ -52,6 +64,8 @@ pub(crate) struct LogSpool {
     next_seq: u64,
     /// Bytes promised to admitted blocks (`admit`).
     promised: u64,
+    /// Data sectors an entry carries (`entry_sectors`).
+    per_entry: usize,
     /// The open entry: target sectors' new contents, slot by slot (page
     /// aligned: a whole entry's data then goes to the device directly,
     /// see `FileStorage::write_at`).
@@ -69,19 +83,21 @@ pub(crate) struct LogSpool {
 
 /// Bytes a log takes for `n` data sectors spooled in full entries (the
 /// descriptor sectors included).
-pub(crate) fn log_bytes_for(data: u64) -> u64 {
+pub(crate) fn log_bytes_for(data: u64, per_entry: usize) -> u64 {
     let sectors = data.div_ceil(SECTOR);
-    let entries = sectors.div_ceil(ENTRY_SECTORS as u64);
-    (sectors + entries * descriptor_sectors(ENTRY_SECTORS as u64)) * SECTOR
+    let entries = sectors.div_ceil(per_entry as u64);
+    (sectors + entries * descriptor_sectors(per_entry as u64)) * SECTOR
 }
 
 impl LogSpool {
     /// A spool writing at `area`, at most `capacity` bytes. The entries
     /// carry `flushed_file_offset` / `last_file_offset` of the file as it
     /// is with the area reserved.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         area: u64,
         capacity: u64,
+        per_entry: usize,
         log_guid: Uuid,
         first_seq: u64,
         flushed_file_offset: u64,
@@ -98,6 +114,7 @@ impl LogSpool {
             used: 0,
             next_seq: first_seq.max(1),
             promised: 0,
+            per_entry,
             data: None,
             targets: Vec::new(),
             slot_of: HashMap::new(),
@@ -109,7 +126,8 @@ impl LogSpool {
     /// promised) when the area cannot hold them, and the block is then
     /// rebuilt copy-on-write instead.
     pub(crate) fn admit(&mut self, bytes: u64) -> bool {
-        let need = log_bytes_for(bytes) + descriptor_sectors(ENTRY_SECTORS as u64) * SECTOR;
+        let per = self.per_entry;
+        let need = log_bytes_for(bytes, per) + descriptor_sectors(per as u64) * SECTOR;
         if self.promised.saturating_add(need) > self.capacity {
             return false;
         }
@@ -136,7 +154,7 @@ impl LogSpool {
             if within == 0 && len - done >= SECTOR && !self.slot_of.contains_key(&sec) {
                 // Whole sectors not in the open entry: consecutive fresh
                 // slots, filled by one read.
-                let room = ENTRY_SECTORS - self.targets.len();
+                let room = self.per_entry - self.targets.len();
                 let mut k = 0usize;
                 let whole = ((len - done) / SECTOR) as usize;
                 while k < whole.min(room) && !self.slot_of.contains_key(&(sec + k as u64 * SECTOR))
@@ -175,7 +193,7 @@ impl LogSpool {
         if let Some(&s) = self.slot_of.get(&sec) {
             return Ok(s as usize);
         }
-        if self.targets.len() == ENTRY_SECTORS {
+        if self.targets.len() == self.per_entry {
             self.emit(st, name)?;
         }
         let slot = self.targets.len();
@@ -238,7 +256,7 @@ impl LogSpool {
     /// The open entry's sector contents.
     fn data(&mut self) -> &mut [u8] {
         self.data
-            .get_or_insert_with(|| AlignedBuf::zeroed(ENTRY_SECTORS * SECTOR as usize))
+            .get_or_insert_with(|| AlignedBuf::zeroed(self.per_entry * SECTOR as usize))
             .as_mut_slice()
     }
 
@@ -265,7 +283,7 @@ impl LogSpool {
         let mut desc = vec![0u8; (dsec * SECTOR) as usize];
         let data = self
             .data
-            .get_or_insert_with(|| AlignedBuf::zeroed(ENTRY_SECTORS * SECTOR as usize))
+            .get_or_insert_with(|| AlignedBuf::zeroed(self.per_entry * SECTOR as usize))
             .as_mut_slice();
         for (i, &t) in self.targets.iter().enumerate() {
             let sector = &mut data[i * SECTOR as usize..(i + 1) * SECTOR as usize];
