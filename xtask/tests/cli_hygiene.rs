@@ -8,7 +8,7 @@
 //! - a `write` that does not fit is refused before any byte is written.
 
 mod common;
-use common::{s, xtask as run, xtask_ok as ok};
+use common::{data_file, s, xtask as run, xtask_ok as ok};
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -24,35 +24,12 @@ fn xtask() -> &'static str {
     env!("CARGO_BIN_EXE_xtask")
 }
 
-/// Tests of this file run one at a time: a fork while another test holds
-/// an image open shares its flock'd file description until the exec.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// SHA-256 of the virtual content of `image`'s chain (read-only open,
 /// closed again before returning).
 fn content_hash(image: &Path) -> String {
     let ns: Arc<dyn Namespace> = Arc::new(FsNamespace);
     let chain = Chain::open(&ns, image, &ChainOptions::default()).unwrap();
     testdata::hash_layers(chain.layers()).unwrap()
-}
-
-/// A file of `len` pseudo-random bytes (xorshift, so every 512-byte
-/// sector differs and nothing reads as zero).
-fn data_file(path: &Path, len: usize, seed: u64) {
-    let mut x = seed | 1;
-    let mut v = Vec::with_capacity(len);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    std::fs::write(path, v).unwrap();
 }
 
 /// A small VHDX chain (base with data, child with data) in `dir`.
@@ -99,7 +76,7 @@ fn into_closed_pipe(args: &[&str], lines: usize) -> (Option<i32>, String) {
 
 #[test]
 fn output_into_a_closed_pipe_ends_quietly() {
-    let _serial = serial();
+    let _serial = testdata::serial();
     let tmp = tempfile::tempdir().unwrap();
     let (_, child) = small_chain(tmp.path());
     let c = s(&child);
@@ -168,7 +145,7 @@ fn assert_space_of_rerun(base: &Path, before: u64, gib: u64) {
 
 #[test]
 fn sigkill_during_a_merge_then_rerun_ends_within_one_block() {
-    let _serial = serial();
+    let _serial = testdata::serial();
     let gib = 1u64;
     let tmp = tempfile::tempdir().unwrap();
     let (base, child) = big_chain(tmp.path(), gib);
@@ -230,7 +207,7 @@ fn interrupted(args: &[&str]) -> (serde_json::Value, Option<i32>, String) {
 
 #[test]
 fn sigint_cancels_a_running_merge() {
-    let _serial = serial();
+    let _serial = testdata::serial();
     for gib in [1u64, 2, 4] {
         let tmp = tempfile::tempdir().unwrap();
         let (base, child) = big_chain(tmp.path(), gib);
@@ -290,7 +267,7 @@ fn sigint_cancels_a_running_merge() {
 
 #[test]
 fn refused_write_leaves_the_image_byte_identical() {
-    let _serial = serial();
+    let _serial = testdata::serial();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     // 10 MiB: more than one 4 MiB write chunk, so a write validated chunk
@@ -351,7 +328,7 @@ fn refused_write_leaves_the_image_byte_identical() {
 
 #[test]
 fn sigint_cancels_a_running_rebase() {
-    let _serial = serial();
+    let _serial = testdata::serial();
     for gib in [1u64, 2] {
         let tmp = tempfile::tempdir().unwrap();
         // base <- child (gib GiB) <- top: rebasing top onto base pulls the

@@ -42,7 +42,7 @@
 
 mod common;
 use common::data;
-use common::{s, xtask};
+use common::{ok, s, xtask};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -50,6 +50,7 @@ use std::sync::Arc;
 
 use formats::params::OpenOptions;
 use formats::{Access, FsNamespace, JournalSlot, Namespace};
+use testdata::raw::{be32, be64, le64, vhdx_region, BAT_GUID, VHDX_HEADERS, VHDX_REGION_TABLES};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -62,16 +63,6 @@ fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
-}
-
-fn ok(out: Output, what: &str) -> Output {
-    assert!(
-        out.status.success(),
-        "{what} failed ({:?}): {}",
-        out.status.code(),
-        text(&out)
-    );
-    out
 }
 
 fn create(path: &Path, size: u64, block: u64, parent: Option<&Path>) {
@@ -214,21 +205,6 @@ fn libvhdi_raw(img: &Path, parents: &[&Path]) -> Option<Vec<u8>> {
 
 // ------------------------------------------------------------ on-disk bytes
 
-fn be32(b: &[u8], o: usize) -> u32 {
-    u32::from_be_bytes(b[o..o + 4].try_into().unwrap())
-}
-fn be64(b: &[u8], o: usize) -> u64 {
-    u64::from_be_bytes(b[o..o + 8].try_into().unwrap())
-}
-fn le64(b: &[u8], o: usize) -> u64 {
-    u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
-}
-
-/// The BAT region's GUID as stored (MS-VHDX 2.2.3.2, FORMATS.md 3.5).
-const VHDX_BAT_GUID: [u8; 16] = [
-    0x66, 0x77, 0xC2, 0x2D, 0x23, 0xF6, 0x00, 0x42, 0x9D, 0x64, 0x11, 0x5E, 0x9B, 0xFD, 0x4A, 0x08,
-];
-
 /// A VHDX file's BAT, read from its region table (block size and a
 /// 512-byte logical sector known from how the test made it).
 struct VhdxBat {
@@ -242,7 +218,7 @@ impl VhdxBat {
         let f = std::fs::read(path).unwrap();
         // The current header (greater sequence number) must have an empty
         // log: a BAT patched under a live log would be undone by replay.
-        let head = [64 * KIB as usize, 128 * KIB as usize]
+        let head = VHDX_HEADERS
             .into_iter()
             .filter(|&h| &f[h..h + 4] == b"head")
             .max_by_key(|&h| le64(&f, h + 8))
@@ -252,14 +228,9 @@ impl VhdxBat {
             "{}: LogGuid is not zero",
             path.display()
         );
-        let rt = 192 * KIB as usize;
+        let rt = VHDX_REGION_TABLES[0];
         assert_eq!(&f[rt..rt + 4], b"regi");
-        let n = u32::from_le_bytes(f[rt + 8..rt + 12].try_into().unwrap()) as usize;
-        let offset = (0..n)
-            .map(|i| rt + 16 + 32 * i)
-            .find(|&e| f[e..e + 16] == VHDX_BAT_GUID)
-            .map(|e| le64(&f, e + 16))
-            .expect("a BAT region");
+        let offset = vhdx_region(&f, &BAT_GUID).0 as u64;
         VhdxBat {
             path: path.to_path_buf(),
             offset,

@@ -7,42 +7,30 @@
 //! `stat`-equivalent lengths and allocated blocks.
 
 mod common;
-use common::{json, s, write, xtask, xtask_ok};
+use common::{json, s, write, xtask, xtask_ok, Fmt, FMTS};
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
+use testdata::file_hashes as hashes;
 
 const MIB: u64 = 1 << 20;
 const SIZE: u64 = 16 * MIB;
 
-#[derive(Clone, Copy, Debug)]
-enum Fmt {
-    Vhd,
-    Vhdx,
-}
-
-impl Fmt {
-    fn base(self) -> &'static str {
-        match self {
-            Fmt::Vhd => "vhd",
-            Fmt::Vhdx => "vhdx",
-        }
-    }
-    fn child(self) -> &'static str {
-        match self {
-            Fmt::Vhd => "avhd",
-            Fmt::Vhdx => "avhdx",
-        }
+/// The extension of a differencing child: `.avhd` for VHD (as Hyper-V
+/// names checkpoints), `.avhdx` for VHDX.
+fn child_ext(fmt: Fmt) -> &'static str {
+    match fmt {
+        Fmt::Vhd => "avhd",
+        Fmt::Vhdx => fmt.child(),
     }
 }
 
 /// Every format over a dynamic and over a fixed base, with a label.
 fn kinds() -> Vec<(Fmt, bool, String)> {
-    [Fmt::Vhd, Fmt::Vhdx]
-        .into_iter()
+    FMTS.into_iter()
         .flat_map(|fmt| [false, true].map(|fixed| (fmt, fixed, format!("{fmt:?} fixed={fixed}"))))
         .collect()
 }
@@ -135,23 +123,6 @@ fn verify_with(img: &Path, model: &[u8], what: &str, libvhdi_parents: &[&Path]) 
     }
 }
 
-/// Every regular file under `dir` (recursively) with its SHA-256.
-fn hashes(dir: &Path) -> BTreeMap<PathBuf, String> {
-    let mut out = BTreeMap::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                todo.push(p);
-            } else {
-                out.insert(p.clone(), testdata::sha256_file(&p).unwrap());
-            }
-        }
-    }
-    out
-}
-
 /// (apparent, allocated) bytes, as `stat -c '%s %b'` shows them.
 fn stat(p: &Path) -> (u64, u64) {
     let m = std::fs::metadata(p).unwrap();
@@ -191,11 +162,11 @@ fn set_parent_reconnects_a_moved_parent() {
         let mut b = Builder::new(t.path());
         let base = b.base(&format!("base.{}", fmt.base()), fixed);
         b.write(&base, 0, 6 << 20, 1);
-        let child = b.child(&format!("child.{}", fmt.child()), &base);
+        let child = b.child(&format!("child.{}", child_ext(fmt)), &base);
         b.write(&child, 3 << 20, 2 << 20, 2);
         // A grandchild links to the child: set-parent keeps the
         // child's identity, so it must still open afterwards.
-        let grand = b.child(&format!("grand.{}", fmt.child()), &child);
+        let grand = b.child(&format!("grand.{}", child_ext(fmt)), &child);
         b.write(&grand, 10 << 20, 1 << 20, 3);
         let want_child = b.model[&child].clone();
         let want_grand = b.model[&grand].clone();
@@ -264,15 +235,15 @@ fn set_parent_reconnects_a_moved_parent() {
 
 #[test]
 fn set_parent_refusals_change_nothing() {
-    for fmt in [Fmt::Vhd, Fmt::Vhdx] {
+    for fmt in FMTS {
         let t = tempfile::tempdir().unwrap();
         let dir = t.path();
         let mut b = Builder::new(dir);
         let base = b.base(&format!("base.{}", fmt.base()), false);
         b.write(&base, 0, 1 << 20, 1);
-        let child = b.child(&format!("child.{}", fmt.child()), &base);
+        let child = b.child(&format!("child.{}", child_ext(fmt)), &base);
         b.write(&child, 2 << 20, 1 << 20, 2);
-        let grand = b.child(&format!("grand.{}", fmt.child()), &child);
+        let grand = b.child(&format!("grand.{}", child_ext(fmt)), &child);
         // Same size, another identity.
         let other = b.base(&format!("other.{}", fmt.base()), false);
         // Another size.
@@ -345,12 +316,12 @@ fn set_parent_refusals_change_nothing() {
 
 #[test]
 fn set_parent_ignore_id_mismatch_links_another_parent() {
-    for fmt in [Fmt::Vhd, Fmt::Vhdx] {
+    for fmt in FMTS {
         let t = tempfile::tempdir().unwrap();
         let mut b = Builder::new(t.path());
         let base = b.base(&format!("base.{}", fmt.base()), false);
         b.write(&base, 0, 4 << 20, 1);
-        let child = b.child(&format!("child.{}", fmt.child()), &base);
+        let child = b.child(&format!("child.{}", child_ext(fmt)), &base);
         b.write(&child, 1 << 20, 1 << 20, 2);
         let other = b.base(&format!("other.{}", fmt.base()), false);
         b.write(&other, 8 << 20, 2 << 20, 3);
@@ -375,12 +346,12 @@ fn rebase_pulls_a_middle_layer_into_each_child() {
         let mut b = Builder::new(dir);
         let base = b.base(&format!("base.{}", fmt.base()), fixed);
         b.write(&base, 0, 8 << 20, 1);
-        let mid = b.child(&format!("mid.{}", fmt.child()), &base);
+        let mid = b.child(&format!("mid.{}", child_ext(fmt)), &base);
         b.write(&mid, 2 << 20, 3 << 20, 2);
         b.write(&mid, 12 << 20, 1 << 20, 3);
-        let top1 = b.child(&format!("top1.{}", fmt.child()), &mid);
+        let top1 = b.child(&format!("top1.{}", child_ext(fmt)), &mid);
         b.write(&top1, 3 << 20, 1 << 20, 4);
-        let top2 = b.child(&format!("top2.{}", fmt.child()), &mid);
+        let top2 = b.child(&format!("top2.{}", child_ext(fmt)), &mid);
         b.write(&top2, 12 << 20, 4096, 5);
 
         // Merging top1 into mid is refused while top2 depends on mid,
@@ -438,13 +409,13 @@ fn rebase_pulls_a_middle_layer_into_each_child() {
 /// differ (and the child does not hide) are copied.
 #[test]
 fn rebase_onto_an_unrelated_parent_copies_only_differences() {
-    for fmt in [Fmt::Vhd, Fmt::Vhdx] {
+    for fmt in FMTS {
         let t = tempfile::tempdir().unwrap();
         let dir = t.path();
         let mut b = Builder::new(dir);
         let old = b.base(&format!("old.{}", fmt.base()), false);
         b.write(&old, 0, 8 << 20, 1);
-        let child = b.child(&format!("child.{}", fmt.child()), &old);
+        let child = b.child(&format!("child.{}", child_ext(fmt)), &old);
         b.write(&child, 1 << 20, 1 << 20, 2);
         // The new parent: a copy of old's first 4 MiB (equal bytes, other
         // file), other data at 6..7 MiB and at 12 MiB, zeros elsewhere.
@@ -477,15 +448,15 @@ fn rebase_onto_an_unrelated_parent_copies_only_differences() {
 
 #[test]
 fn rebase_refusals_change_nothing() {
-    for fmt in [Fmt::Vhd, Fmt::Vhdx] {
+    for fmt in FMTS {
         let t = tempfile::tempdir().unwrap();
         let dir = t.path();
         let mut b = Builder::new(dir);
         let base = b.base(&format!("base.{}", fmt.base()), false);
         b.write(&base, 0, 1 << 20, 1);
-        let child = b.child(&format!("child.{}", fmt.child()), &base);
+        let child = b.child(&format!("child.{}", child_ext(fmt)), &base);
         b.write(&child, 2 << 20, 1 << 20, 2);
-        let grand = b.child(&format!("grand.{}", fmt.child()), &child);
+        let grand = b.child(&format!("grand.{}", child_ext(fmt)), &child);
         let small = dir.join(format!("small.{}", fmt.base()));
         xtask_ok(&["create", s(&small), "--size", "8M"]);
         let c = s(&child);
@@ -526,17 +497,17 @@ fn rebase_standalone_makes_a_dynamic_image() {
         let mut b = Builder::new(dir);
         let base = b.base(&format!("base.{}", fmt.base()), fixed);
         b.write(&base, 0, 5 << 20, 1);
-        let mid = b.child(&format!("mid.{}", fmt.child()), &base);
+        let mid = b.child(&format!("mid.{}", child_ext(fmt)), &base);
         // Partial blocks of the mid, a whole one, and one in an empty
         // region of the base.
         b.write(&mid, 1 << 20, 12 << 10, 2);
         b.write(&mid, 4 << 20, 2 << 20, 3);
         b.write(&mid, 9 << 20, 1 << 20, 4);
-        let top = b.child(&format!("top.{}", fmt.child()), &mid);
+        let top = b.child(&format!("top.{}", child_ext(fmt)), &mid);
         b.write(&top, (2 << 20) + (4 << 10), 12 << 10, 5);
         b.write(&top, 14 << 20, 4 << 10, 6);
         // A grandchild of top stays linked (top keeps its identity).
-        let leaf = b.child(&format!("leaf.{}", fmt.child()), &top);
+        let leaf = b.child(&format!("leaf.{}", child_ext(fmt)), &top);
         b.write(&leaf, 15 << 20, 4 << 10, 7);
         let want = b.model[&top].clone();
         let want_leaf = b.model[&leaf].clone();
