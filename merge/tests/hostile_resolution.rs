@@ -114,6 +114,13 @@ fn make_base(path: &Path, vhdx: bool) {
         .unwrap();
 }
 
+/// `make_base` at `dir/base.vhdx` (or `.vhd`).
+fn base_in(dir: &Path, vhdx: bool) -> PathBuf {
+    let base = dir.join(format!("base.{}", ext(vhdx, false)));
+    make_base(&base, vhdx);
+    base
+}
+
 /// The spec for a child of `parent`, with the parent's real identity.
 fn spec_for(parent: &Path, child: &Path) -> ParentSpec {
     image::parent_spec(&fs(), parent, child)
@@ -147,6 +154,20 @@ fn open_partial(child: &Path, opts: ChainOptions) -> (usize, Option<String>, Arc
         Some((text, _)) => (n, Some(text), rec),
         None => (n, None, rec),
     }
+}
+
+/// `open_partial` of a chain that must stop at `child` (the parent not
+/// linked, the chain broken); the error text and the recorder.
+fn stops_at_child(child: &Path, opts: ChainOptions) -> (String, Arc<Recording>) {
+    let (n, broken, rec) = open_partial(child, opts);
+    assert_eq!(n, 1, "the parent must not be in the chain: {broken:?}");
+    (broken.expect("chain must be broken"), rec)
+}
+
+/// `open_partial` of `child` with `opts` resolves its parent.
+fn resolves(child: &Path, opts: ChainOptions) {
+    let (n, broken, _) = open_partial(child, opts);
+    assert_eq!((n, broken), (2, None), "the parent resolves");
 }
 
 /// The violation the broken chain of `child` reports, when it is one.
@@ -235,9 +256,7 @@ fn relative_locator_climbing_out_is_not_followed() {
             &format!("../../elsewhere/p.{}", ext(vhdx, false)),
         );
 
-        let (n, broken, rec) = open_partial(&child, ChainOptions::default());
-        assert_eq!(n, 1, "the parent must not be in the chain");
-        let msg = broken.expect("chain must be broken");
+        let (msg, rec) = stops_at_child(&child, ChainOptions::default());
         assert!(msg.contains("parent not found"), "{msg}");
         // The message quotes locators Debug-style (backslashes doubled).
         assert!(
@@ -260,22 +279,20 @@ fn relative_locator_climbing_out_is_not_followed() {
 
         // Control: the options that widen the search do find it, so the
         // refusal above is the policy and not a broken parent.
-        let (n, broken, _) = open_partial(
+        resolves(
             &child,
             ChainOptions {
                 search_dirs: vec![elsewhere.clone()],
                 ..Default::default()
             },
         );
-        assert_eq!((n, broken), (2, None));
-        let (n, broken, _) = open_partial(
+        resolves(
             &child,
             ChainOptions {
                 parents: vec![parent.clone()],
                 ..Default::default()
             },
         );
-        assert_eq!((n, broken), (2, None));
     }
 }
 
@@ -284,8 +301,7 @@ fn locator_naming_etc_passwd_is_not_opened() {
     let _serial = serial();
     for vhdx in [true, false] {
         let (_guard, root) = canonical_tempdir();
-        let base = root.join(format!("base.{}", ext(vhdx, false)));
-        make_base(&base, vhdx);
+        let base = base_in(&root, vhdx);
         let child = root.join(format!("c.{}", ext(vhdx, true)));
         make_child(
             &child,
@@ -294,9 +310,7 @@ fn locator_naming_etc_passwd_is_not_opened() {
             "/etc/passwd",
             "/etc/passwd",
         );
-        let (n, broken, rec) = open_partial(&child, ChainOptions::default());
-        assert_eq!(n, 1);
-        let msg = broken.expect("broken");
+        let (msg, rec) = stops_at_child(&child, ChainOptions::default());
         assert!(
             msg.contains("parent not found") && msg.contains("/etc/passwd"),
             "{msg}"
@@ -320,30 +334,26 @@ fn devices_are_never_opened() {
     let _serial = serial();
     for vhdx in [true, false] {
         let (_guard, root) = canonical_tempdir();
-        let base = root.join(format!("base.{}", ext(vhdx, false)));
-        make_base(&base, vhdx);
+        let base = base_in(&root, vhdx);
         let spec = spec_for(&base, &root.join("x"));
 
         // The plain device path in every locator: only its file name is
         // looked up, in the child's directory.
         let child = root.join(format!("dev.{}", ext(vhdx, true)));
         make_child(&child, spec.clone(), "/dev/null", "/dev/null", "/dev/null");
-        let (n, broken, rec) = open_partial(&child, ChainOptions::default());
-        assert_eq!(n, 1);
-        assert!(broken.unwrap().contains("parent not found"));
+        let (msg, rec) = stops_at_child(&child, ChainOptions::default());
+        assert!(msg.contains("parent not found"));
         assert_eq!(rec.touching(ALL_OPS, Path::new("/dev")), vec![]);
 
         // The device given explicitly (--parent /dev/null): looked at, but
         // refused as not a regular file without being opened.
-        let (n, broken, rec) = open_partial(
+        let (msg, rec) = stops_at_child(
             &child,
             ChainOptions {
                 parents: vec![PathBuf::from("/dev/null")],
                 ..Default::default()
             },
         );
-        assert_eq!(n, 1);
-        let msg = broken.unwrap();
         assert!(msg.contains("not a regular file"), "{msg}");
         assert_eq!(rec.touching(&["open"], Path::new("/dev")), vec![]);
 
@@ -353,15 +363,11 @@ fn devices_are_never_opened() {
         let child = root.join(format!("sym.{}", ext(vhdx, true)));
         let name = name_of(&link);
         make_child_named(&child, spec.clone(), &name);
-        let (n, broken, rec) = open_partial(&child, ChainOptions::default());
-        assert_eq!(n, 1);
-        let msg = broken.unwrap();
+        let (msg, rec) = stops_at_child(&child, ChainOptions::default());
         assert!(msg.contains("--follow-symlinks"), "{msg}");
         assert_eq!(rec.touching(&["open"], Path::new("/dev")), vec![]);
         assert_eq!(rec.touching(&["open"], &link), vec![]);
-        let (n, broken, rec) = open_partial(&child, follow());
-        assert_eq!(n, 1);
-        let msg = broken.unwrap();
+        let (msg, rec) = stops_at_child(&child, follow());
         assert!(msg.contains("not a regular file"), "{msg}");
         assert_eq!(rec.touching(&["open"], Path::new("/dev")), vec![]);
         assert_eq!(rec.touching(&["open"], &link), vec![]);
@@ -374,8 +380,7 @@ fn fifo_and_socket_named_as_parent_do_not_hang() {
     let _serial = serial();
     for vhdx in [true, false] {
         let (_guard, root) = canonical_tempdir();
-        let base = root.join(format!("base.{}", ext(vhdx, false)));
-        make_base(&base, vhdx);
+        let base = base_in(&root, vhdx);
         let spec = spec_for(&base, &root.join("x"));
         let fifo = root.join(format!("fifo.{}", ext(vhdx, false)));
         mkfifo(&fifo);
@@ -390,9 +395,7 @@ fn fifo_and_socket_named_as_parent_do_not_hang() {
                     follow_symlinks: follow,
                     ..Default::default()
                 };
-                let (n, broken, rec) = open_partial(&child, opts.clone());
-                assert_eq!(n, 1);
-                let msg = broken.unwrap();
+                let (msg, rec) = stops_at_child(&child, opts.clone());
                 assert!(msg.contains("not a regular file"), "{msg}");
                 assert!(msg.contains(&name), "error names the candidate: {msg}");
                 assert_eq!(rec.touching(&["open"], special), vec![]);
@@ -406,9 +409,8 @@ fn fifo_and_socket_named_as_parent_do_not_hang() {
             let lname = name_of(&link);
             let child = root.join(format!("cl-{name}.{}", ext(vhdx, true)));
             make_child_named(&child, spec.clone(), &lname);
-            let (n, broken, rec) = open_partial(&child, follow());
-            assert_eq!(n, 1);
-            assert!(broken.unwrap().contains("not a regular file"));
+            let (msg, rec) = stops_at_child(&child, follow());
+            assert!(msg.contains("not a regular file"));
             assert_eq!(rec.touching(&["open"], special), vec![]);
             assert_eq!(rec.touching(&["open"], &link), vec![]);
         }
@@ -434,9 +436,7 @@ fn symlinked_parent_needs_follow_symlinks() {
             &format!(r"C:\vms\{name}"),
             &name,
         );
-        let (n, broken, rec) = open_partial(&child, ChainOptions::default());
-        assert_eq!(n, 1);
-        let msg = broken.unwrap();
+        let (msg, rec) = stops_at_child(&child, ChainOptions::default());
         assert!(
             msg.contains("symbolic link") && msg.contains("--follow-symlinks"),
             "{msg}"
@@ -447,8 +447,7 @@ fn symlinked_parent_needs_follow_symlinks() {
         let rec = not_found(&root, &child, ChainOptions::default());
         assert_eq!(rec.touching(&["open", "kind"], &real), vec![]);
 
-        let (n, broken, _) = open_partial(&child, follow());
-        assert_eq!((n, broken), (2, None), "followed symlink resolves");
+        resolves(&child, follow());
     }
 }
 
@@ -457,8 +456,7 @@ fn locator_naming_the_child_itself_is_a_cycle() {
     let _serial = serial();
     for vhdx in [true, false] {
         let (_guard, root) = canonical_tempdir();
-        let base = root.join(format!("base.{}", ext(vhdx, false)));
-        make_base(&base, vhdx);
+        let base = base_in(&root, vhdx);
         let child = root.join(format!("self.{}", ext(vhdx, true)));
         let name = name_of(&child);
         make_child(
@@ -468,9 +466,7 @@ fn locator_naming_the_child_itself_is_a_cycle() {
             &format!(r"C:\x\{name}"),
             &name,
         );
-        let (n, broken, rec) = open_partial(&child, ChainOptions::default());
-        assert_eq!(n, 1);
-        let msg = broken.unwrap();
+        let (msg, rec) = stops_at_child(&child, ChainOptions::default());
         assert!(
             msg.contains("parent locator"),
             "error names the structure: {msg}"
@@ -619,16 +615,10 @@ fn symlinked_directory_in_a_relative_locator_needs_follow_symlinks() {
         let rel = format!(r".\sub\p.{}", ext(vhdx, false));
         // No name-only hints: the relative path is the only way there.
         make_child(&child, spec_for(&parent, &child), &rel, "", "");
-        let (n, broken, rec) = open_partial(&child, ChainOptions::default());
-        assert_eq!(
-            n, 1,
-            "a symlinked directory was followed without --follow-symlinks"
-        );
-        let msg = broken.unwrap();
+        let (msg, rec) = stops_at_child(&child, ChainOptions::default());
         assert!(msg.contains("--follow-symlinks"), "{msg}");
         assert_eq!(rec.touching(&["open"], &dir.join("sub")), vec![]);
         not_found(&root, &child, ChainOptions::default());
-        let (n, broken, _) = open_partial(&child, follow());
-        assert_eq!((n, broken), (2, None));
+        resolves(&child, follow());
     }
 }
