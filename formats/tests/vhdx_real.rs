@@ -1,7 +1,6 @@
 //! The VHDX driver against real images from other tools
 //! (../shared/testdata/real, expected values from its README).
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -11,38 +10,13 @@ use formats::vhdx::{bat, VhdxImage};
 use formats::{Image, Layer, RunKind, Storage};
 use sha2::{Digest, Sha256};
 
-fn real_dir() -> Option<PathBuf> {
-    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/real");
-    if d.is_dir() {
-        Some(d)
-    } else {
-        eprintln!("skipping: {} is absent", d.display());
-        None
-    }
-}
-
-/// Decompress `file` into a temp dir; returns the dir guard and the path.
+/// A private copy of the real image `file` (found compressed or not in
+/// ../shared/testdata/real) in a temp dir; the dir guard and the path.
 fn unpack(file: &str) -> Option<(tempfile::TempDir, PathBuf)> {
-    let src = real_dir()?.join(file);
-    let f = std::fs::File::open(&src).ok()?;
-    let mut data = Vec::new();
-    if file.ends_with(".gz") {
-        flate2::read::GzDecoder::new(f)
-            .read_to_end(&mut data)
-            .unwrap();
-    } else if file.ends_with(".bz2") {
-        bzip2::read::BzDecoder::new(f)
-            .read_to_end(&mut data)
-            .unwrap();
-    } else {
-        std::io::BufReader::new(f).read_to_end(&mut data).unwrap();
-    }
     let dir = tempfile::tempdir().unwrap();
-    let out = dir
-        .path()
-        .join(file.trim_end_matches(".gz").trim_end_matches(".bz2"));
-    std::fs::write(&out, data).unwrap();
-    Some((dir, out))
+    let name = file.trim_end_matches(".gz").trim_end_matches(".bz2");
+    let p = testdata::real_image_copy(name, dir.path())?;
+    Some((dir, p))
 }
 
 fn storage(path: &Path, writable: bool) -> Arc<dyn Storage> {

@@ -460,6 +460,21 @@ fn qemu_img() -> Option<std::path::PathBuf> {
     }
 }
 
+/// Run qemu-img `q` with `args`, then `files`; it must succeed.
+fn qemu_img_ok(q: &std::path::Path, args: &[&str], files: &[&std::path::Path]) {
+    let out = std::process::Command::new(q)
+        .args(args)
+        .args(files)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "qemu-img {args:?} {files:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn qemu_img_checks_and_compares() {
     let Some(q) = qemu_img() else { return };
@@ -473,27 +488,8 @@ fn qemu_img_checks_and_compares() {
             let raw = dir.path().join(format!("t{seed}.raw"));
             std::fs::write(&img, mem.to_vec()).unwrap();
             std::fs::write(&raw, &m.bytes).unwrap();
-            let out = std::process::Command::new(&q)
-                .args(["check", "-f", "vhdx"])
-                .arg(&img)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "qemu-img check: {}",
-                String::from_utf8_lossy(&out.stdout)
-            );
-            let out = std::process::Command::new(&q)
-                .args(["compare", "-f", "vhdx", "-F", "raw"])
-                .arg(&img)
-                .arg(&raw)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "qemu-img compare: {}",
-                String::from_utf8_lossy(&out.stdout)
-            );
+            qemu_img_ok(&q, &["check", "-f", "vhdx"], &[&img]);
+            qemu_img_ok(&q, &["compare", "-f", "vhdx", "-F", "raw"], &[&img, &raw]);
         }
     }
 }
@@ -504,14 +500,7 @@ fn reads_what_qemu_writes() {
     let Some(q) = qemu_img() else { return };
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("q.vhdx");
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(&q).args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let run = |args: &[&str]| qemu_img_ok(&q, args, &[]);
     run(&[
         "create",
         "-f",
@@ -745,16 +734,7 @@ fn batch_grow_in_place_and_with_a_moved_bat() {
             let dir = tempfile::tempdir().unwrap();
             let f = dir.path().join("g.vhdx");
             std::fs::write(&f, mem.to_vec()).unwrap();
-            let out = std::process::Command::new(q)
-                .args(["check", "-f", "vhdx"])
-                .arg(&f)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stdout)
-            );
+            qemu_img_ok(&q, &["check", "-f", "vhdx"], &[&f]);
         }
     }
 }

@@ -5,6 +5,7 @@
 pub mod image;
 pub mod loopfs;
 pub mod raw;
+pub mod schema;
 
 use std::collections::BTreeMap;
 use std::fs::File;
