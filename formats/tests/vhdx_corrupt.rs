@@ -270,22 +270,17 @@ fn metadata_bounds() {
     // A virtual size of 64 TiB in an 8 MiB file: the BAT region is too short.
     let mut vs = b.clone();
     let e = vhdx::MetadataTable::parse(&vs[META..META + 65536]).unwrap();
-    let item = e
-        .entries
-        .iter()
-        .find(|x| x.item_id == vhdx::metadata_items::VIRTUAL_DISK_SIZE)
-        .unwrap();
-    let at = META + item.offset as usize;
+    // Absolute offset of the metadata item `id`.
+    let item_at = |id| {
+        let item = e.entries.iter().find(|x| x.item_id == id).unwrap();
+        META + item.offset as usize
+    };
+    let at = item_at(vhdx::metadata_items::VIRTUAL_DISK_SIZE);
     vs[at..at + 8].copy_from_slice(&(64u64 << 40).to_le_bytes());
     refused_as(vs, K::BatRegionTooSmall);
     // Block size not a power of two.
     let mut bs = b.clone();
-    let item = e
-        .entries
-        .iter()
-        .find(|x| x.item_id == vhdx::metadata_items::FILE_PARAMETERS)
-        .unwrap();
-    let at = META + item.offset as usize;
+    let at = item_at(vhdx::metadata_items::FILE_PARAMETERS);
     bs[at..at + 4].copy_from_slice(&3_000_000u32.to_le_bytes());
     refused_as(bs, K::InvalidBlockSize);
 }

@@ -343,6 +343,21 @@ impl Storage for Cut {
     }
 }
 
+/// A writable image over a copy of `base` whose storage fails every write
+/// (and length change) after the first `n` from here on; the copy.
+fn cut_after(base: &MemStorage, n: u64) -> (Arc<MemStorage>, VhdxImage) {
+    let mem = Arc::new(MemStorage::from_vec(base.to_vec()));
+    let cut = Arc::new(Cut {
+        inner: mem.clone(),
+        writes: AtomicU64::new(0),
+        limit: AtomicU64::new(u64::MAX),
+    });
+    let img = open(cut.clone(), true);
+    cut.writes.store(0, Ordering::SeqCst);
+    cut.limit.store(n, Ordering::SeqCst);
+    (mem, img)
+}
+
 fn content(img: &VhdxImage) -> Vec<u8> {
     let mut out = vec![0u8; img.virtual_size() as usize];
     let mut runs = Vec::new();
@@ -384,15 +399,7 @@ fn every_cut_point_of_a_write_is_old_or_new() {
         let mut saw_pending = false;
         let mut n = 0;
         loop {
-            let mem = Arc::new(MemStorage::from_vec(base.to_vec()));
-            let cut = Arc::new(Cut {
-                inner: mem.clone(),
-                writes: AtomicU64::new(0),
-                limit: AtomicU64::new(u64::MAX),
-            });
-            let mut img = open(cut.clone(), true);
-            cut.writes.store(0, Ordering::SeqCst);
-            cut.limit.store(n, Ordering::SeqCst);
+            let (mem, mut img) = cut_after(&base, n);
             let done = img.write_sectors(MIB + 512, &data).is_ok();
             drop(img);
             let ro = open(mem.clone(), false);
@@ -796,15 +803,7 @@ fn batch_every_cut_point_is_old_or_new() {
         assert!(old != new);
         let mut n = 0;
         loop {
-            let mem = Arc::new(MemStorage::from_vec(base.to_vec()));
-            let cut = Arc::new(Cut {
-                inner: mem.clone(),
-                writes: AtomicU64::new(0),
-                limit: AtomicU64::new(u64::MAX),
-            });
-            let mut img = open(cut.clone(), true);
-            cut.writes.store(0, Ordering::SeqCst);
-            cut.limit.store(n, Ordering::SeqCst);
+            let (mem, mut img) = cut_after(&base, n);
             let mut m = Model::new(16 * MIB, 512, true);
             let done = (|| -> formats::Result<()> {
                 let mut b = img.begin_batch()?;

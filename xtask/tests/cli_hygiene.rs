@@ -285,17 +285,21 @@ fn refused_write_leaves_the_image_byte_identical() {
     for image in [&child, &base, &dynamic, &fixed] {
         let name = image.display();
         let before = sha256_file(image).unwrap();
-        // Crossing the end (first 6 MiB would fit), unaligned, and past it.
-        for offset in ["58M", "62914561", "64M", "65M"] {
-            let out = run(&["write", s(image), "--offset", offset, "--input", s(&data)]);
+        // The write `out` (`how`) was refused and changed no byte.
+        let refused = |out: std::process::Output, how: &str| {
             let stderr = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(out.status.code(), Some(1), "{name} at {offset}: {stderr}");
+            assert_eq!(out.status.code(), Some(1), "{name} {how}: {stderr}");
             assert!(stderr.contains("nothing written"), "{stderr}");
             assert_eq!(
                 sha256_file(image).unwrap(),
                 before,
-                "{name} changed ({offset})"
+                "{name} changed ({how})"
             );
+        };
+        // Crossing the end (first 6 MiB would fit), unaligned, and past it.
+        for offset in ["58M", "62914561", "64M", "65M"] {
+            let out = run(&["write", s(image), "--offset", offset, "--input", s(&data)]);
+            refused(out, &format!("at {offset}"));
         }
         // The same through stdin (a stream, length unknown up front).
         let out = Command::new(xtask())
@@ -303,14 +307,7 @@ fn refused_write_leaves_the_image_byte_identical() {
             .stdin(std::fs::File::open(&data).unwrap())
             .output()
             .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{name} stdin: {stderr}");
-        assert!(stderr.contains("nothing written"), "{stderr}");
-        assert_eq!(
-            sha256_file(image).unwrap(),
-            before,
-            "{name} changed (stdin)"
-        );
+        refused(out, "stdin");
 
         // A write that fits still goes through, unaligned edges included.
         ok(&["write", s(image), "--offset", "1000", "--input", s(&data)]);

@@ -7,7 +7,7 @@
 //! `stat`-equivalent lengths and allocated blocks.
 
 mod common;
-use common::{json, s, write, xtask, xtask_ok, Fmt, FMTS};
+use common::{json, ok, s, write, xtask, xtask_ok, Fmt, FMTS};
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
@@ -123,13 +123,9 @@ fn verify_with(img: &Path, model: &[u8], what: &str, libvhdi_parents: &[&Path]) 
         "{what}: {} does not read its model",
         img.display()
     );
-    let chk = xtask(&["check", s(img)]);
-    assert_eq!(
-        chk.status.code(),
-        Some(0),
-        "{what}: check {}: {}",
-        img.display(),
-        String::from_utf8_lossy(&chk.stdout)
+    ok(
+        xtask(&["check", s(img)]),
+        &format!("{what}: check {}", img.display()),
     );
     if testdata::have_libvhdi() {
         assert_eq!(
