@@ -93,10 +93,7 @@ fn a_crash_free_flushless_compaction_keeps_the_content() {
 #[test]
 fn compaction_scenarios_are_named_findable_and_in_the_default_run() {
     let all = compact_scenarios::all_params();
-    let mut names: Vec<String> = all.iter().map(CompactParams::name).collect();
-    names.sort();
-    names.dedup();
-    assert_eq!(names.len(), all.len());
+    common::unique_names(all.iter().map(CompactParams::name));
     let defaults: Vec<String> = sim::default_scenarios().iter().map(|s| s.name()).collect();
     for n in [
         "compact-vhd-dynamic",

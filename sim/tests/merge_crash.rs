@@ -71,10 +71,7 @@ fn a_crash_free_unsafe_merge_still_produces_the_merged_content() {
 #[test]
 fn scenario_names_are_unique_and_findable() {
     let all = merge_scenarios::all_params();
-    let mut names: Vec<String> = all.iter().map(MergeParams::name).collect();
-    names.sort();
-    names.dedup();
-    assert_eq!(names.len(), all.len());
+    let names = common::unique_names(all.iter().map(MergeParams::name));
     assert!(names.contains(&"vhdx-dynamic-d2-4k-grow".to_string()));
     for n in ["vhd-fixed-d1", "vhdx-diff-d3-4k-grow"] {
         let s = sim::find_scenario_for(n, MergeStrategy::UnsafeInPlace).expect(n);

@@ -45,16 +45,21 @@ fn small_chain(dir: &Path) -> (PathBuf, PathBuf) {
     (base, child)
 }
 
-/// Spawn `args` with stdout piped, let the reader read `lines` lines (0:
-/// none) and close the pipe, then wait. The exit code and stderr.
-fn into_closed_pipe(args: &[&str], lines: usize) -> (Option<i32>, String) {
-    let mut child = Command::new(xtask())
+/// Start the binary with `args`, no stdin, stdout and stderr piped.
+fn spawn_piped(args: &[&str]) -> std::process::Child {
+    Command::new(xtask())
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Spawn `args` with stdout piped, let the reader read `lines` lines (0:
+/// none) and close the pipe, then wait. The exit code and stderr.
+fn into_closed_pipe(args: &[&str], lines: usize) -> (Option<i32>, String) {
+    let mut child = spawn_piped(args);
     let stdout = child.stdout.take().unwrap();
     if lines > 0 {
         let mut r = BufReader::new(stdout);
@@ -177,13 +182,7 @@ fn sigkill_during_a_merge_then_rerun_ends_within_one_block() {
 /// return its JSON outcome, exit status and stderr. The process must have
 /// exited by itself (the handler was installed), not died by the signal.
 fn interrupted(args: &[&str]) -> (serde_json::Value, Option<i32>, String) {
-    let child = Command::new(xtask())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_piped(args);
     std::thread::sleep(Duration::from_millis(300));
     let kill = Command::new("kill")
         .args(["-INT", &child.id().to_string()])

@@ -73,3 +73,13 @@ pub fn replay_last(s: &dyn Scenario, strategy: Strategy, budget: &Budget) -> Res
     let last = model.crash_points() - 1;
     sim::replay_state(s, strategy, budget, last, 0)
 }
+
+/// `names` sorted, each of them unique.
+pub fn unique_names(names: impl Iterator<Item = String>) -> Vec<String> {
+    let mut names: Vec<String> = names.collect();
+    let all = names.len();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), all, "duplicate scenario names");
+    names
+}
