@@ -19,6 +19,12 @@ fn unpack(file: &str) -> Option<(tempfile::TempDir, PathBuf)> {
     Some((dir, p))
 }
 
+/// `unpack`, then the copy opened read-only (the dir guard and the image).
+fn opened(file: &str) -> Option<(tempfile::TempDir, VhdxImage)> {
+    let (d, p) = unpack(file)?;
+    Some((d, open(&p, false)))
+}
+
 fn storage(path: &Path, writable: bool) -> Arc<dyn Storage> {
     let f = std::fs::OpenOptions::new()
         .read(true)
@@ -92,10 +98,9 @@ fn assert_clean_check(img: &VhdxImage) {
 
 #[test]
 fn fixed_vhdx() {
-    let Some((_d, p)) = unpack("fixed.vhdx.gz") else {
+    let Some((_d, img)) = opened("fixed.vhdx.gz") else {
         return;
     };
-    let img = open(&p, false);
     let info = img.info();
     assert_eq!(info.disk_type, DiskType::Fixed);
     assert_eq!(info.virtual_size, 10485760);
@@ -113,10 +118,9 @@ fn fixed_vhdx() {
 
 #[test]
 fn dynamic_vhdx() {
-    let Some((_d, p)) = unpack("dynamic.vhdx.gz") else {
+    let Some((_d, img)) = opened("dynamic.vhdx.gz") else {
         return;
     };
-    let img = open(&p, false);
     let info = img.info();
     assert_eq!(info.disk_type, DiskType::Dynamic);
     assert_eq!(info.virtual_size, 10485760);
@@ -135,10 +139,9 @@ fn dynamic_vhdx() {
 
 #[test]
 fn btrfs_vhdx() {
-    let Some((_d, p)) = unpack("btrfs.vhdx.gz") else {
+    let Some((_d, img)) = opened("btrfs.vhdx.gz") else {
         return;
     };
-    let img = open(&p, false);
     assert_eq!(img.virtual_size(), 1 << 30);
     let c = counts(&img);
     assert_eq!(
@@ -158,10 +161,9 @@ fn btrfs_vhdx() {
 
 #[test]
 fn iotest_dynamic_1g() {
-    let Some((_d, p)) = unpack("iotest-dynamic-1G.vhdx.bz2") else {
+    let Some((_d, img)) = opened("iotest-dynamic-1G.vhdx.bz2") else {
         return;
     };
-    let img = open(&p, false);
     assert_eq!(img.virtual_size(), 1 << 30);
     assert_eq!(img.block_size(), 32 << 20);
     assert_eq!(
@@ -173,10 +175,9 @@ fn iotest_dynamic_1g() {
 
 #[test]
 fn lvm2_counts() {
-    let Some((_d, p)) = unpack("lvm2.vhdx.gz") else {
+    let Some((_d, img)) = opened("lvm2.vhdx.gz") else {
         return;
     };
-    let img = open(&p, false);
     assert_eq!(img.virtual_size(), 10737418240);
     let c = counts(&img);
     assert_eq!(c[bat::PAYLOAD_FULLY_PRESENT as usize], 18);
@@ -200,10 +201,9 @@ fn lvm2_full_hash() {
 
 #[test]
 fn swap_opens() {
-    let Some((_d, p)) = unpack("swap.vhdx.gz") else {
+    let Some((_d, img)) = opened("swap.vhdx.gz") else {
         return;
     };
-    let img = open(&p, false);
     assert_eq!(img.virtual_size(), 10737418240);
     assert_eq!(img.block_size(), 32 << 20);
     assert_clean_check(&img);
@@ -223,10 +223,9 @@ fn swap_full_hash() {
 
 #[test]
 fn differencing_avhdx() {
-    let Some((_d, p)) = unpack("differencing.avhdx.gz") else {
+    let Some((_d, img)) = opened("differencing.avhdx.gz") else {
         return;
     };
-    let img = open(&p, false);
     let info = img.info();
     assert_eq!(info.disk_type, DiskType::Differencing);
     assert_eq!(info.virtual_size, 8589934592);

@@ -358,6 +358,16 @@ fn cut_after(base: &MemStorage, n: u64) -> (Arc<MemStorage>, VhdxImage) {
     (mem, img)
 }
 
+/// What a cut left in `mem`, opened read-only: it reads `old` or `new`
+/// and checks clean. The image and its content.
+fn survivor(mem: &Arc<MemStorage>, old: &[u8], new: &[u8], what: &str) -> (VhdxImage, Vec<u8>) {
+    let ro = open(mem.clone(), false);
+    let c = content(&ro);
+    assert!(c == old || c == new, "{what}: neither old nor new");
+    no_errors(&ro);
+    (ro, c)
+}
+
 fn content(img: &VhdxImage) -> Vec<u8> {
     let mut out = vec![0u8; img.virtual_size() as usize];
     let mut runs = Vec::new();
@@ -402,13 +412,7 @@ fn every_cut_point_of_a_write_is_old_or_new() {
             let (mem, mut img) = cut_after(&base, n);
             let done = img.write_sectors(MIB + 512, &data).is_ok();
             drop(img);
-            let ro = open(mem.clone(), false);
-            let c = content(&ro);
-            assert!(
-                c == old || c == new,
-                "cut after {n} writes: neither old nor new"
-            );
-            no_errors(&ro);
+            let (ro, c) = survivor(&mem, &old, &new, &format!("cut after {n} writes"));
             if !ro.header().log_guid.is_nil() {
                 saw_pending = true;
                 assert!(c == new, "a pending log must hold the new content");
@@ -815,13 +819,12 @@ fn batch_every_cut_point_is_old_or_new() {
             })()
             .is_ok();
             drop(img);
-            let ro = open(mem.clone(), false);
-            let c = content(&ro);
-            assert!(
-                c == old || c == new,
-                "diff={diff}: cut after {n} writes: neither old nor new"
+            let (_, c) = survivor(
+                &mem,
+                &old,
+                &new,
+                &format!("diff={diff}: cut after {n} writes"),
             );
-            no_errors(&ro);
             if done {
                 assert!(c == new);
                 break;

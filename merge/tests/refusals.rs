@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use formats::{Access, CorruptionKind, FsNamespace, Namespace};
 mod common;
 use common::merge_into;
-use testdata::file_hashes;
 use testdata::image::{fs, small_with_data as create};
+use testdata::{file_hashes, raw};
 
 /// base <- mid <- top2 in `dir`.
 fn chain(dir: &Path, vhdx: bool) -> (PathBuf, PathBuf, PathBuf) {
@@ -92,12 +92,9 @@ fn corrupt_refusals_name_the_violation() {
         let (base, _mid, top) = chain(d.path(), vhdx);
         damage(&base, |b| {
             if vhdx {
-                b[(64 << 10) + 100] ^= 1;
-                b[(128 << 10) + 100] ^= 1;
+                raw::break_vhdx_header_checksums(b);
             } else {
-                let n = b.len();
-                b[n - 512 + 64] ^= 0x55;
-                b[64] ^= 0x55;
+                raw::break_vhd_footer_checksums(b);
             }
         });
         let expect = if vhdx {

@@ -135,3 +135,17 @@ pub fn fix_vhd_header(b: &mut [u8], at: usize) {
     let c = vhd_checksum(&b[at..at + 1024], 36);
     put_be32(b, at + 36, c);
 }
+
+/// Break the checksum of both VHDX headers (a byte each covers flipped).
+pub fn break_vhdx_header_checksums(b: &mut [u8]) {
+    for h in VHDX_HEADERS {
+        b[h + 100] ^= 1;
+    }
+}
+
+/// Break the checksum of both VHD footers (their Checksum fields flipped).
+pub fn break_vhd_footer_checksums(b: &mut [u8]) {
+    let n = b.len();
+    b[n - 512 + 64] ^= 0x55;
+    b[64] ^= 0x55;
+}

@@ -32,11 +32,7 @@ const CASES: &[Mutation] = &[
         "dynamic.vhd",
         "both footer checksums wrong",
         "footer_checksum",
-        |b| {
-            let n = b.len();
-            b[n - 512 + 64] ^= 0x55;
-            b[64] ^= 0x55;
-        },
+        |b| break_vhd_footer_checksums(b),
     ),
     (
         "fixed.vhd",
@@ -138,10 +134,7 @@ const CASES: &[Mutation] = &[
         "dynamic.vhdx",
         "both header checksums wrong",
         "header_checksum",
-        |b| {
-            b[(64 << 10) + 100] ^= 1;
-            b[(128 << 10) + 100] ^= 1;
-        },
+        |b| break_vhdx_header_checksums(b),
     ),
     ("dynamic.vhdx", "header version 2", "header_version", |b| {
         for at in VHDX_HEADERS {

@@ -64,11 +64,7 @@ const CASES: &[Case] = &[
         "both header checksums",
         CorruptionKind::HeaderChecksum,
         "error",
-        |b| {
-            for h in VHDX_HEADERS {
-                b[h + 100] ^= 1;
-            }
-        },
+        |b| break_vhdx_header_checksums(b),
     ),
     (
         "vhdx",
@@ -171,11 +167,7 @@ const CASES: &[Case] = &[
         "both footer checksums",
         CorruptionKind::FooterChecksum,
         "error",
-        |b| {
-            let n = b.len();
-            b[n - 512 + 64] ^= 0x55;
-            b[64] ^= 0x55;
-        },
+        |b| break_vhd_footer_checksums(b),
     ),
     (
         "vhd",

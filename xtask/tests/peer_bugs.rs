@@ -42,7 +42,7 @@
 
 mod common;
 use common::data;
-use common::{ok, s, xtask};
+use common::{ok, s, xtask, Fmt};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -327,27 +327,6 @@ fn vhd_blocks(path: &Path) -> Vec<(u64, u64)> {
 
 // ------------------------------------------------------------ chains
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Fmt {
-    Vhd,
-    Vhdx,
-}
-
-impl Fmt {
-    fn qemu(self) -> &'static str {
-        match self {
-            Fmt::Vhd => "vpc",
-            Fmt::Vhdx => "vhdx",
-        }
-    }
-    fn ext(self) -> (&'static str, &'static str) {
-        match self {
-            Fmt::Vhd => ("vhd", "vhd"),
-            Fmt::Vhdx => ("vhdx", "avhdx"),
-        }
-    }
-}
-
 /// base (dynamic) <- mid <- top, and the model of what each reads as.
 struct Chain {
     _dir: tempfile::TempDir,
@@ -376,6 +355,16 @@ impl Chain {
             top,
             label: format!("{label} {fmt:?} {} KiB blocks", block / KIB),
         }
+    }
+
+    /// `new`, its base filled with `data(1, ..)`, and the mid made; the
+    /// model of what the mid reads.
+    fn over_full_base(fmt: Fmt, size: u64, block: u64, label: &str) -> (Chain, Model) {
+        let c = Chain::new(fmt, size, block, label);
+        let mut m = Model(vec![0; size as usize]);
+        put(&mut m, &c.base, 0, &data(1, size));
+        c.make_mid();
+        (c, m)
     }
 
     fn make_mid(&self) {
@@ -507,10 +496,7 @@ fn put(m: &mut Model, img: &Path, off: u64, bytes: &[u8]) {
 fn zeros_written_in_a_child_hide_the_parent_after_merges() {
     for (fmt, bs) in [(Fmt::Vhd, 512 * KIB), (Fmt::Vhdx, MIB)] {
         let size = 8 * bs;
-        let c = Chain::new(fmt, size, bs, "zeros");
-        let mut m = Model(vec![0; size as usize]);
-        put(&mut m, &c.base, 0, &data(1, size));
-        c.make_mid();
+        let (c, mut m) = Chain::over_full_base(fmt, size, bs, "zeros");
         put(&mut m, &c.mid, 6 * bs, &data(2, bs));
         // A partial block too, so the middle VHDX layer has a sector
         // bitmap block (libvhdi misreads chunks without one).
@@ -551,10 +537,7 @@ fn zeros_written_in_a_child_hide_the_parent_after_merges() {
 fn vhdx_bat_states_read_per_ms_vhdx_and_merge_the_same() {
     let bs = MIB;
     let size = 8 * bs;
-    let c = Chain::new(Fmt::Vhdx, size, bs, "BAT states");
-    let mut m = Model(vec![0; size as usize]);
-    put(&mut m, &c.base, 0, &data(1, size));
-    c.make_mid();
+    let (c, mut m) = Chain::over_full_base(Fmt::Vhdx, size, bs, "BAT states");
     put(&mut m, &c.mid, bs, &data(2, bs));
     put(&mut m, &c.mid, 4 * bs, &data(3, bs));
     put(&mut m, &c.mid, 7 * bs, &data(4, bs / 2));
@@ -600,10 +583,7 @@ fn vhdx_bat_states_read_per_ms_vhdx_and_merge_the_same() {
 fn partially_present_blocks_ending_at_the_block_edge_merge() {
     for (fmt, bs) in [(Fmt::Vhd, 512 * KIB), (Fmt::Vhdx, MIB)] {
         let size = 8 * bs;
-        let c = Chain::new(fmt, size, bs, "bitmap edges");
-        let mut m = Model(vec![0; size as usize]);
-        put(&mut m, &c.base, 0, &data(1, size));
-        c.make_mid();
+        let (c, mut m) = Chain::over_full_base(fmt, size, bs, "bitmap edges");
         put(&mut m, &c.mid, 4 * bs - 4 * KIB, &data(2, 8 * KIB));
         put(&mut m, &c.mid, 7 * bs - 512, &data(3, 512));
         c.make_top();
@@ -766,10 +746,7 @@ fn vhd_without_any_footer_is_refused_by_name() {
 fn vhd_with_block_data_off_the_page_merges() {
     let bs = 2 * MIB;
     let size = 16 * MIB;
-    let c = Chain::new(Fmt::Vhd, size, bs, "unaligned data");
-    let mut m = Model(vec![0; size as usize]);
-    put(&mut m, &c.base, 0, &data(1, size));
-    c.make_mid();
+    let (c, mut m) = Chain::over_full_base(Fmt::Vhd, size, bs, "unaligned data");
     put(&mut m, &c.mid, 2 * MIB + 4 * KIB, &data(2, MIB));
     put(&mut m, &c.mid, 5 * MIB, &data(3, 2 * MIB));
     c.make_top();
@@ -809,10 +786,7 @@ fn partial_last_block_merges() {
     let size = 16 * MIB + 512 * KIB;
     for (fmt, bs) in [(Fmt::Vhd, 2 * MIB), (Fmt::Vhdx, MIB), (Fmt::Vhdx, 32 * MIB)] {
         let last = size / bs * bs;
-        let c = Chain::new(fmt, size, bs, "partial last block");
-        let mut m = Model(vec![0; size as usize]);
-        put(&mut m, &c.base, 0, &data(1, size));
-        c.make_mid();
+        let (c, mut m) = Chain::over_full_base(fmt, size, bs, "partial last block");
         put(&mut m, &c.mid, last, &data(2, 64 * KIB));
         put(&mut m, &c.mid, size - 4 * KIB, &data(3, 4 * KIB));
         c.make_top();
