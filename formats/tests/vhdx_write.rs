@@ -676,14 +676,17 @@ fn batch_grow_in_place_and_with_a_moved_bat() {
     ] {
         let (mem, old) = prepared(diff, 16 * MIB);
         let mut img = open(mem.clone(), true);
-        let old_bat_region = img
-            .info()
-            .details
-            .iter()
-            .find(|(k, _)| k == "bat_region")
-            .unwrap()
-            .1
-            .clone();
+        // Where `info` says the BAT region is.
+        let bat_region = |img: &VhdxImage| {
+            img.info()
+                .details
+                .iter()
+                .find(|(k, _)| k == "bat_region")
+                .unwrap()
+                .1
+                .clone()
+        };
+        let old_bat_region = bat_region(&img);
         let mut m = old.clone();
         {
             let mut b = img.begin_batch().unwrap();
@@ -702,14 +705,7 @@ fn batch_grow_in_place_and_with_a_moved_bat() {
         drop(img);
         let ro = open(mem.clone(), false);
         assert_eq!(ro.virtual_size(), new_size);
-        let moved = ro
-            .info()
-            .details
-            .iter()
-            .find(|(k, _)| k == "bat_region")
-            .unwrap()
-            .1
-            != old_bat_region;
+        let moved = bat_region(&ro) != old_bat_region;
         assert_eq!(
             moved,
             new_size > (1u64 << 30),

@@ -78,6 +78,15 @@ pub fn fix_vhdx_headers(b: &mut [u8]) {
     fix_crcs(b, VHDX_HEADERS, 4096);
 }
 
+/// Write `bytes` at offset `at` of both VHDX headers, then fix their
+/// checksums.
+pub fn patch_vhdx_headers(b: &mut [u8], at: usize, bytes: &[u8]) {
+    for h in VHDX_HEADERS {
+        put(b, h + at, bytes);
+    }
+    fix_vhdx_headers(b);
+}
+
 /// Recompute both VHDX region tables' checksums.
 pub fn fix_vhdx_region_tables(b: &mut [u8]) {
     fix_crcs(b, VHDX_REGION_TABLES, 64 << 10);

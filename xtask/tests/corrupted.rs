@@ -137,10 +137,7 @@ const CASES: &[Mutation] = &[
         |b| break_vhdx_header_checksums(b),
     ),
     ("dynamic.vhdx", "header version 2", "header_version", |b| {
-        for at in VHDX_HEADERS {
-            b[at + 66] = 2;
-        }
-        fix_vhdx_headers(b);
+        patch_vhdx_headers(b, 66, &[2]);
     }),
     (
         "dynamic.vhdx",
@@ -238,12 +235,7 @@ const CASES: &[Mutation] = &[
         "dynamic.vhdx",
         "LogGuid set with no log entry",
         "log_sequence_invalid",
-        |b| {
-            for at in VHDX_HEADERS {
-                b[at + 48] = 0x42;
-            }
-            fix_vhdx_headers(b);
-        },
+        |b| patch_vhdx_headers(b, 48, &[0x42]),
     ),
     (
         "vhdx-log-replay.vhdx",

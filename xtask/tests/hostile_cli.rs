@@ -324,10 +324,7 @@ fn hostile_vhdx_sizes() {
         let c = formats::checksum::crc32c_zeroed(&e, 4);
         e[4..8].copy_from_slice(&c.to_le_bytes());
         b[lo..lo + 4096].copy_from_slice(&e);
-        for at in VHDX_HEADERS {
-            b[at + 48..at + 64].copy_from_slice(&guid);
-        }
-        fix_vhdx_headers(b);
+        patch_vhdx_headers(b, 48, &guid);
     });
     hostile(
         &p,
