@@ -81,7 +81,7 @@ pub fn child_with_locators(
         virtual_size: spec.virtual_size,
         disk_type: DiskType::Differencing,
         parent: Some(spec),
-        ..small(child.extension().is_some_and(|e| e != "vhd"))
+        ..small(child.extension().is_none_or(|e| e != "vhd"))
     };
     formats::create::create_file(ns, child, &params)
         .unwrap_or_else(|e| panic!("create {}: {e}", child.display()));
