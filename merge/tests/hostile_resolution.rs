@@ -234,14 +234,22 @@ fn cycle_refused(root: &Path, top: &Path, msg: &str) {
     );
 }
 
+/// Run `f` for VHDX and for VHD (one test at a time, see `serial`), each
+/// in a fresh directory given by its canonical path.
+fn each_format(f: impl Fn(bool, &Path)) {
+    let _serial = serial();
+    for vhdx in [true, false] {
+        let (_guard, root) = canonical_tempdir();
+        f(vhdx, &root);
+    }
+}
+
 const ALL_OPS: &[&str] = &["open", "kind", "canonicalize", "read_dir", "create"];
 
 #[test]
 fn relative_locator_climbing_out_is_not_followed() {
-    let _serial = serial();
-    for vhdx in [true, false] {
-        let (_guard, root) = canonical_tempdir();
-        let [elsewhere, child_dir] = make_dirs(&root, ["elsewhere", "a/b"]);
+    each_format(|vhdx, root| {
+        let [elsewhere, child_dir] = make_dirs(root, ["elsewhere", "a/b"]);
         // A valid parent with the right identity: following the locator
         // would succeed.
         let parent = elsewhere.join(format!("p.{}", ext(vhdx, false)));
@@ -274,7 +282,7 @@ fn relative_locator_climbing_out_is_not_followed() {
             "touched the outside target"
         );
 
-        let rec = not_found(&root, &child, ChainOptions::default());
+        let rec = not_found(root, &child, ChainOptions::default());
         assert_eq!(rec.touching(ALL_OPS, &elsewhere), vec![]);
 
         // Control: the options that widen the search do find it, so the
@@ -293,15 +301,13 @@ fn relative_locator_climbing_out_is_not_followed() {
                 ..Default::default()
             },
         );
-    }
+    });
 }
 
 #[test]
 fn locator_naming_etc_passwd_is_not_opened() {
-    let _serial = serial();
-    for vhdx in [true, false] {
-        let (_guard, root) = canonical_tempdir();
-        let base = base_in(&root, vhdx);
+    each_format(|vhdx, root| {
+        let base = base_in(root, vhdx);
         let child = root.join(format!("c.{}", ext(vhdx, true)));
         make_child(
             &child,
@@ -319,22 +325,20 @@ fn locator_naming_etc_passwd_is_not_opened() {
         // The only candidates are inside the child's directory.
         for (op, p) in rec.calls() {
             assert!(
-                p.starts_with(&root),
+                p.starts_with(root),
                 "{op} {} is outside the child's dir",
                 p.display()
             );
         }
-        let rec = not_found(&root, &child, ChainOptions::default());
+        let rec = not_found(root, &child, ChainOptions::default());
         assert_eq!(rec.touching(ALL_OPS, Path::new("/etc")), vec![]);
-    }
+    });
 }
 
 #[test]
 fn devices_are_never_opened() {
-    let _serial = serial();
-    for vhdx in [true, false] {
-        let (_guard, root) = canonical_tempdir();
-        let base = base_in(&root, vhdx);
+    each_format(|vhdx, root| {
+        let base = base_in(root, vhdx);
         let spec = spec_for(&base, &root.join("x"));
 
         // The plain device path in every locator: only its file name is
@@ -371,16 +375,14 @@ fn devices_are_never_opened() {
         assert!(msg.contains("not a regular file"), "{msg}");
         assert_eq!(rec.touching(&["open"], Path::new("/dev")), vec![]);
         assert_eq!(rec.touching(&["open"], &link), vec![]);
-        not_found(&root, &child, follow());
-    }
+        not_found(root, &child, follow());
+    });
 }
 
 #[test]
 fn fifo_and_socket_named_as_parent_do_not_hang() {
-    let _serial = serial();
-    for vhdx in [true, false] {
-        let (_guard, root) = canonical_tempdir();
-        let base = base_in(&root, vhdx);
+    each_format(|vhdx, root| {
+        let base = base_in(root, vhdx);
         let spec = spec_for(&base, &root.join("x"));
         let fifo = root.join(format!("fifo.{}", ext(vhdx, false)));
         mkfifo(&fifo);
@@ -400,7 +402,7 @@ fn fifo_and_socket_named_as_parent_do_not_hang() {
                 assert!(msg.contains(&name), "error names the candidate: {msg}");
                 assert_eq!(rec.touching(&["open"], special), vec![]);
                 // merge: also the sibling scan must skip it (not hang).
-                let rec = not_found(&root, &child, opts);
+                let rec = not_found(root, &child, opts);
                 assert_eq!(rec.touching(&["open"], special), vec![]);
             }
             // A symlink to the FIFO, followed.
@@ -414,15 +416,13 @@ fn fifo_and_socket_named_as_parent_do_not_hang() {
             assert_eq!(rec.touching(&["open"], special), vec![]);
             assert_eq!(rec.touching(&["open"], &link), vec![]);
         }
-    }
+    });
 }
 
 #[test]
 fn symlinked_parent_needs_follow_symlinks() {
-    let _serial = serial();
-    for vhdx in [true, false] {
-        let (_guard, root) = canonical_tempdir();
-        let [real, dir] = make_dirs(&root, ["real", "vm"]);
+    each_format(|vhdx, root| {
+        let [real, dir] = make_dirs(root, ["real", "vm"]);
         let target = real.join(format!("p.{}", ext(vhdx, false)));
         make_base(&target, vhdx);
         let link = dir.join(format!("p.{}", ext(vhdx, false)));
@@ -444,19 +444,17 @@ fn symlinked_parent_needs_follow_symlinks() {
         assert!(msg.contains(&link.display().to_string()), "{msg}");
         assert_eq!(rec.touching(&["open", "kind"], &real), vec![]);
         assert_eq!(rec.touching(&["open"], &link), vec![]);
-        let rec = not_found(&root, &child, ChainOptions::default());
+        let rec = not_found(root, &child, ChainOptions::default());
         assert_eq!(rec.touching(&["open", "kind"], &real), vec![]);
 
         resolves(&child, follow());
-    }
+    });
 }
 
 #[test]
 fn locator_naming_the_child_itself_is_a_cycle() {
-    let _serial = serial();
-    for vhdx in [true, false] {
-        let (_guard, root) = canonical_tempdir();
-        let base = base_in(&root, vhdx);
+    each_format(|vhdx, root| {
+        let base = base_in(root, vhdx);
         let child = root.join(format!("self.{}", ext(vhdx, true)));
         let name = name_of(&child);
         make_child(
@@ -473,8 +471,8 @@ fn locator_naming_the_child_itself_is_a_cycle() {
         );
         let opens = rec.touching(&["open"], &child);
         assert_eq!(opens.len(), 1, "the child is opened once: {opens:?}");
-        cycle_refused(&root, &child, &msg);
-    }
+        cycle_refused(root, &child, &msg);
+    });
 }
 
 /// Replace every occurrence of `from` by `to` (same length) in `file`.
@@ -551,10 +549,8 @@ fn two_file_cycle(dir: &Path, vhdx: bool) -> (PathBuf, PathBuf) {
 
 #[test]
 fn two_file_cycle_is_an_error_not_a_hang() {
-    let _serial = serial();
-    for vhdx in [true, false] {
-        let (_guard, root) = canonical_tempdir();
-        let (a, b) = two_file_cycle(&root, vhdx);
+    each_format(|vhdx, root| {
+        let (a, b) = two_file_cycle(root, vhdx);
         for (top, other) in [(&a, &b), (&b, &a)] {
             let (n, broken, rec) = open_partial(top, ChainOptions::default());
             // The linkage matched one step (so the cycle is real), then the
@@ -564,9 +560,9 @@ fn two_file_cycle_is_an_error_not_a_hang() {
             assert!(msg.contains("parent locator"), "{msg}");
             assert_eq!(rec.touching(&["open"], top).len(), 1);
             assert_eq!(rec.touching(&["open"], other).len(), 1);
-            cycle_refused(&root, top, &msg);
+            cycle_refused(root, top, &msg);
         }
-    }
+    });
 }
 
 /// `kind` on an outside path would already reveal whether it exists (and for
@@ -604,10 +600,8 @@ fn no_filesystem_call_leaves_the_child_directory() {
 /// it needs `--follow-symlinks` like a symlinked file does.
 #[test]
 fn symlinked_directory_in_a_relative_locator_needs_follow_symlinks() {
-    let _serial = serial();
-    for vhdx in [true, false] {
-        let (_guard, root) = canonical_tempdir();
-        let [elsewhere, dir] = make_dirs(&root, ["elsewhere", "vm"]);
+    each_format(|vhdx, root| {
+        let [elsewhere, dir] = make_dirs(root, ["elsewhere", "vm"]);
         let parent = elsewhere.join(format!("p.{}", ext(vhdx, false)));
         make_base(&parent, vhdx);
         std::os::unix::fs::symlink(&elsewhere, dir.join("sub")).unwrap();
@@ -618,7 +612,7 @@ fn symlinked_directory_in_a_relative_locator_needs_follow_symlinks() {
         let (msg, rec) = stops_at_child(&child, ChainOptions::default());
         assert!(msg.contains("--follow-symlinks"), "{msg}");
         assert_eq!(rec.touching(&["open"], &dir.join("sub")), vec![]);
-        not_found(&root, &child, ChainOptions::default());
+        not_found(root, &child, ChainOptions::default());
         resolves(&child, follow());
-    }
+    });
 }
