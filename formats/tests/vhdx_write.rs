@@ -343,6 +343,31 @@ impl Storage for Cut {
     }
 }
 
+/// A writable image over a copy of `base` whose storage fails every write
+/// (and length change) after the first `n` from here on; the copy.
+fn cut_after(base: &MemStorage, n: u64) -> (Arc<MemStorage>, VhdxImage) {
+    let mem = Arc::new(MemStorage::from_vec(base.to_vec()));
+    let cut = Arc::new(Cut {
+        inner: mem.clone(),
+        writes: AtomicU64::new(0),
+        limit: AtomicU64::new(u64::MAX),
+    });
+    let img = open(cut.clone(), true);
+    cut.writes.store(0, Ordering::SeqCst);
+    cut.limit.store(n, Ordering::SeqCst);
+    (mem, img)
+}
+
+/// What a cut left in `mem`, opened read-only: it reads `old` or `new`
+/// and checks clean. The image and its content.
+fn survivor(mem: &Arc<MemStorage>, old: &[u8], new: &[u8], what: &str) -> (VhdxImage, Vec<u8>) {
+    let ro = open(mem.clone(), false);
+    let c = content(&ro);
+    assert!(c == old || c == new, "{what}: neither old nor new");
+    no_errors(&ro);
+    (ro, c)
+}
+
 fn content(img: &VhdxImage) -> Vec<u8> {
     let mut out = vec![0u8; img.virtual_size() as usize];
     let mut runs = Vec::new();
@@ -384,24 +409,10 @@ fn every_cut_point_of_a_write_is_old_or_new() {
         let mut saw_pending = false;
         let mut n = 0;
         loop {
-            let mem = Arc::new(MemStorage::from_vec(base.to_vec()));
-            let cut = Arc::new(Cut {
-                inner: mem.clone(),
-                writes: AtomicU64::new(0),
-                limit: AtomicU64::new(u64::MAX),
-            });
-            let mut img = open(cut.clone(), true);
-            cut.writes.store(0, Ordering::SeqCst);
-            cut.limit.store(n, Ordering::SeqCst);
+            let (mem, mut img) = cut_after(&base, n);
             let done = img.write_sectors(MIB + 512, &data).is_ok();
             drop(img);
-            let ro = open(mem.clone(), false);
-            let c = content(&ro);
-            assert!(
-                c == old || c == new,
-                "cut after {n} writes: neither old nor new"
-            );
-            no_errors(&ro);
+            let (ro, c) = survivor(&mem, &old, &new, &format!("cut after {n} writes"));
             if !ro.header().log_guid.is_nil() {
                 saw_pending = true;
                 assert!(c == new, "a pending log must hold the new content");
@@ -460,6 +471,21 @@ fn qemu_img() -> Option<std::path::PathBuf> {
     }
 }
 
+/// Run qemu-img `q` with `args`, then `files`; it must succeed.
+fn qemu_img_ok(q: &std::path::Path, args: &[&str], files: &[&std::path::Path]) {
+    let out = std::process::Command::new(q)
+        .args(args)
+        .args(files)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "qemu-img {args:?} {files:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn qemu_img_checks_and_compares() {
     let Some(q) = qemu_img() else { return };
@@ -473,27 +499,8 @@ fn qemu_img_checks_and_compares() {
             let raw = dir.path().join(format!("t{seed}.raw"));
             std::fs::write(&img, mem.to_vec()).unwrap();
             std::fs::write(&raw, &m.bytes).unwrap();
-            let out = std::process::Command::new(&q)
-                .args(["check", "-f", "vhdx"])
-                .arg(&img)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "qemu-img check: {}",
-                String::from_utf8_lossy(&out.stdout)
-            );
-            let out = std::process::Command::new(&q)
-                .args(["compare", "-f", "vhdx", "-F", "raw"])
-                .arg(&img)
-                .arg(&raw)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "qemu-img compare: {}",
-                String::from_utf8_lossy(&out.stdout)
-            );
+            qemu_img_ok(&q, &["check", "-f", "vhdx"], &[&img]);
+            qemu_img_ok(&q, &["compare", "-f", "vhdx", "-F", "raw"], &[&img, &raw]);
         }
     }
 }
@@ -504,14 +511,7 @@ fn reads_what_qemu_writes() {
     let Some(q) = qemu_img() else { return };
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("q.vhdx");
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(&q).args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let run = |args: &[&str]| qemu_img_ok(&q, args, &[]);
     run(&[
         "create",
         "-f",
@@ -687,14 +687,17 @@ fn batch_grow_in_place_and_with_a_moved_bat() {
     ] {
         let (mem, old) = prepared(diff, 16 * MIB);
         let mut img = open(mem.clone(), true);
-        let old_bat_region = img
-            .info()
-            .details
-            .iter()
-            .find(|(k, _)| k == "bat_region")
-            .unwrap()
-            .1
-            .clone();
+        // Where `info` says the BAT region is.
+        let bat_region = |img: &VhdxImage| {
+            img.info()
+                .details
+                .iter()
+                .find(|(k, _)| k == "bat_region")
+                .unwrap()
+                .1
+                .clone()
+        };
+        let old_bat_region = bat_region(&img);
         let mut m = old.clone();
         {
             let mut b = img.begin_batch().unwrap();
@@ -713,14 +716,7 @@ fn batch_grow_in_place_and_with_a_moved_bat() {
         drop(img);
         let ro = open(mem.clone(), false);
         assert_eq!(ro.virtual_size(), new_size);
-        let moved = ro
-            .info()
-            .details
-            .iter()
-            .find(|(k, _)| k == "bat_region")
-            .unwrap()
-            .1
-            != old_bat_region;
+        let moved = bat_region(&ro) != old_bat_region;
         assert_eq!(
             moved,
             new_size > (1u64 << 30),
@@ -756,16 +752,7 @@ fn batch_grow_in_place_and_with_a_moved_bat() {
             let dir = tempfile::tempdir().unwrap();
             let f = dir.path().join("g.vhdx");
             std::fs::write(&f, mem.to_vec()).unwrap();
-            let out = std::process::Command::new(q)
-                .args(["check", "-f", "vhdx"])
-                .arg(&f)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stdout)
-            );
+            qemu_img_ok(&q, &["check", "-f", "vhdx"], &[&f]);
         }
     }
 }
@@ -833,15 +820,7 @@ fn batch_every_cut_point_is_old_or_new() {
         assert!(old != new);
         let mut n = 0;
         loop {
-            let mem = Arc::new(MemStorage::from_vec(base.to_vec()));
-            let cut = Arc::new(Cut {
-                inner: mem.clone(),
-                writes: AtomicU64::new(0),
-                limit: AtomicU64::new(u64::MAX),
-            });
-            let mut img = open(cut.clone(), true);
-            cut.writes.store(0, Ordering::SeqCst);
-            cut.limit.store(n, Ordering::SeqCst);
+            let (mem, mut img) = cut_after(&base, n);
             let mut m = Model::new(16 * MIB, 512, true);
             let done = (|| -> formats::Result<()> {
                 let mut b = begin(&mut img, journal)?;
@@ -853,13 +832,12 @@ fn batch_every_cut_point_is_old_or_new() {
             })()
             .is_ok();
             drop(img);
-            let ro = open(mem.clone(), false);
-            let c = content(&ro);
-            assert!(
-                c == old || c == new,
-                "diff={diff} journal={journal}: cut after {n} writes: neither old nor new"
+            let (ro, c) = survivor(
+                &mem,
+                &old,
+                &new,
+                &format!("diff={diff} journal={journal}: cut after {n} writes"),
             );
-            no_errors(&ro);
             drop(ro);
             let mut rw = open(mem.clone(), true);
             rw.compact().unwrap();

@@ -135,6 +135,21 @@ pub struct MergeParams {
 }
 
 impl MergeParams {
+    /// A merge keeping its merged files, staging no joined spans and no
+    /// journal sequence.
+    pub fn new(vhdx: bool, dest: DestKind, depth: usize, sector_4k: bool, grow: bool) -> Self {
+        MergeParams {
+            vhdx,
+            dest,
+            depth,
+            sector_4k,
+            grow,
+            remove_merged: false,
+            joined: false,
+            sequence: false,
+        }
+    }
+
     /// `vhdx-dynamic-d2-4k-grow-rm` style.
     pub fn name(&self) -> String {
         format!(
@@ -1006,16 +1021,7 @@ pub fn all_params() -> Vec<MergeParams> {
 /// The default set: every destination kind, depths 1 to 3, 4K and growth
 /// spread over them so each feature meets each format at least once.
 pub fn default_params() -> Vec<MergeParams> {
-    let mk = |vhdx, dest, depth, sector_4k, grow| MergeParams {
-        vhdx,
-        dest,
-        depth,
-        sector_4k,
-        grow,
-        remove_merged: false,
-        joined: false,
-        sequence: false,
-    };
+    let mk = MergeParams::new;
     let rm = |p: MergeParams| MergeParams {
         remove_merged: true,
         ..p

@@ -27,6 +27,16 @@ fn mount(kind: FsKind, size: u64) -> Option<LoopMount> {
     }
 }
 
+/// `mount`, for a test that counts the bytes a command writes: `None`
+/// (said why) without /usr/bin/time too.
+fn mount_counting(kind: FsKind, size: u64) -> Option<LoopMount> {
+    if !Path::new("/usr/bin/time").exists() {
+        eprintln!("skipping: /usr/bin/time is not installed (apt-get install time)");
+        return None;
+    }
+    mount(kind, size)
+}
+
 fn read_all(st: &dyn Storage, at: u64, len: u64) -> Vec<u8> {
     let mut v = vec![0u8; len as usize];
     st.read_at(&mut v, at).unwrap();
@@ -132,11 +142,7 @@ fn raw_hash(img: &Path, dir: &Path) -> String {
 }
 
 fn merge_shares_payload(kind: FsKind, ext: (&str, &str)) {
-    if !Path::new("/usr/bin/time").exists() {
-        eprintln!("skipping: /usr/bin/time is not installed (apt-get install time)");
-        return;
-    }
-    let Some(m) = mount(kind, 2 << 30) else {
+    let Some(m) = mount_counting(kind, 2 << 30) else {
         return;
     };
     let scratch = tempfile::tempdir().unwrap();
@@ -225,11 +231,7 @@ fn btrfs_vhd_merge_shares_its_payload() {
 /// not written (`qemu-img convert` always copies). The VHD output places
 /// its block data on pages, so its source's payload clones too.
 fn convert_shares_payload(kind: FsKind) {
-    if !Path::new("/usr/bin/time").exists() {
-        eprintln!("skipping: /usr/bin/time is not installed (apt-get install time)");
-        return;
-    }
-    let Some(m) = mount(kind, 2 << 30) else {
+    let Some(m) = mount_counting(kind, 2 << 30) else {
         return;
     };
     let scratch = tempfile::tempdir().unwrap();
@@ -426,11 +428,7 @@ fn copy_calls(args: &[&str]) -> Option<(Output, usize)> {
 /// child bitmap (past the block's bits, which readers ignore) must not
 /// come through the joined clone.
 fn vhd_joined_clones(fs: FsKind) {
-    if !Path::new("/usr/bin/time").exists() {
-        eprintln!("skipping: /usr/bin/time is not installed (apt-get install time)");
-        return;
-    }
-    let Some(m) = mount(fs, 1 << 30) else {
+    let Some(m) = mount_counting(fs, 1 << 30) else {
         return;
     };
     let scratch = tempfile::tempdir().unwrap();

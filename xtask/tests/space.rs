@@ -34,6 +34,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
+use testdata::Rng;
 
 const MIB: u64 = 1 << 20;
 /// Virtual size of every test disk.
@@ -47,19 +48,6 @@ fn sizes(p: &Path) -> (u64, u64) {
 
 fn mib(b: u64) -> String {
     format!("{b} ({:.3} MiB)", b as f64 / MIB as f64)
-}
-
-/// SplitMix64: a seeded RNG with no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
 }
 
 /// `len` bytes of pseudo-random data in which no byte is zero (so no
@@ -228,14 +216,9 @@ fn merge(child: &Path, dest: &Path) -> Value {
 /// `check` (VHDX) and `compare` against it (fixed and dynamic
 /// destinations).
 fn verify_image(kind: Kind, dest: &Path, expect_raw: &Path) {
-    let chk = xtask(&["check", s(dest)]);
-    assert_eq!(
-        chk.status.code(),
-        Some(0),
-        "xtask check {}: {}{}",
-        dest.display(),
-        String::from_utf8_lossy(&chk.stdout),
-        String::from_utf8_lossy(&chk.stderr)
+    ok(
+        xtask(&["check", s(dest)]),
+        &format!("xtask check {}", dest.display()),
     );
     // libvhdi reads every kind, differencing chains included (their
     // parents found by the images' own locators).
