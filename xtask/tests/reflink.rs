@@ -112,24 +112,8 @@ fn btrfs_copies_share_extents_and_stay_exact() {
 /// Bytes the command wrote, as the kernel counted them (`/usr/bin/time`
 /// %O: file system outputs, 512-byte units).
 fn run_counting_writes(args: &[&str]) -> (Output, u64) {
-    let d = tempfile::tempdir().unwrap();
-    let report = d.path().join("time");
-    let out = Command::new("/usr/bin/time")
-        .arg("-f")
-        .arg("%O")
-        .arg("-o")
-        .arg(&report)
-        .arg(env!("CARGO_BIN_EXE_xtask"))
-        .args(args)
-        .output()
-        .expect("run /usr/bin/time");
-    let text = std::fs::read_to_string(&report).unwrap_or_default();
-    let blocks: u64 = text
-        .lines()
-        .last()
-        .and_then(|l| l.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no count from /usr/bin/time: {text:?}"));
-    (out, blocks * 512)
+    let (out, wrote) = common::xtask_counting_writes(args);
+    (out, wrote.expect("/usr/bin/time is checked before"))
 }
 
 fn raw_hash(img: &Path, dir: &Path) -> String {

@@ -27,7 +27,7 @@
 //! VHD check).
 
 mod common;
-use common::{json, ok, s, write, xtask};
+use common::{json, ok, s, write, xtask, xtask_counting_writes};
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -816,29 +816,6 @@ fn refused_compactions_change_no_byte() {
     );
 }
 
-/// Bytes a command wrote, as the kernel counted them (`/usr/bin/time`
-/// %O: file system outputs, 512-byte units); None without /usr/bin/time.
-fn counting_writes(args: &[&str]) -> (std::process::Output, Option<u64>) {
-    if !Path::new("/usr/bin/time").exists() {
-        return (xtask(args), None);
-    }
-    let d = tempfile::tempdir().unwrap();
-    let report = d.path().join("time");
-    let out = Command::new("/usr/bin/time")
-        .args(["-f", "%O", "-o", s(&report)])
-        .arg(env!("CARGO_BIN_EXE_xtask"))
-        .args(args)
-        .output()
-        .expect("run /usr/bin/time");
-    let text = std::fs::read_to_string(&report).unwrap_or_default();
-    let blocks: u64 = text
-        .lines()
-        .last()
-        .and_then(|l| l.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no count from /usr/bin/time: {text:?}"));
-    (out, Some(blocks * 512))
-}
-
 /// A full destination of `kind`; a child replacing the first half of
 /// every block and, in every fourth block, 1536 bytes starting 512 bytes
 /// into a 4 KiB sector of the other half (log sectors written in part);
@@ -883,7 +860,7 @@ fn half_blocks(kind: Kind) {
             dir.join(child.file_name().unwrap()),
         );
         let before = sizes(&dest);
-        let (out, bytes) = counting_writes(&[
+        let (out, bytes) = xtask_counting_writes(&[
             "merge",
             s(&child),
             s(&dest),

@@ -142,3 +142,28 @@ impl Fmt {
         }
     }
 }
+
+/// Run `xtask args` under `/usr/bin/time -f %O`: its output and the bytes
+/// it wrote as the kernel counted them (file system outputs, 512-byte
+/// units); no count where /usr/bin/time is not installed.
+pub fn xtask_counting_writes(args: &[&str]) -> (Output, Option<u64>) {
+    if !Path::new("/usr/bin/time").exists() {
+        return (xtask(args), None);
+    }
+    let d = tempfile::tempdir().expect("temp dir");
+    let report = d.path().join("time");
+    let out = Command::new("/usr/bin/time")
+        .args(["-f", "%O", "-o", s(&report)])
+        .arg(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run /usr/bin/time");
+    let text = std::fs::read_to_string(&report).unwrap_or_default();
+    let blocks: u64 = text
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no count from /usr/bin/time: {text:?}"));
+    (out, Some(blocks * 512))
+}
