@@ -154,6 +154,63 @@ impl BatGeometry {
     pub fn region_bytes(&self) -> u64 {
         (self.total_entries * 8).div_ceil(MIB) * MIB
     }
+
+    /// The virtual range `[offset, offset + len)` cut at payload block
+    /// edges, in order: what every write path walks.
+    pub fn pieces(&self, offset: u64, len: u64) -> impl Iterator<Item = BlockPiece> + '_ {
+        let mut done = 0u64;
+        std::iter::from_fn(move || {
+            if done >= len {
+                return None;
+            }
+            let v = offset + done;
+            let block = v / self.block_size;
+            let in_block = v % self.block_size;
+            let n = (self.block_size - in_block).min(len - done);
+            let piece = BlockPiece {
+                block,
+                in_block,
+                len: n,
+                in_disk: self
+                    .virtual_size
+                    .saturating_sub(block * self.block_size)
+                    .min(self.block_size),
+                done,
+            };
+            done += n;
+            Some(piece)
+        })
+    }
+
+    /// Whether a payload block in `state` reads zeros (and hides any
+    /// parent) as it is.
+    pub fn reads_zero(&self, state: u8) -> bool {
+        matches!(
+            state,
+            PAYLOAD_ZERO | PAYLOAD_UNMAPPED | PAYLOAD_UNDEFINED | PAYLOAD_UNMAPPED_V095
+        ) || (state == PAYLOAD_NOT_PRESENT && !self.has_parent)
+    }
+}
+
+/// One payload block's part of a virtual range (`BatGeometry::pieces`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockPiece {
+    pub block: u64,
+    /// Offset of the piece inside the block.
+    pub in_block: u64,
+    pub len: u64,
+    /// Bytes of the block inside the virtual disk (less than the block
+    /// size for a last, partial block).
+    pub in_disk: u64,
+    /// Bytes of the range before this piece.
+    pub done: u64,
+}
+
+impl BlockPiece {
+    /// The piece covers its whole block (as far as the disk reaches).
+    pub fn whole(&self) -> bool {
+        self.in_block == 0 && self.len == self.in_disk
+    }
 }
 
 #[cfg(test)]
@@ -167,6 +224,23 @@ mod tests {
             let e = BatEntry { raw };
             prop_assert_eq!(BatEntry::decode(&e.encode()).unwrap(), e);
             prop_assert_eq!(e.file_offset() | e.reserved_bits() | u64::from(e.state()), raw);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn pieces_cut_a_range_at_block_edges(off in 0u64..(64 << 20), len in 0u64..(200 << 20)) {
+            let g = BatGeometry::new(MIB, 512, 256 << 20, false).unwrap();
+            let mut at = off;
+            for p in g.pieces(off, len) {
+                prop_assert_eq!(p.block * MIB + p.in_block, at);
+                prop_assert_eq!(p.done, at - off);
+                prop_assert!(p.len > 0 && p.in_block + p.len <= MIB);
+                prop_assert!(p.in_block + p.len == MIB || at + p.len == off + len);
+                prop_assert_eq!(p.whole(), p.in_block == 0 && p.len == MIB);
+                at += p.len;
+            }
+            prop_assert_eq!(at, off + len);
         }
     }
 

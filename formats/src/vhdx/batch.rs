@@ -414,31 +414,24 @@ fn patched_sectors(
 impl MergeBatch for VhdxBatch<'_> {
     fn write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         self.check_range(offset, data.len() as u64)?;
-        let bs = self.geometry.block_size;
-        let mut pos = 0usize;
-        while pos < data.len() {
-            let v = offset + pos as u64;
-            let n = ((bs - v % bs) as usize).min(data.len() - pos);
-            self.write_in_block(v / bs, v % bs, Payload::Bytes(&data[pos..pos + n]))?;
-            pos += n;
+        let g = self.geometry;
+        for p in g.pieces(offset, data.len() as u64) {
+            let bytes = &data[p.done as usize..(p.done + p.len) as usize];
+            self.write_in_block(p.block, p.in_block, Payload::Bytes(bytes))?;
         }
         Ok(())
     }
 
     fn copy(&mut self, offset: u64, len: u64, src: &dyn Storage, src_offset: u64) -> Result<()> {
         self.check_range(offset, len)?;
-        let bs = self.geometry.block_size;
-        let mut pos = 0u64;
-        while pos < len {
-            let v = offset + pos;
-            let n = (bs - v % bs).min(len - pos);
+        let g = self.geometry;
+        for p in g.pieces(offset, len) {
             let payload = Payload::From {
                 src,
-                offset: src_offset + pos,
-                len: n,
+                offset: src_offset + p.done,
+                len: p.len,
             };
-            self.write_in_block(v / bs, v % bs, payload)?;
-            pos += n;
+            self.write_in_block(p.block, p.in_block, payload)?;
         }
         Ok(())
     }
@@ -447,29 +440,15 @@ impl MergeBatch for VhdxBatch<'_> {
         self.check_range(offset, len)?;
         let g = self.geometry;
         let fixed = self.img.file_parameters.leave_block_allocated() && !g.has_parent;
-        let end = offset + len;
-        let mut v = offset;
-        while v < end {
-            let blk = v / g.block_size;
-            let in_off = v % g.block_size;
-            let n = (g.block_size - in_off).min(end - v);
-            let in_disk = (g.virtual_size - blk * g.block_size).min(g.block_size);
-            let idx = g.payload_index(blk);
-            let state = self.entry(idx).state();
-            let reads_zero = matches!(
-                state,
-                bat::PAYLOAD_ZERO
-                    | bat::PAYLOAD_UNMAPPED
-                    | bat::PAYLOAD_UNDEFINED
-                    | bat::PAYLOAD_UNMAPPED_V095
-            ) || (state == bat::PAYLOAD_NOT_PRESENT && !g.has_parent);
-            if reads_zero {
-            } else if in_off == 0 && n == in_disk && !fixed {
+        for p in g.pieces(offset, len) {
+            let idx = g.payload_index(p.block);
+            if g.reads_zero(self.entry(idx).state()) {
+                // Already zeros and hides any parent.
+            } else if p.whole() && !fixed {
                 self.staged.insert(idx, BatEntry::new(bat::PAYLOAD_ZERO, 0));
             } else {
-                self.write_in_block(blk, in_off, Payload::Zeros(n))?;
+                self.write_in_block(p.block, p.in_block, Payload::Zeros(p.len))?;
             }
-            v += n;
         }
         Ok(())
     }

@@ -390,19 +390,14 @@ pub(crate) fn write_sectors(img: &mut VhdxImage, offset: u64, data: &[u8]) -> Re
         });
     }
     img.renew_data_write_guid()?;
-    let bs = img.geometry.block_size;
+    let g = img.geometry;
     let mut pend = Pending::default();
-    let mut pos = 0usize;
-    while pos < data.len() {
-        let v = offset + pos as u64;
-        let blk = v / bs;
-        let in_off = v % bs;
-        let n = ((bs - in_off) as usize).min(data.len() - pos);
-        img.write_in_block(&mut pend, blk, in_off, &data[pos..pos + n])?;
+    for p in g.pieces(offset, data.len() as u64) {
+        let bytes = &data[p.done as usize..(p.done + p.len) as usize];
+        img.write_in_block(&mut pend, p.block, p.in_block, bytes)?;
         if pend.sector_estimate() >= img.commit_threshold() {
             img.commit_pending(&mut pend)?;
         }
-        pos += n;
     }
     if pend.is_empty() {
         // In-place payload writes only: make them durable.
@@ -428,39 +423,25 @@ pub(crate) fn zero_sectors(img: &mut VhdxImage, offset: u64, len: u64) -> Result
     let fixed = img.file_parameters.leave_block_allocated() && !g.has_parent;
     let zeros = vec![0u8; MIB.min(len) as usize];
     let mut pend = Pending::default();
-    let mut v = offset;
-    let end = offset + len;
-    while v < end {
-        let blk = v / g.block_size;
-        let in_off = v % g.block_size;
-        let n = (g.block_size - in_off).min(end - v);
-        let in_disk = (g.virtual_size - blk * g.block_size).min(g.block_size);
-        let idx = g.payload_index(blk);
-        let state = img.entry_with(&pend, idx)?.state();
-        let reads_zero = matches!(
-            state,
-            bat::PAYLOAD_ZERO
-                | bat::PAYLOAD_UNMAPPED
-                | bat::PAYLOAD_UNDEFINED
-                | bat::PAYLOAD_UNMAPPED_V095
-        ) || (state == bat::PAYLOAD_NOT_PRESENT && !g.has_parent);
-        if reads_zero {
+    for p in g.pieces(offset, len) {
+        let idx = g.payload_index(p.block);
+        if g.reads_zero(img.entry_with(&pend, idx)?.state()) {
             // Already zeros and hides any parent.
-        } else if in_off == 0 && n == in_disk && !fixed {
+        } else if p.whole() && !fixed {
             // A whole block becomes ZERO; its old space is leaked.
             pend.bat.insert(idx, BatEntry::new(bat::PAYLOAD_ZERO, 0));
         } else {
             let mut done = 0;
-            while done < n {
-                let k = (zeros.len() as u64).min(n - done);
-                img.write_in_block(&mut pend, blk, in_off + done, &zeros[..k as usize])?;
+            while done < p.len {
+                let k = (zeros.len() as u64).min(p.len - done);
+                let at = p.in_block + done;
+                img.write_in_block(&mut pend, p.block, at, &zeros[..k as usize])?;
                 done += k;
             }
         }
         if pend.sector_estimate() >= img.commit_threshold() {
             img.commit_pending(&mut pend)?;
         }
-        v += n;
     }
     if pend.is_empty() {
         img.storage.flush().ctx(&img.name)?;
