@@ -97,6 +97,27 @@ pub trait Image: Layer {
     fn begin_batch(&mut self) -> Result<Box<dyn MergeBatch + '_>>;
 }
 
+/// `[offset, offset + len)` must be whole `sector`-byte sectors inside a
+/// `disk`-byte virtual disk: what every write path and batch of every
+/// driver checks before it stages anything.
+pub(crate) fn check_sector_range(
+    name: &str,
+    offset: u64,
+    len: u64,
+    sector: u64,
+    disk: u64,
+) -> crate::Result<()> {
+    if !offset.is_multiple_of(sector)
+        || !len.is_multiple_of(sector)
+        || offset.checked_add(len).is_none_or(|e| e > disk)
+    {
+        return Err(crate::Error::InvalidParameter(format!(
+            "{name}: range {offset:#x}+{len:#x} is not whole {sector}-byte sectors inside the {disk}-byte disk"
+        )));
+    }
+    Ok(())
+}
+
 /// What a compaction did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CompactReport {

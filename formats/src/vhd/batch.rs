@@ -346,15 +346,7 @@ impl<'a> ShadowBatch<'a> {
     }
 
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {
-        if !offset.is_multiple_of(512)
-            || !len.is_multiple_of(512)
-            || offset.checked_add(len).is_none_or(|e| e > self.new_size)
-        {
-            return Err(Error::InvalidParameter(format!(
-                "{}: range {offset}+{len} is not whole sectors inside the {}-byte disk",
-                self.img.name, self.new_size
-            )));
-        }
+        crate::image::check_sector_range(&self.img.name, offset, len, 512, self.new_size)?;
         if self.prepared.is_some() {
             return Err(Error::InvalidParameter("batch already prepared".into()));
         }
@@ -915,16 +907,7 @@ impl<'a> JournalBatch<'a> {
     }
 
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {
-        if !offset.is_multiple_of(512)
-            || !len.is_multiple_of(512)
-            || offset.checked_add(len).is_none_or(|e| e > self.new_size)
-        {
-            return Err(Error::InvalidParameter(format!(
-                "{}: range {offset}+{len} is not whole sectors inside the {}-byte disk",
-                self.img.name, self.new_size
-            )));
-        }
-        Ok(())
+        crate::image::check_sector_range(&self.img.name, offset, len, 512, self.new_size)
     }
 }
 

@@ -492,19 +492,7 @@ impl VhdImage {
     }
 
     pub(super) fn check_range(&self, offset: u64, len: u64) -> Result<()> {
-        let ok = offset.is_multiple_of(512)
-            && len.is_multiple_of(512)
-            && offset
-                .checked_add(len)
-                .is_some_and(|e| e <= self.footer.current_size);
-        if ok {
-            Ok(())
-        } else {
-            Err(Error::InvalidParameter(format!(
-                "{}: range {offset}+{len} is not whole sectors inside the {}-byte disk",
-                self.name, self.footer.current_size
-            )))
-        }
+        crate::image::check_sector_range(&self.name, offset, len, 512, self.footer.current_size)
     }
 
     /// Read the bitmap bytes covering sectors `[k0, k1)` of a block whose

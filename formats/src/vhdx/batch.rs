@@ -131,19 +131,14 @@ impl VhdxBatch<'_> {
     }
 
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {
-        let lss = self.geometry.logical_sector_size;
-        if !offset.is_multiple_of(lss)
-            || !len.is_multiple_of(lss)
-            || offset
-                .checked_add(len)
-                .is_none_or(|e| e > self.geometry.virtual_size)
-        {
-            return Err(Error::InvalidParameter(format!(
-                "{}: batch range {offset:#x}+{len:#x} is not whole sectors inside the virtual size",
-                self.img.name
-            )));
-        }
-        Ok(())
+        let g = self.geometry;
+        crate::image::check_sector_range(
+            &self.img.name,
+            offset,
+            len,
+            g.logical_sector_size,
+            g.virtual_size,
+        )
     }
 
     /// The fresh, writable copy of chunk `k`'s sector bitmap block.

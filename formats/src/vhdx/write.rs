@@ -358,17 +358,14 @@ impl VhdxImage {
     }
 
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {
-        let lss = self.geometry.logical_sector_size;
-        if !offset.is_multiple_of(lss)
-            || !len.is_multiple_of(lss)
-            || offset
-                .checked_add(len)
-                .is_none_or(|e| e > self.geometry.virtual_size)
-        {
-            return Err(Error::InvalidParameter(format!(
-                "{}: range {offset:#x}+{len:#x} is not whole {lss}-byte sectors inside the virtual size", self.name)));
-        }
-        Ok(())
+        let g = self.geometry;
+        crate::image::check_sector_range(
+            &self.name,
+            offset,
+            len,
+            g.logical_sector_size,
+            g.virtual_size,
+        )
     }
 
     /// Sectors an entry may carry, with room for one more block's changes.
