@@ -1,9 +1,6 @@
 //! `check IMAGE [--json]`: validate every structure of every image of the
 //! chain. Exit 0: no error; 1: errors found; 2: could not be read at all.
 
-use std::path::PathBuf;
-
-use clap::Args;
 use formats::chain::{linkage_matches, Chain};
 use formats::params::{Identity, ParentLinkage};
 use formats::{CorruptionKind, Finding, Severity};
@@ -11,16 +8,8 @@ use serde::Serialize;
 
 use crate::cli_util::{chain_options, fs, print_json};
 use crate::outln;
-use crate::ChainArgs;
 
-#[derive(Args)]
-pub struct CheckArgs {
-    pub image: PathBuf,
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub chain: ChainArgs,
-}
+pub type CheckArgs = crate::ImageArgs;
 
 #[derive(Serialize)]
 pub struct CheckReport {

@@ -2,9 +2,7 @@
 //! the parent was (or was not) found, and the chain down to the base.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
-use clap::Args;
 use formats::chain::{Chain, Resolution};
 use formats::params::ImageInfo;
 use formats::Finding;
@@ -12,16 +10,8 @@ use serde::Serialize;
 
 use crate::cli_util::{chain_options, fs, print_json};
 use crate::outln;
-use crate::ChainArgs;
 
-#[derive(Args)]
-pub struct InfoArgs {
-    pub image: PathBuf,
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub chain: ChainArgs,
-}
+pub type InfoArgs = crate::ImageArgs;
 
 #[derive(Serialize)]
 pub struct ParentReport {

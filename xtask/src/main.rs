@@ -54,6 +54,17 @@ pub struct ChainArgs {
     pub ignore_linkage: bool,
 }
 
+/// An image, `--json`, and how to open its chain: what `info` and
+/// `check` take.
+#[derive(Args)]
+pub struct ImageArgs {
+    pub image: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub chain: ChainArgs,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Describe an image and its chain.
