@@ -296,6 +296,62 @@ impl Storage for SparseFile {
     fn flush(&self) -> io::Result<()> {
         Ok(())
     }
+    fn allocated_range(&self, offset: u64) -> io::Result<Option<std::ops::Range<u64>>> {
+        Ok(lock(&self.data).allocated_from(offset))
+    }
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        let mut d = lock(&self.data);
+        let end = offset.saturating_add(len).min(d.len);
+        if offset < end {
+            d.zero_range(offset, end);
+        }
+        Ok(())
+    }
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+    /// From a sparse file (`src.as_any()` is one): pages shared or copied
+    /// a page at a time (see `Pages::copy_range`), with what the default
+    /// copy through a buffer does on errors: 4 MiB pieces, each read (past
+    /// the end: an error) before it is written, so a failing copy has
+    /// written the pieces before it. Overlapping ranges of one file and
+    /// other sources take the default path.
+    fn copy_from(
+        &self,
+        src: &dyn Storage,
+        src_offset: u64,
+        dst_offset: u64,
+        len: u64,
+    ) -> io::Result<()> {
+        let Some(s) = src.as_any().and_then(|a| a.downcast_ref::<SparseFile>()) else {
+            return formats::storage::copy_by_buffer(src, self, src_offset, dst_offset, len);
+        };
+        if std::ptr::eq(s, self)
+            && src_offset < dst_offset.saturating_add(len)
+            && dst_offset < src_offset.saturating_add(len)
+        {
+            return formats::storage::copy_by_buffer(src, self, src_offset, dst_offset, len);
+        }
+        const PIECE: u64 = 4 << 20;
+        let mut done = 0;
+        while done < len {
+            let n = PIECE.min(len - done);
+            let (from, to) = (src_offset + done, dst_offset + done);
+            let piece = {
+                let d = lock(&s.data);
+                match from.checked_add(n) {
+                    Some(end) if end <= d.len => d.range_copy(from, n),
+                    _ => return Err(eof()),
+                }
+            };
+            to.checked_add(n)
+                .filter(|e| *e <= MAX_LEN)
+                .ok_or_else(too_large)?;
+            lock(&self.data).copy_range(&piece, from, to, n);
+            done += n;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Default)]
@@ -354,28 +410,19 @@ impl Storage for Handle {
         Ok(())
     }
     fn allocated_range(&self, offset: u64) -> io::Result<Option<std::ops::Range<u64>>> {
-        Ok(lock(&self.file.data).allocated_from(offset))
+        self.file.allocated_range(offset)
     }
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
-        let mut d = lock(&self.file.data);
-        let end = offset.saturating_add(len).min(d.len);
-        if offset < end {
-            if self.access == Access::Read {
-                return Err(read_only());
-            }
-            d.zero_range(offset, end);
+        // As the default: nothing to write (past the end) is no error.
+        if self.access == Access::Read && offset < offset.saturating_add(len).min(self.len()?) {
+            return Err(read_only());
         }
-        Ok(())
+        self.file.punch_hole(offset, len)
     }
+    /// The file, so that another sparse file's `copy_from` finds its pages.
     fn as_any(&self) -> Option<&dyn std::any::Any> {
-        Some(self)
+        Some(&*self.file)
     }
-    /// Between sparse files: pages shared or copied a page at a time (see
-    /// `Pages::copy_range`), with what the default copy through a buffer
-    /// does on errors: 4 MiB pieces, each read (past the end: an error)
-    /// before it is written, so a failing copy has written the pieces
-    /// before it. Overlapping ranges of one file and other sources take
-    /// the default path.
     fn copy_from(
         &self,
         src: &dyn Storage,
@@ -383,38 +430,11 @@ impl Storage for Handle {
         dst_offset: u64,
         len: u64,
     ) -> io::Result<()> {
-        let Some(s) = src.as_any().and_then(|a| a.downcast_ref::<Handle>()) else {
-            return formats::storage::copy_by_buffer(src, self, src_offset, dst_offset, len);
-        };
-        let same = Arc::ptr_eq(&s.file, &self.file);
-        if same
-            && src_offset < dst_offset.saturating_add(len)
-            && dst_offset < src_offset.saturating_add(len)
-        {
+        if self.access == Access::Read {
+            // The default's error: the first piece read, its write refused.
             return formats::storage::copy_by_buffer(src, self, src_offset, dst_offset, len);
         }
-        const PIECE: u64 = 4 << 20;
-        let mut done = 0;
-        while done < len {
-            let n = PIECE.min(len - done);
-            let (from, to) = (src_offset + done, dst_offset + done);
-            let piece = {
-                let d = lock(&s.file.data);
-                match from.checked_add(n) {
-                    Some(end) if end <= d.len => d.range_copy(from, n),
-                    _ => return Err(eof()),
-                }
-            };
-            if self.access == Access::Read {
-                return Err(read_only());
-            }
-            to.checked_add(n)
-                .filter(|e| *e <= MAX_LEN)
-                .ok_or_else(too_large)?;
-            lock(&self.file.data).copy_range(&piece, from, to, n);
-            done += n;
-        }
-        Ok(())
+        self.file.copy_from(src, src_offset, dst_offset, len)
     }
 }
 
