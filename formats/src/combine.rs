@@ -73,7 +73,7 @@ impl Payload<'_> {
     }
 
     /// Bytes `[skip, skip + out.len())` of the payload into `out`.
-    fn read_part(&self, skip: u64, out: &mut [u8]) -> io::Result<()> {
+    pub(crate) fn read_part(&self, skip: u64, out: &mut [u8]) -> io::Result<()> {
         match *self {
             Payload::Bytes(b) => {
                 out.copy_from_slice(&b[skip as usize..skip as usize + out.len()]);

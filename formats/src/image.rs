@@ -146,6 +146,11 @@ pub trait MergeBatch {
     fn expect_fresh(&mut self, _bytes: u64) -> Result<()> {
         Ok(())
     }
+    /// How to replace part of a block the image already holds; call
+    /// before `expect_fresh`, which makes the room a journal needs (only a
+    /// caller that compacts after the commit asks for one). Default:
+    /// rebuild.
+    fn held_blocks(&mut self, _policy: crate::params::HeldBlocks) {}
     /// Stage: whole sectors read zeros and hide any parent.
     fn zero(&mut self, offset: u64, len: u64) -> Result<()>;
     /// Stage growth of the virtual size (never shrinks).

@@ -158,3 +158,20 @@ pub struct ImageInfo {
     /// Format-specific fields (creator, GUIDs, header sequence, ...).
     pub details: Vec<(String, String)>,
 }
+
+/// How a batch replaces part of a block its image already holds
+/// (`merge --held-blocks`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeldBlocks {
+    /// Journal where the file system cannot share extents, rebuild where
+    /// it can (a rebuild there is a clone plus the new sectors).
+    #[default]
+    Auto,
+    /// Copy-on-write: the whole block into fresh space, the new sectors
+    /// over it; compaction moves it back after the commit.
+    Rebuild,
+    /// The new sectors in place behind the log (VHDX): written twice,
+    /// nothing else moves. VHD rebuilds.
+    Journal,
+}

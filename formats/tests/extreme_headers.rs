@@ -26,10 +26,11 @@ use formats::vhdx::header::{self as vhdx_header, VhdxHeader};
 use formats::vhdx::log::entry_header::CHECKSUM_FIELD as LOG_CHECKSUM_FIELD;
 use formats::vhdx::metadata_items::{self as items, ParentLocatorHeader};
 use formats::vhdx::metadata_table::{self as mt, MetadataTable};
-use formats::vhdx::region_table::{self as rt, RegionTable};
+use formats::vhdx::region_table as rt;
 use formats::vhdx::{DataDescriptor, LogEntryHeader, ParentLocatorKeyValueEntry, ZeroDescriptor};
 use formats::{Layer, MemStorage, Storage};
 use proptest::prelude::*;
+use testdata::schema::{vhd_footers, vhdx_headers, vhdx_region, vhdx_regions};
 
 // ------------------------------------------------- bounded allocations
 
@@ -380,28 +381,9 @@ fn vhd_field() -> impl Strategy<Value = Field> {
 
 // ------------------------------------------- setting a field, by schema
 
-fn vhdx_headers(b: &mut [u8], f: impl Fn(&mut VhdxHeader)) {
-    for off in vhdx_header::SLOT_OFFSETS {
-        let at = off as usize..off as usize + vhdx_header::SIZE;
-        let (mut h, _) = VhdxHeader::parse(&b[at.clone()]).expect("a header");
-        f(&mut h);
-        b[at].copy_from_slice(&h.to_bytes());
-    }
-}
-
-fn vhdx_regions(b: &mut [u8], f: impl Fn(&mut RegionTable)) {
-    for off in rt::COPY_OFFSETS {
-        let at = off as usize..off as usize + rt::SIZE;
-        let (mut t, _) = RegionTable::parse(&b[at.clone()], false).expect("a region table");
-        f(&mut t);
-        b[at].copy_from_slice(&t.to_bytes());
-    }
-}
-
+/// File offset of the region `guid`.
 fn region(b: &[u8], guid: uuid::Uuid) -> usize {
-    let at = rt::COPY_OFFSETS[0] as usize;
-    let (t, _) = RegionTable::parse(&b[at..at + rt::SIZE], false).expect("a region table");
-    t.find(guid).expect("the region").file_offset as usize
+    vhdx_region(b, guid) as usize
 }
 
 fn metadata(b: &[u8]) -> (usize, MetadataTable) {
@@ -447,18 +429,6 @@ fn vhdx_log_entry(b: &mut [u8], f: impl FnOnce(&mut LogEntryHeader, &mut [u8])) 
     // extreme is judged by its own bound, before any CRC.
     let crc = crc32c_zeroed(&b[at..at + covered], LOG_CHECKSUM_FIELD);
     put(b, at + LOG_CHECKSUM_FIELD, &crc.to_le_bytes());
-}
-
-fn vhd_footers(b: &mut [u8], f: impl Fn(&mut HardDiskFooter)) {
-    let n = b.len();
-    for at in [0, n - 512] {
-        let raw: &[u8; 512] = b[at..at + 512].try_into().unwrap();
-        let (mut ft, _) = HardDiskFooter::parse(raw, "x", at as u64).expect("a footer");
-        if ft.cookie_ok() {
-            f(&mut ft);
-            put(b, at, &ft.to_bytes().unwrap());
-        }
-    }
 }
 
 fn vhd_header_at(b: &[u8]) -> Option<usize> {
@@ -868,46 +838,33 @@ fn every_field_at_every_extreme() {
     );
 }
 
+/// Whether `bytes` open as an image (read-only, checksums checked).
+fn opens(bytes: Vec<u8>) -> bool {
+    formats::image::open(
+        "x",
+        Arc::new(MemStorage::from_vec(bytes)),
+        None,
+        OpenOptions::default(),
+    )
+    .is_ok()
+}
+
 /// The guard works: a field that must change what the image reads does
 /// (so `set` reaches the parser), and the allocator refuses nothing a
 /// clean image needs.
 #[test]
 fn edits_reach_the_parser() {
     let clean = base(Base::VhdxDynamic).to_vec();
-    assert!(formats::image::open(
-        "x",
-        Arc::new(MemStorage::from_vec(clean.clone())),
-        None,
-        OpenOptions::default()
-    )
-    .is_ok());
+    assert!(opens(clean.clone()));
     let mut b = clean.clone();
     assert!(set(&mut b, Field::VirtualSize, 0));
-    assert!(formats::image::open(
-        "x",
-        Arc::new(MemStorage::from_vec(b)),
-        None,
-        OpenOptions::default()
-    )
-    .is_err());
+    assert!(!opens(b));
     let mut b = base(Base::VhdDynamic).to_vec();
     assert!(set(&mut b, Field::MaxTableEntries, u64::from(u32::MAX)));
-    assert!(formats::image::open(
-        "x",
-        Arc::new(MemStorage::from_vec(b)),
-        None,
-        OpenOptions::default()
-    )
-    .is_err());
+    assert!(!opens(b));
     let mut b = base(Base::VhdxPendingLog).to_vec();
     assert!(set(&mut b, Field::LogDescriptorCount, u64::from(u32::MAX)));
-    assert!(formats::image::open(
-        "x",
-        Arc::new(MemStorage::from_vec(b)),
-        None,
-        OpenOptions::default()
-    )
-    .is_err());
+    assert!(!opens(b));
 }
 
 /// A write into a block whose BAT entry lies outside the file is refused

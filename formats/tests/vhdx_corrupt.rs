@@ -71,6 +71,11 @@ fn kind_of(e: Error) -> K {
     }
 }
 
+/// `bytes` do not open (checksums checked), for the violation `kind`.
+fn refused_as(bytes: Vec<u8>, kind: K) {
+    assert_eq!(kind_of(try_open(bytes, false).unwrap_err()), kind);
+}
+
 /// Rewrite the current header with a change (CRC recomputed).
 fn edit_header(b: &mut [u8], f: impl Fn(&mut VhdxHeader)) {
     for off in header::SLOT_OFFSETS {
@@ -142,18 +147,12 @@ fn header_checksums() {
         h.sequence_number = 9;
         h.file_write_guid = uuid::Uuid::new_v4();
     });
-    assert_eq!(
-        kind_of(try_open(eq, false).unwrap_err()),
-        K::HeaderSequenceTie
-    );
+    refused_as(eq, K::HeaderSequenceTie);
     // No signature at all.
     let mut none = b.clone();
     none[0x10000] = 0;
     none[0x20000] = 0;
-    assert_eq!(
-        kind_of(try_open(none, false).unwrap_err()),
-        K::NoValidHeader
-    );
+    refused_as(none, K::NoValidHeader);
 }
 
 #[test]
@@ -198,7 +197,7 @@ fn region_table_copies_and_overlaps() {
     edit_regions(&mut ov, |t| {
         t.find_mut(region_table::BAT_GUID).unwrap().file_offset = META as u64
     });
-    assert_eq!(kind_of(try_open(ov, false).unwrap_err()), K::RegionOverlap);
+    refused_as(ov, K::RegionOverlap);
 
     let mut logov = b.clone();
     edit_regions(&mut logov, |t| {
@@ -238,10 +237,7 @@ fn region_table_copies_and_overlaps() {
     edit_regions(&mut past, |t| {
         t.find_mut(region_table::BAT_GUID).unwrap().length = 1 << 30
     });
-    assert_eq!(
-        kind_of(try_open(past, false).unwrap_err()),
-        K::RegionOutsideFile
-    );
+    refused_as(past, K::RegionOutsideFile);
 }
 
 #[test]
@@ -249,10 +245,7 @@ fn metadata_bounds() {
     let b = fresh(DiskType::Dynamic);
     let mut sig = b.clone();
     sig[META] = b'X';
-    assert_eq!(
-        kind_of(try_open(sig, false).unwrap_err()),
-        K::MetadataTableSignature
-    );
+    refused_as(sig, K::MetadataTableSignature);
     let mut count = b.clone();
     count[META + 10..META + 12].copy_from_slice(&60000u16.to_le_bytes());
     let e = try_open(count, false).unwrap_err();
@@ -269,44 +262,27 @@ fn metadata_bounds() {
     // First entry's Length huge.
     let mut len = b.clone();
     len[META + 32 + 20..META + 32 + 24].copy_from_slice(&0x4000_0000u32.to_le_bytes());
-    assert_eq!(
-        kind_of(try_open(len, false).unwrap_err()),
-        K::MetadataItemTooLong
-    );
+    refused_as(len, K::MetadataItemTooLong);
     // First entry's Offset outside the region.
     let mut off = b.clone();
     off[META + 32 + 16..META + 32 + 20].copy_from_slice(&(MIB as u32 - 4).to_le_bytes());
-    assert_eq!(
-        kind_of(try_open(off, false).unwrap_err()),
-        K::MetadataItemOutsideRegion
-    );
+    refused_as(off, K::MetadataItemOutsideRegion);
     // A virtual size of 64 TiB in an 8 MiB file: the BAT region is too short.
     let mut vs = b.clone();
     let e = vhdx::MetadataTable::parse(&vs[META..META + 65536]).unwrap();
-    let item = e
-        .entries
-        .iter()
-        .find(|x| x.item_id == vhdx::metadata_items::VIRTUAL_DISK_SIZE)
-        .unwrap();
-    let at = META + item.offset as usize;
+    // Absolute offset of the metadata item `id`.
+    let item_at = |id| {
+        let item = e.entries.iter().find(|x| x.item_id == id).unwrap();
+        META + item.offset as usize
+    };
+    let at = item_at(vhdx::metadata_items::VIRTUAL_DISK_SIZE);
     vs[at..at + 8].copy_from_slice(&(64u64 << 40).to_le_bytes());
-    assert_eq!(
-        kind_of(try_open(vs, false).unwrap_err()),
-        K::BatRegionTooSmall
-    );
+    refused_as(vs, K::BatRegionTooSmall);
     // Block size not a power of two.
     let mut bs = b.clone();
-    let item = e
-        .entries
-        .iter()
-        .find(|x| x.item_id == vhdx::metadata_items::FILE_PARAMETERS)
-        .unwrap();
-    let at = META + item.offset as usize;
+    let at = item_at(vhdx::metadata_items::FILE_PARAMETERS);
     bs[at..at + 4].copy_from_slice(&3_000_000u32.to_le_bytes());
-    assert_eq!(
-        kind_of(try_open(bs, false).unwrap_err()),
-        K::InvalidBlockSize
-    );
+    refused_as(bs, K::InvalidBlockSize);
 }
 
 #[test]
@@ -465,18 +441,12 @@ fn damaged_logs_refuse_to_open() {
     // A descriptor count claiming millions of descriptors.
     let mut dc = b.clone();
     dc[LOG + 24..LOG + 28].copy_from_slice(&u32::MAX.to_le_bytes());
-    assert_eq!(
-        kind_of(try_open(dc, false).unwrap_err()),
-        K::LogSequenceInvalid
-    );
+    refused_as(dc, K::LogSequenceInvalid);
     // Truncated file (shorter than FlushedFileOffset).
     let mut t = b.clone();
     let flushed = u64::from_le_bytes(t[LOG + 48..LOG + 56].try_into().unwrap()) as usize;
     t.truncate(flushed - MIB);
-    assert_eq!(
-        kind_of(try_open(t, false).unwrap_err()),
-        K::LogFlushedOffsetBeyondFile
-    );
+    refused_as(t, K::LogFlushedOffsetBeyondFile);
 }
 
 proptest! {

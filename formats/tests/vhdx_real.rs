@@ -1,7 +1,6 @@
 //! The VHDX driver against real images from other tools
 //! (../shared/testdata/real, expected values from its README).
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -11,38 +10,19 @@ use formats::vhdx::{bat, VhdxImage};
 use formats::{Image, Layer, RunKind, Storage};
 use sha2::{Digest, Sha256};
 
-fn real_dir() -> Option<PathBuf> {
-    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/real");
-    if d.is_dir() {
-        Some(d)
-    } else {
-        eprintln!("skipping: {} is absent", d.display());
-        None
-    }
+/// A private copy of the real image `file` (found compressed or not in
+/// ../shared/testdata/real) in a temp dir; the dir guard and the path.
+fn unpack(file: &str) -> Option<(tempfile::TempDir, PathBuf)> {
+    let dir = tempfile::tempdir().unwrap();
+    let name = file.trim_end_matches(".gz").trim_end_matches(".bz2");
+    let p = testdata::real_image_copy(name, dir.path())?;
+    Some((dir, p))
 }
 
-/// Decompress `file` into a temp dir; returns the dir guard and the path.
-fn unpack(file: &str) -> Option<(tempfile::TempDir, PathBuf)> {
-    let src = real_dir()?.join(file);
-    let f = std::fs::File::open(&src).ok()?;
-    let mut data = Vec::new();
-    if file.ends_with(".gz") {
-        flate2::read::GzDecoder::new(f)
-            .read_to_end(&mut data)
-            .unwrap();
-    } else if file.ends_with(".bz2") {
-        bzip2::read::BzDecoder::new(f)
-            .read_to_end(&mut data)
-            .unwrap();
-    } else {
-        std::io::BufReader::new(f).read_to_end(&mut data).unwrap();
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir
-        .path()
-        .join(file.trim_end_matches(".gz").trim_end_matches(".bz2"));
-    std::fs::write(&out, data).unwrap();
-    Some((dir, out))
+/// `unpack`, then the copy opened read-only (the dir guard and the image).
+fn opened(file: &str) -> Option<(tempfile::TempDir, VhdxImage)> {
+    let (d, p) = unpack(file)?;
+    Some((d, open(&p, false)))
 }
 
 fn storage(path: &Path, writable: bool) -> Arc<dyn Storage> {
@@ -118,10 +98,9 @@ fn assert_clean_check(img: &VhdxImage) {
 
 #[test]
 fn fixed_vhdx() {
-    let Some((_d, p)) = unpack("fixed.vhdx.gz") else {
+    let Some((_d, img)) = opened("fixed.vhdx.gz") else {
         return;
     };
-    let img = open(&p, false);
     let info = img.info();
     assert_eq!(info.disk_type, DiskType::Fixed);
     assert_eq!(info.virtual_size, 10485760);
@@ -139,10 +118,9 @@ fn fixed_vhdx() {
 
 #[test]
 fn dynamic_vhdx() {
-    let Some((_d, p)) = unpack("dynamic.vhdx.gz") else {
+    let Some((_d, img)) = opened("dynamic.vhdx.gz") else {
         return;
     };
-    let img = open(&p, false);
     let info = img.info();
     assert_eq!(info.disk_type, DiskType::Dynamic);
     assert_eq!(info.virtual_size, 10485760);
@@ -161,10 +139,9 @@ fn dynamic_vhdx() {
 
 #[test]
 fn btrfs_vhdx() {
-    let Some((_d, p)) = unpack("btrfs.vhdx.gz") else {
+    let Some((_d, img)) = opened("btrfs.vhdx.gz") else {
         return;
     };
-    let img = open(&p, false);
     assert_eq!(img.virtual_size(), 1 << 30);
     let c = counts(&img);
     assert_eq!(
@@ -184,10 +161,9 @@ fn btrfs_vhdx() {
 
 #[test]
 fn iotest_dynamic_1g() {
-    let Some((_d, p)) = unpack("iotest-dynamic-1G.vhdx.bz2") else {
+    let Some((_d, img)) = opened("iotest-dynamic-1G.vhdx.bz2") else {
         return;
     };
-    let img = open(&p, false);
     assert_eq!(img.virtual_size(), 1 << 30);
     assert_eq!(img.block_size(), 32 << 20);
     assert_eq!(
@@ -199,10 +175,9 @@ fn iotest_dynamic_1g() {
 
 #[test]
 fn lvm2_counts() {
-    let Some((_d, p)) = unpack("lvm2.vhdx.gz") else {
+    let Some((_d, img)) = opened("lvm2.vhdx.gz") else {
         return;
     };
-    let img = open(&p, false);
     assert_eq!(img.virtual_size(), 10737418240);
     let c = counts(&img);
     assert_eq!(c[bat::PAYLOAD_FULLY_PRESENT as usize], 18);
@@ -226,10 +201,9 @@ fn lvm2_full_hash() {
 
 #[test]
 fn swap_opens() {
-    let Some((_d, p)) = unpack("swap.vhdx.gz") else {
+    let Some((_d, img)) = opened("swap.vhdx.gz") else {
         return;
     };
-    let img = open(&p, false);
     assert_eq!(img.virtual_size(), 10737418240);
     assert_eq!(img.block_size(), 32 << 20);
     assert_clean_check(&img);
@@ -249,10 +223,9 @@ fn swap_full_hash() {
 
 #[test]
 fn differencing_avhdx() {
-    let Some((_d, p)) = unpack("differencing.avhdx.gz") else {
+    let Some((_d, img)) = opened("differencing.avhdx.gz") else {
         return;
     };
-    let img = open(&p, false);
     let info = img.info();
     assert_eq!(info.disk_type, DiskType::Differencing);
     assert_eq!(info.virtual_size, 8589934592);

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use formats::layer::push_run;
-use formats::params::{CreateParams, DiskType, Identity, OpenOptions, ParentSpec};
+use formats::params::{CreateParams, DiskType, HeldBlocks, Identity, OpenOptions, ParentSpec};
 use formats::vhdx::{self, VhdxImage};
 use formats::{Image, Layer, MemStorage, RunKind, Severity, Storage};
 
@@ -343,6 +343,31 @@ impl Storage for Cut {
     }
 }
 
+/// A writable image over a copy of `base` whose storage fails every write
+/// (and length change) after the first `n` from here on; the copy.
+fn cut_after(base: &MemStorage, n: u64) -> (Arc<MemStorage>, VhdxImage) {
+    let mem = Arc::new(MemStorage::from_vec(base.to_vec()));
+    let cut = Arc::new(Cut {
+        inner: mem.clone(),
+        writes: AtomicU64::new(0),
+        limit: AtomicU64::new(u64::MAX),
+    });
+    let img = open(cut.clone(), true);
+    cut.writes.store(0, Ordering::SeqCst);
+    cut.limit.store(n, Ordering::SeqCst);
+    (mem, img)
+}
+
+/// What a cut left in `mem`, opened read-only: it reads `old` or `new`
+/// and checks clean. The image and its content.
+fn survivor(mem: &Arc<MemStorage>, old: &[u8], new: &[u8], what: &str) -> (VhdxImage, Vec<u8>) {
+    let ro = open(mem.clone(), false);
+    let c = content(&ro);
+    assert!(c == old || c == new, "{what}: neither old nor new");
+    no_errors(&ro);
+    (ro, c)
+}
+
 fn content(img: &VhdxImage) -> Vec<u8> {
     let mut out = vec![0u8; img.virtual_size() as usize];
     let mut runs = Vec::new();
@@ -384,24 +409,10 @@ fn every_cut_point_of_a_write_is_old_or_new() {
         let mut saw_pending = false;
         let mut n = 0;
         loop {
-            let mem = Arc::new(MemStorage::from_vec(base.to_vec()));
-            let cut = Arc::new(Cut {
-                inner: mem.clone(),
-                writes: AtomicU64::new(0),
-                limit: AtomicU64::new(u64::MAX),
-            });
-            let mut img = open(cut.clone(), true);
-            cut.writes.store(0, Ordering::SeqCst);
-            cut.limit.store(n, Ordering::SeqCst);
+            let (mem, mut img) = cut_after(&base, n);
             let done = img.write_sectors(MIB + 512, &data).is_ok();
             drop(img);
-            let ro = open(mem.clone(), false);
-            let c = content(&ro);
-            assert!(
-                c == old || c == new,
-                "cut after {n} writes: neither old nor new"
-            );
-            no_errors(&ro);
+            let (ro, c) = survivor(&mem, &old, &new, &format!("cut after {n} writes"));
             if !ro.header().log_guid.is_nil() {
                 saw_pending = true;
                 assert!(c == new, "a pending log must hold the new content");
@@ -460,6 +471,21 @@ fn qemu_img() -> Option<std::path::PathBuf> {
     }
 }
 
+/// Run qemu-img `q` with `args`, then `files`; it must succeed.
+fn qemu_img_ok(q: &std::path::Path, args: &[&str], files: &[&std::path::Path]) {
+    let out = std::process::Command::new(q)
+        .args(args)
+        .args(files)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "qemu-img {args:?} {files:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn qemu_img_checks_and_compares() {
     let Some(q) = qemu_img() else { return };
@@ -473,27 +499,8 @@ fn qemu_img_checks_and_compares() {
             let raw = dir.path().join(format!("t{seed}.raw"));
             std::fs::write(&img, mem.to_vec()).unwrap();
             std::fs::write(&raw, &m.bytes).unwrap();
-            let out = std::process::Command::new(&q)
-                .args(["check", "-f", "vhdx"])
-                .arg(&img)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "qemu-img check: {}",
-                String::from_utf8_lossy(&out.stdout)
-            );
-            let out = std::process::Command::new(&q)
-                .args(["compare", "-f", "vhdx", "-F", "raw"])
-                .arg(&img)
-                .arg(&raw)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "qemu-img compare: {}",
-                String::from_utf8_lossy(&out.stdout)
-            );
+            qemu_img_ok(&q, &["check", "-f", "vhdx"], &[&img]);
+            qemu_img_ok(&q, &["compare", "-f", "vhdx", "-F", "raw"], &[&img, &raw]);
         }
     }
 }
@@ -504,14 +511,7 @@ fn reads_what_qemu_writes() {
     let Some(q) = qemu_img() else { return };
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("q.vhdx");
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(&q).args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let run = |args: &[&str]| qemu_img_ok(&q, args, &[]);
     run(&[
         "create",
         "-f",
@@ -616,16 +616,27 @@ fn stage(b: &mut dyn MergeBatch, m: &mut Model) -> formats::Result<()> {
     Ok(())
 }
 
+/// `img`'s batch; with `journal`, partly replaced held blocks go through
+/// the log (`HeldBlocks::Journal`, the room a merge would reserve).
+fn begin(img: &mut VhdxImage, journal: bool) -> formats::Result<Box<dyn MergeBatch + '_>> {
+    let mut b = img.begin_batch()?;
+    if journal {
+        b.held_blocks(HeldBlocks::Journal);
+        b.expect_fresh(16 * MIB)?;
+    }
+    Ok(b)
+}
+
 #[test]
 fn batch_commit_and_abandon() {
-    for diff in [false, true] {
+    for (diff, journal) in [(false, false), (true, false), (false, true), (true, true)] {
         let (mem, old) = prepared(diff, 16 * MIB);
         let old_bytes = mem.to_vec();
         // Dropped before commit: the old image, checking clean.
         {
             let mut img = open(mem.clone(), true);
             let mut m = old.clone();
-            let mut b = img.begin_batch().unwrap();
+            let mut b = begin(&mut img, journal).unwrap();
             stage(&mut *b, &mut m).unwrap();
             b.prepare().unwrap();
             drop(b);
@@ -647,7 +658,7 @@ fn batch_commit_and_abandon() {
         let mut m = old.clone();
         let g = uuid::Uuid::new_v4();
         {
-            let mut b = img.begin_batch().unwrap();
+            let mut b = begin(&mut img, journal).unwrap();
             stage(&mut *b, &mut m).unwrap();
             b.prepare().unwrap();
             b.commit(Identity::Vhdx { data_write_guid: g }).unwrap();
@@ -676,14 +687,17 @@ fn batch_grow_in_place_and_with_a_moved_bat() {
     ] {
         let (mem, old) = prepared(diff, 16 * MIB);
         let mut img = open(mem.clone(), true);
-        let old_bat_region = img
-            .info()
-            .details
-            .iter()
-            .find(|(k, _)| k == "bat_region")
-            .unwrap()
-            .1
-            .clone();
+        // Where `info` says the BAT region is.
+        let bat_region = |img: &VhdxImage| {
+            img.info()
+                .details
+                .iter()
+                .find(|(k, _)| k == "bat_region")
+                .unwrap()
+                .1
+                .clone()
+        };
+        let old_bat_region = bat_region(&img);
         let mut m = old.clone();
         {
             let mut b = img.begin_batch().unwrap();
@@ -702,14 +716,7 @@ fn batch_grow_in_place_and_with_a_moved_bat() {
         drop(img);
         let ro = open(mem.clone(), false);
         assert_eq!(ro.virtual_size(), new_size);
-        let moved = ro
-            .info()
-            .details
-            .iter()
-            .find(|(k, _)| k == "bat_region")
-            .unwrap()
-            .1
-            != old_bat_region;
+        let moved = bat_region(&ro) != old_bat_region;
         assert_eq!(
             moved,
             new_size > (1u64 << 30),
@@ -745,16 +752,7 @@ fn batch_grow_in_place_and_with_a_moved_bat() {
             let dir = tempfile::tempdir().unwrap();
             let f = dir.path().join("g.vhdx");
             std::fs::write(&f, mem.to_vec()).unwrap();
-            let out = std::process::Command::new(q)
-                .args(["check", "-f", "vhdx"])
-                .arg(&f)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stdout)
-            );
+            qemu_img_ok(&q, &["check", "-f", "vhdx"], &[&f]);
         }
     }
 }
@@ -797,37 +795,35 @@ fn batch_with_a_large_entry_uses_a_temporary_log() {
 /// the file always opens as the complete old or the complete new image.
 #[test]
 fn batch_every_cut_point_is_old_or_new() {
-    for diff in [false, true] {
+    for (diff, journal) in [(false, false), (true, false), (false, true), (true, true)] {
         let (base, _) = prepared(diff, 16 * MIB);
         let old = content(&open(base.clone(), false));
         let new = {
             let mem = Arc::new(MemStorage::from_vec(base.to_vec()));
             let mut img = open(mem.clone(), true);
             let mut m = Model::new(16 * MIB, 512, true);
-            let mut b = img.begin_batch().unwrap();
+            let mut b = begin(&mut img, journal).unwrap();
             stage(&mut *b, &mut m).unwrap();
             b.commit(Identity::Vhdx {
                 data_write_guid: uuid::Uuid::new_v4(),
             })
             .unwrap();
+            img.compact().unwrap();
             drop(img);
-            content(&open(mem, false))
+            (content(&open(mem.clone(), false)), mem.len().unwrap())
         };
+        let (new, new_len) = new;
+        // After any cut, a writable open (replaying what the cut left) and
+        // a compaction leave the file no longer than the image before or
+        // after (a journal's log area left named by the header goes).
+        let most = new_len.max(base.len().unwrap());
         assert!(old != new);
         let mut n = 0;
         loop {
-            let mem = Arc::new(MemStorage::from_vec(base.to_vec()));
-            let cut = Arc::new(Cut {
-                inner: mem.clone(),
-                writes: AtomicU64::new(0),
-                limit: AtomicU64::new(u64::MAX),
-            });
-            let mut img = open(cut.clone(), true);
-            cut.writes.store(0, Ordering::SeqCst);
-            cut.limit.store(n, Ordering::SeqCst);
+            let (mem, mut img) = cut_after(&base, n);
             let mut m = Model::new(16 * MIB, 512, true);
             let done = (|| -> formats::Result<()> {
-                let mut b = img.begin_batch()?;
+                let mut b = begin(&mut img, journal)?;
                 stage(&mut *b, &mut m)?;
                 b.prepare()?;
                 b.commit(Identity::Vhdx {
@@ -836,13 +832,22 @@ fn batch_every_cut_point_is_old_or_new() {
             })()
             .is_ok();
             drop(img);
-            let ro = open(mem.clone(), false);
-            let c = content(&ro);
-            assert!(
-                c == old || c == new,
-                "diff={diff}: cut after {n} writes: neither old nor new"
+            let (ro, c) = survivor(
+                &mem,
+                &old,
+                &new,
+                &format!("diff={diff} journal={journal}: cut after {n} writes"),
             );
-            no_errors(&ro);
+            drop(ro);
+            let mut rw = open(mem.clone(), true);
+            rw.compact().unwrap();
+            assert_eq!(content(&rw), c);
+            drop(rw);
+            let len = mem.len().unwrap();
+            assert!(
+                len <= most,
+                "diff={diff} journal={journal}: cut after {n} writes, compacted: {len} bytes > {most}"
+            );
             if done {
                 assert!(c == new);
                 break;
@@ -971,4 +976,67 @@ fn a_writable_reopen_keeps_the_content_and_the_bat() {
     let mut again_runs = Vec::new();
     again.map(0, again.virtual_size(), &mut again_runs).unwrap();
     assert_eq!(runs, again_runs);
+}
+
+/// The journal (`HeldBlocks::Journal`) over a disk whose every block is
+/// held: whole sectors, sectors written in part (512-byte sectors inside
+/// 4 KiB log sectors), a sector written in part again after the log entry
+/// holding it went out (its latest copy read back from the log area), and
+/// out of order. The content equals the model's, nothing moves, and the
+/// file ends where it was.
+#[test]
+fn journal_rewrites_and_partial_sectors_land_in_place() {
+    for diff in [false, true] {
+        let size = 16 * MIB;
+        let mem = created_1m_blocks(diff, size);
+        let mut m = Model::new(size, 512, !diff);
+        let mut img = open(mem.clone(), true);
+        let full: Vec<u8> = (0..size).map(|i| (i % 251) as u8 | 1).collect();
+        img.write_sectors(0, &full).unwrap();
+        m.write(0, &full);
+        drop(img);
+        let len_before = mem.len().unwrap();
+        let mut img = open(mem.clone(), true);
+        // Most of blocks 0..6 (a whole block would be rebuilt, not
+        // journaled): many log entries (126 sectors each for 1 MiB
+        // blocks) of whole sectors.
+        let mut ops: Vec<(u64, u64, u8)> =
+            (0..6).map(|k| (k * MIB + 4096, MIB - 8192, 0x21)).collect();
+        ops.extend([
+            // Block 0's first sectors went out with the first entry: the
+            // partly written 4 KiB sector is read back from the log area.
+            (4096 + 1024, 512, 0x22),
+            // Out of order, inside one 4 KiB sector of block 8.
+            (8 * MIB + 1536, 512, 0x23),
+            (8 * MIB, 4096, 0x24),
+            (8 * MIB + 512, 512, 0x25),
+            // Unaligned run across a 4 KiB edge and a block edge.
+            (10 * MIB - 2560, 5120, 0x26),
+            // The same bytes twice: the later copy wins.
+            (12 * MIB + 4096, 8192, 0x27),
+            (12 * MIB + 4096, 8192, 0x28),
+        ]);
+        {
+            let mut b = begin(&mut img, true).unwrap();
+            for &(off, len, v) in &ops {
+                let d = vec![v; len as usize];
+                b.write(off, &d).unwrap();
+                m.write(off as usize, &d);
+            }
+            b.prepare().unwrap();
+            b.commit(Identity::Vhdx {
+                data_write_guid: uuid::Uuid::new_v4(),
+            })
+            .unwrap();
+        }
+        assert_matches(&img, &m);
+        let report = img.compact().unwrap();
+        assert_eq!(report.moved, 0, "diff={diff}: the journal moved blocks");
+        drop(img);
+        assert_eq!(mem.len().unwrap(), len_before, "diff={diff}");
+        let ro = open(mem.clone(), false);
+        assert!(ro.header().log_guid.is_nil());
+        assert_matches(&ro, &m);
+        no_errors(&ro);
+    }
 }

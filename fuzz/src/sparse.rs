@@ -10,13 +10,14 @@
 //! one exclusive writer, released when the handle drops), so chain opens
 //! and merges behave the same on either.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use formats::{Access, EntryKind, Namespace, Storage};
+use storage::mem::{names, not_found};
+use storage::{Access, EntryKind, Locks, MemHandle, Namespace, Storage};
 
 pub const PAGE: u64 = 4096;
 
@@ -324,13 +325,13 @@ impl Storage for SparseFile {
         len: u64,
     ) -> io::Result<()> {
         let Some(s) = src.as_any().and_then(|a| a.downcast_ref::<SparseFile>()) else {
-            return formats::storage::copy_by_buffer(src, self, src_offset, dst_offset, len);
+            return storage::copy_by_buffer(src, self, src_offset, dst_offset, len);
         };
         if std::ptr::eq(s, self)
             && src_offset < dst_offset.saturating_add(len)
             && dst_offset < src_offset.saturating_add(len)
         {
-            return formats::storage::copy_by_buffer(src, self, src_offset, dst_offset, len);
+            return storage::copy_by_buffer(src, self, src_offset, dst_offset, len);
         }
         const PIECE: u64 = 4 << 20;
         let mut done = 0;
@@ -354,32 +355,32 @@ impl Storage for SparseFile {
     }
 }
 
-#[derive(Debug, Default)]
-struct Inner {
-    files: HashMap<PathBuf, Arc<SparseFile>>,
-    /// Locks held: path -> (shared count, exclusive).
-    locks: formats::storage::LockTable<PathBuf>,
-}
-
-/// A directory tree of sparse files (clones share the tree).
+/// A directory tree of sparse files (clones share the tree). Names and
+/// locks follow the storage crate's in-memory rules (`storage::mem`).
 #[derive(Debug, Default, Clone)]
 pub struct SparseNs {
-    inner: Arc<Mutex<Inner>>,
+    files: Arc<Mutex<BTreeMap<PathBuf, Arc<SparseFile>>>>,
+    locks: Locks<PathBuf>,
 }
 
-/// A lock-holding handle onto a shared sparse file.
+/// A lock-holding handle onto a shared sparse file: the storage crate's
+/// `MemHandle` (its lock rules), which also passes on the sparse file's
+/// page-level copies, holes and allocated runs (`MemHandle` itself takes
+/// the trait's defaults for those).
 #[derive(Debug)]
 struct Handle {
-    path: PathBuf,
+    inner: MemHandle<SparseFile>,
     file: Arc<SparseFile>,
     access: Access,
-    ns: Arc<Mutex<Inner>>,
 }
 
-impl Drop for Handle {
-    fn drop(&mut self) {
-        let mut inner = lock(&self.ns);
-        inner.locks.release(&self.path, self.access);
+impl Handle {
+    fn open(ns: &SparseNs, path: &Path, file: Arc<SparseFile>, access: Access) -> io::Result<Self> {
+        Ok(Handle {
+            inner: MemHandle::open(&ns.locks, path, Arc::clone(&file), access)?,
+            file,
+            access,
+        })
     }
 }
 
@@ -389,25 +390,19 @@ fn read_only() -> io::Error {
 
 impl Storage for Handle {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.file.read_at(buf, offset)
+        self.inner.read_at(buf, offset)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        if self.access == Access::Read {
-            return Err(read_only());
-        }
-        self.file.write_at(buf, offset)
+        self.inner.write_at(buf, offset)
     }
     fn len(&self) -> io::Result<u64> {
-        self.file.len()
+        self.inner.len()
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
-        if self.access == Access::Read {
-            return Err(read_only());
-        }
-        self.file.set_len(len)
+        self.inner.set_len(len)
     }
     fn flush(&self) -> io::Result<()> {
-        Ok(())
+        self.inner.flush()
     }
     fn allocated_range(&self, offset: u64) -> io::Result<Option<std::ops::Range<u64>>> {
         self.file.allocated_range(offset)
@@ -432,7 +427,7 @@ impl Storage for Handle {
     ) -> io::Result<()> {
         if self.access == Access::Read {
             // The default's error: the first piece read, its write refused.
-            return formats::storage::copy_by_buffer(src, self, src_offset, dst_offset, len);
+            return storage::copy_by_buffer(src, self, src_offset, dst_offset, len);
         }
         self.file.copy_from(src, src_offset, dst_offset, len)
     }
@@ -445,7 +440,7 @@ impl SparseNs {
 
     /// Put a file at `path` (replacing one there).
     pub fn put(&self, path: &Path, pages: Pages) {
-        lock(&self.inner).files.insert(
+        lock(&self.files).insert(
             path.to_path_buf(),
             Arc::new(SparseFile {
                 data: Mutex::new(pages),
@@ -453,9 +448,13 @@ impl SparseNs {
         );
     }
 
+    fn file(&self, path: &Path) -> Option<Arc<SparseFile>> {
+        lock(&self.files).get(path).cloned()
+    }
+
     /// A copy of the file at `path` (cheap: its non-zero pages).
     pub fn get(&self, path: &Path) -> Option<Pages> {
-        let f = lock(&self.inner).files.get(path).cloned()?;
+        let f = self.file(path)?;
         let p = lock(&f.data).clone();
         Some(p)
     }
@@ -463,101 +462,51 @@ impl SparseNs {
     /// Change the file at `path` in place, outside the lock rules (the
     /// targets corrupt files while nothing has them open).
     pub fn edit<R>(&self, path: &Path, f: impl FnOnce(&mut Pages) -> R) -> Option<R> {
-        let file = lock(&self.inner).files.get(path).cloned()?;
+        let file = self.file(path)?;
         let mut d = lock(&file.data);
         Some(f(&mut d))
     }
 
     /// Every file and its contents, sorted by path.
     pub fn snapshot(&self) -> Vec<(PathBuf, Pages)> {
-        let files: Vec<(PathBuf, Arc<SparseFile>)> = lock(&self.inner)
-            .files
+        let files: Vec<(PathBuf, Arc<SparseFile>)> = lock(&self.files)
             .iter()
             .map(|(p, f)| (p.clone(), Arc::clone(f)))
             .collect();
-        let mut v: Vec<(PathBuf, Pages)> = files
+        files
             .into_iter()
             .map(|(p, f)| {
                 let d = lock(&f.data).clone();
                 (p, d)
             })
-            .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
+            .collect()
     }
-
-    fn take_lock(inner: &mut Inner, path: &Path, access: Access) -> io::Result<()> {
-        inner.locks.take(path.to_path_buf(), access)
-    }
-}
-
-fn not_found() -> io::Error {
-    io::Error::new(io::ErrorKind::NotFound, "no such file")
 }
 
 impl Namespace for SparseNs {
     fn open(&self, path: &Path, access: Access) -> io::Result<Arc<dyn Storage>> {
-        let mut inner = lock(&self.inner);
-        let file = inner.files.get(path).cloned().ok_or_else(not_found)?;
-        SparseNs::take_lock(&mut inner, path, access)?;
-        Ok(Arc::new(Handle {
-            path: path.to_path_buf(),
-            file,
-            access,
-            ns: Arc::clone(&self.inner),
-        }))
+        let file = self.file(path).ok_or_else(not_found)?;
+        Ok(Arc::new(Handle::open(self, path, file, access)?))
     }
     fn create(&self, path: &Path) -> io::Result<Arc<dyn Storage>> {
-        let mut inner = lock(&self.inner);
-        if inner.files.contains_key(path) {
-            return Err(io::Error::new(io::ErrorKind::AlreadyExists, "file exists"));
-        }
         let file = Arc::new(SparseFile::default());
-        inner.files.insert(path.to_path_buf(), Arc::clone(&file));
-        SparseNs::take_lock(&mut inner, path, Access::Write)?;
-        Ok(Arc::new(Handle {
-            path: path.to_path_buf(),
-            file,
-            access: Access::Write,
-            ns: Arc::clone(&self.inner),
-        }))
+        names::create(&mut lock(&self.files), path, Arc::clone(&file))?;
+        Ok(Arc::new(Handle::open(self, path, file, Access::Write)?))
     }
     fn kind(&self, path: &Path) -> io::Result<EntryKind> {
-        let inner = lock(&self.inner);
-        Ok(if inner.files.contains_key(path) {
-            EntryKind::File
-        } else if inner.files.keys().any(|p| p.starts_with(path)) {
-            EntryKind::Dir
-        } else {
-            EntryKind::Missing
-        })
+        Ok(names::kind(&lock(&self.files), path))
     }
     fn canonicalize(&self, path: &Path) -> io::Result<PathBuf> {
         Ok(path.to_path_buf())
     }
     fn read_dir(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
-        let inner = lock(&self.inner);
-        let mut v: Vec<_> = inner
-            .files
-            .keys()
-            .filter(|p| p.parent() == Some(dir))
-            .cloned()
-            .collect();
-        v.sort();
-        Ok(v)
+        Ok(names::read_dir(&lock(&self.files), dir))
     }
     fn remove(&self, path: &Path) -> io::Result<()> {
-        lock(&self.inner)
-            .files
-            .remove(path)
-            .map(|_| ())
-            .ok_or_else(not_found)
+        names::remove(&mut lock(&self.files), path).map(drop)
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        let mut inner = lock(&self.inner);
-        let f = inner.files.remove(from).ok_or_else(not_found)?;
-        inner.files.insert(to.to_path_buf(), f);
-        Ok(())
+        names::rename(&mut lock(&self.files), from, to)
     }
     fn sync_dir(&self, _dir: &Path) -> io::Result<()> {
         Ok(())
@@ -657,7 +606,7 @@ mod tests {
     /// (past the end, read-only), within one file and between two.
     #[test]
     fn copies_and_holes_match_the_defaults() {
-        use formats::storage::{copy_by_buffer, MemStorage};
+        use storage::{copy_by_buffer, MemStorage};
         let ns = SparseNs::new();
         let names = [Path::new("/a"), Path::new("/b")];
         let mut x = 0x2545_f491_u64;

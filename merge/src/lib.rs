@@ -59,6 +59,9 @@ pub struct MergeRequest {
     /// Merge even when the preflight's peak extra space exceeds the free
     /// space of the destination's file system.
     pub no_space_check: bool,
+    /// How the destination replaces part of a block it holds (journal or
+    /// rebuild; `Auto` picks by whether the file system shares extents).
+    pub held_blocks: formats::params::HeldBlocks,
 }
 
 /// What a merge did (the `--json` result).
@@ -330,6 +333,7 @@ pub fn merge(
             .ok_or_else(|| MergeError::InvalidParameter("destination not in chain".into()))?;
         let (above, below) = (layer_refs(above_links), layer_refs(below_links));
         let mut batch = dest_link.image.begin_batch()?;
+        batch.held_blocks(req.held_blocks);
         batch.expect_fresh(preflight.peak_extra_bytes)?;
         if plan.virtual_size > plan.destination_size {
             batch.grow(plan.virtual_size)?;

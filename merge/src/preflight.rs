@@ -70,7 +70,10 @@ impl Preflight {
                 } else {
                     0
                 };
-                sb + bat + 2 * MIB
+                // A journal (`--held-blocks`) carries held blocks' sectors
+                // in log entries: one descriptor sector per 128 data
+                // sectors on top of the data.
+                sb + bat + 2 * MIB + fresh / 64
             }
         };
         let data = if (dest.format, dest.disk_type) == (Format::Vhd, DiskType::Fixed) {

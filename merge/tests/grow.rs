@@ -10,18 +10,13 @@ use std::sync::Arc;
 use formats::chain::{open_image_file, Chain, ChainOptions};
 use formats::layer::{Run, RunKind};
 use formats::params::{CreateParams, DiskType};
-use formats::{Access, MemNamespace, Namespace};
-use merge::{JobHandle, MergeRequest};
+use formats::{MemNamespace, Namespace};
+mod common;
+use common::merge_into;
+use testdata::image::{exts, open_writable, read_all};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
-
-fn read_all(ns: &Arc<dyn Namespace>, path: &Path) -> Vec<u8> {
-    let chain = Chain::open(ns, path, &ChainOptions::default()).unwrap();
-    let mut buf = vec![0u8; chain.top().virtual_size() as usize];
-    chain.reader().read(0, &mut buf).unwrap();
-    buf
-}
 
 /// Base of `base_size` bytes whose last block is full of data, with bytes
 /// poked into that block past the virtual end; a differencing child 2 MiB
@@ -55,12 +50,7 @@ fn build(
         },
     )
     .unwrap();
-    let opts = ChainOptions {
-        access: Access::Write,
-        writable: true,
-        ..Default::default()
-    };
-    let mut img = open_image_file(ns, &base, &opts).unwrap();
+    let mut img = open_writable(ns, &base);
     img.write_sectors(block, &vec![0xA5; (base_size - block) as usize])
         .unwrap();
     drop(img);
@@ -132,15 +122,7 @@ fn grown_destination_reads_zeros_past_its_old_end() {
             let ns: Arc<dyn Namespace> = Arc::new(Arc::clone(&mem));
             let (base, child) = build(&mem, &ns, vhdx, fixed);
             let before = read_all(&ns, &child);
-            let out = merge::run(
-                &ns,
-                &MergeRequest {
-                    source: child.clone(),
-                    destination: Some(base.clone()),
-                    ..Default::default()
-                },
-                &JobHandle::new(),
-            );
+            let out = merge_into(&ns, &child, Some(&base));
             assert_eq!(
                 out.return_value, 0,
                 "vhdx {vhdx} fixed {fixed}: {:?}",
@@ -165,11 +147,7 @@ fn destination_larger_than_the_source_is_refused_unchanged() {
     for vhdx in [false, true] {
         let mem = MemNamespace::new();
         let ns: Arc<dyn Namespace> = Arc::new(Arc::clone(&mem));
-        let (ext, cext) = if vhdx {
-            ("vhdx", "avhdx")
-        } else {
-            ("vhd", "vhd")
-        };
+        let (ext, cext) = exts(vhdx);
         let base = PathBuf::from(format!("/l/base.{ext}"));
         let child = PathBuf::from(format!("/l/child.{cext}"));
         formats::create::create_file(
@@ -187,14 +165,7 @@ fn destination_larger_than_the_source_is_refused_unchanged() {
         create_child(&ns, &base, &child, 4 * MIB, 2 * MIB, None);
         let files = |m: &MemNamespace| [m.get(&base).unwrap(), m.get(&child).unwrap()];
         let before = files(&mem);
-        let out = merge::run(
-            &ns,
-            &MergeRequest {
-                source: child.clone(),
-                ..Default::default()
-            },
-            &JobHandle::new(),
-        );
+        let out = merge_into(&ns, &child, None);
         assert_eq!(out.return_value, 32770, "vhdx {vhdx}: {:?}", out.error);
         assert!(out.error.unwrap_or_default().contains("larger"));
         assert!(

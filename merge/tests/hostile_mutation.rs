@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 use formats::chain::{Chain, ChainOptions, ChainReader, Source};
 use formats::params::OpenOptions;
 use formats::{Image, Layer, MemNamespace, Namespace, Storage};
+// Deterministic generator (SplitMix64): a seed replays every variant.
+use testdata::Rng;
 
 thread_local! {
     static WHERE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
@@ -86,29 +88,6 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
-/// Deterministic generator (SplitMix64): a seed replays every variant.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
-
 /// How a structure's integrity value is recomputed after a patch, so that
 /// the drivers read past the checksum into the corrupted fields.
 #[derive(Debug, Clone, Copy)]
@@ -132,25 +111,16 @@ struct Structure {
     sum: Sum,
 }
 
-fn be_u64(b: &[u8], at: u64) -> Option<u64> {
-    let s = b.get(at as usize..at as usize + 8)?;
-    Some(u64::from_be_bytes(s.try_into().ok()?))
-}
-fn be_u32(b: &[u8], at: u64) -> Option<u32> {
-    let s = b.get(at as usize..at as usize + 4)?;
-    Some(u32::from_be_bytes(s.try_into().ok()?))
-}
-fn le_u64(b: &[u8], at: u64) -> Option<u64> {
-    let s = b.get(at as usize..at as usize + 8)?;
-    Some(u64::from_le_bytes(s.try_into().ok()?))
-}
-fn le_u32(b: &[u8], at: u64) -> Option<u32> {
-    let s = b.get(at as usize..at as usize + 4)?;
-    Some(u32::from_le_bytes(s.try_into().ok()?))
-}
-fn le_u16(b: &[u8], at: u64) -> Option<u16> {
-    let s = b.get(at as usize..at as usize + 2)?;
-    Some(u16::from_le_bytes(s.try_into().ok()?))
+/// The `width`-byte unsigned integer at `at`, big- or little-endian, if
+/// `b` holds it.
+fn uint(b: &[u8], at: u64, width: usize, big: bool) -> Option<u64> {
+    let s = b.get(at as usize..at as usize + width)?;
+    let fold = |v: u64, x: &u8| v << 8 | u64::from(*x);
+    Some(if big {
+        s.iter().fold(0, fold)
+    } else {
+        s.iter().rev().fold(0, fold)
+    })
 }
 
 /// FORMATS.md 2.2-2.5, read by hand.
@@ -173,7 +143,7 @@ fn vhd_structures(b: &[u8]) -> Vec<Structure> {
         fields: footer_fields.clone(),
         sum: Sum::Vhd(0x40),
     }];
-    let Some(ho) = be_u64(b, len - 512 + 0x10) else {
+    let Some(ho) = uint(b, len - 512 + 0x10, 8, true) else {
         return v;
     };
     if ho == u64::MAX || ho + 1024 > len {
@@ -210,26 +180,24 @@ fn vhd_structures(b: &[u8]) -> Vec<Structure> {
         fields: hf,
         sum: Sum::Vhd(0x24),
     });
-    let (Some(to), Some(n)) = (be_u64(b, ho + 0x10), be_u32(b, ho + 0x1C)) else {
+    let (Some(to), Some(n)) = (uint(b, ho + 0x10, 8, true), uint(b, ho + 0x1C, 4, true)) else {
         return v;
     };
-    let bat_len = u64::from(n) * 4;
+    let bat_len = n * 4;
     if to.checked_add(bat_len).is_some_and(|e| e <= len) && n > 0 {
         v.push(Structure {
             name: "BAT",
             start: to,
             len: bat_len,
-            fields: (0..u64::from(n).min(4096))
-                .map(|i| (i * 4, 4, true))
-                .collect(),
+            fields: (0..n.min(4096)).map(|i| (i * 4, 4, true)).collect(),
             sum: Sum::None,
         });
         // The first allocated block's bitmap.
-        if let Some(e) = (0..u64::from(n))
-            .filter_map(|i| be_u32(b, to + 4 * i))
-            .find(|e| *e != u32::MAX)
+        if let Some(e) = (0..n)
+            .filter_map(|i| uint(b, to + 4 * i, 4, true))
+            .find(|e| *e != u64::from(u32::MAX))
         {
-            let at = u64::from(e) * 512;
+            let at = e * 512;
             if at + 512 <= len {
                 v.push(Structure {
                     name: "sector bitmap",
@@ -286,14 +254,14 @@ fn vhdx_structures(b: &[u8]) -> Vec<Structure> {
         });
     }
     // Log of the header with the larger sequence number.
-    let seq = |at: u64| le_u64(b, at + 8).unwrap_or(0);
+    let seq = |at: u64| uint(b, at + 8, 8, false).unwrap_or(0);
     let h = if seq(128 << 10) > seq(64 << 10) {
         128u64 << 10
     } else {
         64 << 10
     };
-    if let (Some(ll), Some(lo)) = (le_u32(b, h + 68), le_u64(b, h + 72)) {
-        if ll > 0 && lo.checked_add(u64::from(ll)).is_some_and(|e| e <= len) {
+    if let (Some(ll), Some(lo)) = (uint(b, h + 68, 4, false), uint(b, h + 72, 8, false)) {
+        if ll > 0 && lo.checked_add(ll).is_some_and(|e| e <= len) {
             v.push(Structure {
                 name: "log entry",
                 start: lo,
@@ -315,30 +283,30 @@ fn vhdx_structures(b: &[u8]) -> Vec<Structure> {
         }
     }
     let rt = 192u64 << 10;
-    let count = le_u32(b, rt + 8).unwrap_or(0).min(2047);
-    for i in 0..u64::from(count) {
+    let count = uint(b, rt + 8, 4, false).unwrap_or(0).min(2047);
+    for i in 0..count {
         let e = rt + 16 + 32 * i;
         let Some(guid) = b.get(e as usize..e as usize + 16) else {
             break;
         };
-        let (Some(off), Some(rlen)) = (le_u64(b, e + 16), le_u32(b, e + 24)) else {
+        let (Some(off), Some(rlen)) = (uint(b, e + 16, 8, false), uint(b, e + 24, 4, false)) else {
             break;
         };
-        if off.checked_add(u64::from(rlen)).is_none_or(|x| x > len) {
+        if off.checked_add(rlen).is_none_or(|x| x > len) {
             continue;
         }
         if guid == BAT_GUID {
-            let n = u64::from(rlen) / 8;
+            let n = rlen / 8;
             v.push(Structure {
                 name: "BAT",
                 start: off,
-                len: u64::from(rlen),
+                len: rlen,
                 fields: (0..n.min(4096)).map(|i| (i * 8, 8, false)).collect(),
                 sum: Sum::None,
             });
         } else if guid == METADATA_GUID {
             let mut f = vec![(10, 2, false)];
-            let n = u64::from(le_u16(b, off + 10).unwrap_or(0)).min(16);
+            let n = uint(b, off + 10, 2, false).unwrap_or(0).min(16);
             for i in 0..n {
                 let t = 32 + 32 * i;
                 f.extend([(t + 16, 4, false), (t + 20, 4, false), (t + 24, 4, false)]);
@@ -346,9 +314,9 @@ fn vhdx_structures(b: &[u8]) -> Vec<Structure> {
             // The items themselves (file parameters, sizes, locator).
             for i in 0..n {
                 let t = off + 32 + 32 * i;
-                if let (Some(io), Some(il)) = (le_u32(b, t + 16), le_u32(b, t + 20)) {
-                    let io = u64::from(io);
-                    for k in (0..u64::from(il).min(64)).step_by(2) {
+                if let (Some(io), Some(il)) = (uint(b, t + 16, 4, false), uint(b, t + 20, 4, false))
+                {
+                    for k in (0..il.min(64)).step_by(2) {
                         f.push((io + k, 2, false));
                     }
                     f.push((io, 4, false));
@@ -358,7 +326,7 @@ fn vhdx_structures(b: &[u8]) -> Vec<Structure> {
             v.push(Structure {
                 name: "metadata",
                 start: off,
-                len: u64::from(rlen),
+                len: rlen,
                 fields: f,
                 sum: Sum::None,
             });
@@ -629,10 +597,7 @@ impl Storage for Variant {
         Ok(self.len)
     }
     fn set_len(&self, _: u64) -> io::Result<()> {
-        Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            "read-only variant",
-        ))
+        self.write_at(&[], 0)
     }
     fn flush(&self) -> io::Result<()> {
         Ok(())

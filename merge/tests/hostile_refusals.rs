@@ -4,78 +4,15 @@
 //! matches, a corrupt destination or source, and sources that are not
 //! regular files (FIFO, directory, symlink without --follow-symlinks).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant};
 
-use formats::chain::{open_image_file, ChainOptions};
-use formats::params::{CreateParams, DiskType};
+use formats::chain::ChainOptions;
 use formats::{Access, FsNamespace, Namespace};
 use merge::{JobHandle, MergeRequest};
 
-/// Tests of this file run one at a time: a test that spawns a process
-/// (`mkfifo`) forks while another test holds an image open, and the child
-/// shares the flock'd file description until it execs, so the other test's
-/// next open would see a spurious "locked".
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn fs() -> Arc<dyn Namespace> {
-    Arc::new(FsNamespace)
-}
-
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut m = BTreeMap::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if std::fs::symlink_metadata(&p).unwrap().file_type().is_file() {
-            m.insert(p.clone(), std::fs::read(&p).unwrap());
-        }
-    }
-    m
-}
-
-fn create(path: &Path, parent: Option<&Path>) {
-    let ns = fs();
-    let vhdx = path.extension().is_some_and(|e| e != "vhd");
-    let mut params = CreateParams {
-        virtual_size: 8 << 20,
-        disk_type: DiskType::Dynamic,
-        block_size: Some(if vhdx { 1 << 20 } else { 512 << 10 }),
-        ..Default::default()
-    };
-    if let Some(pp) = parent {
-        let p = open_image_file(&ns, pp, &ChainOptions::default()).unwrap();
-        params.parent = Some(formats::create::parent_spec(&ns, p.as_ref(), pp, path).unwrap());
-        params.disk_type = DiskType::Differencing;
-    }
-    formats::create::create_file(&ns, path, &params).unwrap();
-    let opts = ChainOptions {
-        access: Access::Write,
-        writable: true,
-        ..Default::default()
-    };
-    let mut img = open_image_file(&ns, path, &opts).unwrap();
-    img.write_sectors(4096, &vec![0x5a; 8192]).unwrap();
-}
-
+/// base <- mid <- top in `dir`.
 fn chain(dir: &Path, vhdx: bool) -> (PathBuf, PathBuf, PathBuf) {
-    let (e, c) = if vhdx {
-        ("vhdx", "avhdx")
-    } else {
-        ("vhd", "vhd")
-    };
-    let base = dir.join(format!("base.{e}"));
-    let mid = dir.join(format!("mid.{c}"));
-    let top = dir.join(format!("top.{c}"));
-    create(&base, None);
-    create(&mid, Some(&base));
-    create(&top, Some(&mid));
-    (base, mid, top)
+    testdata::image::small_chain(dir, vhdx, "top")
 }
 
 /// Merge `source` (into its parent, or `dest`) with `opts`; must be refused
@@ -97,26 +34,16 @@ fn refused_with(
     opts: ChainOptions,
     codes: &[u32],
 ) -> String {
-    let before = snapshot(dir);
+    let before = testdata::file_hashes(dir);
     let req = MergeRequest {
         source: source.to_path_buf(),
         destination: dest.map(Path::to_path_buf),
         chain: opts,
         ..Default::default()
     };
-    let (tx, rx) = mpsc::channel();
-    let start = Instant::now();
-    std::thread::spawn(move || {
-        let _ = tx.send(merge::run(&fs(), &req, &JobHandle::new()));
+    let out = testdata::quickly("merge::run", move || {
+        merge::run(&testdata::image::fs(), &req, &JobHandle::new())
     });
-    let out = rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("merge hung");
-    assert!(
-        start.elapsed() < Duration::from_secs(1),
-        "took {:?}",
-        start.elapsed()
-    );
     let err = out.error.clone().unwrap_or_default();
     assert!(
         codes.contains(&out.return_value),
@@ -125,7 +52,7 @@ fn refused_with(
     );
     assert!(!err.is_empty());
     assert_eq!(
-        snapshot(dir),
+        testdata::file_hashes(dir),
         before,
         "a refused merge changed bytes ({err})"
     );
@@ -134,7 +61,7 @@ fn refused_with(
 
 #[test]
 fn locks_on_source_or_intermediate_name_the_file() {
-    let _serial = serial();
+    let _serial = testdata::serial();
     for vhdx in [true, false] {
         let d = tempfile::tempdir().unwrap();
         let (base, mid, top) = chain(d.path(), vhdx);
@@ -155,7 +82,7 @@ fn locks_on_source_or_intermediate_name_the_file() {
 
 #[test]
 fn vhd_parent_unique_id_mismatch_is_refused() {
-    let _serial = serial();
+    let _serial = testdata::serial();
     let d = tempfile::tempdir().unwrap();
     let (_, mid, top) = chain(d.path(), false);
     // Flip one byte of top's Parent Unique ID and fix the header checksum:
@@ -173,7 +100,7 @@ fn vhd_parent_unique_id_mismatch_is_refused() {
 
 #[test]
 fn corrupt_destination_or_source_is_refused() {
-    let _serial = serial();
+    let _serial = testdata::serial();
     for vhdx in [true, false] {
         for victim in ["base", "top"] {
             let d = tempfile::tempdir().unwrap();
@@ -225,15 +152,11 @@ fn corrupt_destination_or_source_is_refused() {
 
 #[test]
 fn sources_that_are_not_regular_files_are_refused() {
-    let _serial = serial();
+    let _serial = testdata::serial();
     let d = tempfile::tempdir().unwrap();
     let (base, _mid, top) = chain(d.path(), true);
     let fifo = d.path().join("fifo.avhdx");
-    assert!(std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap()
-        .success());
+    testdata::mkfifo(&fifo);
     let err = refused(d.path(), &fifo, None, ChainOptions::default(), 32773);
     assert!(err.contains("not a regular file"), "{err}");
     let sub = d.path().join("dir.avhdx");

@@ -4,15 +4,15 @@
 //! system about, so "the outside target is never opened" is observed, not
 //! assumed. Each case must also fail fast (< 1 s) and change no byte.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
 
 use formats::chain::{open_image_file, Chain, ChainOptions};
-use formats::params::{CreateParams, DiskType, Identity, ParentSpec};
+use formats::params::{Identity, ParentSpec};
 use formats::{Access, EntryKind, Error, FsNamespace, Namespace, Storage};
 use merge::{JobHandle, MergeRequest};
+use testdata::image::{self, exts, fs};
+use testdata::{canonical_tempdir, file_hashes, make_dirs, mkfifo, quickly, serial};
 
 /// FsNamespace, recording (operation, path) for every call.
 #[derive(Debug, Default)]
@@ -83,104 +83,59 @@ fn recording() -> (Arc<Recording>, Arc<dyn Namespace>) {
     (r, ns)
 }
 
-/// Tests of this file run one at a time: a test that spawns a process
-/// (`mkfifo`) forks while another test holds an image open, and the child
-/// shares the flock'd file description until it execs, so the other test's
-/// next open would see a spurious "locked".
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn fs() -> Arc<dyn Namespace> {
-    Arc::new(FsNamespace)
-}
-
 fn ext(vhdx: bool, child: bool) -> &'static str {
-    match (vhdx, child) {
-        (true, true) => "avhdx",
-        (true, false) => "vhdx",
-        (false, _) => "vhd",
+    let (base, diff) = exts(vhdx);
+    if child {
+        diff
+    } else {
+        base
+    }
+}
+
+/// The file name of `p` as a string.
+fn name_of(p: &Path) -> String {
+    p.file_name().unwrap().to_str().unwrap().to_string()
+}
+
+/// Chain options that follow symbolic links.
+fn follow() -> ChainOptions {
+    ChainOptions {
+        follow_symlinks: true,
+        ..Default::default()
     }
 }
 
 /// A dynamic 8 MiB base with some data.
 fn make_base(path: &Path, vhdx: bool) {
     let ns = fs();
-    let params = CreateParams {
-        virtual_size: 8 << 20,
-        disk_type: DiskType::Dynamic,
-        block_size: Some(if vhdx { 1 << 20 } else { 512 << 10 }),
-        ..Default::default()
-    };
-    formats::create::create_file(&ns, path, &params).unwrap();
-    let opts = ChainOptions {
-        access: Access::Write,
-        writable: true,
-        ..Default::default()
-    };
-    let mut img = open_image_file(&ns, path, &opts).unwrap();
-    img.write_sectors(0, &vec![0x11; 4096]).unwrap();
+    image::create(&ns, path, None, image::small(vhdx));
+    image::open_writable(&ns, path)
+        .write_sectors(0, &[0x11; 4096])
+        .unwrap();
+}
+
+/// `make_base` at `dir/base.vhdx` (or `.vhd`).
+fn base_in(dir: &Path, vhdx: bool) -> PathBuf {
+    let base = dir.join(format!("base.{}", ext(vhdx, false)));
+    make_base(&base, vhdx);
+    base
 }
 
 /// The spec for a child of `parent`, with the parent's real identity.
 fn spec_for(parent: &Path, child: &Path) -> ParentSpec {
-    let ns = fs();
-    let p = open_image_file(&ns, parent, &ChainOptions::default()).unwrap();
-    formats::create::parent_spec(&ns, p.as_ref(), parent, child).unwrap()
+    image::parent_spec(&fs(), parent, child)
 }
 
 /// A differencing child whose locators say what the test wants, linked to
 /// `spec`'s identity (so a parent found by following them would match).
-fn make_child(child: &Path, mut spec: ParentSpec, rel: &str, abs: &str, name: &str) {
-    spec.relative_path = rel.into();
-    spec.absolute_path = abs.into();
-    spec.file_name = name.into();
-    let params = CreateParams {
-        virtual_size: spec.virtual_size,
-        disk_type: DiskType::Differencing,
-        block_size: Some(if child.extension().is_some_and(|e| e == "vhd") {
-            512 << 10
-        } else {
-            1 << 20
-        }),
-        parent: Some(spec),
-        ..Default::default()
-    };
-    formats::create::create_file(&fs(), child, &params).unwrap();
+fn make_child(child: &Path, spec: ParentSpec, rel: &str, abs: &str, name: &str) {
+    image::child_with_locators(&fs(), child, spec, rel, abs, name);
 }
 
-fn hashes(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut m = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            let t = std::fs::symlink_metadata(&p).unwrap().file_type();
-            if t.is_dir() {
-                stack.push(p);
-            } else if t.is_file() {
-                m.insert(p.clone(), std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    m
-}
-
-/// Run `f` on another thread; a hang fails the test instead of blocking it.
-fn quickly<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    let start = Instant::now();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    let v = rx
-        .recv_timeout(Duration::from_secs(10))
-        .unwrap_or_else(|_| panic!("{what}: hung (no answer in 10 s)"));
-    let t = start.elapsed();
-    assert!(t < Duration::from_secs(1), "{what}: took {t:?}");
-    v
+/// `make_child` whose relative locator is `.\name` and whose file-name
+/// locator is `name`, with no absolute one.
+fn make_child_named(child: &Path, spec: ParentSpec, name: &str) {
+    make_child(child, spec, &format!(r".\{name}"), "", name);
 }
 
 /// Open the chain of `child` through a recording namespace; returns the
@@ -199,6 +154,20 @@ fn open_partial(child: &Path, opts: ChainOptions) -> (usize, Option<String>, Arc
         Some((text, _)) => (n, Some(text), rec),
         None => (n, None, rec),
     }
+}
+
+/// `open_partial` of a chain that must stop at `child` (the parent not
+/// linked, the chain broken); the error text and the recorder.
+fn stops_at_child(child: &Path, opts: ChainOptions) -> (String, Arc<Recording>) {
+    let (n, broken, rec) = open_partial(child, opts);
+    assert_eq!(n, 1, "the parent must not be in the chain: {broken:?}");
+    (broken.expect("chain must be broken"), rec)
+}
+
+/// `open_partial` of `child` with `opts` resolves its parent.
+fn resolves(child: &Path, opts: ChainOptions) {
+    let (n, broken, _) = open_partial(child, opts);
+    assert_eq!((n, broken), (2, None), "the parent resolves");
 }
 
 /// The violation the broken chain of `child` reports, when it is one.
@@ -225,7 +194,7 @@ fn merge_refused(
     child: &Path,
     opts: ChainOptions,
 ) -> (merge::MergeOutcome, Arc<Recording>) {
-    let before = hashes(root);
+    let before = file_hashes(root);
     let (rec, ns) = recording();
     let req = MergeRequest {
         source: child.to_path_buf(),
@@ -237,22 +206,50 @@ fn merge_refused(
     });
     assert_ne!(out.return_value, 0, "merge should have been refused");
     assert!(out.error.is_some());
-    assert_eq!(hashes(root), before, "a refused merge changed bytes");
+    assert_eq!(file_hashes(root), before, "a refused merge changed bytes");
     (out, rec)
+}
+
+/// `merge_refused` answering 32779 (parent not found).
+fn not_found(root: &Path, child: &Path, opts: ChainOptions) -> Arc<Recording> {
+    let (out, rec) = merge_refused(root, child, opts);
+    assert_eq!(out.return_value, 32779, "{:?}", out.error);
+    rec
+}
+
+/// The chain of `top` is broken by a cycle (its error text `msg`), and a
+/// merge of it is refused naming the cycle.
+fn cycle_refused(root: &Path, top: &Path, msg: &str) {
+    assert_eq!(
+        broken_kind(top),
+        Some(formats::CorruptionKind::ChainCycle),
+        "{msg}"
+    );
+    let (out, _) = merge_refused(root, top, ChainOptions::default());
+    assert_eq!(
+        out.corruption_kind,
+        Some(formats::CorruptionKind::ChainCycle),
+        "{:?}",
+        out.error
+    );
+}
+
+/// Run `f` for VHDX and for VHD (one test at a time, see `serial`), each
+/// in a fresh directory given by its canonical path.
+fn each_format(f: impl Fn(bool, &Path)) {
+    let _serial = serial();
+    for vhdx in [true, false] {
+        let (_guard, root) = canonical_tempdir();
+        f(vhdx, &root);
+    }
 }
 
 const ALL_OPS: &[&str] = &["open", "kind", "canonicalize", "read_dir", "create"];
 
 #[test]
 fn relative_locator_climbing_out_is_not_followed() {
-    let _serial = serial();
-    for vhdx in [true, false] {
-        let root = tempfile::tempdir().unwrap();
-        let root = root.path().canonicalize().unwrap();
-        let elsewhere = root.join("elsewhere");
-        let child_dir = root.join("a/b");
-        std::fs::create_dir_all(&elsewhere).unwrap();
-        std::fs::create_dir_all(&child_dir).unwrap();
+    each_format(|vhdx, root| {
+        let [elsewhere, child_dir] = make_dirs(root, ["elsewhere", "a/b"]);
         // A valid parent with the right identity: following the locator
         // would succeed.
         let parent = elsewhere.join(format!("p.{}", ext(vhdx, false)));
@@ -267,9 +264,7 @@ fn relative_locator_climbing_out_is_not_followed() {
             &format!("../../elsewhere/p.{}", ext(vhdx, false)),
         );
 
-        let (n, broken, rec) = open_partial(&child, ChainOptions::default());
-        assert_eq!(n, 1, "the parent must not be in the chain");
-        let msg = broken.expect("chain must be broken");
+        let (msg, rec) = stops_at_child(&child, ChainOptions::default());
         assert!(msg.contains("parent not found"), "{msg}");
         // The message quotes locators Debug-style (backslashes doubled).
         assert!(
@@ -287,39 +282,32 @@ fn relative_locator_climbing_out_is_not_followed() {
             "touched the outside target"
         );
 
-        let (out, rec) = merge_refused(&root, &child, ChainOptions::default());
-        assert_eq!(out.return_value, 32779, "{:?}", out.error);
+        let rec = not_found(root, &child, ChainOptions::default());
         assert_eq!(rec.touching(ALL_OPS, &elsewhere), vec![]);
 
         // Control: the options that widen the search do find it, so the
         // refusal above is the policy and not a broken parent.
-        let (n, broken, _) = open_partial(
+        resolves(
             &child,
             ChainOptions {
                 search_dirs: vec![elsewhere.clone()],
                 ..Default::default()
             },
         );
-        assert_eq!((n, broken), (2, None));
-        let (n, broken, _) = open_partial(
+        resolves(
             &child,
             ChainOptions {
                 parents: vec![parent.clone()],
                 ..Default::default()
             },
         );
-        assert_eq!((n, broken), (2, None));
-    }
+    });
 }
 
 #[test]
 fn locator_naming_etc_passwd_is_not_opened() {
-    let _serial = serial();
-    for vhdx in [true, false] {
-        let root = tempfile::tempdir().unwrap();
-        let root = root.path().canonicalize().unwrap();
-        let base = root.join(format!("base.{}", ext(vhdx, false)));
-        make_base(&base, vhdx);
+    each_format(|vhdx, root| {
+        let base = base_in(root, vhdx);
         let child = root.join(format!("c.{}", ext(vhdx, true)));
         make_child(
             &child,
@@ -328,9 +316,7 @@ fn locator_naming_etc_passwd_is_not_opened() {
             "/etc/passwd",
             "/etc/passwd",
         );
-        let (n, broken, rec) = open_partial(&child, ChainOptions::default());
-        assert_eq!(n, 1);
-        let msg = broken.expect("broken");
+        let (msg, rec) = stops_at_child(&child, ChainOptions::default());
         assert!(
             msg.contains("parent not found") && msg.contains("/etc/passwd"),
             "{msg}"
@@ -339,47 +325,39 @@ fn locator_naming_etc_passwd_is_not_opened() {
         // The only candidates are inside the child's directory.
         for (op, p) in rec.calls() {
             assert!(
-                p.starts_with(&root),
+                p.starts_with(root),
                 "{op} {} is outside the child's dir",
                 p.display()
             );
         }
-        let (out, rec) = merge_refused(&root, &child, ChainOptions::default());
-        assert_eq!(out.return_value, 32779, "{:?}", out.error);
+        let rec = not_found(root, &child, ChainOptions::default());
         assert_eq!(rec.touching(ALL_OPS, Path::new("/etc")), vec![]);
-    }
+    });
 }
 
 #[test]
 fn devices_are_never_opened() {
-    let _serial = serial();
-    for vhdx in [true, false] {
-        let root = tempfile::tempdir().unwrap();
-        let root = root.path().canonicalize().unwrap();
-        let base = root.join(format!("base.{}", ext(vhdx, false)));
-        make_base(&base, vhdx);
+    each_format(|vhdx, root| {
+        let base = base_in(root, vhdx);
         let spec = spec_for(&base, &root.join("x"));
 
         // The plain device path in every locator: only its file name is
         // looked up, in the child's directory.
         let child = root.join(format!("dev.{}", ext(vhdx, true)));
         make_child(&child, spec.clone(), "/dev/null", "/dev/null", "/dev/null");
-        let (n, broken, rec) = open_partial(&child, ChainOptions::default());
-        assert_eq!(n, 1);
-        assert!(broken.unwrap().contains("parent not found"));
+        let (msg, rec) = stops_at_child(&child, ChainOptions::default());
+        assert!(msg.contains("parent not found"));
         assert_eq!(rec.touching(ALL_OPS, Path::new("/dev")), vec![]);
 
         // The device given explicitly (--parent /dev/null): looked at, but
         // refused as not a regular file without being opened.
-        let (n, broken, rec) = open_partial(
+        let (msg, rec) = stops_at_child(
             &child,
             ChainOptions {
                 parents: vec![PathBuf::from("/dev/null")],
                 ..Default::default()
             },
         );
-        assert_eq!(n, 1);
-        let msg = broken.unwrap();
         assert!(msg.contains("not a regular file"), "{msg}");
         assert_eq!(rec.touching(&["open"], Path::new("/dev")), vec![]);
 
@@ -387,117 +365,70 @@ fn devices_are_never_opened() {
         let link = root.join(format!("null.{}", ext(vhdx, false)));
         std::os::unix::fs::symlink("/dev/null", &link).unwrap();
         let child = root.join(format!("sym.{}", ext(vhdx, true)));
-        let name = link.file_name().unwrap().to_str().unwrap().to_string();
-        make_child(&child, spec.clone(), &format!(r".\{name}"), "", &name);
-        let (n, broken, rec) = open_partial(&child, ChainOptions::default());
-        assert_eq!(n, 1);
-        let msg = broken.unwrap();
+        let name = name_of(&link);
+        make_child_named(&child, spec.clone(), &name);
+        let (msg, rec) = stops_at_child(&child, ChainOptions::default());
         assert!(msg.contains("--follow-symlinks"), "{msg}");
         assert_eq!(rec.touching(&["open"], Path::new("/dev")), vec![]);
         assert_eq!(rec.touching(&["open"], &link), vec![]);
-        let (n, broken, rec) = open_partial(
-            &child,
-            ChainOptions {
-                follow_symlinks: true,
-                ..Default::default()
-            },
-        );
-        assert_eq!(n, 1);
-        let msg = broken.unwrap();
+        let (msg, rec) = stops_at_child(&child, follow());
         assert!(msg.contains("not a regular file"), "{msg}");
         assert_eq!(rec.touching(&["open"], Path::new("/dev")), vec![]);
         assert_eq!(rec.touching(&["open"], &link), vec![]);
-        let (out, _) = merge_refused(
-            &root,
-            &child,
-            ChainOptions {
-                follow_symlinks: true,
-                ..Default::default()
-            },
-        );
-        assert_eq!(out.return_value, 32779, "{:?}", out.error);
-    }
-}
-
-fn mkfifo(p: &Path) {
-    let ok = std::process::Command::new("mkfifo")
-        .arg(p)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(ok, "mkfifo {} failed", p.display());
+        not_found(root, &child, follow());
+    });
 }
 
 #[test]
 fn fifo_and_socket_named_as_parent_do_not_hang() {
-    let _serial = serial();
-    for vhdx in [true, false] {
-        let root = tempfile::tempdir().unwrap();
-        let root = root.path().canonicalize().unwrap();
-        let base = root.join(format!("base.{}", ext(vhdx, false)));
-        make_base(&base, vhdx);
+    each_format(|vhdx, root| {
+        let base = base_in(root, vhdx);
         let spec = spec_for(&base, &root.join("x"));
         let fifo = root.join(format!("fifo.{}", ext(vhdx, false)));
         mkfifo(&fifo);
         let sock = root.join(format!("sock.{}", ext(vhdx, false)));
         let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
         for special in [&fifo, &sock] {
-            let name = special.file_name().unwrap().to_str().unwrap().to_string();
+            let name = name_of(special);
             let child = root.join(format!("c-{name}.{}", ext(vhdx, true)));
-            make_child(&child, spec.clone(), &format!(r".\{name}"), "", &name);
+            make_child_named(&child, spec.clone(), &name);
             for follow in [false, true] {
                 let opts = ChainOptions {
                     follow_symlinks: follow,
                     ..Default::default()
                 };
-                let (n, broken, rec) = open_partial(&child, opts.clone());
-                assert_eq!(n, 1);
-                let msg = broken.unwrap();
+                let (msg, rec) = stops_at_child(&child, opts.clone());
                 assert!(msg.contains("not a regular file"), "{msg}");
                 assert!(msg.contains(&name), "error names the candidate: {msg}");
                 assert_eq!(rec.touching(&["open"], special), vec![]);
                 // merge: also the sibling scan must skip it (not hang).
-                let (out, rec) = merge_refused(&root, &child, opts);
-                assert_eq!(out.return_value, 32779, "{:?}", out.error);
+                let rec = not_found(root, &child, opts);
                 assert_eq!(rec.touching(&["open"], special), vec![]);
             }
             // A symlink to the FIFO, followed.
             let link = root.join(format!("l{name}"));
             std::os::unix::fs::symlink(special, &link).unwrap();
-            let lname = link.file_name().unwrap().to_str().unwrap().to_string();
+            let lname = name_of(&link);
             let child = root.join(format!("cl-{name}.{}", ext(vhdx, true)));
-            make_child(&child, spec.clone(), &format!(r".\{lname}"), "", &lname);
-            let (n, broken, rec) = open_partial(
-                &child,
-                ChainOptions {
-                    follow_symlinks: true,
-                    ..Default::default()
-                },
-            );
-            assert_eq!(n, 1);
-            assert!(broken.unwrap().contains("not a regular file"));
+            make_child_named(&child, spec.clone(), &lname);
+            let (msg, rec) = stops_at_child(&child, follow());
+            assert!(msg.contains("not a regular file"));
             assert_eq!(rec.touching(&["open"], special), vec![]);
             assert_eq!(rec.touching(&["open"], &link), vec![]);
         }
-    }
+    });
 }
 
 #[test]
 fn symlinked_parent_needs_follow_symlinks() {
-    let _serial = serial();
-    for vhdx in [true, false] {
-        let root = tempfile::tempdir().unwrap();
-        let root = root.path().canonicalize().unwrap();
-        let real = root.join("real");
-        let dir = root.join("vm");
-        std::fs::create_dir_all(&real).unwrap();
-        std::fs::create_dir_all(&dir).unwrap();
+    each_format(|vhdx, root| {
+        let [real, dir] = make_dirs(root, ["real", "vm"]);
         let target = real.join(format!("p.{}", ext(vhdx, false)));
         make_base(&target, vhdx);
         let link = dir.join(format!("p.{}", ext(vhdx, false)));
         std::os::unix::fs::symlink(&target, &link).unwrap();
         let child = dir.join(format!("c.{}", ext(vhdx, true)));
-        let name = link.file_name().unwrap().to_str().unwrap().to_string();
+        let name = name_of(&link);
         make_child(
             &child,
             spec_for(&target, &child),
@@ -505,9 +436,7 @@ fn symlinked_parent_needs_follow_symlinks() {
             &format!(r"C:\vms\{name}"),
             &name,
         );
-        let (n, broken, rec) = open_partial(&child, ChainOptions::default());
-        assert_eq!(n, 1);
-        let msg = broken.unwrap();
+        let (msg, rec) = stops_at_child(&child, ChainOptions::default());
         assert!(
             msg.contains("symbolic link") && msg.contains("--follow-symlinks"),
             "{msg}"
@@ -515,31 +444,19 @@ fn symlinked_parent_needs_follow_symlinks() {
         assert!(msg.contains(&link.display().to_string()), "{msg}");
         assert_eq!(rec.touching(&["open", "kind"], &real), vec![]);
         assert_eq!(rec.touching(&["open"], &link), vec![]);
-        let (out, rec) = merge_refused(&root, &child, ChainOptions::default());
-        assert_eq!(out.return_value, 32779, "{:?}", out.error);
+        let rec = not_found(root, &child, ChainOptions::default());
         assert_eq!(rec.touching(&["open", "kind"], &real), vec![]);
 
-        let (n, broken, _) = open_partial(
-            &child,
-            ChainOptions {
-                follow_symlinks: true,
-                ..Default::default()
-            },
-        );
-        assert_eq!((n, broken), (2, None), "followed symlink resolves");
-    }
+        resolves(&child, follow());
+    });
 }
 
 #[test]
 fn locator_naming_the_child_itself_is_a_cycle() {
-    let _serial = serial();
-    for vhdx in [true, false] {
-        let root = tempfile::tempdir().unwrap();
-        let root = root.path().canonicalize().unwrap();
-        let base = root.join(format!("base.{}", ext(vhdx, false)));
-        make_base(&base, vhdx);
+    each_format(|vhdx, root| {
+        let base = base_in(root, vhdx);
         let child = root.join(format!("self.{}", ext(vhdx, true)));
-        let name = child.file_name().unwrap().to_str().unwrap().to_string();
+        let name = name_of(&child);
         make_child(
             &child,
             spec_for(&base, &child),
@@ -547,28 +464,15 @@ fn locator_naming_the_child_itself_is_a_cycle() {
             &format!(r"C:\x\{name}"),
             &name,
         );
-        let (n, broken, rec) = open_partial(&child, ChainOptions::default());
-        assert_eq!(n, 1);
-        let msg = broken.unwrap();
-        assert_eq!(
-            broken_kind(&child),
-            Some(formats::CorruptionKind::ChainCycle),
-            "{msg}"
-        );
+        let (msg, rec) = stops_at_child(&child, ChainOptions::default());
         assert!(
             msg.contains("parent locator"),
             "error names the structure: {msg}"
         );
         let opens = rec.touching(&["open"], &child);
         assert_eq!(opens.len(), 1, "the child is opened once: {opens:?}");
-        let (out, _) = merge_refused(&root, &child, ChainOptions::default());
-        assert_eq!(
-            out.corruption_kind,
-            Some(formats::CorruptionKind::ChainCycle),
-            "{:?}",
-            out.error
-        );
-    }
+        cycle_refused(root, &child, &msg);
+    });
 }
 
 /// Replace every occurrence of `from` by `to` (same length) in `file`.
@@ -606,12 +510,12 @@ fn two_file_cycle(dir: &Path, vhdx: bool) -> (PathBuf, PathBuf) {
     let b = dir.join(format!("b.{}", ext(vhdx, true)));
     make_base(&a, vhdx);
     let old_a = identity(&a);
-    let a_name = a.file_name().unwrap().to_str().unwrap().to_string();
-    make_child(&b, spec_for(&a, &b), &format!(r".\{a_name}"), "", &a_name);
+    let a_name = name_of(&a);
+    make_child_named(&b, spec_for(&a, &b), &a_name);
     // Recreate A as a child of B (new identity), then point B at the new A.
     std::fs::remove_file(&a).unwrap();
-    let b_name = b.file_name().unwrap().to_str().unwrap().to_string();
-    make_child(&a, spec_for(&b, &a), &format!(r".\{b_name}"), "", &b_name);
+    let b_name = name_of(&b);
+    make_child_named(&a, spec_for(&b, &a), &b_name);
     let new_a = identity(&a);
     match (old_a, new_a) {
         (Identity::Vhdx { data_write_guid: o }, Identity::Vhdx { data_write_guid: n }) => {
@@ -645,34 +549,20 @@ fn two_file_cycle(dir: &Path, vhdx: bool) -> (PathBuf, PathBuf) {
 
 #[test]
 fn two_file_cycle_is_an_error_not_a_hang() {
-    let _serial = serial();
-    for vhdx in [true, false] {
-        let root = tempfile::tempdir().unwrap();
-        let root = root.path().canonicalize().unwrap();
-        let (a, b) = two_file_cycle(&root, vhdx);
+    each_format(|vhdx, root| {
+        let (a, b) = two_file_cycle(root, vhdx);
         for (top, other) in [(&a, &b), (&b, &a)] {
             let (n, broken, rec) = open_partial(top, ChainOptions::default());
             // The linkage matched one step (so the cycle is real), then the
             // second step found a file already in the chain.
             assert_eq!(n, 2, "{broken:?}");
             let msg = broken.unwrap();
-            assert_eq!(
-                broken_kind(top),
-                Some(formats::CorruptionKind::ChainCycle),
-                "{msg}"
-            );
             assert!(msg.contains("parent locator"), "{msg}");
             assert_eq!(rec.touching(&["open"], top).len(), 1);
             assert_eq!(rec.touching(&["open"], other).len(), 1);
-            let (out, _) = merge_refused(&root, top, ChainOptions::default());
-            assert_eq!(
-                out.corruption_kind,
-                Some(formats::CorruptionKind::ChainCycle),
-                "{:?}",
-                out.error
-            );
+            cycle_refused(root, top, &msg);
         }
-    }
+    });
 }
 
 /// `kind` on an outside path would already reveal whether it exists (and for
@@ -681,10 +571,8 @@ fn two_file_cycle_is_an_error_not_a_hang() {
 #[test]
 fn no_filesystem_call_leaves_the_child_directory() {
     let _serial = serial();
-    let root = tempfile::tempdir().unwrap();
-    let root = root.path().canonicalize().unwrap();
-    let dir = root.join("vm");
-    std::fs::create_dir_all(&dir).unwrap();
+    let (_guard, root) = canonical_tempdir();
+    let [dir] = make_dirs(&root, ["vm"]);
     let base = root.join("base.vhdx");
     make_base(&base, true);
     let child = dir.join("c.avhdx");
@@ -701,8 +589,7 @@ fn no_filesystem_call_leaves_the_child_directory() {
         assert!(p.starts_with(&dir), "{op} {}", p.display());
     }
     rec.clear();
-    let (out, rec) = merge_refused(&root, &child, ChainOptions::default());
-    assert_eq!(out.return_value, 32779);
+    let rec = not_found(&root, &child, ChainOptions::default());
     for (op, p) in rec.calls() {
         assert!(p.starts_with(&dir), "merge: {op} {}", p.display());
     }
@@ -713,14 +600,8 @@ fn no_filesystem_call_leaves_the_child_directory() {
 /// it needs `--follow-symlinks` like a symlinked file does.
 #[test]
 fn symlinked_directory_in_a_relative_locator_needs_follow_symlinks() {
-    let _serial = serial();
-    for vhdx in [true, false] {
-        let root = tempfile::tempdir().unwrap();
-        let root = root.path().canonicalize().unwrap();
-        let elsewhere = root.join("elsewhere");
-        let dir = root.join("vm");
-        std::fs::create_dir_all(&elsewhere).unwrap();
-        std::fs::create_dir_all(&dir).unwrap();
+    each_format(|vhdx, root| {
+        let [elsewhere, dir] = make_dirs(root, ["elsewhere", "vm"]);
         let parent = elsewhere.join(format!("p.{}", ext(vhdx, false)));
         make_base(&parent, vhdx);
         std::os::unix::fs::symlink(&elsewhere, dir.join("sub")).unwrap();
@@ -728,23 +609,10 @@ fn symlinked_directory_in_a_relative_locator_needs_follow_symlinks() {
         let rel = format!(r".\sub\p.{}", ext(vhdx, false));
         // No name-only hints: the relative path is the only way there.
         make_child(&child, spec_for(&parent, &child), &rel, "", "");
-        let (n, broken, rec) = open_partial(&child, ChainOptions::default());
-        assert_eq!(
-            n, 1,
-            "a symlinked directory was followed without --follow-symlinks"
-        );
-        let msg = broken.unwrap();
+        let (msg, rec) = stops_at_child(&child, ChainOptions::default());
         assert!(msg.contains("--follow-symlinks"), "{msg}");
         assert_eq!(rec.touching(&["open"], &dir.join("sub")), vec![]);
-        let (out, _) = merge_refused(&root, &child, ChainOptions::default());
-        assert_eq!(out.return_value, 32779, "{:?}", out.error);
-        let (n, broken, _) = open_partial(
-            &child,
-            ChainOptions {
-                follow_symlinks: true,
-                ..Default::default()
-            },
-        );
-        assert_eq!((n, broken), (2, None));
-    }
+        not_found(root, &child, ChainOptions::default());
+        resolves(&child, follow());
+    });
 }

@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 use formats::chain::{open_image_file, Chain, ChainOptions};
 use formats::params::{CreateParams, DiskType};
-use formats::{Access, MemNamespace, Namespace, Severity};
-use merge::{JobHandle, MergeRequest};
+use formats::{MemNamespace, Namespace, Severity};
+mod common;
+use common::merge_into;
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -116,12 +117,7 @@ fn ns() -> (Arc<MemNamespace>, Arc<dyn Namespace>) {
 
 /// Apply `ops` to the image at `path` (top of its chain) and to `model`.
 fn apply(ns: &Arc<dyn Namespace>, path: &Path, sector: u64, ops: &[Op], model: &mut [u8]) {
-    let opts = ChainOptions {
-        access: Access::Write,
-        writable: true,
-        ..Default::default()
-    };
-    let mut img = open_image_file(ns, path, &opts).expect("open for write");
+    let mut img = testdata::image::open_writable(ns, path);
     let sectors = model.len() as u64 / sector;
     for op in ops {
         let (at, len) = match op {
@@ -145,13 +141,7 @@ fn apply(ns: &Arc<dyn Namespace>, path: &Path, sector: u64, ops: &[Op], model: &
     }
 }
 
-fn read_all(ns: &Arc<dyn Namespace>, path: &Path) -> Vec<u8> {
-    let chain = Chain::open(ns, path, &ChainOptions::default()).expect("open chain");
-    let size = chain.top().virtual_size();
-    let mut buf = vec![0u8; size as usize];
-    chain.reader().read(0, &mut buf).expect("read");
-    buf
-}
+use testdata::image::read_all;
 
 fn errors(ns: &Arc<dyn Namespace>, path: &Path) -> Vec<String> {
     let chain = Chain::open(ns, path, &ChainOptions::default()).expect("open chain");
@@ -232,15 +222,7 @@ fn run_case(spec: &ChainSpec) -> Result<(), TestCaseError> {
         "chain reads its model before the merge"
     );
     let dest = paths[paths.len() - 1 - spec.dest].clone();
-    let out = merge::run(
-        &ns,
-        &MergeRequest {
-            source: source.clone(),
-            destination: Some(dest.clone()),
-            ..Default::default()
-        },
-        &JobHandle::new(),
-    );
+    let out = merge_into(&ns, &source, Some(&dest));
     prop_assert_eq!(out.return_value, 0, "merge failed: {:?}", out.error);
     let got = read_all(&ns, &dest);
     prop_assert_eq!(got.len(), model.len());
@@ -280,14 +262,7 @@ fn merge_refuses_a_base_image_as_source() {
     };
     let (paths, _) = build(&ns, &spec);
     let before = _m.get(&paths[0]);
-    let out = merge::run(
-        &ns,
-        &MergeRequest {
-            source: paths[0].clone(),
-            ..Default::default()
-        },
-        &JobHandle::new(),
-    );
+    let out = merge_into(&ns, &paths[0], None);
     assert_eq!(out.return_value, 32770, "{:?}", out.error);
     assert_eq!(_m.get(&paths[0]), before);
 }

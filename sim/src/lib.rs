@@ -1,20 +1,20 @@
 //! The crash simulator (DESIGN.md section 6; see README.md beside this
-//! crate): a recording in-memory file system ([`CrashNamespace`]), the
+//! crate): the explorer that checks every post-crash state ([`explore`],
+//! [`run_for`]) of any [`Scenario`], the scenarios and their checkers. The
+//! recording in-memory file system ([`CrashNamespace`]) and the
 //! reconstruction of every post-crash state from one recorded run
-//! ([`CrashModel`]), and the explorer that checks them ([`explore`],
-//! [`run_for`]) for any [`Scenario`].
+//! ([`CrashModel`]) are the storage crate's crash recorder
+//! (`storage::crash`), re-exported here under their old module names.
 
 pub mod barrier;
 pub mod compact_scenarios;
-pub mod crash_storage;
 pub mod explore;
 pub mod merge_scenarios;
-pub mod model;
-pub mod pages;
 pub mod relink_scenarios;
-pub mod rng;
 pub mod toy;
-pub mod trace;
+
+pub use storage::crash::namespace as crash_storage;
+pub use storage::crash::{model, pages, rng, trace};
 
 use std::sync::Arc;
 

@@ -126,20 +126,42 @@ pub struct MergeParams {
     /// destination does not: the batch joins them into one copy that
     /// covers the bitmap page between them (4 blocks instead of 2).
     pub joined: bool,
+    /// VHDX over a destination holding every block: most of two 1 MiB
+    /// blocks replaced in part (the edges inside 4 KiB sectors), so the
+    /// journal (`--held-blocks`, auto in the simulator) spools a sequence
+    /// of several log entries (126 sectors each for 1 MiB blocks) before
+    /// its commit entry (4 blocks).
+    pub sequence: bool,
 }
 
 impl MergeParams {
+    /// A merge keeping its merged files, staging no joined spans and no
+    /// journal sequence.
+    pub fn new(vhdx: bool, dest: DestKind, depth: usize, sector_4k: bool, grow: bool) -> Self {
+        MergeParams {
+            vhdx,
+            dest,
+            depth,
+            sector_4k,
+            grow,
+            remove_merged: false,
+            joined: false,
+            sequence: false,
+        }
+    }
+
     /// `vhdx-dynamic-d2-4k-grow-rm` style.
     pub fn name(&self) -> String {
         format!(
-            "{}-{}-d{}{}{}{}{}",
+            "{}-{}-d{}{}{}{}{}{}",
             if self.vhdx { "vhdx" } else { "vhd" },
             self.dest.name(),
             self.depth,
             if self.sector_4k { "-4k" } else { "" },
             if self.grow { "-grow" } else { "" },
             if self.remove_merged { "-rm" } else { "" },
-            if self.joined { "-joined" } else { "" }
+            if self.joined { "-joined" } else { "" },
+            if self.sequence { "-seq" } else { "" }
         )
     }
     /// The files `--remove-merged` removes: the source and intermediates.
@@ -163,7 +185,7 @@ impl MergeParams {
     /// Virtual size of the destination (and its base): two blocks, so a
     /// merge has a whole block and partial ones (checks read all of it).
     fn dest_size(&self) -> u64 {
-        if self.joined {
+        if self.joined || self.sequence {
             4 * u64::from(self.block())
         } else {
             2 * u64::from(self.block())
@@ -368,6 +390,23 @@ fn edits(p: &MergeParams, level: usize, size: u64) -> Vec<Edit> {
             at: (l * 3 * s) % (b / 2) + s,
             len: 2 * s,
         });
+    }
+    if p.sequence && level == 0 {
+        // Every block held, so each is replaced in part below.
+        v.push(Edit::Write {
+            at: 0,
+            len: p.dest_size(),
+            tag: 50,
+        });
+    }
+    if p.sequence && level == 1 {
+        for k in 2..4 {
+            v.push(Edit::Write {
+                at: k * b + 3 * s,
+                len: b - 8 * s,
+                tag: 500 + k,
+            });
+        }
     }
     if p.grow && level == p.depth {
         v.push(Edit::Write {
@@ -944,12 +983,25 @@ pub fn all_params() -> Vec<MergeParams> {
                                 grow,
                                 remove_merged,
                                 joined: false,
+                                sequence: false,
                             });
                         }
                     }
                 }
             }
         }
+    }
+    for dest in [DestKind::Fixed, DestKind::Dynamic] {
+        v.push(MergeParams {
+            vhdx: true,
+            dest,
+            depth: 1,
+            sector_4k: false,
+            grow: false,
+            remove_merged: false,
+            joined: false,
+            sequence: true,
+        });
     }
     for dest in [DestKind::Dynamic, DestKind::Differencing] {
         v.push(MergeParams {
@@ -960,6 +1012,7 @@ pub fn all_params() -> Vec<MergeParams> {
             grow: false,
             remove_merged: false,
             joined: true,
+            sequence: false,
         });
     }
     v
@@ -968,15 +1021,7 @@ pub fn all_params() -> Vec<MergeParams> {
 /// The default set: every destination kind, depths 1 to 3, 4K and growth
 /// spread over them so each feature meets each format at least once.
 pub fn default_params() -> Vec<MergeParams> {
-    let mk = |vhdx, dest, depth, sector_4k, grow| MergeParams {
-        vhdx,
-        dest,
-        depth,
-        sector_4k,
-        grow,
-        remove_merged: false,
-        joined: false,
-    };
+    let mk = MergeParams::new;
     let rm = |p: MergeParams| MergeParams {
         remove_merged: true,
         ..p

@@ -5,8 +5,10 @@
 //! control (the same compaction with every flush dropped), which must be
 //! caught.
 
+mod common;
+use common::{assert_caught, assert_runs, assert_survived, replay_last};
 use sim::compact_scenarios::{self, CompactParams};
-use sim::{explore, Budget, CompactScenario, MergeStrategy, Report, Scenario, Strategy};
+use sim::{explore, Budget, CompactScenario, MergeStrategy, Report, Strategy};
 
 fn budget() -> Budget {
     Budget {
@@ -52,12 +54,10 @@ fn safe_compaction_survives_every_crash_point() {
     for p in compact_scenarios::all_params() {
         let s = CompactScenario::new(p, MergeStrategy::Safe);
         let r = explore(&s, Strategy::Exhaustive, &budget());
-        let sc = &r.scenarios[0];
         eprintln!("{}", summary(&r));
-        assert!(sc.ops > 10, "{}: only {} ops", sc.name, sc.ops);
-        assert_eq!(sc.crash_points, sc.crash_points_total, "{}", sc.name);
+        assert_survived(&r, 10);
+        let sc = &r.scenarios[0];
         assert!(sc.exhaustive_points > 0, "{}", sc.name);
-        assert_eq!(r.violation_count, 0, "{}", r.to_json());
     }
 }
 
@@ -67,34 +67,14 @@ fn compaction_without_flushes_is_caught() {
         let s = CompactScenario::new(p, MergeStrategy::UnsafeInPlace);
         // The control's own run must succeed: its violations have to come
         // from crash states, not from a failing run.
-        let prepared = sim::prepare(&s);
-        assert!(
-            prepared.error.is_none(),
-            "{}: {:?}",
-            p.name(),
-            prepared.error
-        );
+        assert_runs(&s);
         let r = explore(&s, Strategy::Exhaustive, &budget());
         eprintln!(
             "{} (negative control); first: {:?}",
             summary(&r),
             r.violations.first().map(|v| &v.description)
         );
-        assert!(
-            r.violation_count > 0,
-            "{}: the flushless compaction went unnoticed ({} states)",
-            s.name(),
-            r.states_checked
-        );
-        let v = &r.violations[0];
-        assert!(
-            v.replay_command.ends_with(&format!(
-                "--scenario {} --strategy unsafe-in-place",
-                s.name()
-            )),
-            "{}",
-            v.replay_command
-        );
+        assert_caught(&r, &s, "unsafe-in-place", "the flushless compaction");
     }
 }
 
@@ -105,10 +85,7 @@ fn a_crash_free_flushless_compaction_keeps_the_content() {
     // nothing about crashes.
     for p in compact_scenarios::default_params() {
         let s = CompactScenario::new(p, MergeStrategy::UnsafeInPlace);
-        let prepared = sim::prepare(&s);
-        let model = prepared.model.as_ref().expect("ran");
-        let last = model.crash_points() - 1;
-        let r = sim::replay_state(&s, Strategy::Random, &budget(), last, 0);
+        let r = replay_last(&s, Strategy::Random, &budget());
         assert!(r.is_ok(), "{}: {r:?}", p.name());
     }
 }
@@ -116,10 +93,7 @@ fn a_crash_free_flushless_compaction_keeps_the_content() {
 #[test]
 fn compaction_scenarios_are_named_findable_and_in_the_default_run() {
     let all = compact_scenarios::all_params();
-    let mut names: Vec<String> = all.iter().map(CompactParams::name).collect();
-    names.sort();
-    names.dedup();
-    assert_eq!(names.len(), all.len());
+    common::unique_names(all.iter().map(CompactParams::name));
     let defaults: Vec<String> = sim::default_scenarios().iter().map(|s| s.name()).collect();
     for n in [
         "compact-vhd-dynamic",

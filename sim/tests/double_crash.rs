@@ -6,6 +6,7 @@
 //! directory sync) passes every single crash and is caught by double
 //! crashes, and its violations replay from their seed.
 
+mod common;
 use sim::merge_scenarios::{DestKind, MergeParams};
 use sim::{
     explore, explore_double_crashes, Budget, CompactParams, CompactScenario, MergeScenario,
@@ -29,13 +30,8 @@ fn slice() -> Budget {
 
 fn merge(vhdx: bool, dest: DestKind, depth: usize, grow: bool, remove_merged: bool) -> MergeParams {
     MergeParams {
-        vhdx,
-        dest,
-        depth,
-        sector_4k: false,
-        grow,
         remove_merged,
-        joined: false,
+        ..common::merge_params(vhdx, dest, depth, false, grow)
     }
 }
 

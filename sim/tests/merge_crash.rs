@@ -3,6 +3,8 @@
 //! of them where a point has few), 0 violations required; and the
 //! `unsafe-in-place` negative control, which must be caught.
 
+mod common;
+use common::{assert_caught, assert_survived, merge_params as mk, replay_last};
 use sim::merge_scenarios::{self, DestKind, MergeParams};
 use sim::{explore, Budget, MergeScenario, MergeStrategy, Scenario, Strategy};
 
@@ -17,15 +19,6 @@ fn slice_budget() -> Budget {
 }
 
 fn kinds() -> Vec<MergeParams> {
-    let mk = |vhdx, dest, depth, sector_4k, grow| MergeParams {
-        vhdx,
-        dest,
-        depth,
-        sector_4k,
-        grow,
-        remove_merged: false,
-        joined: false,
-    };
     vec![
         // Fixed VHD growth has a known violation (regression test below).
         mk(false, DestKind::Fixed, 2, false, false),
@@ -47,15 +40,8 @@ fn safe_merge_survives_every_crash_point_of_each_destination_kind() {
             "{}: {} ops, {} crash points, {} states",
             sc.name, sc.ops, sc.crash_points, sc.states_checked
         );
-        assert!(
-            sc.ops > 5,
-            "{}: the merge issued only {} ops",
-            sc.name,
-            sc.ops
-        );
-        assert_eq!(sc.crash_points, sc.crash_points_total, "{}", sc.name);
+        assert_survived(&r, 5);
         assert!(sc.states_checked >= sc.crash_points_total);
-        assert_eq!(r.violation_count, 0, "{}", r.to_json());
     }
 }
 
@@ -64,21 +50,7 @@ fn unsafe_in_place_merge_is_caught_for_each_destination_kind() {
     for p in kinds() {
         let s = MergeScenario::new(p, MergeStrategy::UnsafeInPlace);
         let r = explore(&s, Strategy::Exhaustive, &slice_budget());
-        assert!(
-            r.violation_count > 0,
-            "{}: the unsafe merge went unnoticed ({} states)",
-            s.name(),
-            r.states_checked
-        );
-        let v = &r.violations[0];
-        assert!(
-            v.replay_command.ends_with(&format!(
-                "--scenario {} --strategy unsafe-in-place",
-                s.name()
-            )),
-            "{}",
-            v.replay_command
-        );
+        assert_caught(&r, &s, "unsafe-in-place", "the unsafe merge");
     }
 }
 
@@ -92,20 +64,14 @@ fn a_crash_free_unsafe_merge_still_produces_the_merged_content() {
         max_states: Some(1),
         ..slice_budget()
     };
-    let prepared = sim::prepare(&s);
-    let model = prepared.model.as_ref().expect("ran");
-    let last = model.crash_points() - 1;
-    let r = sim::replay_state(&s, Strategy::Exhaustive, &budget, last, 0);
+    let r = replay_last(&s, Strategy::Exhaustive, &budget);
     assert!(r.is_ok(), "{r:?}");
 }
 
 #[test]
 fn scenario_names_are_unique_and_findable() {
     let all = merge_scenarios::all_params();
-    let mut names: Vec<String> = all.iter().map(MergeParams::name).collect();
-    names.sort();
-    names.dedup();
-    assert_eq!(names.len(), all.len());
+    let names = common::unique_names(all.iter().map(MergeParams::name));
     assert!(names.contains(&"vhdx-dynamic-d2-4k-grow".to_string()));
     for n in ["vhd-fixed-d1", "vhdx-diff-d3-4k-grow"] {
         let s = sim::find_scenario_for(n, MergeStrategy::UnsafeInPlace).expect(n);
@@ -133,15 +99,7 @@ use formats::Namespace;
 
 fn fixed_grow() -> MergeScenario {
     MergeScenario::new(
-        MergeParams {
-            vhdx: false,
-            dest: DestKind::Fixed,
-            depth: 1,
-            sector_4k: false,
-            grow: true,
-            remove_merged: false,
-            joined: false,
-        },
+        mk(false, DestKind::Fixed, 1, false, true),
         MergeStrategy::Safe,
     )
 }

@@ -4,6 +4,8 @@
 //! caught. The longer exploration (every state of small points, double
 //! crashes) runs in `cargo xtask sim`.
 
+mod common;
+use common::{assert_runs, assert_survived};
 use sim::relink_scenarios::{self, RelinkScenario};
 use sim::{explore, Budget, MergeStrategy, Strategy};
 
@@ -26,9 +28,7 @@ fn relinks_survive_every_crash_point() {
             "{}: {} ops, {} crash points, {} states, {} violations",
             sc.name, sc.ops, sc.crash_points, sc.states_checked, sc.violation_count
         );
-        assert!(sc.ops > 10, "{}: only {} ops", sc.name, sc.ops);
-        assert_eq!(sc.crash_points, sc.crash_points_total, "{}", sc.name);
-        assert_eq!(r.violation_count, 0, "{}", r.to_json());
+        assert_survived(&r, 10);
     }
 }
 
@@ -38,13 +38,7 @@ fn relinks_without_flushes_are_caught() {
         let s = RelinkScenario::new(p, MergeStrategy::UnsafeInPlace);
         // The control's run itself succeeds: its violations come from
         // crash states.
-        let prepared = sim::prepare(&s);
-        assert!(
-            prepared.error.is_none(),
-            "{}: {:?}",
-            p.name(),
-            prepared.error
-        );
+        assert_runs(&s);
         let r = explore(&s, Strategy::Random, &budget());
         assert!(
             r.violation_count > 0,

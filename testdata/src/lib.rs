@@ -2,8 +2,12 @@
 //! `../shared/testdata/real` (never copied into this repository) decompressed
 //! on demand into a cache under `target/`, and hashing of virtual content.
 
+pub mod image;
 pub mod loopfs;
+pub mod raw;
+pub mod schema;
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -134,6 +138,111 @@ pub fn sha256_file(p: &Path) -> io::Result<String> {
         h.update(&buf[..n]);
     }
     Ok(hex(&h.finalize()))
+}
+
+/// SHA-256 of every regular file under `dir` (descending into real
+/// subdirectories; a symbolic link to a regular file counts by its target's
+/// content, other special files are passed over): what a refusal must leave
+/// unchanged.
+pub fn file_hashes(dir: &Path) -> BTreeMap<PathBuf, String> {
+    let mut out = BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if std::fs::symlink_metadata(&p).unwrap().is_dir() {
+                todo.push(p);
+            } else if p.is_file() {
+                let h = sha256_file(&p).unwrap_or_else(|e| panic!("hash {}: {e}", p.display()));
+                out.insert(p, h);
+            }
+        }
+    }
+    out
+}
+
+/// A fresh temporary directory (removed when the guard drops) and its
+/// canonical path (symbolic links such as /tmp -> /private/tmp resolved, so
+/// paths the library reports compare equal).
+pub fn canonical_tempdir() -> (tempfile::TempDir, PathBuf) {
+    let guard = tempfile::tempdir().expect("create a temporary directory");
+    let path = guard.path().canonicalize().expect("canonicalize it");
+    (guard, path)
+}
+
+/// Create the directories `names` under `root` (with their parents);
+/// returns their paths.
+pub fn make_dirs<const N: usize>(root: &Path, names: [&str; N]) -> [PathBuf; N] {
+    names.map(|n| {
+        let d = root.join(n);
+        std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("mkdir {}: {e}", d.display()));
+        d
+    })
+}
+
+/// Run `f` on another thread: a hang (no answer in 10 s) fails the test
+/// instead of blocking it, and so does an answer that took a second or more.
+pub fn quickly<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let start = std::time::Instant::now();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    let v = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .unwrap_or_else(|_| panic!("{what}: hung (no answer in 10 s)"));
+    let t = start.elapsed();
+    assert!(t < std::time::Duration::from_secs(1), "{what}: took {t:?}");
+    v
+}
+
+/// Run the tests that take this one at a time. A test that spawns a
+/// process forks while another test of its binary may hold an image open,
+/// and the child shares the flock'd file description until it execs, so
+/// the other test's next open would see a spurious "locked". (Each test
+/// binary has its own lock.)
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Make a FIFO at `p` (with `mkfifo`, which must succeed).
+pub fn mkfifo(p: &Path) {
+    let ok = std::process::Command::new("mkfifo")
+        .arg(p)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "mkfifo {} failed", p.display());
+}
+
+/// SplitMix64: a seeded generator with no dependency, so a seed replays a
+/// test's choices.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next value. (Not `Iterator::next`: the sequence never ends and
+    /// callers take one value at a time.)
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// A value below `n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next() % n
+        }
+    }
+    /// True `percent` times in a hundred.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
 }
 
 fn hex(b: &[u8]) -> String {

@@ -1188,6 +1188,10 @@ pub enum CloneFill {
     /// 4 KiB written, 4 KiB not, through every block (as `Fill::Half`):
     /// half of each block, in 4 KiB runs.
     Half4k,
+    /// `HalfBlocks` over a base that holds every block the child touches
+    /// (filled before the child is made): each merged block is replaced
+    /// in part, the case `merge --held-blocks` decides.
+    HalfOverFull,
 }
 
 /// The clone section's images, made on the mount.
@@ -1303,6 +1307,19 @@ fn clone_workload(
         &"--block-size",
         &block,
     ]))?;
+    if fill == CloneFill::HalfOverFull {
+        let input = scratch.join("clone-base-full.bin");
+        write_pattern_file(&input, extent, 29)?;
+        xtask_run(&clone_args(&[
+            &"write",
+            &base.display(),
+            &"--offset",
+            &0,
+            &"--input",
+            &input.display(),
+        ]))?;
+        let _ = std::fs::remove_file(&input);
+    }
     xtask_run(&clone_args(&[
         &"create",
         &child.display(),
@@ -1623,6 +1640,9 @@ fn clone_section(
     for (label, fill) in [
         ("half", CloneFill::HalfBlocks),
         ("half4k", CloneFill::Half4k),
+        // The base holds every block: each is replaced in part (`auto`
+        // rebuilds by a clone of the old block plus the new sectors).
+        ("held-half", CloneFill::HalfOverFull),
     ] {
         let mib = half_data >> 20;
         rows.push((
@@ -1757,7 +1777,9 @@ pub fn bench(args: &BenchArgs) -> formats::Result<Report> {
         // Fewer pairs under --quick: each moves the data once more by cp.
         clone_section(args, &root, if args.quick { 3 } else { pairs }, &mut report)?;
     }
-    if wanted(args, "ext4-half") && !args.prepare_only {
+    // (`--only ext4-half-held` names one row of the section.)
+    let ext4_half_row = args.only.iter().any(|o| o.starts_with("ext4-half"));
+    if (wanted(args, "ext4-half") || ext4_half_row) && !args.prepare_only {
         eprintln!("bench: ext4-half");
         ext4_half::section(args, &root, pairs, &mut report)?;
     }
@@ -1942,7 +1964,7 @@ fn print_clone(r: &Report) {
     };
     if let Some(c) = r.clone.first() {
         println!(
-            "clone: merge of the child into an empty dynamic base on a loop mount, vs `cp --reflink=always|never CHILD X && sync -f X` ({} alternating pairs, medians; wrote = bytes the process wrote as the kernel counted them; dest = the base's `stat -c '%s %b'` as MiB, apparent/allocated, before -> after the merge; fs used = statvfs free space the merge consumed, child still present)",
+            "clone: merge of the child into an empty dynamic base (held-half: a base holding every block the child half replaces) on a loop mount, vs `cp --reflink=always|never CHILD X && sync -f X` ({} alternating pairs, medians; wrote = bytes the process wrote as the kernel counted them; dest = the base's `stat -c '%s %b'` as MiB, apparent/allocated, before -> after the merge; fs used = statvfs free space the merge consumed, child still present)",
             c.pairs
         );
     }

@@ -40,6 +40,7 @@ use merge::{JobHandle, MergeOutcome, MergeRequest, ReturnValue};
 
 use crate::cli_util::{chain_options, fs, print_json};
 use crate::ChainArgs;
+use formats::params::HeldBlocks;
 
 #[derive(Args)]
 pub struct MergeArgs {
@@ -62,6 +63,14 @@ pub struct MergeArgs {
     /// Merge even if the peak extra space exceeds the free space.
     #[arg(long)]
     pub no_space_check: bool,
+    /// How a VHDX destination replaces part of a block it already holds:
+    /// `journal` writes the new sectors into the log and then in place
+    /// (twice the new data, nothing moves), `rebuild` copies the block
+    /// whole into fresh space and compaction moves it back; `auto`
+    /// rebuilds where the file system shares extents (a clone) and
+    /// journals elsewhere. A VHD always rebuilds.
+    #[arg(long, value_enum, default_value_t = HeldBlocksArg::Auto)]
+    pub held_blocks: HeldBlocksArg,
     #[command(flatten)]
     pub chain: ChainArgs,
 }
@@ -98,7 +107,20 @@ pub fn request(args: &MergeArgs) -> MergeRequest {
         chain: chain_options(&args.chain),
         dry_run: args.dry_run,
         no_space_check: args.no_space_check,
+        held_blocks: match args.held_blocks {
+            HeldBlocksArg::Auto => HeldBlocks::Auto,
+            HeldBlocksArg::Rebuild => HeldBlocks::Rebuild,
+            HeldBlocksArg::Journal => HeldBlocks::Journal,
+        },
     }
+}
+
+/// `--held-blocks` (see `formats::params::HeldBlocks`).
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum HeldBlocksArg {
+    Auto,
+    Rebuild,
+    Journal,
 }
 
 /// The job (a merge or a rebase) that SIGINT / SIGTERM cancel: set while

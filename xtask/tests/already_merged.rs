@@ -6,13 +6,13 @@
 //! genuinely mismatched chain still gets 32775 and changes no byte.
 
 mod common;
-use common::{s, xtask_ok as ok};
+use common::{data_file, s, xtask_ok as ok, Fmt, FMTS};
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
+use testdata::file_hashes as hashes;
 
 fn run_in(cwd: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_xtask"))
@@ -63,59 +63,6 @@ fn assert_linkage_refused(v: &Value) {
     assert_eq!(v["return_value"], 32775, "{v}");
     assert_eq!(v["already_merged"], false, "{v}");
 }
-
-/// Every file of `dir` and its SHA-256.
-fn hashes(dir: &Path) -> BTreeMap<PathBuf, String> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file())
-        .map(|p| (p.clone(), testdata::sha256_file(&p).unwrap()))
-        .collect()
-}
-
-/// A file of `len` pseudo-random bytes (xorshift: nothing reads as zero).
-fn data_file(path: &Path, len: usize, seed: u64) {
-    let mut x = seed | 1;
-    let mut v = Vec::with_capacity(len);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    std::fs::write(path, v).unwrap();
-}
-
-#[derive(Clone, Copy, Debug)]
-enum Fmt {
-    Vhd,
-    Vhdx,
-}
-
-impl Fmt {
-    fn base(self) -> &'static str {
-        match self {
-            Fmt::Vhd => "vhd",
-            Fmt::Vhdx => "vhdx",
-        }
-    }
-    fn child(self) -> &'static str {
-        match self {
-            Fmt::Vhd => "vhd",
-            Fmt::Vhdx => "avhdx",
-        }
-    }
-    fn block(self) -> &'static str {
-        match self {
-            Fmt::Vhd => "512K",
-            Fmt::Vhdx => "1M",
-        }
-    }
-}
-
-const FMTS: [Fmt; 2] = [Fmt::Vhd, Fmt::Vhdx];
 
 fn write(image: &Path, offset: &str, seed: u64, dir: &Path) {
     let data = dir.join(format!("data-{seed}.bin"));

@@ -8,7 +8,7 @@
 //! - a `write` that does not fit is refused before any byte is written.
 
 mod common;
-use common::{s, xtask as run, xtask_ok as ok};
+use common::{data_file, s, xtask as run, xtask_ok as ok};
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -24,35 +24,12 @@ fn xtask() -> &'static str {
     env!("CARGO_BIN_EXE_xtask")
 }
 
-/// Tests of this file run one at a time: a fork while another test holds
-/// an image open shares its flock'd file description until the exec.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// SHA-256 of the virtual content of `image`'s chain (read-only open,
 /// closed again before returning).
 fn content_hash(image: &Path) -> String {
     let ns: Arc<dyn Namespace> = Arc::new(FsNamespace);
     let chain = Chain::open(&ns, image, &ChainOptions::default()).unwrap();
     testdata::hash_layers(chain.layers()).unwrap()
-}
-
-/// A file of `len` pseudo-random bytes (xorshift, so every 512-byte
-/// sector differs and nothing reads as zero).
-fn data_file(path: &Path, len: usize, seed: u64) {
-    let mut x = seed | 1;
-    let mut v = Vec::with_capacity(len);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    std::fs::write(path, v).unwrap();
 }
 
 /// A small VHDX chain (base with data, child with data) in `dir`.
@@ -68,16 +45,21 @@ fn small_chain(dir: &Path) -> (PathBuf, PathBuf) {
     (base, child)
 }
 
-/// Spawn `args` with stdout piped, let the reader read `lines` lines (0:
-/// none) and close the pipe, then wait. The exit code and stderr.
-fn into_closed_pipe(args: &[&str], lines: usize) -> (Option<i32>, String) {
-    let mut child = Command::new(xtask())
+/// Start the binary with `args`, no stdin, stdout and stderr piped.
+fn spawn_piped(args: &[&str]) -> std::process::Child {
+    Command::new(xtask())
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Spawn `args` with stdout piped, let the reader read `lines` lines (0:
+/// none) and close the pipe, then wait. The exit code and stderr.
+fn into_closed_pipe(args: &[&str], lines: usize) -> (Option<i32>, String) {
+    let mut child = spawn_piped(args);
     let stdout = child.stdout.take().unwrap();
     if lines > 0 {
         let mut r = BufReader::new(stdout);
@@ -99,7 +81,7 @@ fn into_closed_pipe(args: &[&str], lines: usize) -> (Option<i32>, String) {
 
 #[test]
 fn output_into_a_closed_pipe_ends_quietly() {
-    let _serial = serial();
+    let _serial = testdata::serial();
     let tmp = tempfile::tempdir().unwrap();
     let (_, child) = small_chain(tmp.path());
     let c = s(&child);
@@ -168,7 +150,7 @@ fn assert_space_of_rerun(base: &Path, before: u64, gib: u64) {
 
 #[test]
 fn sigkill_during_a_merge_then_rerun_ends_within_one_block() {
-    let _serial = serial();
+    let _serial = testdata::serial();
     let gib = 1u64;
     let tmp = tempfile::tempdir().unwrap();
     let (base, child) = big_chain(tmp.path(), gib);
@@ -200,13 +182,7 @@ fn sigkill_during_a_merge_then_rerun_ends_within_one_block() {
 /// return its JSON outcome, exit status and stderr. The process must have
 /// exited by itself (the handler was installed), not died by the signal.
 fn interrupted(args: &[&str]) -> (serde_json::Value, Option<i32>, String) {
-    let child = Command::new(xtask())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_piped(args);
     std::thread::sleep(Duration::from_millis(300));
     let kill = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -230,7 +206,7 @@ fn interrupted(args: &[&str]) -> (serde_json::Value, Option<i32>, String) {
 
 #[test]
 fn sigint_cancels_a_running_merge() {
-    let _serial = serial();
+    let _serial = testdata::serial();
     for gib in [1u64, 2, 4] {
         let tmp = tempfile::tempdir().unwrap();
         let (base, child) = big_chain(tmp.path(), gib);
@@ -290,7 +266,7 @@ fn sigint_cancels_a_running_merge() {
 
 #[test]
 fn refused_write_leaves_the_image_byte_identical() {
-    let _serial = serial();
+    let _serial = testdata::serial();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     // 10 MiB: more than one 4 MiB write chunk, so a write validated chunk
@@ -308,17 +284,21 @@ fn refused_write_leaves_the_image_byte_identical() {
     for image in [&child, &base, &dynamic, &fixed] {
         let name = image.display();
         let before = sha256_file(image).unwrap();
-        // Crossing the end (first 6 MiB would fit), unaligned, and past it.
-        for offset in ["58M", "62914561", "64M", "65M"] {
-            let out = run(&["write", s(image), "--offset", offset, "--input", s(&data)]);
+        // The write `out` (`how`) was refused and changed no byte.
+        let refused = |out: std::process::Output, how: &str| {
             let stderr = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(out.status.code(), Some(1), "{name} at {offset}: {stderr}");
+            assert_eq!(out.status.code(), Some(1), "{name} {how}: {stderr}");
             assert!(stderr.contains("nothing written"), "{stderr}");
             assert_eq!(
                 sha256_file(image).unwrap(),
                 before,
-                "{name} changed ({offset})"
+                "{name} changed ({how})"
             );
+        };
+        // Crossing the end (first 6 MiB would fit), unaligned, and past it.
+        for offset in ["58M", "62914561", "64M", "65M"] {
+            let out = run(&["write", s(image), "--offset", offset, "--input", s(&data)]);
+            refused(out, &format!("at {offset}"));
         }
         // The same through stdin (a stream, length unknown up front).
         let out = Command::new(xtask())
@@ -326,14 +306,7 @@ fn refused_write_leaves_the_image_byte_identical() {
             .stdin(std::fs::File::open(&data).unwrap())
             .output()
             .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{name} stdin: {stderr}");
-        assert!(stderr.contains("nothing written"), "{stderr}");
-        assert_eq!(
-            sha256_file(image).unwrap(),
-            before,
-            "{name} changed (stdin)"
-        );
+        refused(out, "stdin");
 
         // A write that fits still goes through, unaligned edges included.
         ok(&["write", s(image), "--offset", "1000", "--input", s(&data)]);
@@ -351,7 +324,7 @@ fn refused_write_leaves_the_image_byte_identical() {
 
 #[test]
 fn sigint_cancels_a_running_rebase() {
-    let _serial = serial();
+    let _serial = testdata::serial();
     for gib in [1u64, 2] {
         let tmp = tempfile::tempdir().unwrap();
         // base <- child (gib GiB) <- top: rebasing top onto base pulls the

@@ -5,101 +5,22 @@
 
 use std::process::Command;
 
-use formats::checksum::{crc32c_zeroed, vhd_checksum};
-
-fn be32(b: &[u8], o: usize) -> u32 {
-    u32::from_be_bytes(b[o..o + 4].try_into().unwrap())
-}
-fn be64(b: &[u8], o: usize) -> u64 {
-    u64::from_be_bytes(b[o..o + 8].try_into().unwrap())
-}
-fn le32(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
-}
-fn le64(b: &[u8], o: usize) -> u64 {
-    u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
-}
-fn put_be32(b: &mut [u8], o: usize, v: u32) {
-    b[o..o + 4].copy_from_slice(&v.to_be_bytes());
-}
-fn put_le32(b: &mut [u8], o: usize, v: u32) {
-    b[o..o + 4].copy_from_slice(&v.to_le_bytes());
-}
-fn put_le64(b: &mut [u8], o: usize, v: u64) {
-    b[o..o + 8].copy_from_slice(&v.to_le_bytes());
-}
-
-/// Recompute both VHD footers' checksums (end and copy at 0).
-fn fix_vhd_footers(b: &mut [u8]) {
-    let n = b.len();
-    for at in [0, n - 512] {
-        if &b[at..at + 8] == b"conectix" {
-            let c = vhd_checksum(&b[at..at + 512], 64);
-            put_be32(b, at + 64, c);
-        }
-    }
-}
-fn fix_vhd_header(b: &mut [u8], at: usize) {
-    let c = vhd_checksum(&b[at..at + 1024], 36);
-    put_be32(b, at + 36, c);
-}
-fn fix_vhdx_headers(b: &mut [u8]) {
-    for at in [64usize << 10, 128 << 10] {
-        let c = crc32c_zeroed(&b[at..at + 4096], 4);
-        put_le32(b, at + 4, c);
-    }
-}
-fn fix_vhdx_regions(b: &mut [u8]) {
-    for at in [192usize << 10, 256 << 10] {
-        let c = crc32c_zeroed(&b[at..at + (64 << 10)], 4);
-        put_le32(b, at + 4, c);
-    }
-}
-
-const BAT_GUID: [u8; 16] = [
-    0x66, 0x77, 0xC2, 0x2D, 0x23, 0xF6, 0x00, 0x42, 0x9D, 0x64, 0x11, 0x5E, 0x9B, 0xFD, 0x4A, 0x08,
-];
-const META_GUID: [u8; 16] = [
-    0x06, 0xA2, 0x7C, 0x8B, 0x90, 0x47, 0x9A, 0x4B, 0xB8, 0xFE, 0x57, 0x5F, 0x05, 0x0F, 0x88, 0x6E,
-];
-const FILE_PARAMS: [u8; 16] = [
-    0x37, 0x67, 0xA1, 0xCA, 0x36, 0xFA, 0x43, 0x4D, 0xB3, 0xB6, 0x33, 0xF0, 0xAA, 0x44, 0xE7, 0x6B,
-];
-const LSS_ITEM: [u8; 16] = [
-    0x1D, 0xBF, 0x41, 0x81, 0x6F, 0xA9, 0x09, 0x47, 0xBA, 0x47, 0xF2, 0x33, 0xA8, 0xFA, 0xAB, 0x5F,
-];
-
-/// (file offset of the region, index of its entry) from region table 1.
-fn region(b: &[u8], guid: &[u8; 16]) -> (usize, usize) {
-    let t = 192usize << 10;
-    let n = le32(b, t + 8) as usize;
-    (0..n)
-        .find_map(|i| {
-            let e = t + 16 + 32 * i;
-            (&b[e..e + 16] == guid).then(|| (le64(b, e + 16) as usize, i))
-        })
-        .expect("region")
-}
-
-/// Absolute offset of a metadata item.
-fn item(b: &[u8], guid: &[u8; 16]) -> usize {
-    let (m, _) = region(b, &META_GUID);
-    let n = u16::from_le_bytes([b[m + 10], b[m + 11]]) as usize;
-    (0..n)
-        .find_map(|i| {
-            let e = m + 32 + 32 * i;
-            (&b[e..e + 16] == guid).then(|| m + le32(b, e + 16) as usize)
-        })
-        .expect("item")
-}
+use testdata::raw::*;
 
 /// Index of the first payload BAT entry with the given state.
 fn bat_entry(b: &[u8], state: u64) -> usize {
-    let (bat, _) = region(b, &BAT_GUID);
+    let (bat, _, _) = vhdx_region(b, &BAT_GUID);
     (0..4096)
         .map(|i| bat + 8 * i)
         .find(|o| le64(b, *o) & 7 == state)
         .expect("BAT entry")
+}
+
+/// Give the first FULLY_PRESENT payload BAT entry the state `state`.
+fn set_first_present_state(b: &mut [u8], state: u64) {
+    let o = bat_entry(b, 6);
+    let v = le64(b, o);
+    put_le64(b, o, (v & !7) | state);
 }
 
 /// (real image, what is damaged, the `kind` an error finding must carry,
@@ -111,11 +32,7 @@ const CASES: &[Mutation] = &[
         "dynamic.vhd",
         "both footer checksums wrong",
         "footer_checksum",
-        |b| {
-            let n = b.len();
-            b[n - 512 + 64] ^= 0x55;
-            b[64] ^= 0x55;
-        },
+        |b| break_vhd_footer_checksums(b),
     ),
     (
         "fixed.vhd",
@@ -217,16 +134,10 @@ const CASES: &[Mutation] = &[
         "dynamic.vhdx",
         "both header checksums wrong",
         "header_checksum",
-        |b| {
-            b[(64 << 10) + 100] ^= 1;
-            b[(128 << 10) + 100] ^= 1;
-        },
+        |b| break_vhdx_header_checksums(b),
     ),
     ("dynamic.vhdx", "header version 2", "header_version", |b| {
-        for at in [64usize << 10, 128 << 10] {
-            b[at + 66] = 2;
-        }
-        fix_vhdx_headers(b);
+        patch_vhdx_headers(b, 66, &[2]);
     }),
     (
         "dynamic.vhdx",
@@ -242,12 +153,14 @@ const CASES: &[Mutation] = &[
         "BAT region overlaps the metadata region",
         "region_overlap",
         |b| {
-            let (meta, _) = region(b, &META_GUID);
-            let (_, i) = region(b, &BAT_GUID);
-            for t in [192usize << 10, 256 << 10] {
-                put_le64(b, t + 16 + 32 * i + 16, meta as u64);
+            let (meta, _, _) = vhdx_region(b, &META_GUID);
+            // The BAT entry's place in a table, the same in both.
+            let (_, _, e) = vhdx_region(b, &BAT_GUID);
+            let e = e - VHDX_REGION_TABLES[0];
+            for t in VHDX_REGION_TABLES {
+                put_le64(b, t + e + 16, meta as u64);
             }
-            fix_vhdx_regions(b);
+            fix_vhdx_region_tables(b);
         },
     ),
     (
@@ -255,7 +168,7 @@ const CASES: &[Mutation] = &[
         "metadata table signature",
         "metadata_table_signature",
         |b| {
-            let (m, _) = region(b, &META_GUID);
+            let (m, _, _) = vhdx_region(b, &META_GUID);
             b[m] = b'X';
         },
     ),
@@ -264,7 +177,7 @@ const CASES: &[Mutation] = &[
         "block size 3 MiB",
         "invalid_block_size",
         |b| {
-            let o = item(b, &FILE_PARAMS);
+            let o = vhdx_item(b, &FILE_PARAMS);
             put_le32(b, o, 3 << 20);
         },
     ),
@@ -273,7 +186,7 @@ const CASES: &[Mutation] = &[
         "logical sector size 1024",
         "invalid_sector_size",
         |b| {
-            let o = item(b, &LSS_ITEM);
+            let o = vhdx_item(b, &LSS_ITEM);
             put_le32(b, o, 1024);
         },
     ),
@@ -281,11 +194,7 @@ const CASES: &[Mutation] = &[
         "btrfs.vhdx",
         "reserved payload BAT state 4",
         "bat_entry_reserved_state",
-        |b| {
-            let o = bat_entry(b, 6);
-            let v = le64(b, o);
-            put_le64(b, o, (v & !7) | 4);
-        },
+        |b| set_first_present_state(b, 4),
     ),
     (
         "btrfs.vhdx",
@@ -301,18 +210,14 @@ const CASES: &[Mutation] = &[
         "btrfs.vhdx",
         "PARTIALLY_PRESENT in a dynamic file",
         "partial_block_in_non_differencing",
-        |b| {
-            let o = bat_entry(b, 6);
-            let v = le64(b, o);
-            put_le64(b, o, (v & !7) | 7);
-        },
+        |b| set_first_present_state(b, 7),
     ),
     (
         "btrfs.vhdx",
         "two payload blocks share a file offset",
         "block_overlap",
         |b| {
-            let (bat, _) = region(b, &BAT_GUID);
+            let (bat, _, _) = vhdx_region(b, &BAT_GUID);
             let first = (0..64)
                 .map(|i| bat + 8 * i)
                 .find(|o| le64(b, *o) & 7 == 6)
@@ -330,12 +235,7 @@ const CASES: &[Mutation] = &[
         "dynamic.vhdx",
         "LogGuid set with no log entry",
         "log_sequence_invalid",
-        |b| {
-            for at in [64usize << 10, 128 << 10] {
-                b[at + 48] = 0x42;
-            }
-            fix_vhdx_headers(b);
-        },
+        |b| patch_vhdx_headers(b, 48, &[0x42]),
     ),
     (
         "vhdx-log-replay.vhdx",

@@ -8,83 +8,24 @@ mod common;
 use std::path::Path;
 
 use common::{s, write, xtask, xtask_ok};
-use formats::checksum::{crc32c_zeroed, vhd_checksum};
 use formats::CorruptionKind;
 use serde_json::Value;
+use testdata::raw::*;
 
-fn le32(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
-}
-fn le64(b: &[u8], o: usize) -> u64 {
-    u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
-}
-fn be32(b: &[u8], o: usize) -> u32 {
-    u32::from_be_bytes(b[o..o + 4].try_into().unwrap())
-}
-fn be64(b: &[u8], o: usize) -> u64 {
-    u64::from_be_bytes(b[o..o + 8].try_into().unwrap())
-}
-fn put_le32(b: &mut [u8], o: usize, v: u32) {
-    b[o..o + 4].copy_from_slice(&v.to_le_bytes());
-}
-fn put_le64(b: &mut [u8], o: usize, v: u64) {
-    b[o..o + 8].copy_from_slice(&v.to_le_bytes());
-}
-fn put_be32(b: &mut [u8], o: usize, v: u32) {
-    b[o..o + 4].copy_from_slice(&v.to_be_bytes());
-}
-
-const HEADERS: [usize; 2] = [64 << 10, 128 << 10];
-const REGION_TABLES: [usize; 2] = [192 << 10, 256 << 10];
-const BAT_GUID: [u8; 16] = [
-    0x66, 0x77, 0xC2, 0x2D, 0x23, 0xF6, 0x00, 0x42, 0x9D, 0x64, 0x11, 0x5E, 0x9B, 0xFD, 0x4A, 0x08,
-];
-const META_GUID: [u8; 16] = [
-    0x06, 0xA2, 0x7C, 0x8B, 0x90, 0x47, 0x9A, 0x4B, 0xB8, 0xFE, 0x57, 0x5F, 0x05, 0x0F, 0x88, 0x6E,
-];
 const FULLY_PRESENT: u64 = 6;
 
-/// (offset, length, byte offset of the entry) of a region in table copy `t`.
-fn region_in(b: &[u8], t: usize, guid: &[u8; 16]) -> (usize, usize, usize) {
-    (0..le32(b, t + 8) as usize)
-        .map(|i| t + 16 + 32 * i)
-        .find(|e| &b[*e..*e + 16] == guid)
-        .map(|e| (le64(b, e + 16) as usize, le32(b, e + 24) as usize, e))
-        .expect("region present")
-}
-fn region(b: &[u8], guid: &[u8; 16]) -> (usize, usize, usize) {
-    region_in(b, REGION_TABLES[0], guid)
-}
-fn fix_regions(b: &mut [u8]) {
-    for at in REGION_TABLES {
-        let c = crc32c_zeroed(&b[at..at + (64 << 10)], 4);
-        put_le32(b, at + 4, c);
-    }
-}
 /// Byte offsets of the payload BAT entries that are FULLY_PRESENT.
 fn present_entries(b: &[u8]) -> Vec<usize> {
-    let (bat, len, _) = region(b, &BAT_GUID);
+    let (bat, len, _) = vhdx_region(b, &BAT_GUID);
     (0..len / 8)
         .map(|i| bat + 8 * i)
         .filter(|o| le64(b, *o) & 7 == FULLY_PRESENT)
         .collect()
 }
 
-fn fix_vhd_footers(b: &mut [u8]) {
-    let n = b.len();
-    for at in [0, n - 512] {
-        let c = vhd_checksum(&b[at..at + 512], 64);
-        b[at + 64..at + 68].copy_from_slice(&c.to_be_bytes());
-    }
-}
-/// The dynamic disk header's offset (footer Data Offset).
-fn vhd_header(b: &[u8]) -> usize {
-    be64(b, b.len() - 512 + 0x10) as usize
-}
 fn fix_vhd_header(b: &mut [u8]) {
     let h = vhd_header(b);
-    let c = vhd_checksum(&b[h..h + 1024], 36);
-    b[h + 36..h + 40].copy_from_slice(&c.to_be_bytes());
+    testdata::raw::fix_vhd_header(b, h);
 }
 /// Byte offsets of the allocated VHD BAT entries.
 fn vhd_allocated(b: &[u8]) -> Vec<usize> {
@@ -123,18 +64,14 @@ const CASES: &[Case] = &[
         "both header checksums",
         CorruptionKind::HeaderChecksum,
         "error",
-        |b| {
-            for h in HEADERS {
-                b[h + 100] ^= 1;
-            }
-        },
+        |b| break_vhdx_header_checksums(b),
     ),
     (
         "vhdx",
         "one header checksum",
         CorruptionKind::HeaderChecksum,
         "warning",
-        |b| b[HEADERS[0] + 100] ^= 1,
+        |b| b[VHDX_HEADERS[0] + 100] ^= 1,
     ),
     (
         "vhdx",
@@ -142,7 +79,7 @@ const CASES: &[Case] = &[
         CorruptionKind::RegionTableChecksum,
         "error",
         |b| {
-            for t in REGION_TABLES {
+            for t in VHDX_REGION_TABLES {
                 b[t + 1000] ^= 1;
             }
         },
@@ -153,7 +90,7 @@ const CASES: &[Case] = &[
         CorruptionKind::RegionTableSignature,
         "error",
         |b| {
-            for t in REGION_TABLES {
+            for t in VHDX_REGION_TABLES {
                 b[t] = b'X';
             }
         },
@@ -164,12 +101,12 @@ const CASES: &[Case] = &[
         CorruptionKind::RegionOverlap,
         "error",
         |b| {
-            for t in REGION_TABLES {
-                let (meta, _, _) = region_in(b, t, &META_GUID);
-                let (_, _, e) = region_in(b, t, &BAT_GUID);
+            for t in VHDX_REGION_TABLES {
+                let (meta, _, _) = vhdx_region_in(b, t, &META_GUID);
+                let (_, _, e) = vhdx_region_in(b, t, &BAT_GUID);
                 put_le64(b, e + 16, meta as u64);
             }
-            fix_regions(b);
+            fix_vhdx_region_tables(b);
         },
     ),
     (
@@ -211,7 +148,7 @@ const CASES: &[Case] = &[
         CorruptionKind::MetadataItemOutsideRegion,
         "error",
         |b| {
-            let (m, len, _) = region(b, &META_GUID);
+            let (m, len, _) = vhdx_region(b, &META_GUID);
             put_le32(b, m + 32 + 16, len as u32);
         },
     ),
@@ -221,7 +158,7 @@ const CASES: &[Case] = &[
         CorruptionKind::MetadataTableSignature,
         "error",
         |b| {
-            let (m, _, _) = region(b, &META_GUID);
+            let (m, _, _) = vhdx_region(b, &META_GUID);
             b[m] = b'X';
         },
     ),
@@ -230,11 +167,7 @@ const CASES: &[Case] = &[
         "both footer checksums",
         CorruptionKind::FooterChecksum,
         "error",
-        |b| {
-            let n = b.len();
-            b[n - 512 + 64] ^= 0x55;
-            b[64] ^= 0x55;
-        },
+        |b| break_vhd_footer_checksums(b),
     ),
     (
         "vhd",
@@ -308,8 +241,7 @@ const CASES: &[Case] = &[
         "warning",
         |b| {
             b[0x18] ^= 1; // Time Stamp of the copy at 0
-            let c = vhd_checksum(&b[..512], 64);
-            b[64..68].copy_from_slice(&c.to_be_bytes());
+            fix_vhd_footer(b, 0);
         },
     ),
 ];

@@ -8,29 +8,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use formats::chain::{open_image_file, ChainOptions};
 use formats::params::{CreateParams, DiskType};
-use formats::{Access, FsNamespace, Namespace};
+use testdata::image::{self, fs};
+use testdata::raw::*;
 
 fn xtask() -> &'static str {
     env!("CARGO_BIN_EXE_xtask")
-}
-
-/// Tests of this file run one at a time: spawning the binary forks while
-/// another test may hold an image open, and the child shares the flock'd
-/// file description until it execs, so that test's next open would see a
-/// spurious "locked".
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn fs() -> Arc<dyn Namespace> {
-    Arc::new(FsNamespace)
 }
 
 struct Run {
@@ -68,6 +53,8 @@ fn run(args: &[&str]) -> Run {
     }
 }
 
+/// A dynamic image of `size` bytes in `block`-byte blocks, with 4 KiB of
+/// data at its start.
 fn create(path: &Path, size: u64, block: u32) {
     let params = CreateParams {
         virtual_size: size,
@@ -75,53 +62,32 @@ fn create(path: &Path, size: u64, block: u32) {
         block_size: Some(block),
         ..Default::default()
     };
-    formats::create::create_file(&fs(), path, &params).unwrap();
-    let opts = ChainOptions {
-        access: Access::Write,
-        writable: true,
-        ..Default::default()
-    };
-    let mut img = open_image_file(&fs(), path, &opts).unwrap();
-    img.write_sectors(0, &vec![0x42; 4096]).unwrap();
+    image::create(&fs(), path, None, params);
+    image::open_writable(&fs(), path)
+        .write_sectors(0, &[0x42; 4096])
+        .unwrap();
 }
 
 #[test]
 fn outside_locator_merge_and_info() {
-    let _serial = serial();
+    let _serial = testdata::serial();
     for vhdx in [true, false] {
-        let root = tempfile::tempdir().unwrap();
-        let root = root.path().canonicalize().unwrap();
-        let elsewhere = root.join("elsewhere");
-        let dir = root.join("a/b");
-        std::fs::create_dir_all(&elsewhere).unwrap();
-        std::fs::create_dir_all(&dir).unwrap();
-        let (pe, ce) = if vhdx {
-            ("vhdx", "avhdx")
-        } else {
-            ("vhd", "vhd")
-        };
+        let (_guard, root) = testdata::canonical_tempdir();
+        let [elsewhere, dir] = testdata::make_dirs(&root, ["elsewhere", "a/b"]);
+        let (pe, ce) = image::exts(vhdx);
         let parent = elsewhere.join(format!("p.{pe}"));
-        create(&parent, 8 << 20, if vhdx { 1 << 20 } else { 512 << 10 });
+        let params = image::small(vhdx);
+        create(&parent, params.virtual_size, params.block_size.unwrap());
         let child = dir.join(format!("c.{ce}"));
-        let p = open_image_file(&fs(), &parent, &ChainOptions::default()).unwrap();
-        let mut spec = formats::create::parent_spec(&fs(), p.as_ref(), &parent, &child).unwrap();
-        drop(p);
         let rel = format!(r"..\..\elsewhere\p.{pe}");
-        spec.relative_path = rel.clone();
-        spec.absolute_path = parent.display().to_string();
-        spec.file_name = format!("../../elsewhere/p.{pe}");
-        formats::create::create_file(
+        image::child_with_locators(
             &fs(),
             &child,
-            &CreateParams {
-                virtual_size: 8 << 20,
-                disk_type: DiskType::Differencing,
-                block_size: Some(if vhdx { 1 << 20 } else { 512 << 10 }),
-                parent: Some(spec),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+            image::parent_spec(&fs(), &parent, &child),
+            &rel,
+            &parent.display().to_string(),
+            &format!("../../elsewhere/p.{pe}"),
+        );
         let before_parent = std::fs::read(&parent).unwrap();
         let before_child = std::fs::read(&child).unwrap();
         let c = child.to_str().unwrap();
@@ -233,16 +199,6 @@ fn hostile(path: &Path, kind: &str, field: &[&str]) {
     );
 }
 
-fn vhd_fix(bytes: &mut [u8], ho: usize) {
-    let n = bytes.len();
-    for at in [0, n - 512] {
-        let c = formats::checksum::vhd_checksum(&bytes[at..at + 512], 0x40);
-        bytes[at + 0x40..at + 0x44].copy_from_slice(&c.to_be_bytes());
-    }
-    let c = formats::checksum::vhd_checksum(&bytes[ho..ho + 1024], 0x24);
-    bytes[ho + 0x24..ho + 0x28].copy_from_slice(&c.to_be_bytes());
-}
-
 /// A 1 MiB-ish dynamic VHD with `edit` applied to (bytes, header offset).
 fn hostile_vhd(dir: &Path, name: &str, edit: impl FnOnce(&mut Vec<u8>, usize)) -> PathBuf {
     let p = dir.join(name);
@@ -251,16 +207,17 @@ fn hostile_vhd(dir: &Path, name: &str, edit: impl FnOnce(&mut Vec<u8>, usize)) -
     b.resize((1 << 20) - 512, 0);
     let footer = std::fs::read(&p).unwrap();
     b.extend_from_slice(&footer[footer.len() - 512..]);
-    let ho = u64::from_be_bytes(b[16..24].try_into().unwrap()) as usize;
+    let ho = be64(&b, 16) as usize;
     edit(&mut b, ho);
-    vhd_fix(&mut b, ho);
+    fix_vhd_footers(&mut b);
+    fix_vhd_header(&mut b, ho);
     std::fs::write(&p, b).unwrap();
     p
 }
 
 #[test]
 fn hostile_vhd_sizes() {
-    let _serial = serial();
+    let _serial = testdata::serial();
     let d = tempfile::tempdir().unwrap();
     for (name, bs) in [
         ("bs0.vhd", 0u32),
@@ -295,44 +252,12 @@ fn hostile_vhd_sizes() {
     hostile(&p, "max_table_entries_invalid", &["Max Table Entries"]);
 }
 
-fn le_u32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
-}
-fn le_u64(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
-}
-
-const BAT_GUID: [u8; 16] = [
-    0x66, 0x77, 0xC2, 0x2D, 0x23, 0xF6, 0x00, 0x42, 0x9D, 0x64, 0x11, 0x5E, 0x9B, 0xFD, 0x4A, 0x08,
-];
-const METADATA_GUID: [u8; 16] = [
-    0x06, 0xA2, 0x7C, 0x8B, 0x90, 0x47, 0x9A, 0x4B, 0xB8, 0xFE, 0x57, 0x5F, 0x05, 0x0F, 0x88, 0x6E,
-];
-
-/// Region table entry (byte offset in copy 1) of the region `guid`.
-fn region_entry(b: &[u8], guid: &[u8; 16]) -> usize {
-    let rt = 192 << 10;
-    (0..le_u32(b, rt + 8) as usize)
-        .map(|i| rt + 16 + 32 * i)
-        .find(|e| &b[*e..*e + 16] == guid)
-        .expect("region present")
-}
-
+/// Copy region table 1 over table 2, then fix both checksums.
 fn fix_region_tables(b: &mut [u8]) {
-    let (one, two) = (192usize << 10, 256usize << 10);
+    let [one, two] = VHDX_REGION_TABLES;
     let copy = b[one..one + (64 << 10)].to_vec();
-    b[two..two + (64 << 10)].copy_from_slice(&copy);
-    for at in [one, two] {
-        let c = formats::checksum::crc32c_zeroed(&b[at..at + (64 << 10)], 4);
-        b[at + 4..at + 8].copy_from_slice(&c.to_le_bytes());
-    }
-}
-
-fn fix_headers(b: &mut [u8]) {
-    for at in [64usize << 10, 128 << 10] {
-        let c = formats::checksum::crc32c_zeroed(&b[at..at + 4096], 4);
-        b[at + 4..at + 8].copy_from_slice(&c.to_le_bytes());
-    }
+    put(b, two, &copy);
+    fix_vhdx_region_tables(b);
 }
 
 fn hostile_vhdx(dir: &Path, name: &str, edit: impl FnOnce(&mut Vec<u8>)) -> PathBuf {
@@ -346,11 +271,11 @@ fn hostile_vhdx(dir: &Path, name: &str, edit: impl FnOnce(&mut Vec<u8>)) -> Path
 
 #[test]
 fn hostile_vhdx_sizes() {
-    let _serial = serial();
+    let _serial = testdata::serial();
     let d = tempfile::tempdir().unwrap();
     // The BAT region claims ~4 GiB.
     let p = hostile_vhdx(d.path(), "bat-region.vhdx", |b| {
-        let e = region_entry(b, &BAT_GUID);
+        let (_, _, e) = vhdx_region(b, &BAT_GUID);
         b[e + 24..e + 28].copy_from_slice(&0xFFF0_0000u32.to_le_bytes());
         fix_region_tables(b);
     });
@@ -359,18 +284,7 @@ fn hostile_vhdx_sizes() {
     // A virtual size whose BAT would need gigabytes (64 TiB / 1 MiB blocks
     // = 2^26 entries... plus the region is only 1 MiB).
     let p = hostile_vhdx(d.path(), "vsize.vhdx", |b| {
-        let e = region_entry(b, &METADATA_GUID);
-        let mo = le_u64(b, e + 16) as usize;
-        let size_guid: [u8; 16] = [
-            0x24, 0x42, 0xA5, 0x2F, 0x1B, 0xCD, 0x76, 0x48, 0xB2, 0x11, 0x5D, 0xBE, 0xD8, 0x3B,
-            0xF4, 0xB8,
-        ];
-        let n = u16::from_le_bytes([b[mo + 10], b[mo + 11]]) as usize;
-        let t = (0..n)
-            .map(|i| mo + 32 + 32 * i)
-            .find(|t| b[*t..*t + 16] == size_guid)
-            .unwrap();
-        let io = mo + le_u32(b, t + 16) as usize;
+        let io = vhdx_item(b, &VIRTUAL_DISK_SIZE);
         b[io..io + 8].copy_from_slice(&(64u64 << 40).to_le_bytes());
     });
     hostile(
@@ -380,8 +294,7 @@ fn hostile_vhdx_sizes() {
     );
     // The metadata table claims 65535 entries (spec: at most 2047).
     let p = hostile_vhdx(d.path(), "metadata-count.vhdx", |b| {
-        let e = region_entry(b, &METADATA_GUID);
-        let mo = le_u64(b, e + 16) as usize;
+        let (mo, _, _) = vhdx_region(b, &META_GUID);
         b[mo + 10..mo + 12].copy_from_slice(&0xFFFFu16.to_le_bytes());
     });
     hostile(
@@ -392,8 +305,8 @@ fn hostile_vhdx_sizes() {
     // A log entry whose EntryLength (4 GiB - 4 KiB) is beyond the log.
     let p = hostile_vhdx(d.path(), "log-length.vhdx", |b| {
         let h = 64usize << 10;
-        let lo = le_u64(b, h + 72) as usize;
-        let ll = le_u32(b, h + 68);
+        let lo = le64(b, h + 72) as usize;
+        let ll = le32(b, h + 68);
         assert!(ll > 0);
         let guid = [0x5Au8; 16];
         let mut e = vec![0u8; 4096];
@@ -411,10 +324,7 @@ fn hostile_vhdx_sizes() {
         let c = formats::checksum::crc32c_zeroed(&e, 4);
         e[4..8].copy_from_slice(&c.to_le_bytes());
         b[lo..lo + 4096].copy_from_slice(&e);
-        for at in [64usize << 10, 128 << 10] {
-            b[at + 48..at + 64].copy_from_slice(&guid);
-        }
-        fix_headers(b);
+        patch_vhdx_headers(b, 48, &guid);
     });
     hostile(
         &p,

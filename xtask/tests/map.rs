@@ -4,7 +4,7 @@
 //! sparse image maps fast, and the SVG is well formed and renders.
 
 mod common;
-use common::{s, xtask_ok as ok};
+use common::{noise, s, write, xtask_ok as ok};
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -20,43 +20,6 @@ use serde_json::Value;
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 
-/// One test at a time: a fork while another test holds an image open
-/// (the in-process writes below) shares its flock'd file description
-/// until the exec.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// `len` pseudo-random bytes (xorshift): no sector reads as zero.
-fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
-
-/// `write IMAGE --offset at` of `bytes` (through a file in `dir`).
-fn write(dir: &Path, image: &Path, at: u64, bytes: &[u8]) {
-    let input = dir.join("input.bin");
-    std::fs::write(&input, bytes).unwrap();
-    ok(&[
-        "write",
-        s(image),
-        "--offset",
-        &at.to_string(),
-        "--input",
-        s(&input),
-    ]);
-}
-
 /// A 3-level chain base <- mid <- top of 64 MiB built with `create` and
 /// `write`: data in every layer, zeros written over data (they hide the
 /// layers below), a base block of zeros released by `compact
@@ -67,30 +30,30 @@ fn three_level(dir: &Path, ext: &str, child_ext: &str) -> PathBuf {
     let mid = dir.join(format!("mid.{child_ext}"));
     let top = dir.join(format!("top.{child_ext}"));
     ok(&["create", s(&base), "--size", "64M", "--block-size", "2M"]);
-    write(dir, &base, 0, &data(3 * MIB as usize, 1));
-    write(dir, &base, 8 * MIB, &vec![0; 2 * MIB as usize]);
-    write(dir, &base, 30 * MIB, &data(MIB as usize, 2));
+    write(&base, 0, &noise(3 * MIB as usize, 1), dir);
+    write(&base, 8 * MIB, &vec![0; 2 * MIB as usize], dir);
+    write(&base, 30 * MIB, &noise(MIB as usize, 2), dir);
     ok(&["compact", s(&base), "--zero-blocks"]);
 
     ok(&["create", s(&mid), "--parent", s(&base)]);
     for k in 0..16 {
-        write(dir, &mid, MIB + k * 8 * KIB, &data(4096, 10 + k));
+        write(&mid, MIB + k * 8 * KIB, &noise(4096, 10 + k), dir);
     }
-    write(dir, &mid, 20 * MIB, &data(3 * MIB as usize, 3));
+    write(&mid, 20 * MIB, &noise(3 * MIB as usize, 3), dir);
     // Zeros over the base's data: held by mid, hiding the base.
-    write(dir, &mid, 30 * MIB + 4 * KIB, &vec![0; 4096]);
+    write(&mid, 30 * MIB + 4 * KIB, &vec![0; 4096], dir);
 
     ok(&["create", s(&top), "--parent", s(&mid)]);
-    write(dir, &top, 2 * MIB, &vec![0; MIB as usize]);
+    write(&top, 2 * MIB, &vec![0; MIB as usize], dir);
     for k in 0..8 {
         write(
-            dir,
             &top,
             21 * MIB + k * 8 * KIB + 4 * KIB,
-            &data(4096, 40 + k),
+            &noise(4096, 40 + k),
+            dir,
         );
     }
-    write(dir, &top, 64 * MIB - 4096, &data(4096, 5));
+    write(&top, 64 * MIB - 4096, &noise(4096, 5), dir);
     top
 }
 
@@ -210,29 +173,30 @@ fn expectations(runs: &[Run]) {
         .any(|r| r.layer.is_none() && r.start <= 8 * MIB && r.start + r.length >= 10 * MIB));
 }
 
-#[test]
-fn vhdx_map_agrees_with_convert() {
-    let _serial = serial();
+/// The map of a `three_level` chain (`ext`, children `child_ext`) agrees
+/// with `convert` and shows what the chain was built to hold.
+fn map_agrees_with_convert(ext: &str, child_ext: &str) {
+    let _serial = testdata::serial();
     let tmp = tempfile::tempdir().unwrap();
-    let top = three_level(tmp.path(), "vhdx", "avhdx");
+    let top = three_level(tmp.path(), ext, child_ext);
     let (layers, runs) = check_against_convert(tmp.path(), &top);
     assert_eq!(layers.len(), 3);
     expectations(&runs);
+}
+
+#[test]
+fn vhdx_map_agrees_with_convert() {
+    map_agrees_with_convert("vhdx", "avhdx");
 }
 
 #[test]
 fn vhd_map_agrees_with_convert() {
-    let _serial = serial();
-    let tmp = tempfile::tempdir().unwrap();
-    let top = three_level(tmp.path(), "vhd", "avhd");
-    let (layers, runs) = check_against_convert(tmp.path(), &top);
-    assert_eq!(layers.len(), 3);
-    expectations(&runs);
+    map_agrees_with_convert("vhd", "avhd");
 }
 
 #[test]
 fn human_output_names_layers_and_sums_their_bytes() {
-    let _serial = serial();
+    let _serial = testdata::serial();
     let tmp = tempfile::tempdir().unwrap();
     let top = three_level(tmp.path(), "vhdx", "avhdx");
     let out = String::from_utf8(ok(&["map", s(&top)]).stdout).unwrap();
@@ -260,14 +224,14 @@ fn human_output_names_layers_and_sums_their_bytes() {
 
 #[test]
 fn a_64_tib_sparse_chain_maps_fast() {
-    let _serial = serial();
+    let _serial = testdata::serial();
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path().join("big.vhdx");
     let top = tmp.path().join("big.avhdx");
     ok(&["create", s(&base), "--size", "64T"]);
-    write(tmp.path(), &base, 40 << 40, &data(MIB as usize, 9));
+    write(&base, 40 << 40, &noise(MIB as usize, 9), tmp.path());
     ok(&["create", s(&top), "--parent", s(&base)]);
-    write(tmp.path(), &top, (64 << 40) - 4096, &data(4096, 8));
+    write(&top, (64 << 40) - 4096, &noise(4096, 8), tmp.path());
     let t = Instant::now();
     let map = map_json(&top, &[]);
     let took = t.elapsed();
@@ -444,7 +408,7 @@ fn render(svg: &Path) -> Option<Vec<u8>> {
 
 #[test]
 fn svg_has_a_row_per_layer_and_renders() {
-    let _serial = serial();
+    let _serial = testdata::serial();
     let tmp = tempfile::tempdir().unwrap();
     let top = three_level(tmp.path(), "vhdx", "avhdx");
     let svg = tmp.path().join("map.svg");
@@ -470,12 +434,12 @@ fn svg_has_a_row_per_layer_and_renders() {
 /// so, stays small and still renders.
 #[test]
 fn svg_of_a_2_tib_disk_with_many_runs_is_bucketed() {
-    let _serial = serial();
+    let _serial = testdata::serial();
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path().join("base.vhdx");
     let top = tmp.path().join("top.avhdx");
     ok(&["create", s(&base), "--size", "2T", "--block-size", "1M"]);
-    write(tmp.path(), &base, 1 << 40, &data(4 * MIB as usize, 3));
+    write(&base, 1 << 40, &noise(4 * MIB as usize, 3), tmp.path());
     ok(&["create", s(&top), "--parent", s(&base)]);
     {
         let ns: Arc<dyn Namespace> = Arc::new(FsNamespace);
@@ -486,7 +450,7 @@ fn svg_of_a_2_tib_disk_with_many_runs_is_bucketed() {
         };
         let mut img = open_image_file(&ns, &top, &opts).unwrap();
         let mut batch = img.begin_batch().unwrap();
-        let piece = data(4096, 77);
+        let piece = noise(4096, 77);
         for k in 0..4000u64 {
             batch.write(k * 8 * KIB, &piece).unwrap();
         }

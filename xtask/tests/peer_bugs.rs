@@ -42,7 +42,7 @@
 
 mod common;
 use common::data;
-use common::{s, xtask};
+use common::{ok, s, xtask, Fmt};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -50,6 +50,7 @@ use std::sync::Arc;
 
 use formats::params::OpenOptions;
 use formats::{Access, FsNamespace, JournalSlot, Namespace};
+use testdata::raw::{be32, be64, le64, vhdx_region, BAT_GUID, VHDX_HEADERS, VHDX_REGION_TABLES};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -62,16 +63,6 @@ fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
-}
-
-fn ok(out: Output, what: &str) -> Output {
-    assert!(
-        out.status.success(),
-        "{what} failed ({:?}): {}",
-        out.status.code(),
-        text(&out)
-    );
-    out
 }
 
 fn create(path: &Path, size: u64, block: u64, parent: Option<&Path>) {
@@ -214,21 +205,6 @@ fn libvhdi_raw(img: &Path, parents: &[&Path]) -> Option<Vec<u8>> {
 
 // ------------------------------------------------------------ on-disk bytes
 
-fn be32(b: &[u8], o: usize) -> u32 {
-    u32::from_be_bytes(b[o..o + 4].try_into().unwrap())
-}
-fn be64(b: &[u8], o: usize) -> u64 {
-    u64::from_be_bytes(b[o..o + 8].try_into().unwrap())
-}
-fn le64(b: &[u8], o: usize) -> u64 {
-    u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
-}
-
-/// The BAT region's GUID as stored (MS-VHDX 2.2.3.2, FORMATS.md 3.5).
-const VHDX_BAT_GUID: [u8; 16] = [
-    0x66, 0x77, 0xC2, 0x2D, 0x23, 0xF6, 0x00, 0x42, 0x9D, 0x64, 0x11, 0x5E, 0x9B, 0xFD, 0x4A, 0x08,
-];
-
 /// A VHDX file's BAT, read from its region table (block size and a
 /// 512-byte logical sector known from how the test made it).
 struct VhdxBat {
@@ -242,7 +218,7 @@ impl VhdxBat {
         let f = std::fs::read(path).unwrap();
         // The current header (greater sequence number) must have an empty
         // log: a BAT patched under a live log would be undone by replay.
-        let head = [64 * KIB as usize, 128 * KIB as usize]
+        let head = VHDX_HEADERS
             .into_iter()
             .filter(|&h| &f[h..h + 4] == b"head")
             .max_by_key(|&h| le64(&f, h + 8))
@@ -252,14 +228,9 @@ impl VhdxBat {
             "{}: LogGuid is not zero",
             path.display()
         );
-        let rt = 192 * KIB as usize;
+        let rt = VHDX_REGION_TABLES[0];
         assert_eq!(&f[rt..rt + 4], b"regi");
-        let n = u32::from_le_bytes(f[rt + 8..rt + 12].try_into().unwrap()) as usize;
-        let offset = (0..n)
-            .map(|i| rt + 16 + 32 * i)
-            .find(|&e| f[e..e + 16] == VHDX_BAT_GUID)
-            .map(|e| le64(&f, e + 16))
-            .expect("a BAT region");
+        let offset = vhdx_region(&f, &BAT_GUID).0 as u64;
         VhdxBat {
             path: path.to_path_buf(),
             offset,
@@ -356,27 +327,6 @@ fn vhd_blocks(path: &Path) -> Vec<(u64, u64)> {
 
 // ------------------------------------------------------------ chains
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Fmt {
-    Vhd,
-    Vhdx,
-}
-
-impl Fmt {
-    fn qemu(self) -> &'static str {
-        match self {
-            Fmt::Vhd => "vpc",
-            Fmt::Vhdx => "vhdx",
-        }
-    }
-    fn ext(self) -> (&'static str, &'static str) {
-        match self {
-            Fmt::Vhd => ("vhd", "vhd"),
-            Fmt::Vhdx => ("vhdx", "avhdx"),
-        }
-    }
-}
-
 /// base (dynamic) <- mid <- top, and the model of what each reads as.
 struct Chain {
     _dir: tempfile::TempDir,
@@ -405,6 +355,16 @@ impl Chain {
             top,
             label: format!("{label} {fmt:?} {} KiB blocks", block / KIB),
         }
+    }
+
+    /// `new`, its base filled with `data(1, ..)`, and the mid made; the
+    /// model of what the mid reads.
+    fn over_full_base(fmt: Fmt, size: u64, block: u64, label: &str) -> (Chain, Model) {
+        let c = Chain::new(fmt, size, block, label);
+        let mut m = Model(vec![0; size as usize]);
+        put(&mut m, &c.base, 0, &data(1, size));
+        c.make_mid();
+        (c, m)
     }
 
     fn make_mid(&self) {
@@ -536,10 +496,7 @@ fn put(m: &mut Model, img: &Path, off: u64, bytes: &[u8]) {
 fn zeros_written_in_a_child_hide_the_parent_after_merges() {
     for (fmt, bs) in [(Fmt::Vhd, 512 * KIB), (Fmt::Vhdx, MIB)] {
         let size = 8 * bs;
-        let c = Chain::new(fmt, size, bs, "zeros");
-        let mut m = Model(vec![0; size as usize]);
-        put(&mut m, &c.base, 0, &data(1, size));
-        c.make_mid();
+        let (c, mut m) = Chain::over_full_base(fmt, size, bs, "zeros");
         put(&mut m, &c.mid, 6 * bs, &data(2, bs));
         // A partial block too, so the middle VHDX layer has a sector
         // bitmap block (libvhdi misreads chunks without one).
@@ -580,10 +537,7 @@ fn zeros_written_in_a_child_hide_the_parent_after_merges() {
 fn vhdx_bat_states_read_per_ms_vhdx_and_merge_the_same() {
     let bs = MIB;
     let size = 8 * bs;
-    let c = Chain::new(Fmt::Vhdx, size, bs, "BAT states");
-    let mut m = Model(vec![0; size as usize]);
-    put(&mut m, &c.base, 0, &data(1, size));
-    c.make_mid();
+    let (c, mut m) = Chain::over_full_base(Fmt::Vhdx, size, bs, "BAT states");
     put(&mut m, &c.mid, bs, &data(2, bs));
     put(&mut m, &c.mid, 4 * bs, &data(3, bs));
     put(&mut m, &c.mid, 7 * bs, &data(4, bs / 2));
@@ -629,10 +583,7 @@ fn vhdx_bat_states_read_per_ms_vhdx_and_merge_the_same() {
 fn partially_present_blocks_ending_at_the_block_edge_merge() {
     for (fmt, bs) in [(Fmt::Vhd, 512 * KIB), (Fmt::Vhdx, MIB)] {
         let size = 8 * bs;
-        let c = Chain::new(fmt, size, bs, "bitmap edges");
-        let mut m = Model(vec![0; size as usize]);
-        put(&mut m, &c.base, 0, &data(1, size));
-        c.make_mid();
+        let (c, mut m) = Chain::over_full_base(fmt, size, bs, "bitmap edges");
         put(&mut m, &c.mid, 4 * bs - 4 * KIB, &data(2, 8 * KIB));
         put(&mut m, &c.mid, 7 * bs - 512, &data(3, 512));
         c.make_top();
@@ -795,10 +746,7 @@ fn vhd_without_any_footer_is_refused_by_name() {
 fn vhd_with_block_data_off_the_page_merges() {
     let bs = 2 * MIB;
     let size = 16 * MIB;
-    let c = Chain::new(Fmt::Vhd, size, bs, "unaligned data");
-    let mut m = Model(vec![0; size as usize]);
-    put(&mut m, &c.base, 0, &data(1, size));
-    c.make_mid();
+    let (c, mut m) = Chain::over_full_base(Fmt::Vhd, size, bs, "unaligned data");
     put(&mut m, &c.mid, 2 * MIB + 4 * KIB, &data(2, MIB));
     put(&mut m, &c.mid, 5 * MIB, &data(3, 2 * MIB));
     c.make_top();
@@ -838,10 +786,7 @@ fn partial_last_block_merges() {
     let size = 16 * MIB + 512 * KIB;
     for (fmt, bs) in [(Fmt::Vhd, 2 * MIB), (Fmt::Vhdx, MIB), (Fmt::Vhdx, 32 * MIB)] {
         let last = size / bs * bs;
-        let c = Chain::new(fmt, size, bs, "partial last block");
-        let mut m = Model(vec![0; size as usize]);
-        put(&mut m, &c.base, 0, &data(1, size));
-        c.make_mid();
+        let (c, mut m) = Chain::over_full_base(fmt, size, bs, "partial last block");
         put(&mut m, &c.mid, last, &data(2, 64 * KIB));
         put(&mut m, &c.mid, size - 4 * KIB, &data(3, 4 * KIB));
         c.make_top();

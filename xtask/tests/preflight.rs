@@ -10,24 +10,9 @@ use common::{json, ok, s, write, xtask};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const MIB: u64 = 1 << 20;
+use testdata::file_hashes as hashes;
 
-/// sha256 of every file in `dir`, by name.
-fn hashes(dir: &Path) -> Vec<(String, String)> {
-    let mut v: Vec<(String, String)> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file())
-        .map(|p| {
-            (
-                p.file_name().unwrap().to_string_lossy().into_owned(),
-                testdata::sha256_file(&p).unwrap(),
-            )
-        })
-        .collect();
-    v.sort();
-    v
-}
+const MIB: u64 = 1 << 20;
 
 /// base <- child, the child holding 6 MiB in one run and 64 runs of 4 KiB
 /// a page apart (partial blocks).

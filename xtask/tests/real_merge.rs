@@ -6,23 +6,14 @@
 mod common;
 use common::{json, s, xtask};
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use std::sync::Arc;
 
 use formats::chain::{Chain, ChainOptions, Source};
 use formats::{FsNamespace, Namespace};
-
-fn hashes(dir: &Path) -> BTreeMap<PathBuf, String> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file())
-        .map(|p| (p.clone(), testdata::sha256_file(&p).unwrap()))
-        .collect()
-}
+use testdata::file_hashes as hashes;
 
 #[test]
 fn dfvfs_child_merges_into_its_parent_only_with_the_override() {

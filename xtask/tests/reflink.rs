@@ -27,6 +27,16 @@ fn mount(kind: FsKind, size: u64) -> Option<LoopMount> {
     }
 }
 
+/// `mount`, for a test that counts the bytes a command writes: `None`
+/// (said why) without /usr/bin/time too.
+fn mount_counting(kind: FsKind, size: u64) -> Option<LoopMount> {
+    if !Path::new("/usr/bin/time").exists() {
+        eprintln!("skipping: /usr/bin/time is not installed (apt-get install time)");
+        return None;
+    }
+    mount(kind, size)
+}
+
 fn read_all(st: &dyn Storage, at: u64, len: u64) -> Vec<u8> {
     let mut v = vec![0u8; len as usize];
     st.read_at(&mut v, at).unwrap();
@@ -102,24 +112,8 @@ fn btrfs_copies_share_extents_and_stay_exact() {
 /// Bytes the command wrote, as the kernel counted them (`/usr/bin/time`
 /// %O: file system outputs, 512-byte units).
 fn run_counting_writes(args: &[&str]) -> (Output, u64) {
-    let d = tempfile::tempdir().unwrap();
-    let report = d.path().join("time");
-    let out = Command::new("/usr/bin/time")
-        .arg("-f")
-        .arg("%O")
-        .arg("-o")
-        .arg(&report)
-        .arg(env!("CARGO_BIN_EXE_xtask"))
-        .args(args)
-        .output()
-        .expect("run /usr/bin/time");
-    let text = std::fs::read_to_string(&report).unwrap_or_default();
-    let blocks: u64 = text
-        .lines()
-        .last()
-        .and_then(|l| l.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no count from /usr/bin/time: {text:?}"));
-    (out, blocks * 512)
+    let (out, wrote) = common::xtask_counting_writes(args);
+    (out, wrote.expect("/usr/bin/time is checked before"))
 }
 
 fn raw_hash(img: &Path, dir: &Path) -> String {
@@ -132,11 +126,7 @@ fn raw_hash(img: &Path, dir: &Path) -> String {
 }
 
 fn merge_shares_payload(kind: FsKind, ext: (&str, &str)) {
-    if !Path::new("/usr/bin/time").exists() {
-        eprintln!("skipping: /usr/bin/time is not installed (apt-get install time)");
-        return;
-    }
-    let Some(m) = mount(kind, 2 << 30) else {
+    let Some(m) = mount_counting(kind, 2 << 30) else {
         return;
     };
     let scratch = tempfile::tempdir().unwrap();
@@ -225,11 +215,7 @@ fn btrfs_vhd_merge_shares_its_payload() {
 /// not written (`qemu-img convert` always copies). The VHD output places
 /// its block data on pages, so its source's payload clones too.
 fn convert_shares_payload(kind: FsKind) {
-    if !Path::new("/usr/bin/time").exists() {
-        eprintln!("skipping: /usr/bin/time is not installed (apt-get install time)");
-        return;
-    }
-    let Some(m) = mount(kind, 2 << 30) else {
+    let Some(m) = mount_counting(kind, 2 << 30) else {
         return;
     };
     let scratch = tempfile::tempdir().unwrap();
@@ -426,11 +412,7 @@ fn copy_calls(args: &[&str]) -> Option<(Output, usize)> {
 /// child bitmap (past the block's bits, which readers ignore) must not
 /// come through the joined clone.
 fn vhd_joined_clones(fs: FsKind) {
-    if !Path::new("/usr/bin/time").exists() {
-        eprintln!("skipping: /usr/bin/time is not installed (apt-get install time)");
-        return;
-    }
-    let Some(m) = mount(fs, 1 << 30) else {
+    let Some(m) = mount_counting(fs, 1 << 30) else {
         return;
     };
     let scratch = tempfile::tempdir().unwrap();

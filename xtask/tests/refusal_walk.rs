@@ -27,10 +27,11 @@ use std::sync::OnceLock;
 
 use formats::vhd::{BlockAllocationTable as VhdBat, DynamicDiskHeader, HardDiskFooter};
 use formats::vhdx::bat::{BatEntry, PAYLOAD_FULLY_PRESENT};
-use formats::vhdx::header::{self as vhdx_header, VhdxHeader};
+use formats::vhdx::header as vhdx_header;
 use formats::vhdx::metadata_table::{self as mt, MetadataTable, MetadataTableEntry};
-use formats::vhdx::region_table::{self as rt, RegionTable};
+use formats::vhdx::region_table as rt;
 use sha2::{Digest, Sha256};
+use testdata::schema::{vhd_footers, vhdx_headers, vhdx_region, vhdx_regions};
 
 use common::{ok, write};
 
@@ -116,37 +117,11 @@ fn edit(dir: &Path, name: &str, f: impl FnOnce(&mut [u8])) {
     std::fs::write(&p, b).unwrap_or_else(|e| panic!("write {name}: {e}"));
 }
 
-/// Both VHDX headers, re-encoded with their checksums recomputed.
-fn vhdx_headers(b: &mut [u8], f: impl Fn(&mut VhdxHeader)) {
-    for off in vhdx_header::SLOT_OFFSETS {
-        let at = off as usize..off as usize + vhdx_header::SIZE;
-        let (mut h, _) = VhdxHeader::parse(&b[at.clone()]).expect("a VHDX header");
-        f(&mut h);
-        b[at].copy_from_slice(&h.to_bytes());
-    }
-}
-
 /// Both VHDX headers fail their CRC (a reserved byte changed).
 fn vhdx_header_checksums(b: &mut [u8]) {
     for off in vhdx_header::SLOT_OFFSETS {
         b[off as usize + vhdx_header::SIZE - 1] ^= 0x5A;
     }
-}
-
-/// Both region table copies, re-encoded.
-fn vhdx_regions(b: &mut [u8], f: impl Fn(&mut RegionTable)) {
-    for off in rt::COPY_OFFSETS {
-        let at = off as usize..off as usize + rt::SIZE;
-        let (mut t, _) = RegionTable::parse(&b[at.clone()], false).expect("a region table");
-        f(&mut t);
-        b[at].copy_from_slice(&t.to_bytes());
-    }
-}
-
-fn vhdx_region(b: &[u8], guid: uuid::Uuid) -> u64 {
-    let at = rt::COPY_OFFSETS[0] as usize;
-    let (t, _) = RegionTable::parse(&b[at..at + rt::SIZE], false).expect("a region table");
-    t.find(guid).expect("the region").file_offset
 }
 
 /// The metadata table, re-encoded (it has no checksum).
@@ -175,20 +150,6 @@ fn vhdx_bat_past_end(b: &mut [u8], i: usize) {
     let at = vhdx_region(b, rt::BAT_GUID) as usize + i * BatEntry::SIZE;
     let e = BatEntry::new(PAYLOAD_FULLY_PRESENT, 1 << 40);
     b[at..at + BatEntry::SIZE].copy_from_slice(&e.encode());
-}
-
-/// Both VHD footers (end, and the copy at 0 where there is one), re-encoded.
-fn vhd_footers(b: &mut [u8], f: impl Fn(&mut HardDiskFooter)) {
-    let n = b.len();
-    for at in [0, n - 512] {
-        let raw: &[u8; 512] = b[at..at + 512].try_into().expect("512 bytes");
-        let (mut ft, _) = HardDiskFooter::parse(raw, "image", at as u64).expect("a footer");
-        if !ft.cookie_ok() {
-            continue;
-        }
-        f(&mut ft);
-        b[at..at + 512].copy_from_slice(&ft.to_bytes().expect("encode footer"));
-    }
 }
 
 fn vhd_footer(b: &[u8]) -> HardDiskFooter {

@@ -7,42 +7,30 @@
 //! `stat`-equivalent lengths and allocated blocks.
 
 mod common;
-use common::{json, s, write, xtask, xtask_ok};
+use common::{json, ok, s, write, xtask, xtask_ok, Fmt, FMTS};
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
+use testdata::file_hashes as hashes;
 
 const MIB: u64 = 1 << 20;
 const SIZE: u64 = 16 * MIB;
 
-#[derive(Clone, Copy, Debug)]
-enum Fmt {
-    Vhd,
-    Vhdx,
-}
-
-impl Fmt {
-    fn base(self) -> &'static str {
-        match self {
-            Fmt::Vhd => "vhd",
-            Fmt::Vhdx => "vhdx",
-        }
-    }
-    fn child(self) -> &'static str {
-        match self {
-            Fmt::Vhd => "avhd",
-            Fmt::Vhdx => "avhdx",
-        }
+/// The extension of a differencing child: `.avhd` for VHD (as Hyper-V
+/// names checkpoints), `.avhdx` for VHDX.
+fn child_ext(fmt: Fmt) -> &'static str {
+    match fmt {
+        Fmt::Vhd => "avhd",
+        Fmt::Vhdx => fmt.child(),
     }
 }
 
 /// Every format over a dynamic and over a fixed base, with a label.
 fn kinds() -> Vec<(Fmt, bool, String)> {
-    [Fmt::Vhd, Fmt::Vhdx]
-        .into_iter()
+    FMTS.into_iter()
         .flat_map(|fmt| [false, true].map(|fixed| (fmt, fixed, format!("{fmt:?} fixed={fixed}"))))
         .collect()
 }
@@ -50,19 +38,22 @@ fn kinds() -> Vec<(Fmt, bool, String)> {
 /// A chain under construction with its byte model per image.
 struct Builder {
     dir: PathBuf,
+    fmt: Fmt,
     model: BTreeMap<PathBuf, Vec<u8>>,
 }
 
 impl Builder {
-    fn new(dir: &Path) -> Self {
+    fn new(dir: &Path, fmt: Fmt) -> Self {
         Builder {
             dir: dir.to_path_buf(),
+            fmt,
             model: BTreeMap::new(),
         }
     }
 
-    fn base(&mut self, name: &str, fixed: bool) -> PathBuf {
-        let p = self.dir.join(name);
+    /// A 16 MiB base `stem.vhd(x)` in 2 MiB blocks, dynamic or fixed.
+    fn base(&mut self, stem: &str, fixed: bool) -> PathBuf {
+        let p = self.dir.join(format!("{stem}.{}", self.fmt.base()));
         let mut args = vec!["create", s(&p), "--size", "16M", "--block-size", "2M"];
         if fixed {
             args.extend(["--type", "fixed"]);
@@ -72,12 +63,27 @@ impl Builder {
         p
     }
 
-    fn child(&mut self, name: &str, parent: &Path) -> PathBuf {
-        let p = self.dir.join(name);
+    /// A differencing child `stem.avhd(x)` of `parent`.
+    fn child(&mut self, stem: &str, parent: &Path) -> PathBuf {
+        let p = self.dir.join(format!("{stem}.{}", child_ext(self.fmt)));
         xtask_ok(&["create", s(&p), "--parent", s(parent), "--block-size", "2M"]);
         let m = self.model[parent].clone();
         self.model.insert(p.clone(), m);
         p
+    }
+
+    /// What the refusal tests relink: base <- child <- grand, the base and
+    /// the child holding 1 MiB each, and a base of another size (8 MiB,
+    /// `small`, outside the model).
+    fn refusal_chain(&mut self) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
+        let base = self.base("base", false);
+        self.write(&base, 0, 1 << 20, 1);
+        let child = self.child("child", &base);
+        self.write(&child, 2 << 20, 1 << 20, 2);
+        let grand = self.child("grand", &child);
+        let small = self.dir.join(format!("small.{}", self.fmt.base()));
+        xtask_ok(&["create", s(&small), "--size", "8M"]);
+        (base, child, grand, small)
     }
 
     /// Write through `img` (4 KiB multiples: libvhdi misreads finer VHD
@@ -117,13 +123,9 @@ fn verify_with(img: &Path, model: &[u8], what: &str, libvhdi_parents: &[&Path]) 
         "{what}: {} does not read its model",
         img.display()
     );
-    let chk = xtask(&["check", s(img)]);
-    assert_eq!(
-        chk.status.code(),
-        Some(0),
-        "{what}: check {}: {}",
-        img.display(),
-        String::from_utf8_lossy(&chk.stdout)
+    ok(
+        xtask(&["check", s(img)]),
+        &format!("{what}: check {}", img.display()),
     );
     if testdata::have_libvhdi() {
         assert_eq!(
@@ -133,23 +135,6 @@ fn verify_with(img: &Path, model: &[u8], what: &str, libvhdi_parents: &[&Path]) 
             img.display()
         );
     }
-}
-
-/// Every regular file under `dir` (recursively) with its SHA-256.
-fn hashes(dir: &Path) -> BTreeMap<PathBuf, String> {
-    let mut out = BTreeMap::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                todo.push(p);
-            } else {
-                out.insert(p.clone(), testdata::sha256_file(&p).unwrap());
-            }
-        }
-    }
-    out
 }
 
 /// (apparent, allocated) bytes, as `stat -c '%s %b'` shows them.
@@ -188,14 +173,14 @@ fn refused(dir: &Path, args: &[&str], exit: i32, kind: &str) -> Value {
 fn set_parent_reconnects_a_moved_parent() {
     for (fmt, fixed, what) in kinds() {
         let t = tempfile::tempdir().unwrap();
-        let mut b = Builder::new(t.path());
-        let base = b.base(&format!("base.{}", fmt.base()), fixed);
+        let mut b = Builder::new(t.path(), fmt);
+        let base = b.base("base", fixed);
         b.write(&base, 0, 6 << 20, 1);
-        let child = b.child(&format!("child.{}", fmt.child()), &base);
+        let child = b.child("child", &base);
         b.write(&child, 3 << 20, 2 << 20, 2);
         // A grandchild links to the child: set-parent keeps the
         // child's identity, so it must still open afterwards.
-        let grand = b.child(&format!("grand.{}", fmt.child()), &child);
+        let grand = b.child("grand", &child);
         b.write(&grand, 10 << 20, 1 << 20, 3);
         let want_child = b.model[&child].clone();
         let want_grand = b.model[&grand].clone();
@@ -264,20 +249,14 @@ fn set_parent_reconnects_a_moved_parent() {
 
 #[test]
 fn set_parent_refusals_change_nothing() {
-    for fmt in [Fmt::Vhd, Fmt::Vhdx] {
+    for fmt in FMTS {
         let t = tempfile::tempdir().unwrap();
         let dir = t.path();
-        let mut b = Builder::new(dir);
-        let base = b.base(&format!("base.{}", fmt.base()), false);
-        b.write(&base, 0, 1 << 20, 1);
-        let child = b.child(&format!("child.{}", fmt.child()), &base);
-        b.write(&child, 2 << 20, 1 << 20, 2);
-        let grand = b.child(&format!("grand.{}", fmt.child()), &child);
+        let mut b = Builder::new(dir, fmt);
+        // `small`: another size.
+        let (base, child, grand, small) = b.refusal_chain();
         // Same size, another identity.
-        let other = b.base(&format!("other.{}", fmt.base()), false);
-        // Another size.
-        let small = dir.join(format!("small.{}", fmt.base()));
-        xtask_ok(&["create", s(&small), "--size", "8M"]);
+        let other = b.base("other", false);
         // The other format.
         let foreign = dir.join(match fmt {
             Fmt::Vhd => "foreign.vhdx",
@@ -345,14 +324,14 @@ fn set_parent_refusals_change_nothing() {
 
 #[test]
 fn set_parent_ignore_id_mismatch_links_another_parent() {
-    for fmt in [Fmt::Vhd, Fmt::Vhdx] {
+    for fmt in FMTS {
         let t = tempfile::tempdir().unwrap();
-        let mut b = Builder::new(t.path());
-        let base = b.base(&format!("base.{}", fmt.base()), false);
+        let mut b = Builder::new(t.path(), fmt);
+        let base = b.base("base", false);
         b.write(&base, 0, 4 << 20, 1);
-        let child = b.child(&format!("child.{}", fmt.child()), &base);
+        let child = b.child("child", &base);
         b.write(&child, 1 << 20, 1 << 20, 2);
-        let other = b.base(&format!("other.{}", fmt.base()), false);
+        let other = b.base("other", false);
         b.write(&other, 8 << 20, 2 << 20, 3);
         let (v, code) = run_json(&["set-parent", s(&child), s(&other), "--ignore-id-mismatch"]);
         assert_eq!(code, Some(0), "{fmt:?}: {v}");
@@ -372,15 +351,15 @@ fn rebase_pulls_a_middle_layer_into_each_child() {
     for (fmt, fixed, what) in kinds() {
         let t = tempfile::tempdir().unwrap();
         let dir = t.path();
-        let mut b = Builder::new(dir);
-        let base = b.base(&format!("base.{}", fmt.base()), fixed);
+        let mut b = Builder::new(dir, fmt);
+        let base = b.base("base", fixed);
         b.write(&base, 0, 8 << 20, 1);
-        let mid = b.child(&format!("mid.{}", fmt.child()), &base);
+        let mid = b.child("mid", &base);
         b.write(&mid, 2 << 20, 3 << 20, 2);
         b.write(&mid, 12 << 20, 1 << 20, 3);
-        let top1 = b.child(&format!("top1.{}", fmt.child()), &mid);
+        let top1 = b.child("top1", &mid);
         b.write(&top1, 3 << 20, 1 << 20, 4);
-        let top2 = b.child(&format!("top2.{}", fmt.child()), &mid);
+        let top2 = b.child("top2", &mid);
         b.write(&top2, 12 << 20, 4096, 5);
 
         // Merging top1 into mid is refused while top2 depends on mid,
@@ -438,17 +417,17 @@ fn rebase_pulls_a_middle_layer_into_each_child() {
 /// differ (and the child does not hide) are copied.
 #[test]
 fn rebase_onto_an_unrelated_parent_copies_only_differences() {
-    for fmt in [Fmt::Vhd, Fmt::Vhdx] {
+    for fmt in FMTS {
         let t = tempfile::tempdir().unwrap();
         let dir = t.path();
-        let mut b = Builder::new(dir);
-        let old = b.base(&format!("old.{}", fmt.base()), false);
+        let mut b = Builder::new(dir, fmt);
+        let old = b.base("old", false);
         b.write(&old, 0, 8 << 20, 1);
-        let child = b.child(&format!("child.{}", fmt.child()), &old);
+        let child = b.child("child", &old);
         b.write(&child, 1 << 20, 1 << 20, 2);
         // The new parent: a copy of old's first 4 MiB (equal bytes, other
         // file), other data at 6..7 MiB and at 12 MiB, zeros elsewhere.
-        let new = b.base(&format!("new.{}", fmt.base()), false);
+        let new = b.base("new", false);
         let first = b.model[&old][..4 << 20].to_vec();
         write(&new, 0, &first, dir);
         b.model.get_mut(&new).unwrap()[..4 << 20].copy_from_slice(&first);
@@ -477,17 +456,11 @@ fn rebase_onto_an_unrelated_parent_copies_only_differences() {
 
 #[test]
 fn rebase_refusals_change_nothing() {
-    for fmt in [Fmt::Vhd, Fmt::Vhdx] {
+    for fmt in FMTS {
         let t = tempfile::tempdir().unwrap();
         let dir = t.path();
-        let mut b = Builder::new(dir);
-        let base = b.base(&format!("base.{}", fmt.base()), false);
-        b.write(&base, 0, 1 << 20, 1);
-        let child = b.child(&format!("child.{}", fmt.child()), &base);
-        b.write(&child, 2 << 20, 1 << 20, 2);
-        let grand = b.child(&format!("grand.{}", fmt.child()), &child);
-        let small = dir.join(format!("small.{}", fmt.base()));
-        xtask_ok(&["create", s(&small), "--size", "8M"]);
+        let mut b = Builder::new(dir, fmt);
+        let (base, child, grand, small) = b.refusal_chain();
         let c = s(&child);
         refused(dir, &["rebase", c, "--onto", s(&grand)], 10, "cycle");
         refused(dir, &["rebase", c, "--onto", c], 10, "cycle");
@@ -504,7 +477,7 @@ fn rebase_refusals_change_nothing() {
             "not_differencing",
         );
         // The old parent is gone: the child's view cannot be kept.
-        let other = b.base(&format!("other.{}", fmt.base()), false);
+        let other = b.base("other", false);
         std::fs::rename(&base, dir.join("elsewhere.bin")).unwrap();
         refused(
             dir,
@@ -523,20 +496,20 @@ fn rebase_standalone_makes_a_dynamic_image() {
     for (fmt, fixed, what) in kinds() {
         let t = tempfile::tempdir().unwrap();
         let dir = t.path();
-        let mut b = Builder::new(dir);
-        let base = b.base(&format!("base.{}", fmt.base()), fixed);
+        let mut b = Builder::new(dir, fmt);
+        let base = b.base("base", fixed);
         b.write(&base, 0, 5 << 20, 1);
-        let mid = b.child(&format!("mid.{}", fmt.child()), &base);
+        let mid = b.child("mid", &base);
         // Partial blocks of the mid, a whole one, and one in an empty
         // region of the base.
         b.write(&mid, 1 << 20, 12 << 10, 2);
         b.write(&mid, 4 << 20, 2 << 20, 3);
         b.write(&mid, 9 << 20, 1 << 20, 4);
-        let top = b.child(&format!("top.{}", fmt.child()), &mid);
+        let top = b.child("top", &mid);
         b.write(&top, (2 << 20) + (4 << 10), 12 << 10, 5);
         b.write(&top, 14 << 20, 4 << 10, 6);
         // A grandchild of top stays linked (top keeps its identity).
-        let leaf = b.child(&format!("leaf.{}", fmt.child()), &top);
+        let leaf = b.child("leaf", &top);
         b.write(&leaf, 15 << 20, 4 << 10, 7);
         let want = b.model[&top].clone();
         let want_leaf = b.model[&leaf].clone();
@@ -585,10 +558,10 @@ fn rebase_standalone_makes_a_dynamic_image() {
 fn scan_stale_locator_is_fixed_by_set_parent() {
     let t = tempfile::tempdir().unwrap();
     let dir = t.path();
-    let mut b = Builder::new(dir);
-    let base = b.base("base.vhdx", false);
+    let mut b = Builder::new(dir, Fmt::Vhdx);
+    let base = b.base("base", false);
     b.write(&base, 0, 1 << 20, 1);
-    let child = b.child("child.avhdx", &base);
+    let child = b.child("child", &base);
     let moved = dir.join("renamed.vhdx");
     std::fs::rename(&base, &moved).unwrap();
     let scan = |expect: i32| {

@@ -12,6 +12,7 @@ mod footer;
 mod geometry;
 mod image;
 mod journal;
+mod journal_slot;
 mod parent_locator;
 mod sector_bitmap;
 mod write;
@@ -28,6 +29,7 @@ pub use footer::HardDiskFooter;
 pub use geometry::{chs_for_size, chs_size};
 pub use image::{FooterSource, VhdImage};
 pub use journal::{JournalHeader, JournalRecordHeader};
+pub use journal_slot::JournalSlot;
 pub use parent_locator::{
     decode_locator, ParentLocatorEntry, PLATFORM_MAC, PLATFORM_MACX, PLATFORM_W2KU, PLATFORM_W2RU,
     PLATFORM_WI2K, PLATFORM_WI2R,
@@ -36,7 +38,6 @@ pub use sector_bitmap::SectorBitmap;
 
 use crate::image::Image;
 use crate::params::OpenOptions;
-use crate::storage::JournalSlot;
 use crate::{Result, Storage};
 
 /// Open a VHD image (format already detected).

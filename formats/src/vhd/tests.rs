@@ -3,9 +3,11 @@
 //! corrupted inputs, and qemu-img interop when it is installed.
 
 use std::io::Read;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use ::storage::crash::rng::SplitMix64;
+use ::storage::crash::{Choice, CrashModel, CrashNamespace, Keep, Op as CrashOp};
 use sha2::{Digest, Sha256};
 
 use super::*;
@@ -708,143 +710,109 @@ fn shadow_batch_into_differencing_sets_only_written_bits() {
 }
 
 // ------------------------------------------------ crash-point exploration
+//
+// The batches run once on the storage crate's crash recorder; every crash
+// point's post-crash states (pending writes kept, lost or torn at 512-byte
+// sectors, pending journal creates and removes kept or lost per directory)
+// are rebuilt by its crash model and opened again.
 
-#[derive(Debug, Clone)]
-enum Op {
-    Write(u64, Vec<u8>),
-    SetLen(u64),
-    Flush,
+const IMG: &str = "/t.vhd";
+const JOURNAL: &str = "/t.vhd.cfjournal";
+
+/// Run `run` once on a recording namespace holding `start` at `IMG`; the
+/// model of every state a crash during it can leave.
+fn record_run(start: &[u8], run: impl FnOnce(&Arc<dyn Namespace>)) -> CrashModel {
+    let ns = CrashNamespace::new();
+    ns.insert(IMG, start);
+    let base = ns.begin_recording();
+    let d: Arc<dyn Namespace> = ns.clone();
+    run(&d);
+    let (trace, marks) = ns.finish_recording();
+    CrashModel::new(base, ns.snapshot(), trace, marks, 512)
 }
 
-/// A storage that records every mutation, to rebuild the file as it could
-/// be after a crash at any point.
-#[derive(Debug)]
-struct Recorder {
-    inner: MemStorage,
-    ops: Mutex<Vec<Op>>,
-}
-
-impl Storage for Recorder {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.inner.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        self.ops
-            .lock()
-            .unwrap()
-            .push(Op::Write(offset, buf.to_vec()));
-        self.inner.write_at(buf, offset)
-    }
-    fn len(&self) -> std::io::Result<u64> {
-        self.inner.len()
-    }
-    fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.ops.lock().unwrap().push(Op::SetLen(len));
-        self.inner.set_len(len)
-    }
-    fn flush(&self) -> std::io::Result<()> {
-        self.ops.lock().unwrap().push(Op::Flush);
-        Ok(())
-    }
-}
-
-fn replay(start: &[u8], ops: &[&Op]) -> Vec<u8> {
-    let st = MemStorage::from_vec(start.to_vec());
-    for op in ops {
-        match op {
-            Op::Write(o, d) => st.write_at(d, *o).unwrap(),
-            Op::SetLen(l) => st.set_len(*l).unwrap(),
-            Op::Flush => {}
-        }
-    }
-    st.to_vec()
-}
-
-/// Every crash state: all ops before the last flush, plus any subset of the
-/// ops after it (all subsets when few, else prefixes and single drops).
-fn crash_states(start: &[u8], ops: &[Op]) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut durable = 0;
-    for i in 0..=ops.len() {
-        if i == ops.len() || matches!(ops[i], Op::Flush) {
-            let pending: Vec<&Op> = ops[durable..i].iter().collect();
-            let base: Vec<&Op> = ops[..durable].iter().collect();
-            let n = pending.len();
-            let masks: Vec<u64> = if n <= 8 {
-                (0..1u64 << n).collect()
-            } else {
-                // Prefixes, single drops and seeded random subsets.
-                let full = if n >= 64 { u64::MAX } else { (1u64 << n) - 1 };
-                let mut rng = Rng(0x9e37_79b9 ^ n as u64);
-                (0..n.min(63))
-                    .map(|k| full & !(1 << k))
-                    .chain((0..=n.min(63)).map(|k| (1u64 << k) - 1))
-                    .chain((0..300).map(|_| rng.next() & full))
-                    .collect()
+/// The states of one crash point that the tests open: all of them when
+/// few; else everything kept, everything lost, every keep/drop of whole
+/// pending writes (when at most 6 are pending; else each one dropped alone
+/// and each prefix), and seeded samples with torn writes.
+fn crash_states(m: &CrashModel, k: usize) -> Vec<Arc<CrashNamespace>> {
+    let space = m.space(k);
+    let choices: Vec<Choice> = match space.total {
+        Some(total) if space.enumerable(64) => (0..total).map(|i| space.decode(i)).collect(),
+        _ => {
+            let n = space.data_ops.len();
+            let whole = |keep: &dyn Fn(usize) -> bool| Choice {
+                ns_kept: vec![true; space.ns_ops.len()],
+                data: (0..n)
+                    .map(|j| if keep(j) { Keep::Kept } else { Keep::Dropped })
+                    .collect(),
             };
-            for m in masks {
-                let mut seq = base.clone();
-                seq.extend(
-                    pending
-                        .iter()
-                        .enumerate()
-                        .filter(|(k, _)| *k >= 64 || m & (1 << k) != 0)
-                        .map(|(_, o)| *o),
-                );
-                out.push(replay(start, &seq));
+            let mut v = vec![space.all_kept(), space.all_dropped()];
+            if n <= 6 {
+                v.extend((0..1u64 << n).map(|mask| whole(&|j| mask >> j & 1 == 1)));
+            } else {
+                v.extend((0..n).map(|d| whole(&|j| j != d)));
+                v.extend((0..n).map(|p| whole(&|j| j < p)));
             }
-            durable = i;
+            let mut rng = SplitMix64::new(0x9e37_79b9 ^ k as u64);
+            v.extend((0..12).map(|_| space.sample(&mut rng)));
+            v
         }
+    };
+    choices.iter().map(|c| m.state(&space, c)).collect()
+}
+
+/// Walk every crash point's states through `open` (whether the state shows
+/// the new content): point 0 shows only the old content, the end only the
+/// new, both appear, and once every state of a point shows the new
+/// content every later one does (a commit never comes undone).
+fn old_or_new_at_every_crash_point(m: &CrashModel, open: impl Fn(&Arc<CrashNamespace>) -> bool) {
+    let (mut n_old, mut n_new, mut committed) = (0, 0, false);
+    for k in 0..m.crash_points() {
+        let seen: Vec<bool> = crash_states(m, k).iter().map(&open).collect();
+        n_new += seen.iter().filter(|n| **n).count();
+        n_old += seen.iter().filter(|n| !**n).count();
+        let all_new = seen.iter().all(|n| *n);
+        assert!(all_new || !committed, "crash point {k} went back to old");
+        assert!(k > 0 || seen.iter().all(|n| !*n), "new before any op");
+        committed |= all_new;
     }
-    out
+    assert!(committed, "never committed");
+    assert!(n_old > 0 && n_new > 0, "{n_old} old, {n_new} new");
 }
 
 #[test]
 fn shadow_commit_is_old_or_new_at_every_crash_point() {
     use crate::image::Image;
-    for kind in [DiskType::Dynamic] {
-        let size = 2 << 20;
-        let st0 = new_image(kind, size, Some(512 << 10), None);
-        let mut model = vec![0u8; size as usize];
-        prefill(&mut open_rw(&st0), &mut model);
-        let start = st0.to_vec();
-        let rec = Arc::new(Recorder {
-            inner: MemStorage::from_vec(start.clone()),
-            ops: Mutex::new(Vec::new()),
-        });
-        let mut img =
-            VhdImage::open("t.vhd", Arc::clone(&rec) as Arc<dyn Storage>, None, rw()).unwrap();
-        let old = model.clone();
+    let size = 2 << 20;
+    let st0 = new_image(DiskType::Dynamic, size, Some(512 << 10), None);
+    let mut model = vec![0u8; size as usize];
+    prefill(&mut open_rw(&st0), &mut model);
+    let old = model.clone();
+    let m = record_run(&st0.to_vec(), |ns| {
+        let st = ns.open(Path::new(IMG), Access::Write).unwrap();
+        let mut img = VhdImage::open("t.vhd", st, None, rw()).unwrap();
         let mut b = img.begin_batch().unwrap();
         stage(b.as_mut(), &mut model, Some(3 << 20));
         b.commit(new_id(9)).unwrap();
-        drop(img);
-        let ops = rec.ops.lock().unwrap().clone();
-        let states = crash_states(&start, &ops);
-        assert!(states.len() > 10);
-        let (mut n_old, mut n_new) = (0, 0);
-        for s in states {
-            let img = VhdImage::open("t.vhd", mem(s), None, ro()).unwrap();
-            let c = content(&img);
-            if c == old {
-                n_old += 1;
-            } else {
-                assert_eq!(c, model, "crash state is neither old nor new");
-                n_new += 1;
-            }
-            // Not even a fallback to the footer copy: the file always ends
-            // in a valid footer. Only a stale copy at 0 (after the commit
-            // point) may be reported.
-            let f = img.check().unwrap();
-            assert!(
-                f.iter()
-                    .all(|x| x.severity == Severity::Warning
-                        && x.structure == "hard disk footer copy"),
-                "{f:?}"
-            );
-        }
-        assert!(n_old > 0 && n_new > 0);
-    }
+    });
+    assert!(m.crash_points() > 10);
+    old_or_new_at_every_crash_point(&m, |ns| {
+        let st = Arc::clone(ns).open(Path::new(IMG), Access::Read).unwrap();
+        let img = VhdImage::open("t.vhd", st, None, ro()).unwrap();
+        let c = content(&img);
+        assert!(c == old || c == model, "crash state is neither old nor new");
+        // Not even a fallback to the footer copy: the file always ends
+        // in a valid footer. Only a stale copy at 0 (after the commit
+        // point) may be reported.
+        let f = img.check().unwrap();
+        assert!(
+            f.iter()
+                .all(|x| x.severity == Severity::Warning && x.structure == "hard disk footer copy"),
+            "{f:?}"
+        );
+        c == model
+    });
 }
 
 #[test]
@@ -856,49 +824,38 @@ fn fixed_journal_is_replayed_overlaid_or_discarded() {
     prefill(&mut open_rw(&st0), &mut model);
     let start = st0.to_vec();
     let old = model.clone();
-    // Run a committed batch whose journal is recorded; the image is recorded too.
-    let jrec = Arc::new(Recorder {
-        inner: MemStorage::new(),
-        ops: Mutex::new(Vec::new()),
+    // One committed batch: the journal written and committed, applied,
+    // removed; the image and the journal recorded together.
+    let m = record_run(&start, |ns| {
+        let st = ns.open(Path::new(IMG), Access::Write).unwrap();
+        let slot = JournalSlot::for_image(Arc::clone(ns), Path::new(IMG));
+        assert_eq!(slot.path, Path::new(JOURNAL));
+        let mut img = VhdImage::open("t.vhd", st, Some(slot), rw()).unwrap();
+        let mut b = img.begin_batch().unwrap();
+        stage(b.as_mut(), &mut model, Some(4 << 20));
+        b.commit(new_id(5)).unwrap();
     });
-    let ns = Arc::new(RecNs {
-        file: Arc::clone(&jrec),
-        exists: Mutex::new(false),
-    });
-    let slot = JournalSlot {
-        ns: ns.clone(),
-        path: "/j".into(),
-    };
-    let irec = Arc::new(Recorder {
-        inner: MemStorage::from_vec(start.clone()),
-        ops: Mutex::new(Vec::new()),
-    });
-    let mut img = VhdImage::open(
-        "t.vhd",
-        Arc::clone(&irec) as Arc<dyn Storage>,
-        Some(slot),
-        rw(),
-    )
-    .unwrap();
-    let mut b = img.begin_batch().unwrap();
-    stage(b.as_mut(), &mut model, Some(4 << 20));
-    b.commit(new_id(5)).unwrap();
-    drop(img);
-    let jops = jrec.ops.lock().unwrap().clone();
-    let iops = irec.ops.lock().unwrap().clone();
-    assert!(!*ns.exists.lock().unwrap());
-    // Crash with the journal committed and nothing applied: the journal
-    // bytes are everything the journal recorder saw.
-    let jbytes = replay(&[], &jops.iter().collect::<Vec<_>>());
+    assert_eq!(m.final_state().get(Path::new(JOURNAL)), None);
+    // The committed journal: its bytes just before its removal.
+    let removed = m
+        .trace()
+        .iter()
+        .position(|op| matches!(op, CrashOp::Remove { path } if path == Path::new(JOURNAL)))
+        .expect("the journal is removed");
+    let space = m.space(removed);
+    let jbytes = m
+        .state(&space, &space.all_kept())
+        .get(Path::new(JOURNAL))
+        .unwrap();
     let check_state = |image: Vec<u8>, journal: Option<Vec<u8>>, expect_new: Option<bool>| {
         for writable in [false, true] {
             let ns = MemNamespace::new();
             if let Some(j) = &journal {
-                ns.insert("/t.vhd.cfjournal", j.clone());
+                ns.insert(JOURNAL, j.clone());
             }
             let slot = JournalSlot {
                 ns: Arc::new(Arc::clone(&ns)),
-                path: "/t.vhd.cfjournal".into(),
+                path: JOURNAL.into(),
             };
             let st = Arc::new(MemStorage::from_vec(image.clone()));
             let img = VhdImage::open(
@@ -941,53 +898,42 @@ fn fixed_journal_is_replayed_overlaid_or_discarded() {
         Some(jbytes[..jbytes.len() - 32].to_vec()),
         Some(false),
     );
-    // Every crash point of the apply phase, with the committed journal present.
-    for s in crash_states(&start, &iops) {
-        check_state(s, Some(jbytes.clone()), Some(true));
-    }
-    // Every crash point of the journal writing, before apply began.
-    for j in crash_states(&[], &jops) {
-        check_state(start.clone(), Some(j), None);
-    }
-}
-
-/// A namespace with one recorded journal file.
-#[derive(Debug)]
-struct RecNs {
-    file: Arc<Recorder>,
-    exists: Mutex<bool>,
-}
-impl Namespace for RecNs {
-    fn open(&self, _p: &std::path::Path, _a: Access) -> std::io::Result<Arc<dyn Storage>> {
-        Ok(Arc::clone(&self.file) as Arc<dyn Storage>)
-    }
-    fn create(&self, _p: &std::path::Path) -> std::io::Result<Arc<dyn Storage>> {
-        *self.exists.lock().unwrap() = true;
-        Ok(Arc::clone(&self.file) as Arc<dyn Storage>)
-    }
-    fn kind(&self, _p: &std::path::Path) -> std::io::Result<crate::storage::EntryKind> {
-        Ok(if *self.exists.lock().unwrap() {
-            crate::storage::EntryKind::File
-        } else {
-            crate::storage::EntryKind::Missing
-        })
-    }
-    fn canonicalize(&self, p: &std::path::Path) -> std::io::Result<PathBuf> {
-        Ok(p.into())
-    }
-    fn read_dir(&self, _d: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
-        Ok(vec![])
-    }
-    fn remove(&self, _p: &std::path::Path) -> std::io::Result<()> {
-        *self.exists.lock().unwrap() = false;
-        Ok(())
-    }
-    fn rename(&self, _f: &std::path::Path, _t: &std::path::Path) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn sync_dir(&self, _d: &std::path::Path) -> std::io::Result<()> {
-        Ok(())
-    }
+    // Every crash point of the whole batch (journal writing, commit,
+    // apply, removal): a read-only open overlays a committed journal and
+    // changes nothing, a writable one replays it and removes it; both
+    // see the same content, old or new.
+    old_or_new_at_every_crash_point(&m, |ns| {
+        let names = ns.paths();
+        let d: Arc<dyn Namespace> = Arc::clone(ns) as Arc<dyn Namespace>;
+        let mut seen = None;
+        for writable in [false, true] {
+            let access = if writable {
+                Access::Write
+            } else {
+                Access::Read
+            };
+            let st = d.open(Path::new(IMG), access).unwrap();
+            let slot = JournalSlot::for_image(Arc::clone(&d), Path::new(IMG));
+            let opts = if writable { rw() } else { ro() };
+            let img = VhdImage::open("t.vhd", st, Some(slot), opts).unwrap();
+            let c = content(&img);
+            let is_new = c == model;
+            assert!(is_new || c == old, "neither old nor new");
+            assert!(seen.is_none_or(|s| s == is_new), "the opens disagree");
+            seen = Some(is_new);
+            assert!(
+                errors(&img.check().unwrap()).is_empty(),
+                "{:?}",
+                img.check().unwrap()
+            );
+            if writable {
+                assert_eq!(ns.get(Path::new(JOURNAL)), None, "journal left behind");
+            } else {
+                assert_eq!(ns.paths(), names, "read-only open changed the namespace");
+            }
+        }
+        seen == Some(true)
+    });
 }
 
 #[test]

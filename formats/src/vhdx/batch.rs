@@ -8,8 +8,16 @@
 //! sectors (or the region table, when the BAT moved) and metadata sectors
 //! into ONE log entry; the header write that names its LogGuid is the single
 //! commit point.
+//!
+//! The journal strategy (`HeldBlocks`, `expect_fresh`): where rebuilding a
+//! held block would copy it whole twice (no extent sharing), the sectors
+//! replacing part of it go through the log instead (`log::spool`): spooled
+//! entries in a log area reserved past the fresh room, the commit entry
+//! appended as the head of the same sequence, one header naming that area
+//! as the commit point, then replay in place. Nothing before that header
+//! references the area, so a crash before it leaves the old image.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use uuid::Uuid;
 
@@ -17,6 +25,7 @@ use super::bat::{self, BatEntry, BatGeometry};
 use super::bat_table::BlockAllocationTable;
 use super::codec::round_up;
 use super::image::{KnownBat, VhdxImage, MIB};
+use super::log::spool::{self, LogSpool, SpoolDone};
 use super::log::writer::{self, SectorSource};
 use super::metadata_items as items;
 use super::region_table::{self as rt};
@@ -24,7 +33,7 @@ use super::sector_bitmap;
 use crate::combine::{Payload, WriteCombiner};
 use crate::error::IoContext;
 use crate::image::MergeBatch;
-use crate::params::Identity;
+use crate::params::{HeldBlocks, Identity};
 use crate::storage::Storage;
 use crate::{CorruptionKind, Error, Result};
 
@@ -42,6 +51,10 @@ pub(crate) fn begin(img: &mut VhdxImage) -> Result<Box<dyn MergeBatch + '_>> {
         metadata: None,
         standalone: false,
         done: false,
+        held_blocks: HeldBlocks::default(),
+        reserved: None,
+        spool: None,
+        in_place: HashSet::new(),
     }))
 }
 
@@ -71,10 +84,27 @@ struct VhdxBatch<'a> {
     /// `make_standalone` ran: the image loses its parent at the commit.
     standalone: bool,
     done: bool,
+    held_blocks: HeldBlocks,
+    /// The journal's log area, kept by `expect_fresh`.
+    reserved: Option<Reserved>,
+    /// Sectors of held blocks written in place at the commit.
+    spool: Option<LogSpool>,
+    /// Payload blocks whose changes go through `spool`.
+    in_place: HashSet<u64>,
+}
+
+/// Fresh room `[committed end, area)` for blocks and bitmaps (allocated
+/// from `VhdxImage::fresh_below`), then the log area `[area, end)`: sparse
+/// until written, and nothing references it before the commit.
+#[derive(Clone, Copy)]
+struct Reserved {
+    area: u64,
+    end: u64,
 }
 
 impl Drop for VhdxBatch<'_> {
     fn drop(&mut self) {
+        self.img.fresh_below = None;
         if !self.done {
             // Nothing references the staged space: give it back (best effort;
             // leaked space past the end is harmless too).
@@ -190,6 +220,16 @@ impl VhdxBatch<'_> {
         }
     }
 
+    /// Take held block `blk` into the journal when the spool has room for
+    /// all of its `in_disk` bytes.
+    fn admit(&mut self, blk: u64, in_disk: u64) -> bool {
+        let ok = self.spool.as_mut().is_some_and(|sp| sp.admit(in_disk));
+        if ok {
+            self.in_place.insert(blk);
+        }
+        ok
+    }
+
     fn write_in_block(&mut self, blk: u64, in_off: u64, data: Payload<'_>) -> Result<()> {
         let g = self.geometry;
         let idx = g.payload_index(blk);
@@ -199,7 +239,23 @@ impl VhdxBatch<'_> {
         let e = self.entry(idx);
         let staged = self.staged.contains_key(&idx);
         let name = self.name();
+        let held = matches!(
+            e.state(),
+            bat::PAYLOAD_FULLY_PRESENT | bat::PAYLOAD_PARTIALLY_PRESENT
+        ) && !staged;
+        let in_place =
+            held && (self.in_place.contains(&blk) || (!whole && self.admit(blk, in_disk)));
         match e.state() {
+            s if in_place => {
+                // Journal: the live block changes only by the log's replay
+                // after the commit.
+                if let Some(sp) = self.spool.as_mut() {
+                    sp.put(&*self.img.storage, &name, e.file_offset() + in_off, data)?;
+                }
+                if s == bat::PAYLOAD_PARTIALLY_PRESENT {
+                    self.set_bits(blk, in_off / lss, data.len() / lss)?;
+                }
+            }
             bat::PAYLOAD_FULLY_PRESENT | bat::PAYLOAD_PARTIALLY_PRESENT if staged => {
                 self.combiner
                     .put(&*self.img.storage, e.file_offset() + in_off, data)
@@ -499,10 +555,72 @@ impl MergeBatch for VhdxBatch<'_> {
         Ok(())
     }
 
+    fn held_blocks(&mut self, policy: HeldBlocks) {
+        self.held_blocks = policy;
+    }
+
+    fn expect_fresh(&mut self, bytes: u64) -> Result<()> {
+        let journal = match self.held_blocks {
+            HeldBlocks::Rebuild => false,
+            HeldBlocks::Journal => true,
+            // Where extents are shared a rebuild is a clone plus the new
+            // sectors: cheaper than writing them twice.
+            HeldBlocks::Auto => !self.img.storage.shares_extents(),
+        };
+        if !journal || self.reserved.is_some() {
+            return Ok(());
+        }
+        let name = self.name();
+        let too_large = || Error::InvalidParameter(format!("{name}: file too large"));
+        let end = self.img.storage.len().ctx(&name)?;
+        // Room for the commit entry: every sector of the BAT region (a
+        // grown disk's BAT moves and logs only the region table) and a
+        // few metadata sectors.
+        let commit_room = round_up(writer::entry_length(self.img.bat_region.1 / 4096 + 64), MIB)
+            .ok_or_else(too_large)?;
+        let max = u64::from(u32::MAX) / MIB * MIB;
+        let per_entry = spool::entry_sectors(self.geometry.block_size);
+        let data_room = round_up(spool::log_bytes_for(bytes, per_entry) + bytes / 64, MIB)
+            .ok_or_else(too_large)?
+            .min(max.saturating_sub(commit_room));
+        if data_room < MIB {
+            return Ok(());
+        }
+        let area = end
+            .checked_add(bytes)
+            .and_then(|e| round_up(e, MIB))
+            .ok_or_else(too_large)?;
+        let area_end = area + data_room + commit_room;
+        if self.img.storage.set_len(area_end).is_err() {
+            // A file system that cannot make the file that long (ext4
+            // stops at 16 TiB): no journal, every held block rebuilt.
+            self.img.storage.set_len(end).ctx(&name)?;
+            return Ok(());
+        }
+        self.img.fresh_below = Some((end, area));
+        self.spool = Some(LogSpool::new(
+            area,
+            data_room,
+            per_entry,
+            crate::entropy::new_guid(),
+            self.img.header.sequence_number,
+            area_end / MIB * MIB,
+            area_end,
+        ));
+        self.reserved = Some(Reserved {
+            area,
+            end: area_end,
+        });
+        Ok(())
+    }
+
     fn prepare(&mut self) -> Result<()> {
         // Every staged byte durable before the commit can reference it.
         let st = &*self.img.storage;
         self.combiner.flush(st).ctx(&self.img.name)?;
+        if let Some(sp) = self.spool.as_mut() {
+            sp.write_open(st, &self.img.name)?;
+        }
         st.flush().ctx(&self.img.name)
     }
 
@@ -520,6 +638,10 @@ impl MergeBatch for VhdxBatch<'_> {
         self.combiner
             .flush(&*self.img.storage)
             .ctx(&self.img.name)?;
+        let spooled = match self.spool.take() {
+            Some(sp) => Some(sp.finish(&*self.img.storage, &self.img.name)?),
+            None => None,
+        };
         // From here on the staged space may be referenced: never give it back.
         self.done = true;
         // The committed BAT and the staged entries are read while the image
@@ -527,6 +649,11 @@ impl MergeBatch for VhdxBatch<'_> {
         let mut old = std::mem::take(&mut self.img.bat);
         let staged = std::mem::take(&mut self.staged);
         let metadata = self.metadata.take();
+        let journal = Journal {
+            spooled: spooled.filter(|d| !d.entries.is_empty()),
+            reserved: self.reserved,
+            committed_end: self.committed_end,
+        };
         if let Err(e) = commit_steps(
             self.img,
             &old,
@@ -534,6 +661,7 @@ impl MergeBatch for VhdxBatch<'_> {
             self.geometry,
             metadata.as_ref(),
             g_new,
+            journal,
         ) {
             self.img.bat = old;
             self.staged = staged;
@@ -576,6 +704,14 @@ impl MergeBatch for VhdxBatch<'_> {
     }
 }
 
+/// What the journal strategy hands the commit.
+struct Journal {
+    /// Spooled entries the commit entry joins as their head.
+    spooled: Option<SpoolDone>,
+    reserved: Option<Reserved>,
+    committed_end: u64,
+}
+
 /// The commit protocol; see the ordering comments inline.
 fn commit_steps(
     img: &mut VhdxImage,
@@ -584,6 +720,7 @@ fn commit_steps(
     geometry: BatGeometry,
     metadata: Option<&StagedMetadata>,
     g_new: Uuid,
+    journal: Journal,
 ) -> Result<()> {
     let name = img.name.clone();
     let g = geometry;
@@ -696,10 +833,32 @@ fn commit_steps(
     };
     let entry_len = writer::entry_length(src.count());
     let (orig_lo, orig_ll) = (img.header.log_offset, img.header.log_length);
+    let max_log = u64::from(u32::MAX) / MIB * MIB;
     // The entry goes into the existing log when it fits, else into a
-    // fresh 1 MiB-aligned area at the end of the file.
-    let (lo, ll) = if entry_len <= u64::from(orig_ll) {
-        (orig_lo, u64::from(orig_ll))
+    // fresh 1 MiB-aligned area at the end of the file; with spooled
+    // entries, after them in the reserved area (ring position `pos`).
+    let (lo, ll, pos) = if let Some(d) = &journal.spooled {
+        let ll = d
+            .used
+            .checked_add(entry_len)
+            .and_then(|e| round_up(e, MIB))
+            .filter(|&l| l <= max_log && journal.reserved.is_some_and(|r| d.area + l <= r.end))
+            .ok_or_else(|| Error::Unsupported {
+                file: name.clone(),
+                message: "the commit entry does not fit the journal's log area".into(),
+            })?;
+        (d.area, ll, d.used)
+    } else if entry_len <= u64::from(orig_ll) {
+        (orig_lo, u64::from(orig_ll), 0)
+    } else if let Some(r) = journal.reserved.filter(|r| r.area + entry_len <= r.end) {
+        // The journal's area is kept for exactly this and unused.
+        (
+            r.area,
+            round_up(entry_len, MIB)
+                .unwrap_or(r.end - r.area)
+                .min(r.end - r.area),
+            0,
+        )
     } else {
         let len = round_up(entry_len, MIB)
             .ok_or_else(|| Error::InvalidParameter("log too large".into()))?;
@@ -709,11 +868,16 @@ fn commit_steps(
                 message: "commit entry larger than 4 GiB".into(),
             });
         }
-        (img.allocate(len)?, len)
+        (img.allocate(len)?, len, 0)
     };
-    let l = crate::entropy::new_guid();
-    let params = img.entry_params(l)?;
-    writer::write_entry(&*img.storage, &name, lo, ll, &params, &src)?;
+    let mut params = img.entry_params(crate::entropy::new_guid())?;
+    if let Some(d) = &journal.spooled {
+        // The head of the spooled sequence.
+        params.log_guid = d.log_guid;
+        params.sequence_number = d.next_seq;
+    }
+    let l = params.log_guid;
+    writer::write_entry(&*img.storage, &name, lo + pos, ll - pos, &params, &src)?;
     // (1) The entry is durable before any header names its LogGuid.
     img.storage.flush().ctx(&name)?;
     // (2) THE commit point: one header write into the non-current slot
@@ -726,7 +890,11 @@ fn commit_steps(
         h.log_offset = lo;
         h.log_length = ll as u32;
     })?;
-    // (3) Apply in place, flush: from here a crash replays the entry.
+    // (3) Apply in place, flush: from here a crash replays the entry
+    // (the whole sequence, spooled entries first, as this does).
+    if let Some(d) = &journal.spooled {
+        d.apply(&*img.storage, &name)?;
+    }
     writer::apply_in_place(&*img.storage, &name, &src)?;
     drop(src);
     img.storage.flush().ctx(&name)?;
@@ -737,7 +905,19 @@ fn commit_steps(
         h.log_length = orig_ll;
     })?;
     // (5) Only after that header is durable may a temporary log area go.
-    if lo != orig_lo {
+    if let Some(r) = journal.reserved {
+        // Cut after the last byte of fresh room used, unless something
+        // landed past the area (the room ran out): then only punch the
+        // area and leave the rest to compaction.
+        let st = &*img.storage;
+        if st.len().ctx(&name)? <= r.end {
+            let used = img.fresh_below.map_or(r.area, |(cursor, _)| cursor);
+            st.set_len(used.max(journal.committed_end)).ctx(&name)?;
+        } else {
+            st.punch_hole(r.area, r.end - r.area).ctx(&name)?;
+        }
+        st.flush().ctx(&name)?;
+    } else if lo != orig_lo {
         img.storage.set_len(lo).ctx(&name)?;
         img.storage.flush().ctx(&name)?;
     }

@@ -37,14 +37,16 @@ struct Movable {
 }
 
 /// The committed layout: its gaps and the blocks that may move (highest
-/// first).
-fn layout(img: &VhdxImage) -> Result<(SpaceMap, Vec<Movable>)> {
+/// first). `with_log`: the log's area counts as used.
+fn layout(img: &VhdxImage, with_log: bool) -> Result<(SpaceMap, Vec<Movable>)> {
     let len = img.storage.len().ctx(&img.name)?;
     let g = img.geometry;
     // File identifier, headers and region tables.
     let mut used: Vec<std::ops::Range<u64>> = Vec::new();
     used.push(0..MIB);
-    used.push(img.header.log_offset..img.header.log_offset + u64::from(img.header.log_length));
+    if with_log {
+        used.push(img.header.log_offset..img.header.log_offset + u64::from(img.header.log_length));
+    }
     for e in &img.region_table.entries {
         used.push(e.file_offset..e.file_offset.saturating_add(u64::from(e.length)));
     }
@@ -98,8 +100,12 @@ pub(crate) fn compact(img: &mut VhdxImage) -> Result<CompactReport> {
     };
     // BAT sectors one log entry can carry (header and descriptors aside).
     let max_sectors = writer::max_sectors(u64::from(img.header.log_length)).max(1);
+    if relocate_tail_log(img)? {
+        report.moved += 1;
+        report.bytes_moved += MIB;
+    }
     loop {
-        let (mut map, movable) = layout(img)?;
+        let (mut map, movable) = layout(img, true)?;
         let mut pending = Pending::default();
         let mut sectors = BTreeSet::new();
         let mut bytes = 0u64;
@@ -132,7 +138,7 @@ pub(crate) fn compact(img: &mut VhdxImage) -> Result<CompactReport> {
         report.bytes_moved += bytes;
     }
 
-    let (map, _) = layout(img)?;
+    let (map, _) = layout(img, true)?;
     let end = round_up(map.used_end(), MIB)
         .ok_or_else(|| Error::InvalidParameter(format!("{name}: file too large")))?;
     let st = &*img.storage;
@@ -155,6 +161,35 @@ pub(crate) fn compact(img: &mut VhdxImage) -> Result<CompactReport> {
     }
     report.length_after = st.len().ctx(&name)?;
     Ok(report)
+}
+
+/// An empty log past every other referenced byte goes down into the
+/// lowest free MiB, at MS-VHDX's default size (1 MiB): that is where a
+/// merge's journal area stays named when a crash comes between the commit
+/// and the header that moves the log back (`vhdx/batch.rs`, step 4); the
+/// replay on the next open empties it. One header update (both slots):
+/// the log is empty, so old or new header reads the same image. True
+/// when it moved.
+fn relocate_tail_log(img: &mut VhdxImage) -> Result<bool> {
+    if !img.header.log_guid.is_nil() {
+        return Ok(false);
+    }
+    let lo = img.header.log_offset;
+    let (mut map, _) = layout(img, false)?;
+    if lo < map.used_end() {
+        return Ok(false);
+    }
+    let Some(to) = map.take_below(MIB, lo, |s| round_up(s, MIB).unwrap_or(s)) else {
+        return Ok(false);
+    };
+    if !to.is_multiple_of(MIB) {
+        return Ok(false);
+    }
+    img.header_update_both(|h| {
+        h.log_offset = to;
+        h.log_length = MIB as u32;
+    })?;
+    Ok(true)
 }
 
 /// `compact --zero-blocks`: every FULLY_PRESENT payload block whose data

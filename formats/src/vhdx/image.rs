@@ -56,6 +56,9 @@ pub struct VhdxImage {
     pub(crate) sb_cache: Mutex<Option<(u64, Vec<u8>)>>,
     /// Writable session state.
     pub(crate) data_write_guid_renewed: bool,
+    /// While a batch keeps a log area past the end (`batch::Reserved`):
+    /// fresh space comes from `(cursor, limit)`, below that area.
+    pub(crate) fresh_below: Option<(u64, u64)>,
 }
 
 impl std::fmt::Debug for VhdxImage {
@@ -918,6 +921,7 @@ impl VhdxImage {
             replayed_in_memory,
             sb_cache: Mutex::new(None),
             data_write_guid_renewed: false,
+            fresh_below: None,
         })
     }
 

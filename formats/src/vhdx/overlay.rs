@@ -14,12 +14,27 @@ const SECTOR: u64 = 4096;
 pub struct ReplayOverlay {
     inner: Arc<dyn Storage>,
     /// Replayed data sectors by file offset (4 KiB aligned).
-    sectors: BTreeMap<u64, Box<[u8; 4096]>>,
+    sectors: BTreeMap<u64, Replayed>,
     /// Replayed zero ranges `[start, end)`. A data sector in `sectors` is
     /// always newer than any zero range covering it: applying a zero range
     /// removes the sectors it covers.
     zeros: Vec<(u64, u64)>,
     len: u64,
+}
+
+/// A replayed sector: its bytes, or where the log holds them. A log may
+/// carry gigabytes (a merge's journal, `log::spool`), so an overlay keeps
+/// the place of each sector, not its bytes; the file under a read-only
+/// view does not change, so the place keeps holding them.
+#[derive(Debug)]
+enum Replayed {
+    Bytes(Box<[u8; 4096]>),
+    /// Bytes 8..4092 at `at` in the file, the rest from the descriptor.
+    InLog {
+        at: u64,
+        lead: [u8; 8],
+        trail: [u8; 4],
+    },
 }
 
 impl ReplayOverlay {
@@ -40,7 +55,27 @@ impl ReplayOverlay {
 
 impl ReplaySink for ReplayOverlay {
     fn data(&mut self, offset: u64, sector: &[u8; 4096]) -> Result<()> {
-        self.sectors.insert(offset, Box::new(*sector));
+        self.sectors
+            .insert(offset, Replayed::Bytes(Box::new(*sector)));
+        self.len = self.len.max(offset + SECTOR);
+        Ok(())
+    }
+    fn data_in_log(
+        &mut self,
+        offset: u64,
+        _sector: &[u8; 4096],
+        at: u64,
+        lead: &[u8; 8],
+        trail: &[u8; 4],
+    ) -> Result<()> {
+        self.sectors.insert(
+            offset,
+            Replayed::InLog {
+                at,
+                lead: *lead,
+                trail: *trail,
+            },
+        );
         self.len = self.len.max(offset + SECTOR);
         Ok(())
     }
@@ -83,7 +118,17 @@ impl Storage for ReplayOverlay {
             let piece_end = (sec + SECTOR).min(end);
             let b = &mut buf[(pos - offset) as usize..(piece_end - offset) as usize];
             if let Some(s) = self.sectors.get(&sec) {
-                b.copy_from_slice(&s[(pos - sec) as usize..(piece_end - sec) as usize]);
+                let range = (pos - sec) as usize..(piece_end - sec) as usize;
+                match s {
+                    Replayed::Bytes(bytes) => b.copy_from_slice(&bytes[range]),
+                    Replayed::InLog { at, lead, trail } => {
+                        let mut whole = [0u8; 4096];
+                        self.inner.read_at(&mut whole, *at)?;
+                        whole[..8].copy_from_slice(lead);
+                        whole[4092..].copy_from_slice(trail);
+                        b.copy_from_slice(&whole[range]);
+                    }
+                }
             } else if self.in_zero(pos) {
                 b.fill(0);
             } else if piece_end <= inner_len {
@@ -143,5 +188,27 @@ mod tests {
         o.zero(4096, 4096).unwrap();
         o.read_at(&mut b, 4096).unwrap();
         assert_eq!(b, [0; 10]);
+    }
+
+    #[test]
+    fn overlay_reads_a_sector_kept_as_its_place_in_the_log() {
+        // The "log" at 8192 holds a data sector: framing around 8..4092.
+        let mut file = vec![7u8; 3 * 4096];
+        file[8192..8196].copy_from_slice(b"data");
+        file[8196..8200].fill(0xEE);
+        file[8200..12284].fill(5);
+        file[12284..].fill(0xEE);
+        let base = Arc::new(MemStorage::from_vec(file));
+        let mut o = ReplayOverlay::new(base).unwrap();
+        o.data_in_log(0, &[0u8; 4096], 8192, &[1; 8], &[2; 4])
+            .unwrap();
+        let mut got = vec![0u8; 4096];
+        o.read_at(&mut got, 0).unwrap();
+        assert_eq!(got[..8], [1; 8]);
+        assert!(got[8..4092].iter().all(|b| *b == 5));
+        assert_eq!(got[4092..], [2; 4]);
+        let mut mid = [0u8; 8];
+        o.read_at(&mut mid, 4090).unwrap();
+        assert_eq!(mid, [5, 5, 2, 2, 2, 2, 7, 7]);
     }
 }

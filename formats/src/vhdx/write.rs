@@ -109,10 +109,7 @@ impl VhdxImage {
                 "no valid log sequence to replay",
             ));
         }
-        let mut sink = replay::StorageSink {
-            storage: &*self.storage,
-            name: &self.name,
-        };
+        let mut sink = replay::StorageSink::new(&*self.storage, &self.name);
         replay::replay(&ring, h.log_guid, &found.active, &mut sink)?;
         // The replayed sectors must be durable before the header stops
         // pointing at the log.
@@ -134,6 +131,15 @@ impl VhdxImage {
     /// Fresh space at the end of the file, 1 MiB aligned, extended to hold
     /// `len` bytes (reads as zeros).
     pub(crate) fn allocate(&mut self, len: u64) -> Result<u64> {
+        if let Some((cursor, limit)) = self.fresh_below {
+            // Room a batch kept below its log area (holes: reads zeros).
+            let off = round_up(cursor, MIB)
+                .ok_or_else(|| Error::InvalidParameter("file too large".into()))?;
+            if off.checked_add(len).is_some_and(|e| e <= limit) {
+                self.fresh_below = Some((off + len, limit));
+                return Ok(off);
+            }
+        }
         let end = self.storage.len().ctx(&self.name)?;
         let off =
             round_up(end, MIB).ok_or_else(|| Error::InvalidParameter("file too large".into()))?;

@@ -82,3 +82,88 @@ pub fn json(out: &Output) -> Value {
         )
     })
 }
+
+/// `len` bytes of seeded xorshift data, eight at a time, so that every
+/// 512-byte sector differs and nothing reads as zero.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// A file of `len` bytes of `noise`.
+pub fn data_file(path: &Path, len: usize, seed: u64) {
+    std::fs::write(path, noise(len, seed))
+        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+/// The two image formats, with what the tests name and size them by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fmt {
+    Vhd,
+    Vhdx,
+}
+
+/// Both formats.
+pub const FMTS: [Fmt; 2] = [Fmt::Vhd, Fmt::Vhdx];
+
+impl Fmt {
+    /// (base, differencing child) extensions: VHDX children are `.avhdx`.
+    pub fn ext(self) -> (&'static str, &'static str) {
+        testdata::image::exts(self == Fmt::Vhdx)
+    }
+    /// The extension of a base image.
+    pub fn base(self) -> &'static str {
+        self.ext().0
+    }
+    /// The extension of a differencing child.
+    pub fn child(self) -> &'static str {
+        self.ext().1
+    }
+    /// The block size `create --block-size` is given.
+    pub fn block(self) -> &'static str {
+        match self {
+            Fmt::Vhd => "512K",
+            Fmt::Vhdx => "1M",
+        }
+    }
+    /// qemu-img's name for the format.
+    pub fn qemu(self) -> &'static str {
+        match self {
+            Fmt::Vhd => "vpc",
+            Fmt::Vhdx => "vhdx",
+        }
+    }
+}
+
+/// Run `xtask args` under `/usr/bin/time -f %O`: its output and the bytes
+/// it wrote as the kernel counted them (file system outputs, 512-byte
+/// units); no count where /usr/bin/time is not installed.
+pub fn xtask_counting_writes(args: &[&str]) -> (Output, Option<u64>) {
+    if !Path::new("/usr/bin/time").exists() {
+        return (xtask(args), None);
+    }
+    let d = tempfile::tempdir().expect("temp dir");
+    let report = d.path().join("time");
+    let out = Command::new("/usr/bin/time")
+        .args(["-f", "%O", "-o", s(&report)])
+        .arg(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run /usr/bin/time");
+    let text = std::fs::read_to_string(&report).unwrap_or_default();
+    let blocks: u64 = text
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no count from /usr/bin/time: {text:?}"));
+    (out, Some(blocks * 512))
+}

@@ -6,6 +6,7 @@ pub mod descriptor;
 pub mod entry_header;
 pub mod replay;
 pub mod sequence;
+pub(crate) mod spool;
 pub mod writer;
 
 pub use data_sector::DataSector;

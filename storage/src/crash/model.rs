@@ -26,10 +26,10 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::crash_storage::{apply_names, CrashNamespace, Snapshot};
-use crate::pages::{Overlay, Page, PageMap, PAGE};
-use crate::rng::SplitMix64;
-use crate::trace::{Ino, Op};
+use crate::crash::namespace::{apply_names, CrashNamespace, Snapshot};
+use crate::crash::pages::{Overlay, Page, PageMap, PAGE};
+use crate::crash::rng::SplitMix64;
+use crate::crash::trace::{Ino, Op};
 
 /// Up to this many pending namespace ops, the valid subsets are listed and
 /// enumerated; beyond, they are only sampled.
@@ -622,7 +622,7 @@ impl CrashModel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use formats::{Access, Namespace};
+    use crate::traits::{Access, Namespace};
     use std::path::Path;
 
     fn record(

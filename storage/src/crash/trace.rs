@@ -41,7 +41,7 @@ pub enum Op {
 }
 
 /// The directory whose entry a path lives in (the same rule as
-/// `formats::JournalSlot`: a bare name lives in "").
+/// formats' `JournalSlot`: a bare name lives in "").
 pub fn dir_of(path: &Path) -> PathBuf {
     path.parent().map(Path::to_path_buf).unwrap_or_default()
 }

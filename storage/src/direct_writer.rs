@@ -29,7 +29,8 @@ use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use crate::storage::{AlignedBuf, Storage};
+use crate::aligned::AlignedBuf;
+use crate::traits::Storage;
 
 /// Bytes per queued write.
 const PIECE: u64 = 2 << 20;
@@ -252,7 +253,9 @@ impl Drop for DirectWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::{Access, FsNamespace, MemStorage, Namespace};
+    use crate::fs::FsNamespace;
+    use crate::mem::MemStorage;
+    use crate::traits::{Access, Namespace};
 
     /// A tiny generator: one seed, one sequence.
     struct Lcg(u64);

@@ -1,4 +1,5 @@
-//! The simulator's random numbers: SplitMix64 (Steele, Lea and Flood,
+//! The crash model's random numbers (its samples, and the simulator's
+//! seeds): SplitMix64 (Steele, Lea and Flood,
 //! "Fast splittable pseudorandom number generators", OOPSLA 2014), written
 //! out here so that a seed printed today replays the same states forever,
 //! whatever happens to external RNG crates.

@@ -1,5 +1,5 @@
 //! The crash storage: an in-memory file system implementing
-//! `formats::Namespace`, which records every operation that matters to a
+//! `Namespace`, which records every operation that matters to a
 //! crash while the code under test runs on it.
 //!
 //! The same type serves as a post-crash namespace (not recording): its files
@@ -11,10 +11,12 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use formats::{Access, EntryKind, Namespace, Storage};
-
-use crate::pages::{Overlay, PageMap, PAGE};
-use crate::trace::{Ino, Op};
+use crate::copy::copy_by_buffer;
+use crate::crash::pages::{Overlay, PageMap, PAGE};
+use crate::crash::trace::{Ino, Op};
+use crate::lock::{Held, Locks};
+use crate::mem::{names, not_found};
+use crate::traits::{Access, EntryKind, Namespace, Storage};
 
 /// The names and contents of a namespace at one instant, sharing pages.
 #[derive(Debug, Clone, Default)]
@@ -37,7 +39,6 @@ struct Inner {
     names: BTreeMap<PathBuf, Ino>,
     files: HashMap<Ino, Overlay>,
     next_ino: Ino,
-    locks: formats::storage::LockTable<Ino>,
     /// `Some` while recording.
     trace: Option<Vec<Op>>,
     /// (trace position, label): "the run had passed this point".
@@ -50,10 +51,6 @@ impl Inner {
             t.push(op);
         }
     }
-
-    fn take_lock(&mut self, ino: Ino, access: Access) -> io::Result<()> {
-        self.locks.take(ino, access)
-    }
 }
 
 /// An in-memory namespace that records (see module docs).
@@ -61,10 +58,7 @@ impl Inner {
 pub struct CrashNamespace {
     me: Weak<CrashNamespace>,
     inner: Mutex<Inner>,
-}
-
-fn not_found() -> io::Error {
-    io::Error::new(io::ErrorKind::NotFound, "no such file")
+    locks: Locks<Ino>,
 }
 
 impl CrashNamespace {
@@ -97,6 +91,7 @@ impl CrashNamespace {
                 next_ino,
                 ..Inner::default()
             }),
+            locks: Locks::default(),
         })
     }
 
@@ -192,10 +187,10 @@ impl CrashNamespace {
         self.lock().trace.as_ref().map_or(0, Vec::len)
     }
 
-    fn handle(&self, ino: Ino, access: Access) -> io::Result<Arc<dyn Storage>> {
+    fn handle(&self, ino: Ino, lock: Held<Ino>) -> io::Result<Arc<dyn Storage>> {
         Ok(Arc::new(CrashFile {
             ino,
-            access,
+            lock,
             ns: self.arc()?,
         }))
     }
@@ -206,20 +201,13 @@ impl CrashNamespace {
 #[derive(Debug)]
 struct CrashFile {
     ino: Ino,
-    access: Access,
+    lock: Held<Ino>,
     ns: Arc<CrashNamespace>,
-}
-
-impl Drop for CrashFile {
-    fn drop(&mut self) {
-        let mut inner = self.ns.lock();
-        inner.locks.release(&self.ino, self.access);
-    }
 }
 
 impl CrashFile {
     fn writable(&self) -> io::Result<()> {
-        if self.access == Access::Read {
+        if self.lock.access() == Access::Read {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
                 "opened read-only",
@@ -301,14 +289,14 @@ impl Storage for CrashFile {
             .and_then(|a| a.downcast_ref::<CrashFile>())
             .filter(|s| Arc::ptr_eq(&s.ns, &self.ns));
         let Some(s) = same_ns else {
-            return formats::storage::copy_by_buffer(src, self, src_offset, dst_offset, len);
+            return copy_by_buffer(src, self, src_offset, dst_offset, len);
         };
         const P: u64 = PAGE as u64;
         let overlapping = s.ino == self.ino
             && src_offset < dst_offset.saturating_add(len)
             && dst_offset < src_offset.saturating_add(len);
         if src_offset % P != dst_offset % P || overlapping || self.ns.is_recording() {
-            return formats::storage::copy_by_buffer(src, self, src_offset, dst_offset, len);
+            return copy_by_buffer(src, self, src_offset, dst_offset, len);
         }
         self.writable()?;
         let end = src_offset
@@ -324,7 +312,7 @@ impl Storage for CrashFile {
         let head = ((P - src_offset % P) % P).min(len);
         let pages = (len - head) / P;
         let tail = len - head - pages * P;
-        formats::storage::copy_by_buffer(src, self, src_offset, dst_offset, head)?;
+        copy_by_buffer(src, self, src_offset, dst_offset, head)?;
         let (sp, dp) = ((src_offset + head) / P, (dst_offset + head) / P);
         let mut i = 0;
         while i < pages {
@@ -340,19 +328,13 @@ impl Storage for CrashFile {
                 None => {
                     drop(inner);
                     let at = head + i * P;
-                    formats::storage::copy_by_buffer(
-                        src,
-                        self,
-                        src_offset + at,
-                        dst_offset + at,
-                        P,
-                    )?;
+                    copy_by_buffer(src, self, src_offset + at, dst_offset + at, P)?;
                 }
             }
             i += 1;
         }
         let at = head + pages * P;
-        formats::storage::copy_by_buffer(src, self, src_offset + at, dst_offset + at, tail)
+        copy_by_buffer(src, self, src_offset + at, dst_offset + at, tail)
     }
 
     fn flush(&self) -> io::Result<()> {
@@ -364,44 +346,33 @@ impl Storage for CrashFile {
 
 impl Namespace for CrashNamespace {
     fn open(&self, path: &Path, access: Access) -> io::Result<Arc<dyn Storage>> {
-        let ino = {
-            let mut inner = self.lock();
+        let (ino, lock) = {
+            let inner = self.lock();
             let ino = *inner.names.get(path).ok_or_else(not_found)?;
-            inner.take_lock(ino, access)?;
-            ino
+            (ino, self.locks.take(ino, access)?)
         };
-        self.handle(ino, access)
+        self.handle(ino, lock)
     }
 
     fn create(&self, path: &Path) -> io::Result<Arc<dyn Storage>> {
-        let ino = {
+        let (ino, lock) = {
             let mut inner = self.lock();
-            if inner.names.contains_key(path) {
-                return Err(io::Error::new(io::ErrorKind::AlreadyExists, "file exists"));
-            }
             let ino = inner.next_ino;
+            names::create(&mut inner.names, path, ino)?;
             inner.next_ino += 1;
             inner.files.insert(ino, Overlay::empty());
-            inner.names.insert(path.to_path_buf(), ino);
-            inner.take_lock(ino, Access::Write)?;
+            let lock = self.locks.take(ino, Access::Write)?;
             inner.record(Op::Create {
                 path: path.to_path_buf(),
                 ino,
             });
-            ino
+            (ino, lock)
         };
-        self.handle(ino, Access::Write)
+        self.handle(ino, lock)
     }
 
     fn kind(&self, path: &Path) -> io::Result<EntryKind> {
-        let inner = self.lock();
-        if inner.names.contains_key(path) {
-            Ok(EntryKind::File)
-        } else if inner.names.keys().any(|p| p.starts_with(path)) {
-            Ok(EntryKind::Dir)
-        } else {
-            Ok(EntryKind::Missing)
-        }
+        Ok(names::kind(&self.lock().names, path))
     }
 
     fn canonicalize(&self, path: &Path) -> io::Result<PathBuf> {
@@ -409,18 +380,12 @@ impl Namespace for CrashNamespace {
     }
 
     fn read_dir(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
-        let inner = self.lock();
-        Ok(inner
-            .names
-            .keys()
-            .filter(|p| p.parent() == Some(dir))
-            .cloned()
-            .collect())
+        Ok(names::read_dir(&self.lock().names, dir))
     }
 
     fn remove(&self, path: &Path) -> io::Result<()> {
         let mut inner = self.lock();
-        inner.names.remove(path).ok_or_else(not_found)?;
+        names::remove(&mut inner.names, path)?;
         inner.record(Op::Remove {
             path: path.to_path_buf(),
         });
@@ -435,9 +400,7 @@ impl Namespace for CrashNamespace {
         if from == to {
             return Ok(());
         }
-        if let Some(ino) = inner.names.remove(from) {
-            inner.names.insert(to.to_path_buf(), ino);
-        }
+        names::rename(&mut inner.names, from, to)?;
         inner.record(Op::Rename {
             from: from.to_path_buf(),
             to: to.to_path_buf(),
@@ -457,21 +420,9 @@ impl Namespace for CrashNamespace {
 /// post-crash names). Returns false when it cannot apply.
 pub(crate) fn apply_names(names: &mut BTreeMap<PathBuf, Ino>, op: &Op) -> bool {
     match op {
-        Op::Create { path, ino } => {
-            if names.contains_key(path) {
-                return false;
-            }
-            names.insert(path.clone(), *ino);
-            true
-        }
-        Op::Remove { path } => names.remove(path).is_some(),
-        Op::Rename { from, to } => match names.remove(from) {
-            Some(ino) => {
-                names.insert(to.clone(), ino);
-                true
-            }
-            None => false,
-        },
+        Op::Create { path, ino } => names::create(names, path, *ino).is_ok(),
+        Op::Remove { path } => names::remove(names, path).is_ok(),
+        Op::Rename { from, to } => names::rename(names, from, to).is_ok(),
         _ => true,
     }
 }
@@ -580,27 +531,7 @@ mod tests {
     fn locks_conflict_and_release() {
         let ns = CrashNamespace::new();
         ns.insert("/d/a", b"x");
-        let d = dynns(&ns);
-        let p = Path::new("/d/a");
-        let r1 = d.open(p, Access::Read).unwrap();
-        let r2 = d.open(p, Access::Read).unwrap();
-        assert_eq!(
-            d.open(p, Access::Write).unwrap_err().kind(),
-            io::ErrorKind::WouldBlock
-        );
-        assert_eq!(
-            r1.write_at(b"y", 0).unwrap_err().kind(),
-            io::ErrorKind::PermissionDenied
-        );
-        drop(r1);
-        drop(r2);
-        let w = d.open(p, Access::Write).unwrap();
-        assert_eq!(
-            d.open(p, Access::Read).unwrap_err().kind(),
-            io::ErrorKind::WouldBlock
-        );
-        drop(w);
-        d.open(p, Access::Read).unwrap();
+        crate::testing::check_lock_rules(ns.as_ref(), Path::new("/d/a"));
     }
 
     #[test]
