@@ -222,6 +222,18 @@ impl Bytes for Vec<u8> {
     }
 }
 
+impl<T: Bytes + ?Sized> Bytes for &T {
+    fn size(&self) -> u64 {
+        (**self).size()
+    }
+    fn at(&self, at: u64, n: usize) -> Option<Vec<u8>> {
+        (**self).at(at, n)
+    }
+    fn read_into(&self, at: u64, buf: &mut [u8]) -> bool {
+        (**self).read_into(at, buf)
+    }
+}
+
 impl Bytes for Pages {
     fn size(&self) -> u64 {
         self.len()

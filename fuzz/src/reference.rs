@@ -463,10 +463,48 @@ fn open_vhdx<B: Bytes + ?Sized>(b: &B) -> R<RefImage> {
     })
 }
 
-/// The virtual disk of a chain, top first: every layer painted over the
-/// ones below it.
-pub fn fold<B: Bytes + ?Sized>(files: &[&B]) -> R<Vec<u8>> {
-    let imgs: Vec<RefImage> = files.iter().map(|f| open(*f)).collect::<R<_>>()?;
+/// A chain's virtual disk as the reference reads it: the parsed layers
+/// (top first) over their files, painted a range at a time, so that
+/// comparing it costs no buffer the size of the disk.
+pub struct Folded<B> {
+    imgs: Vec<RefImage>,
+    files: Vec<B>,
+}
+
+impl<B: Bytes> Folded<B> {
+    pub fn size(&self) -> u64 {
+        self.imgs[0].virtual_size
+    }
+
+    /// Bytes `[off, off + buf.len())` of the virtual disk (inside it):
+    /// every layer's runs there painted over the ones below, from the base
+    /// up, over zeros.
+    pub fn read(&self, off: u64, buf: &mut [u8]) {
+        let end = off + buf.len() as u64;
+        buf.fill(0);
+        for (img, file) in self.imgs.iter().zip(&self.files).rev() {
+            let first = img.runs.partition_point(|&(o, l, _)| o + l <= off);
+            for &(o, l, p) in img.runs[first..].iter().take_while(|r| r.0 < end) {
+                let (s, e) = (o.max(off), (o + l).min(end));
+                let dst = &mut buf[(s - off) as usize..(e - off) as usize];
+                match p {
+                    Paint::Below => {}
+                    Paint::Zero => dst.fill(0),
+                    // Checked inside the file when folded.
+                    Paint::Data(at) => {
+                        let ok = file.read_into(at + (s - o), dst);
+                        debug_assert!(ok, "data run checked inside the file");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The virtual disk of a chain, top first (see [`Folded`]), or why the
+/// reference declines it.
+pub fn fold_view<B: Bytes>(files: Vec<B>) -> R<Folded<B>> {
+    let imgs: Vec<RefImage> = files.iter().map(open).collect::<R<_>>()?;
     let top = imgs.first().ok_or("empty chain")?;
     for (i, img) in imgs.iter().enumerate() {
         if img.sector != top.sector {
@@ -479,21 +517,24 @@ pub fn fold<B: Bytes + ?Sized>(files: &[&B]) -> R<Vec<u8>> {
             return Err("a parent larger than its child".into());
         }
     }
-    let mut out = vec![0u8; top.virtual_size as usize];
-    for (img, file) in imgs.iter().zip(files).rev() {
-        for &(off, len, p) in &img.runs {
-            let dst = &mut out[off as usize..(off + len) as usize];
-            match p {
-                Paint::Below => {}
-                Paint::Zero => dst.fill(0),
-                Paint::Data(at) => {
-                    if !file.read_into(at, dst) {
-                        return Err(format!("data: {len} bytes at {at} outside the file"));
-                    }
+    for (img, file) in imgs.iter().zip(&files) {
+        for &(_, len, p) in &img.runs {
+            if let Paint::Data(at) = p {
+                if at.checked_add(len).is_none_or(|e| e > file.size()) {
+                    return Err(format!("data: {len} bytes at {at} outside the file"));
                 }
             }
         }
     }
+    Ok(Folded { imgs, files })
+}
+
+/// The virtual disk of a chain, top first, as one vector.
+#[cfg(test)]
+pub fn fold<B: Bytes + ?Sized>(files: &[&B]) -> R<Vec<u8>> {
+    let f = fold_view(files.to_vec())?;
+    let mut out = vec![0u8; f.size() as usize];
+    f.read(0, &mut out);
     Ok(out)
 }
 
@@ -549,6 +590,29 @@ mod tests {
         assert!(got == model, "reference fold differs from the model");
         files.shrink_to_fit();
         files
+    }
+
+    /// A range of the folded view reads what the same range of the whole
+    /// fold holds, wherever it starts and ends.
+    #[test]
+    fn ranges_read_as_the_whole_fold() {
+        for vhdx in [false, true] {
+            let files = chain(vhdx, false, vhdx, 2, 2);
+            let whole = fold(&files.iter().collect::<Vec<_>>()).unwrap();
+            let view = fold_view(files.iter().collect::<Vec<_>>()).unwrap();
+            assert_eq!(view.size(), whole.len() as u64);
+            let mut x = 0x1234_5678_u64;
+            for _ in 0..300 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let off = x % whole.len() as u64;
+                let len = (x >> 32) % (whole.len() as u64 - off).min(70_000);
+                let mut buf = vec![0xEE; len as usize];
+                view.read(off, &mut buf);
+                assert!(buf[..] == whole[off as usize..(off + len) as usize]);
+            }
+        }
     }
 
     /// Images made by formats, with known contents, read by the reference

@@ -138,14 +138,98 @@ impl Pages {
             let keep = len.div_ceil(PAGE);
             self.pages.split_off(&keep);
             // Bytes of the last kept page past the new end read as zeros if
-            // the file grows again.
+            // the file grows again (and a page left all zero is dropped:
+            // only non-zero pages are stored, so equal files compare equal).
             if !len.is_multiple_of(PAGE) {
-                if let Some(p) = self.pages.get_mut(&(len / PAGE)) {
+                let pn = len / PAGE;
+                if let Some(p) = self.pages.get_mut(&pn) {
                     Arc::make_mut(p)[(len % PAGE) as usize..].fill(0);
+                    if is_zero(&p[..]) {
+                        self.pages.remove(&pn);
+                    }
                 }
             }
         }
         self.len = len;
+    }
+
+    /// The first run of stored pages at or after `at`, clipped to the file:
+    /// everything outside such runs reads as zeros.
+    fn allocated_from(&self, at: u64) -> Option<std::ops::Range<u64>> {
+        if at >= self.len {
+            return None;
+        }
+        let mut run: Option<(u64, u64)> = None;
+        for &pn in self.pages.range(at / PAGE..).map(|(pn, _)| pn) {
+            match run {
+                None => run = Some((pn, pn + 1)),
+                Some((s, e)) if pn == e => run = Some((s, e + 1)),
+                Some(_) => break,
+            }
+        }
+        let (s, e) = run?;
+        let start = (s * PAGE).max(at);
+        let end = (e * PAGE).min(self.len);
+        (start < end).then_some(start..end)
+    }
+
+    /// Make `[at, end)` read as zeros (stored pages dropped or cleared);
+    /// the length does not change. The caller has clipped `end` to it.
+    fn zero_range(&mut self, at: u64, end: u64) {
+        let mut off = at;
+        while off < end {
+            let pn = off / PAGE;
+            let n = ((pn + 1) * PAGE).min(end) - off;
+            if n == PAGE {
+                self.pages.remove(&pn);
+            } else if self.pages.contains_key(&pn) {
+                self.write(off, &ZEROS[..n as usize]);
+            }
+            off += n;
+        }
+    }
+
+    /// Copy `len` bytes of `src` at `from` to `to` (the caller has checked
+    /// both ranges). Whole pages at the same phase are shared, not copied;
+    /// the rest goes a page at a time through a stack buffer, so nothing
+    /// here allocates in proportion to `len`. `src` must not be `self`'s
+    /// own map where the ranges overlap (the caller copies those apart).
+    fn copy_range(&mut self, src: &Pages, from: u64, to: u64, len: u64) {
+        let mut buf = [0u8; PAGE as usize];
+        let mut done = 0;
+        while done < len {
+            let (s, d) = (from + done, to + done);
+            let n = (PAGE - d % PAGE).min(len - done);
+            if n == PAGE && s.is_multiple_of(PAGE) {
+                match src.pages.get(&(s / PAGE)) {
+                    Some(p) => {
+                        self.pages.insert(d / PAGE, Arc::clone(p));
+                    }
+                    None => {
+                        self.pages.remove(&(d / PAGE));
+                    }
+                }
+            } else {
+                src.read(s, &mut buf[..n as usize]);
+                self.write(d, &buf[..n as usize]);
+            }
+            done += n;
+        }
+        self.len = self.len.max(to + len);
+    }
+
+    /// The stored pages that hold `[at, at + len)` (with the file's
+    /// length), enough for [`Pages::copy_range`] from that range.
+    fn range_copy(&self, at: u64, len: u64) -> Pages {
+        let last = (at + len).div_ceil(PAGE);
+        Pages {
+            len: self.len,
+            pages: self
+                .pages
+                .range(at / PAGE..last)
+                .map(|(k, v)| (*k, Arc::clone(v)))
+                .collect(),
+        }
     }
 }
 
@@ -213,6 +297,62 @@ impl Storage for SparseFile {
     fn flush(&self) -> io::Result<()> {
         Ok(())
     }
+    fn allocated_range(&self, offset: u64) -> io::Result<Option<std::ops::Range<u64>>> {
+        Ok(lock(&self.data).allocated_from(offset))
+    }
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        let mut d = lock(&self.data);
+        let end = offset.saturating_add(len).min(d.len);
+        if offset < end {
+            d.zero_range(offset, end);
+        }
+        Ok(())
+    }
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+    /// From a sparse file (`src.as_any()` is one): pages shared or copied
+    /// a page at a time (see `Pages::copy_range`), with what the default
+    /// copy through a buffer does on errors: 4 MiB pieces, each read (past
+    /// the end: an error) before it is written, so a failing copy has
+    /// written the pieces before it. Overlapping ranges of one file and
+    /// other sources take the default path.
+    fn copy_from(
+        &self,
+        src: &dyn Storage,
+        src_offset: u64,
+        dst_offset: u64,
+        len: u64,
+    ) -> io::Result<()> {
+        let Some(s) = src.as_any().and_then(|a| a.downcast_ref::<SparseFile>()) else {
+            return storage::copy_by_buffer(src, self, src_offset, dst_offset, len);
+        };
+        if std::ptr::eq(s, self)
+            && src_offset < dst_offset.saturating_add(len)
+            && dst_offset < src_offset.saturating_add(len)
+        {
+            return storage::copy_by_buffer(src, self, src_offset, dst_offset, len);
+        }
+        const PIECE: u64 = 4 << 20;
+        let mut done = 0;
+        while done < len {
+            let n = PIECE.min(len - done);
+            let (from, to) = (src_offset + done, dst_offset + done);
+            let piece = {
+                let d = lock(&s.data);
+                match from.checked_add(n) {
+                    Some(end) if end <= d.len => d.range_copy(from, n),
+                    _ => return Err(eof()),
+                }
+            };
+            to.checked_add(n)
+                .filter(|e| *e <= MAX_LEN)
+                .ok_or_else(too_large)?;
+            lock(&self.data).copy_range(&piece, from, to, n);
+            done += n;
+        }
+        Ok(())
+    }
 }
 
 /// A directory tree of sparse files (clones share the tree). Names and
@@ -221,6 +361,76 @@ impl Storage for SparseFile {
 pub struct SparseNs {
     files: Arc<Mutex<BTreeMap<PathBuf, Arc<SparseFile>>>>,
     locks: Locks<PathBuf>,
+}
+
+/// A lock-holding handle onto a shared sparse file: the storage crate's
+/// `MemHandle` (its lock rules), which also passes on the sparse file's
+/// page-level copies, holes and allocated runs (`MemHandle` itself takes
+/// the trait's defaults for those).
+#[derive(Debug)]
+struct Handle {
+    inner: MemHandle<SparseFile>,
+    file: Arc<SparseFile>,
+    access: Access,
+}
+
+impl Handle {
+    fn open(ns: &SparseNs, path: &Path, file: Arc<SparseFile>, access: Access) -> io::Result<Self> {
+        Ok(Handle {
+            inner: MemHandle::open(&ns.locks, path, Arc::clone(&file), access)?,
+            file,
+            access,
+        })
+    }
+}
+
+fn read_only() -> io::Error {
+    io::Error::new(io::ErrorKind::PermissionDenied, "opened read-only")
+}
+
+impl Storage for Handle {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.inner.write_at(buf, offset)
+    }
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn flush(&self) -> io::Result<()> {
+        self.inner.flush()
+    }
+    fn allocated_range(&self, offset: u64) -> io::Result<Option<std::ops::Range<u64>>> {
+        self.file.allocated_range(offset)
+    }
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        // As the default: nothing to write (past the end) is no error.
+        if self.access == Access::Read && offset < offset.saturating_add(len).min(self.len()?) {
+            return Err(read_only());
+        }
+        self.file.punch_hole(offset, len)
+    }
+    /// The file, so that another sparse file's `copy_from` finds its pages.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(&*self.file)
+    }
+    fn copy_from(
+        &self,
+        src: &dyn Storage,
+        src_offset: u64,
+        dst_offset: u64,
+        len: u64,
+    ) -> io::Result<()> {
+        if self.access == Access::Read {
+            // The default's error: the first piece read, its write refused.
+            return storage::copy_by_buffer(src, self, src_offset, dst_offset, len);
+        }
+        self.file.copy_from(src, src_offset, dst_offset, len)
+    }
 }
 
 impl SparseNs {
@@ -276,17 +486,12 @@ impl SparseNs {
 impl Namespace for SparseNs {
     fn open(&self, path: &Path, access: Access) -> io::Result<Arc<dyn Storage>> {
         let file = self.file(path).ok_or_else(not_found)?;
-        Ok(Arc::new(MemHandle::open(&self.locks, path, file, access)?))
+        Ok(Arc::new(Handle::open(self, path, file, access)?))
     }
     fn create(&self, path: &Path) -> io::Result<Arc<dyn Storage>> {
         let file = Arc::new(SparseFile::default());
         names::create(&mut lock(&self.files), path, Arc::clone(&file))?;
-        Ok(Arc::new(MemHandle::open(
-            &self.locks,
-            path,
-            file,
-            Access::Write,
-        )?))
+        Ok(Arc::new(Handle::open(self, path, file, Access::Write)?))
     }
     fn kind(&self, path: &Path) -> io::Result<EntryKind> {
         Ok(names::kind(&lock(&self.files), path))
@@ -342,6 +547,33 @@ mod tests {
                     p.set_len(at);
                     d.resize(at as usize, 0);
                 }
+                3 if i % 2 == 0 => {
+                    // Copy from another place of the file (a snapshot of
+                    // it, as `copy_from` takes), sometimes page-aligned.
+                    let len = n as u64 % 20_000;
+                    let from = if i % 4 == 0 { at / PAGE * PAGE } else { at };
+                    let to = if i % 4 == 0 {
+                        next() % 40_000 / PAGE * PAGE
+                    } else {
+                        next() % 40_000
+                    };
+                    if from + len <= p.len() {
+                        let src = p.range_copy(from, len);
+                        p.copy_range(&src, from, to, len);
+                        let bytes = d[from as usize..(from + len) as usize].to_vec();
+                        if d.len() < (to + len) as usize {
+                            d.resize((to + len) as usize, 0);
+                        }
+                        d[to as usize..(to + len) as usize].copy_from_slice(&bytes);
+                    }
+                }
+                3 => {
+                    let end = (at + n as u64).min(p.len());
+                    if at < end {
+                        p.zero_range(at, end);
+                        d[at as usize..end as usize].fill(0);
+                    }
+                }
                 _ => {
                     let want: Vec<u8> = d
                         .get(at as usize..)
@@ -351,7 +583,101 @@ mod tests {
                 }
             }
             assert_eq!(p.len(), d.len() as u64);
+            // Only non-zero pages are stored, and the allocated runs cover
+            // every non-zero byte.
+            assert!(p.pages.values().all(|pg| !is_zero(&pg[..])), "step {i}");
+            let mut covered = vec![false; d.len()];
+            let mut at = 0;
+            while let Some(r) = p.allocated_from(at) {
+                assert!(r.start >= at && r.end > r.start && r.end <= p.len());
+                covered[r.start as usize..r.end as usize].fill(true);
+                at = r.end;
+            }
+            assert!(
+                d.iter().zip(&covered).all(|(b, c)| *b == 0 || *c),
+                "a non-zero byte outside every allocated range at step {i}"
+            );
         }
         assert_eq!(p.to_vec(), d);
+    }
+
+    /// `copy_from` and `punch_hole` between sparse handles do what the
+    /// trait's defaults do on dense memory files: same bytes, same errors
+    /// (past the end, read-only), within one file and between two.
+    #[test]
+    fn copies_and_holes_match_the_defaults() {
+        use storage::{copy_by_buffer, MemStorage};
+        let ns = SparseNs::new();
+        let names = [Path::new("/a"), Path::new("/b")];
+        let mut x = 0x2545_f491_u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut dense = Vec::new();
+        for (i, n) in names.iter().enumerate() {
+            let v: Vec<u8> = (0..50_000u32)
+                .map(|k| {
+                    if (k / 4096) % 3 == i as u32 {
+                        0
+                    } else {
+                        k as u8 | 1
+                    }
+                })
+                .collect();
+            ns.put(n, Pages::from_bytes(&v));
+            dense.push(MemStorage::from_vec(v));
+        }
+        let w = [
+            ns.open(names[0], Access::Write).unwrap(),
+            ns.open(names[1], Access::Write).unwrap(),
+        ];
+        for step in 0..3000 {
+            let (a, b) = ((next() % 2) as usize, (next() % 2) as usize);
+            let aligned = next() % 3 == 0;
+            let mut pick = |m: u64| {
+                let v = next() % m;
+                if aligned {
+                    v / PAGE * PAGE
+                } else {
+                    v
+                }
+            };
+            let (from, to, len) = (pick(60_000), pick(60_000), pick(20_000));
+            let (got, want) = if step % 5 == 0 {
+                (
+                    w[b].punch_hole(to, len),
+                    Storage::punch_hole(&dense[b], to, len),
+                )
+            } else {
+                (
+                    w[b].copy_from(&*w[a], from, to, len),
+                    copy_by_buffer(&dense[a], &dense[b], from, to, len),
+                )
+            };
+            assert_eq!(
+                got.map_err(|e| e.kind()),
+                want.map_err(|e| e.kind()),
+                "step {step}"
+            );
+            for (n, d) in names.iter().zip(&dense) {
+                assert!(ns.get(n).unwrap().to_vec() == d.to_vec(), "step {step}");
+            }
+        }
+        drop(w);
+        let r = ns.open(names[0], Access::Read).unwrap();
+        let w1 = ns.open(names[1], Access::Write).unwrap();
+        let kind = |r: io::Result<()>| r.map_err(|e| e.kind());
+        assert_eq!(
+            kind(r.copy_from(&*w1, 0, 0, 10)),
+            Err(io::ErrorKind::PermissionDenied)
+        );
+        assert_eq!(
+            kind(r.punch_hole(0, 10)),
+            Err(io::ErrorKind::PermissionDenied)
+        );
+        assert_eq!(kind(r.punch_hole(1 << 40, 10)), Ok(()));
     }
 }

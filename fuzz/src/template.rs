@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use arbitrary::Arbitrary;
 use formats::chain::{open_image_file, ChainOptions};
-use formats::params::{CreateParams, DiskType};
+use formats::entropy::with_seed;
+use formats::params::{CreateParams, DiskType, ParentSpec};
 use formats::{Access, Namespace};
 
 use crate::sparse::{Pages, SparseNs};
@@ -165,26 +166,30 @@ fn child_size(parent_size: u64, c: &ChildSpec) -> u64 {
     parent_size + u64::from(c.grow % 3) * (MIB / 4)
 }
 
-/// Create child number `i`, empty, over the top of `paths`.
-fn create_child(
+/// The parent description a child over `parent` records, for the child
+/// at `child` (its locators are relative to it).
+fn parent_spec_of(ns: &Arc<dyn Namespace>, parent: &Path, child: &Path) -> ParentSpec {
+    let pimg = open_image_file(ns, parent, &ChainOptions::default())
+        .unwrap_or_else(|e| panic!("open parent {}: {e}", parent.display()));
+    formats::create::parent_spec(ns, pimg.as_ref(), parent, child)
+        .unwrap_or_else(|e| panic!("parent_spec: {e}"))
+}
+
+/// Create child number `i` of a chain over `base`, empty, at `path`, over
+/// the parent `spec_p` of `parent_size` bytes.
+fn create_child_at(
     ns: &Arc<dyn Namespace>,
     base: &BaseSpec,
-    paths: &[PathBuf],
+    path: &Path,
+    mut spec_p: ParentSpec,
     parent_size: u64,
     i: usize,
     c: &ChildSpec,
-) -> PathBuf {
-    let parent = paths.last().expect("base exists").clone();
-    let path = child_path(base, i);
-    let pimg = open_image_file(ns, &parent, &ChainOptions::default())
-        .unwrap_or_else(|e| panic!("open parent {}: {e}", parent.display()));
-    let mut spec_p = formats::create::parent_spec(ns, pimg.as_ref(), &parent, &path)
-        .unwrap_or_else(|e| panic!("parent_spec: {e}"));
-    drop(pimg);
+) {
     spec_p.virtual_size = parent_size;
     formats::create::create_file(
         ns,
-        &path,
+        path,
         &CreateParams {
             virtual_size: child_size(parent_size, c),
             disk_type: DiskType::Differencing,
@@ -195,6 +200,21 @@ fn create_child(
         },
     )
     .unwrap_or_else(|e| panic!("create child {i} of {base:?}: {e}"));
+}
+
+/// Create child number `i`, empty, over the top of `paths`.
+fn create_child(
+    ns: &Arc<dyn Namespace>,
+    base: &BaseSpec,
+    paths: &[PathBuf],
+    parent_size: u64,
+    i: usize,
+    c: &ChildSpec,
+) -> PathBuf {
+    let parent = paths.last().expect("base exists");
+    let path = child_path(base, i);
+    let spec_p = parent_spec_of(ns, parent, &path);
+    create_child_at(ns, base, &path, spec_p, parent_size, i, c);
     path
 }
 
@@ -241,13 +261,24 @@ fn empty_key(b: &BaseSpec) -> EmptyKey {
     )
 }
 
-/// A built chain prefix: its files (base first) and the model of the
-/// top's view.
+/// The GUID and clock seed of layer `layer`'s creation (`apply` false) or
+/// writes. The cached builder runs both seeded, so a spec always builds the
+/// same bytes (every layer of a chain from its own seeds: no two share a
+/// GUID) and a parent's identity repeats across specs that differ only in
+/// what was written, which is what lets created children be reused.
+fn seed(layer: usize, apply: bool) -> u64 {
+    0xc4a1_f01d_5eed_0000 + 2 * layer as u64 + u64::from(apply)
+}
+
+/// A built chain prefix: its files (base first), the model of the top's
+/// view, and (once a child was built over it) what a child records about
+/// its top.
 struct Built {
     id: u64,
     key: (BaseSpec, Vec<ChildSpec>),
     files: Vec<(PathBuf, Pages)>,
     model: Arc<Vec<u8>>,
+    top_spec: Option<ParentSpec>,
 }
 
 #[derive(Default)]
@@ -256,15 +287,14 @@ struct Cache {
     chains: VecDeque<Built>,
     /// Freshly created, unwritten base files.
     empty: VecDeque<(EmptyKey, Pages)>,
-    /// Freshly created, unwritten children of a cached chain prefix:
-    /// (the prefix's `Built::id`, child block and growth) -> file. Valid
-    /// because that prefix restores the same parent bytes every time (a
-    /// rebuilt prefix gets a new id: its GUIDs differ).
+    /// Freshly created, unwritten children: (what the child records of its
+    /// parent, its layer, block and growth) -> file. Creation is seeded, so
+    /// that key fixes every byte.
     empty_children: VecDeque<(ChildKey, Pages)>,
     next_id: u64,
 }
 
-type ChildKey = (u64, u8, u8);
+type ChildKey = (String, usize, u8, u8);
 
 /// libFuzzer mutates inputs it has run, and the chain spec comes first in
 /// every structured input, so many inputs share a chain, or the start of
@@ -282,6 +312,14 @@ const EMPTY_ENTRIES: usize = 512;
 fn with_cache<R>(f: impl FnOnce(&mut Cache) -> R) -> R {
     let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
     f(c.get_or_insert_with(Cache::default))
+}
+
+/// Keep `f` under `key` in a bounded list of recent entries.
+fn keep<K>(list: &mut VecDeque<(K, Pages)>, key: K, f: Pages) {
+    if list.len() >= EMPTY_ENTRIES {
+        list.pop_front();
+    }
+    list.push_back((key, f));
 }
 
 /// Cache the chain prefix at `paths`; returns its id.
@@ -311,14 +349,79 @@ fn remember(
             key,
             files,
             model,
+            top_spec: None,
         });
         id
     })
 }
 
+/// The base at `/c/base.<ext>`, empty: a copy of a cached one, or created
+/// (seeded) and cached.
+fn empty_base(m: &SparseNs, ns: &Arc<dyn Namespace>, base: &BaseSpec) -> PathBuf {
+    let key = empty_key(base);
+    let cached = with_cache(|c| {
+        c.empty
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, f)| f.clone())
+    });
+    match cached {
+        Some(f) => {
+            let p = base_path(base);
+            m.put(&p, f);
+            p
+        }
+        None => {
+            let p = with_seed(seed(0, false), || create_base(ns, base));
+            let f = m.get(&p).expect("created");
+            with_cache(|c| keep(&mut c.empty, key, f));
+            p
+        }
+    }
+}
+
+/// Child number `i`, empty, over the parent `spec_p` of `parent_size`
+/// bytes: a copy of a cached one, or created (seeded) and cached.
+fn empty_child(
+    m: &SparseNs,
+    ns: &Arc<dyn Namespace>,
+    base: &BaseSpec,
+    spec_p: ParentSpec,
+    parent_size: u64,
+    i: usize,
+    c: &ChildSpec,
+) -> PathBuf {
+    let path = child_path(base, i);
+    let key: ChildKey = (
+        format!("{spec_p:?} {parent_size}"),
+        i,
+        c.block % if base.vhdx { 3 } else { 4 },
+        c.grow % 3,
+    );
+    let cached = with_cache(|cache| {
+        cache
+            .empty_children
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, f)| f.clone())
+    });
+    match cached {
+        Some(f) => m.put(&path, f),
+        None => {
+            with_seed(seed(i + 1, false), || {
+                create_child_at(ns, base, &path, spec_p, parent_size, i, c)
+            });
+            let f = m.get(&path).expect("created");
+            with_cache(|cache| keep(&mut cache.empty_children, key, f));
+        }
+    }
+    path
+}
+
 /// [`build_chain`] into the sparse namespace `m`, reusing the longest
-/// recently built prefix of the chain (and, failing that, a recently
-/// created empty base).
+/// recently built prefix of the chain, and failing that recently created
+/// empty bases and children. Built with seeded GUIDs and clock (see
+/// [`seed`]).
 pub fn build_chain_cached(
     m: &SparseNs,
     base: &BaseSpec,
@@ -342,48 +445,27 @@ pub fn build_chain_cached(
                 k,
                 b.id,
                 b.files.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>(),
+                Arc::clone(&b.model),
+                b.top_spec.clone(),
             );
-            let model = Arc::clone(&b.model);
             c.chains.push_back(b);
-            Some((out, model))
+            Some(out)
         })
     });
-    let (mut paths, mut model, from, mut parent_id) = match found {
-        Some(((k, _, paths), model)) if k == children.len() => return (paths, model),
-        Some(((k, id, paths), model)) => {
+    let (mut paths, mut model, from, mut parent_id, mut top_spec) = match found {
+        Some((k, _, paths, model, _)) if k == children.len() => return (paths, model),
+        Some((k, id, paths, model, spec)) => {
             let mut v = Vec::with_capacity(full);
             v.extend_from_slice(&model);
-            (paths, v, k, id)
+            (paths, v, k, id, spec)
         }
         None => {
-            let key = empty_key(base);
-            let empty = with_cache(|c| {
-                c.empty
-                    .iter()
-                    .find(|(k, _)| *k == key)
-                    .map(|(_, f)| f.clone())
-            });
-            let path = match empty {
-                Some(f) => {
-                    let p = base_path(base);
-                    m.put(&p, f);
-                    p
-                }
-                None => {
-                    let p = create_base(&ns, base);
-                    let f = m.get(&p).expect("created");
-                    with_cache(|c| {
-                        if c.empty.len() >= EMPTY_ENTRIES {
-                            c.empty.pop_front();
-                        }
-                        c.empty.push_back((key, f));
-                    });
-                    p
-                }
-            };
+            let path = empty_base(m, &ns, base);
             let mut model = Vec::with_capacity(full);
             model.resize(base.virtual_size() as usize, 0);
-            apply(&ns, &path, base.sector(), &base.ops, &mut model);
+            with_seed(seed(0, true), || {
+                apply(&ns, &path, base.sector(), &base.ops, &mut model)
+            });
             let paths = vec![path];
             if children.is_empty() {
                 // The whole chain: the cache and the caller share its model.
@@ -397,42 +479,27 @@ pub fn build_chain_cached(
                 &paths,
                 Arc::new(model.clone()),
             );
-            (paths, model, 0, id)
+            (paths, model, 0, id, None)
         }
     };
     for (i, c) in children.iter().enumerate().skip(from) {
-        let key: ChildKey = (
-            parent_id,
-            c.block % if base.vhdx { 3 } else { 4 },
-            c.grow % 3,
-        );
-        let empty = with_cache(|cache| {
-            cache
-                .empty_children
-                .iter()
-                .find(|(k, _)| *k == key)
-                .map(|(_, f)| f.clone())
-        });
-        let path = match empty {
-            Some(f) => {
-                let p = child_path(base, i);
-                m.put(&p, f);
-                p
-            }
+        let spec_p = match top_spec.take() {
+            Some(s) => s,
             None => {
-                let p = create_child(&ns, base, &paths, model.len() as u64, i, c);
-                let f = m.get(&p).expect("created");
+                let s = parent_spec_of(&ns, paths.last().expect("base"), &child_path(base, i));
                 with_cache(|cache| {
-                    if cache.empty_children.len() >= EMPTY_ENTRIES {
-                        cache.empty_children.pop_front();
+                    if let Some(b) = cache.chains.iter_mut().find(|b| b.id == parent_id) {
+                        b.top_spec = Some(s.clone());
                     }
-                    cache.empty_children.push_back((key, f));
                 });
-                p
+                s
             }
         };
+        let path = empty_child(m, &ns, base, spec_p, model.len() as u64, i, c);
         model.resize(child_size(model.len() as u64, c) as usize, 0);
-        apply(&ns, &path, base.sector(), &c.ops, &mut model);
+        with_seed(seed(i + 1, true), || {
+            apply(&ns, &path, base.sector(), &c.ops, &mut model)
+        });
         paths.push(path);
         let key = (base.clone(), children[..=i].to_vec());
         if i + 1 == children.len() {

@@ -64,6 +64,24 @@ pub(crate) fn parent_locator_item(p: &ParentSpec) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Zeros for the parts of the log, metadata and BAT regions a new file
+/// holds none of: written from this one buffer, not from buffers the size
+/// of each region (megabytes per create).
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+
+/// Write `len` zero bytes at `at`.
+fn zeros(storage: &dyn Storage, at: u64, len: u64) -> Result<()> {
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(ZEROS.len() as u64);
+        storage
+            .write_at(&ZEROS[..n as usize], at + done)
+            .ctx(NAME)?;
+        done += n;
+    }
+    Ok(())
+}
+
 /// Write a new VHDX into `storage`, which must be empty.
 pub fn create(storage: &dyn Storage, params: &CreateParams) -> Result<()> {
     if storage.len().ctx(NAME)? != 0 {
@@ -150,10 +168,14 @@ pub fn create(storage: &dyn Storage, params: &CreateParams) -> Result<()> {
             parent_locator_item(p)?,
         ));
     }
-    let mut region = vec![0u8; METADATA_LENGTH as usize];
+    // The region's used start (table, items); the rest is written as zeros.
+    let mut region = vec![0u8; 64 * 1024];
     let mut entries = Vec::new();
     let mut at = 64 * 1024usize;
     for (id, flags, bytes) in &item_list {
+        if region.len() < at + bytes.len() {
+            region.resize(at + bytes.len(), 0);
+        }
         region[at..at + bytes.len()].copy_from_slice(bytes);
         entries.push(MetadataTableEntry {
             item_id: *id,
@@ -167,12 +189,18 @@ pub fn create(storage: &dyn Storage, params: &CreateParams) -> Result<()> {
     }
     let table = MetadataTable::new(entries).to_bytes();
     region[..table.len()].copy_from_slice(&table);
+    if region.len() as u64 > METADATA_LENGTH {
+        return Err(invalid("metadata items too large"));
+    }
 
     // BAT (fixed: every payload block allocated in order after the BAT).
     let payload_start = BAT_OFFSET + bat_len;
     let mut file_end = payload_start;
-    let mut bat_bytes = vec![0u8; bat_len as usize];
-    if fp.leave_block_allocated() && parent.is_none() {
+    // The BAT's used start (a fixed disk's entries); the rest is zeros.
+    let mut bat_bytes = Vec::new();
+    if fp.leave_block_allocated() && parent.is_none() && g.payload_blocks > 0 {
+        let used = (g.payload_index(g.payload_blocks - 1) as usize + 1) * 8;
+        bat_bytes = vec![0u8; used];
         for p in 0..g.payload_blocks {
             let i = g.payload_index(p) as usize;
             let e = BatEntry::new(bat::PAYLOAD_FULLY_PRESENT, payload_start + p * g.block_size);
@@ -201,9 +229,13 @@ pub fn create(storage: &dyn Storage, params: &CreateParams) -> Result<()> {
     w(&FileIdentifier::new(CREATOR).to_region_bytes(), 0)?;
     w(&rtable, rt::COPY_OFFSETS[0])?;
     w(&rtable, rt::COPY_OFFSETS[1])?;
-    w(&vec![0u8; LOG_LENGTH as usize], LOG_OFFSET)?;
+    zeros(storage, LOG_OFFSET, LOG_LENGTH)?;
     w(&region, METADATA_OFFSET)?;
+    let used = region.len() as u64;
+    zeros(storage, METADATA_OFFSET + used, METADATA_LENGTH - used)?;
     w(&bat_bytes, BAT_OFFSET)?;
+    let used = bat_bytes.len() as u64;
+    zeros(storage, BAT_OFFSET + used, bat_len - used)?;
     storage.set_len(file_end).ctx(NAME)?;
     let mut h = VhdxHeader::new(LOG_OFFSET, LOG_LENGTH as u32);
     h.sequence_number = 1;
