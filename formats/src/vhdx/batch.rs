@@ -238,8 +238,15 @@ impl VhdxBatch<'_> {
             e.state(),
             bat::PAYLOAD_FULLY_PRESENT | bat::PAYLOAD_PARTIALLY_PRESENT
         ) && !staged;
-        let in_place =
-            held && (self.in_place.contains(&blk) || (!whole && self.admit(blk, in_disk)));
+        // Only a block wholly inside the committed file is written in
+        // place: past the end lies the fresh room, and what a BAT entry
+        // names there (a file cut short) must not meet a fresh block.
+        let inside = e
+            .file_offset()
+            .checked_add(g.block_size)
+            .is_some_and(|end| end <= self.committed_end);
+        let in_place = held
+            && (self.in_place.contains(&blk) || (!whole && inside && self.admit(blk, in_disk)));
         match e.state() {
             s if in_place => {
                 // Journal: the live block changes only by the log's replay

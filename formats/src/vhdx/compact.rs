@@ -98,13 +98,15 @@ pub(crate) fn compact(img: &mut VhdxImage) -> Result<CompactReport> {
         length_before,
         ..CompactReport::default()
     };
-    // BAT sectors one log entry can carry (header and descriptors aside).
-    let max_sectors = writer::max_sectors(u64::from(img.header.log_length)).max(1);
     if relocate_tail_log(img)? {
         report.moved += 1;
         report.bytes_moved += MIB;
     }
-    loop {
+    // BAT sectors one log entry can carry; a log too small for any entry
+    // (a 0-byte log with LogGuid zero is legal) commits no move, and the
+    // compaction only cuts and punches what nothing references.
+    let max_sectors = writer::max_sectors(u64::from(img.header.log_length));
+    while max_sectors > 0 {
         let (mut map, movable) = layout(img, true)?;
         let mut pending = Pending::default();
         let mut sectors = BTreeSet::new();
