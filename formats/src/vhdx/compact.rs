@@ -102,11 +102,11 @@ pub(crate) fn compact(img: &mut VhdxImage) -> Result<CompactReport> {
         report.moved += 1;
         report.bytes_moved += MIB;
     }
-    // BAT sectors one log entry can carry; a log too small for any entry
-    // (a 0-byte log with LogGuid zero is legal) commits no move, and the
-    // compaction only cuts and punches what nothing references.
+    // BAT sectors one log entry can carry; with a log too small for any
+    // entry (a 0-byte log with LogGuid zero is legal) no move is taken,
+    // and the compaction only cuts and punches what nothing references.
     let max_sectors = writer::max_sectors(u64::from(img.header.log_length));
-    while max_sectors > 0 {
+    loop {
         let (mut map, movable) = layout(img, true)?;
         let mut pending = Pending::default();
         let mut sectors = BTreeSet::new();
