@@ -1048,6 +1048,11 @@ pub fn default_params() -> Vec<MergeParams> {
         // Two whole blocks cloned as one span (bitmap page included).
         joined(mk(false, Dynamic, 1, false, false)),
         joined(mk(false, Differencing, 1, false, false)),
+        // The journal as a sequence of spooled entries.
+        MergeParams {
+            sequence: true,
+            ..mk(true, Dynamic, 1, false, false)
+        },
     ]
 }
 
