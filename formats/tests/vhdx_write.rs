@@ -1040,3 +1040,36 @@ fn journal_rewrites_and_partial_sectors_land_in_place() {
         no_errors(&ro);
     }
 }
+
+/// A VHDX whose empty log is 0 bytes long (legal while LogGuid is zero),
+/// its held blocks rebuilt: the commit entry goes to a temporary log area,
+/// and the compaction after it, which cannot commit a move through that
+/// log, leaves the merged content instead of failing after the commit
+/// (the fuzz finding crash-20d6c12 under `--held-blocks rebuild`).
+#[test]
+fn rebuild_and_compact_with_a_zero_byte_log() {
+    let (mem, old) = prepared(false, 16 * MIB);
+    let mut bytes = mem.to_vec();
+    testdata::schema::vhdx_headers(&mut bytes, |h| h.log_length = 0);
+    let mem = Arc::new(MemStorage::from_vec(bytes));
+    let mut img = open(mem.clone(), true);
+    let mut m = old.clone();
+    {
+        let mut b = img.begin_batch().unwrap();
+        b.held_blocks(HeldBlocks::Rebuild);
+        b.expect_fresh(16 * MIB).unwrap();
+        stage(&mut *b, &mut m).unwrap();
+        b.prepare().unwrap();
+        b.commit(Identity::Vhdx {
+            data_write_guid: uuid::Uuid::new_v4(),
+        })
+        .unwrap();
+    }
+    img.compact().unwrap();
+    assert_matches(&img, &m);
+    drop(img);
+    let ro = open(mem, false);
+    assert_eq!(ro.header().log_length, 0);
+    assert_matches(&ro, &m);
+    no_errors(&ro);
+}
