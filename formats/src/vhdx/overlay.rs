@@ -124,8 +124,7 @@ impl Storage for ReplayOverlay {
                     Replayed::InLog { at, lead, trail } => {
                         let mut whole = [0u8; 4096];
                         self.inner.read_at(&mut whole, *at)?;
-                        whole[..8].copy_from_slice(lead);
-                        whole[4092..].copy_from_slice(trail);
+                        super::log::data_sector::unframe(&mut whole, lead, trail);
                         b.copy_from_slice(&whole[range]);
                     }
                 }

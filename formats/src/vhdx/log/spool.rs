@@ -21,7 +21,7 @@ use std::collections::HashMap;
 
 use uuid::Uuid;
 
-use super::data_sector::{DataSector, SIGNATURE as DATA_SECTOR_SIGNATURE};
+use super::data_sector::{self, DataSector};
 use super::descriptor::{DataDescriptor, DATA_SIGNATURE};
 use super::entry_header::{descriptor_sectors, LogEntryHeader, SIGNATURE};
 use super::sequence::EntryRef;
@@ -285,26 +285,18 @@ impl LogSpool {
             .data
             .get_or_insert_with(|| AlignedBuf::zeroed(self.per_entry * SECTOR as usize))
             .as_mut_slice();
-        for (i, &t) in self.targets.iter().enumerate() {
-            let sector = &mut data[i * SECTOR as usize..(i + 1) * SECTOR as usize];
-            let mut leading = [0u8; 8];
-            leading.copy_from_slice(&sector[..8]);
-            let mut trailing = [0u8; 4];
-            trailing.copy_from_slice(&sector[4092..]);
+        let (sectors, _) = data.as_chunks_mut::<4096>();
+        for (i, (sector, &t)) in sectors.iter_mut().zip(&self.targets).enumerate() {
+            let (leading_bytes, trailing_bytes) = data_sector::frame(sector, seq);
             let d = DataDescriptor {
                 signature: DATA_SIGNATURE,
-                trailing_bytes: trailing,
-                leading_bytes: leading,
+                trailing_bytes,
+                leading_bytes,
                 file_offset: t,
                 sequence_number: seq,
             };
             let at = 64 + 32 * i;
             desc[at..at + 32].copy_from_slice(&d.encode());
-            // The data sector in place: signature and sequence number
-            // around bytes 8..4092 (`DataSector`).
-            sector[..4].copy_from_slice(&DATA_SECTOR_SIGNATURE);
-            sector[4..8].copy_from_slice(&((seq >> 32) as u32).to_le_bytes());
-            sector[4092..].copy_from_slice(&(seq as u32).to_le_bytes());
         }
         let data = &data[..n * SECTOR as usize];
         let mut h = LogEntryHeader {
@@ -397,15 +389,17 @@ impl SpoolDone {
             let dsec = descriptor_sectors(n) as usize;
             let sec = SECTOR as usize;
             let (desc, data) = buf.split_at_mut(dsec * sec);
+            let (sectors, _) = data.as_chunks_mut::<4096>();
             let mut targets = Vec::with_capacity(n as usize);
-            for i in 0..n as usize {
-                let d = &desc[64 + 32 * i..96 + 32 * i];
-                let s = &mut data[i * sec..(i + 1) * sec];
-                s[..8].copy_from_slice(&d[8..16]);
-                s[4092..].copy_from_slice(&d[4..8]);
-                let mut off = [0u8; 8];
-                off.copy_from_slice(&d[16..24]);
-                targets.push(u64::from_le_bytes(off));
+            for (i, sector) in sectors.iter_mut().take(n as usize).enumerate() {
+                let d =
+                    DataDescriptor::decode(&desc[64 + 32 * i..96 + 32 * i]).ok_or_else(|| {
+                        Error::InvalidParameter(format!(
+                            "{name}: a spooled descriptor did not read back"
+                        ))
+                    })?;
+                data_sector::unframe(sector, &d.leading_bytes, &d.trailing_bytes);
+                targets.push(d.file_offset);
             }
             let mut i = 0;
             while i < targets.len() {
