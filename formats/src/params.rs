@@ -171,7 +171,8 @@ pub enum HeldBlocks {
     /// Copy-on-write: the whole block into fresh space, the new sectors
     /// over it; compaction moves it back after the commit.
     Rebuild,
-    /// The new sectors in place behind the log (VHDX): written twice,
-    /// nothing else moves. VHD rebuilds.
+    /// The new sectors in place behind a journal (VHDX: its log; VHD: the
+    /// redo journal `<image>.cfjournal`): written twice, nothing else
+    /// moves.
     Journal,
 }

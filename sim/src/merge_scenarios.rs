@@ -126,11 +126,12 @@ pub struct MergeParams {
     /// destination does not: the batch joins them into one copy that
     /// covers the bitmap page between them (4 blocks instead of 2).
     pub joined: bool,
-    /// VHDX over a destination holding every block: most of two 1 MiB
-    /// blocks replaced in part (the edges inside 4 KiB sectors), so the
-    /// journal (`--held-blocks`, auto in the simulator) spools a sequence
-    /// of several log entries (126 sectors each for 1 MiB blocks) before
-    /// its commit entry (4 blocks).
+    /// A destination holding every block: most of two blocks replaced in
+    /// part (the edges inside 4 KiB sectors), so the journal
+    /// (`--held-blocks`, auto in the simulator) carries them. VHDX: a
+    /// sequence of several log entries (126 sectors each for 1 MiB blocks)
+    /// before its commit entry (4 blocks); VHD: redo records for two held
+    /// blocks and their bitmaps before the footers.
     pub sequence: bool,
 }
 
@@ -991,9 +992,13 @@ pub fn all_params() -> Vec<MergeParams> {
             }
         }
     }
-    for dest in [DestKind::Fixed, DestKind::Dynamic] {
+    for (vhdx, dest) in [
+        (true, DestKind::Fixed),
+        (true, DestKind::Dynamic),
+        (false, DestKind::Dynamic),
+    ] {
         v.push(MergeParams {
-            vhdx: true,
+            vhdx,
             dest,
             depth: 1,
             sector_4k: false,
@@ -1052,6 +1057,11 @@ pub fn default_params() -> Vec<MergeParams> {
         MergeParams {
             sequence: true,
             ..mk(true, Dynamic, 1, false, false)
+        },
+        // VHD: held blocks replaced in part behind the redo journal.
+        MergeParams {
+            sequence: true,
+            ..mk(false, Dynamic, 1, false, false)
         },
     ]
 }

@@ -903,9 +903,10 @@ fn half_blocks(kind: Kind) {
         eprintln!("{kind:?}: skipping the bytes-written comparison: /usr/bin/time is not installed (apt-get install time)");
         return;
     };
-    // Twice the data, plus the log entries' descriptors (1 in 128), the
-    // 4 KiB sectors the edges fill, headers, BAT / bitmap sectors and (a
-    // differencing destination) its 1 MiB sector-bitmap block.
+    // Twice the data, plus (VHDX) the log entries' descriptors (1 in 128),
+    // the 4 KiB sectors the edges fill, headers, BAT / bitmap sectors and
+    // (a differencing destination) its 1 MiB sector-bitmap block; (VHD)
+    // the redo records' headers, the bitmaps, BAT, header and footers.
     let most = 2 * child_data + child_data / 64 + 3 * MIB;
     assert!(
         journal <= most,
@@ -930,4 +931,14 @@ fn half_blocks_over_a_full_dynamic_vhdx_journal_and_rebuild() {
 #[test]
 fn half_blocks_over_a_full_differencing_vhdx_journal_and_rebuild() {
     half_blocks(Kind::VhdxDifferencing);
+}
+
+#[test]
+fn half_blocks_over_a_full_dynamic_vhd_journal_and_rebuild() {
+    half_blocks(Kind::VhdDynamic);
+}
+
+#[test]
+fn half_blocks_over_a_full_differencing_vhd_journal_and_rebuild() {
+    half_blocks(Kind::VhdDifferencing);
 }

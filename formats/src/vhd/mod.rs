@@ -12,9 +12,12 @@ mod footer;
 mod geometry;
 mod image;
 mod journal;
+mod journal_batch;
 mod journal_slot;
+mod journal_writer;
 mod parent_locator;
 mod sector_bitmap;
+mod shadow_batch;
 mod write;
 
 #[cfg(test)]

@@ -597,6 +597,11 @@ fn stage(batch: &mut dyn crate::MergeBatch, model: &mut Vec<u8>, grow_to: Option
     }
     batch.zero(1024, 1024).unwrap();
     model[1024..2048].fill(0);
+    // Back into a block staged before others (held in `prefill`'s images:
+    // its bitmap comes back from the journal).
+    let d = pattern(1024, 60);
+    batch.write(700 << 10, &d).unwrap();
+    model[700 << 10..(700 << 10) + 1024].copy_from_slice(&d);
 }
 
 fn prefill(img: &mut VhdImage, model: &mut [u8]) {
@@ -609,7 +614,14 @@ fn prefill(img: &mut VhdImage, model: &mut [u8]) {
 #[test]
 fn shadow_batch_commits_drops_and_grows() {
     use crate::image::Image;
-    for grow in [None, Some(6 << 20)] {
+    use crate::params::HeldBlocks;
+    let mut growth = Vec::new();
+    for (grow, held) in [
+        (None, HeldBlocks::Rebuild),
+        (None, HeldBlocks::Journal),
+        (Some(6 << 20), HeldBlocks::Rebuild),
+        (Some(6 << 20), HeldBlocks::Journal),
+    ] {
         for kind in [DiskType::Dynamic, DiskType::Fixed] {
             let size = 4 << 20;
             let st = new_image(kind, size, Some(512 << 10), None);
@@ -634,9 +646,13 @@ fn shadow_batch_commits_drops_and_grows() {
             // Dropped batch: old content, clean check.
             {
                 let mut b = img.begin_batch().unwrap();
+                b.held_blocks(held);
                 let mut m = model.clone();
                 stage(b.as_mut(), &mut m, grow);
                 b.prepare().unwrap();
+                // Held blocks (dynamic) or everything (fixed) journaled.
+                let journaled = kind == DiskType::Fixed || held == HeldBlocks::Journal;
+                assert_eq!(!ns.paths().is_empty(), journaled, "{kind:?} {held:?}");
             }
             assert!(ns.paths().is_empty(), "abandoned journal left behind");
             let again = open(ro());
@@ -647,9 +663,14 @@ fn shadow_batch_commits_drops_and_grows() {
                 again.check().unwrap()
             );
             drop(again);
+            let len_before = st.len().unwrap();
             let mut b = img.begin_batch().unwrap();
+            b.held_blocks(held);
             stage(b.as_mut(), &mut model, grow);
             b.commit(new_id(3)).unwrap();
+            if kind == DiskType::Dynamic {
+                growth.push((grow, held, st.len().unwrap() - len_before));
+            }
             assert_eq!(content(&img), model, "{kind:?} in-memory after commit");
             assert_eq!(img.identity(), new_id(3));
             drop(img);
@@ -664,6 +685,17 @@ fn shadow_batch_commits_drops_and_grows() {
             );
             assert!(ns.paths().is_empty());
         }
+    }
+    // A copy on write leaves the two held blocks' copies behind (until a
+    // compaction); the journal changes them where they are.
+    for pair in growth.chunks(2) {
+        let [(g, HeldBlocks::Rebuild, rebuilt), (_, HeldBlocks::Journal, journaled)] = pair else {
+            panic!("{pair:?}");
+        };
+        assert!(
+            *rebuilt >= journaled + 2 * (512 << 10),
+            "grow {g:?}: rebuild grew the file {rebuilt}, the journal {journaled}"
+        );
     }
 }
 
@@ -812,6 +844,70 @@ fn shadow_commit_is_old_or_new_at_every_crash_point() {
             "{f:?}"
         );
         c == model
+    });
+}
+
+#[test]
+fn held_blocks_journal_is_old_or_new_at_every_crash_point() {
+    use crate::image::Image;
+    use crate::params::HeldBlocks;
+    let size = 2 << 20;
+    let st0 = new_image(DiskType::Dynamic, size, Some(512 << 10), None);
+    let mut model = vec![0u8; size as usize];
+    prefill(&mut open_rw(&st0), &mut model);
+    let old = model.clone();
+    let open = |ns: &Arc<dyn Namespace>, opts: OpenOptions| {
+        let access = if opts.writable {
+            Access::Write
+        } else {
+            Access::Read
+        };
+        let st = ns.open(Path::new(IMG), access).unwrap();
+        let slot = JournalSlot::for_image(Arc::clone(ns), Path::new(IMG));
+        VhdImage::open("t.vhd", st, Some(slot), opts).unwrap()
+    };
+    let m = record_run(&st0.to_vec(), |ns| {
+        let mut img = open(ns, rw());
+        let mut b = img.begin_batch().unwrap();
+        b.held_blocks(HeldBlocks::Journal);
+        stage(b.as_mut(), &mut model, Some(3 << 20));
+        b.commit(new_id(9)).unwrap();
+    });
+    assert!(m.crash_points() > 10);
+    let allowed = [K::PendingJournal, K::UncommittedJournal];
+    old_or_new_at_every_crash_point(&m, |cns| {
+        let ns: Arc<dyn Namespace> = cns.clone();
+        // Read-only: the committed journal overlaid, or ignored.
+        let img = open(&ns, ro());
+        let seen = content(&img);
+        assert!(
+            seen == old || seen == model,
+            "crash state is neither old nor new"
+        );
+        drop(img);
+        // Writable: replayed or discarded, the same content either way,
+        // and the journal gone.
+        let img = open(&ns, rw());
+        assert_eq!(
+            content(&img),
+            seen,
+            "a writable open changed what a read showed"
+        );
+        assert!(
+            img.check()
+                .unwrap()
+                .iter()
+                .all(|f| f.severity == Severity::Warning
+                    && (allowed.contains(&f.kind) || f.structure == "hard disk footer copy")),
+            "{:?}",
+            img.check().unwrap()
+        );
+        drop(img);
+        assert_eq!(
+            ns.kind(Path::new(JOURNAL)).unwrap(),
+            crate::storage::EntryKind::Missing
+        );
+        seen == model
     });
 }
 
