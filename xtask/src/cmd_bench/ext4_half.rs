@@ -11,9 +11,10 @@
 //! flushes) at most 1.1x the cp + sync.
 //!
 //! The `held` rows merge the same child into a base that already holds
-//! every block (VHDX: 2 GiB of full 32 MiB blocks; `--quick`: 512 MiB):
-//! each merged block is replaced in part, once with `--held-blocks
-//! journal` (the new sectors into the log, then in place) and once with
+//! every block (2 GiB of full 32 MiB VHDX or 2 MiB VHD blocks; `--quick`:
+//! 512 MiB): each merged block is replaced in part, once with
+//! `--held-blocks journal` (the new sectors into the VHDX log or the VHD
+//! redo journal, then in place) and once with
 //! `rebuild` (the block copied whole into fresh space, then moved back by
 //! compaction), the two merges and the cp rotating through each round.
 //! No target there: any protocol that keeps a live block intact until
@@ -122,6 +123,13 @@ pub(super) fn section(
             true,
             32 << 20,
             format!("ext4-half-held-vhdx-32M-{label}"),
+            CloneFill::HalfOverFull,
+            &["journal", "rebuild"][..],
+        ),
+        (
+            false,
+            2 << 20,
+            format!("ext4-half-held-vhd-2M-{label}"),
             CloneFill::HalfOverFull,
             &["journal", "rebuild"][..],
         ),
