@@ -10,7 +10,9 @@
 //! anew — VHD: a new BAT, header and footer; VHDX: the sector-bitmap
 //! blocks of a differencing file, and the log or BAT area when they move.
 //! A fixed VHD is written in place behind a redo journal that carries the
-//! data: its peak is the bytes merged. After the commit, compaction gives
+//! data: its peak is the bytes merged; a sparse VHD's held blocks go the
+//! same way under `--held-blocks journal` (bounded by their fresh copy
+//! plus the records' framing). After the commit, compaction gives
 //! the replaced blocks back, so the file ends about where it was. On a
 //! file system that clones (XFS reflink, btrfs) a full-block merge shares
 //! the child's extents and needs far less than this bound.
@@ -49,10 +51,13 @@ impl Preflight {
             (Format::Vhd, DiskType::Fixed) => 0,
             (Format::Vhd, _) => {
                 // A new BAT (4 bytes per block, sector-rounded), header and
-                // footer, and each fresh block's sector bitmap.
+                // footer, and each fresh block's sector bitmap. A journal
+                // (`--held-blocks`) holds a held block's new sectors
+                // instead of a fresh copy, plus a 32-byte record header
+                // per run of at least a sector: at most 1/16 on top.
                 let bat = plan.virtual_size.div_ceil(block.max(1)) * 4;
                 let bitmaps = blocks * (block / 512 / 8).next_multiple_of(512);
-                bat.next_multiple_of(512) + 2048 + bitmaps
+                bat.next_multiple_of(512) + 2048 + 2 * bitmaps + fresh / 16
             }
             (Format::Vhdx, kind) => {
                 // A differencing file copies each touched chunk's 1 MiB

@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use formats::chain::{open_image_file, Chain, ChainOptions};
-use formats::params::{DiskType, OpenOptions};
+use formats::params::{DiskType, HeldBlocks, OpenOptions};
 use formats::{Access, CompactReport, JournalSlot, Namespace, Severity, Storage};
 
 use crate::barrier::{NoBarrier, NoBarrierNs};
@@ -252,6 +252,9 @@ fn build(ns: &Arc<dyn Namespace>, p: &CompactParams) -> Result<(), String> {
     let mut img = open_image_file(ns, &image, &opts).map_err(e2s)?;
     let identity = img.identity();
     let mut batch = img.begin_batch().map_err(e2s)?;
+    // Copy on write, the bloat this scenario compacts (a journal would
+    // change held blocks in place and leave nothing to move).
+    batch.held_blocks(HeldBlocks::Rebuild);
     if p.grow {
         batch.grow(p.grown_size()).map_err(e2s)?;
         let at = in_block(p, GROWN_BLOCKS - 10, 2);

@@ -63,6 +63,9 @@ pub struct VhdImage {
     /// What reads go through (the journal overlay on a read-only open with a
     /// pending journal, else the file).
     pub(super) storage: Arc<dyn Storage>,
+    /// The file itself (what `reopen` opens again: the overlay holds the
+    /// journal open, and a writable open must replay it).
+    pub(super) file: Arc<dyn Storage>,
     pub(super) opts: OpenOptions,
     pub(super) footer: HardDiskFooter,
     pub(super) footer_source: FooterSource,
@@ -92,6 +95,7 @@ impl VhdImage {
         opts: OpenOptions,
     ) -> Result<VhdImage> {
         let mut findings = Vec::new();
+        let file = Arc::clone(&storage);
         let mut storage = storage;
         if let Some(slot) = &journal {
             if let Recovery::Overlay(ov) =
@@ -258,6 +262,7 @@ impl VhdImage {
             sparse,
             findings,
             journal,
+            file,
         };
         img.repair_footer_copy()?;
         Ok(img)
@@ -761,6 +766,18 @@ impl Image for VhdImage {
         parent_reads_zero: &mut dyn FnMut(u64, u64) -> Result<bool>,
     ) -> Result<u64> {
         super::compact::release_zero_blocks(self, parent_reads_zero)
+    }
+
+    fn reopen(
+        self: Box<Self>,
+        journal: Option<JournalSlot>,
+        opts: OpenOptions,
+    ) -> Result<Box<dyn Image>> {
+        let (name, file) = (self.name.clone(), Arc::clone(&self.file));
+        // The old view (and a journal overlay's handle on the journal)
+        // goes first: a writable open replays the journal and removes it.
+        drop(self);
+        Ok(Box::new(VhdImage::open(&name, file, journal, opts)?))
     }
 
     fn begin_batch(&mut self) -> Result<Box<dyn MergeBatch + '_>> {
