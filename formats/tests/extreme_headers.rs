@@ -31,6 +31,7 @@ use formats::vhdx::{DataDescriptor, LogEntryHeader, ParentLocatorKeyValueEntry, 
 use formats::{Layer, MemStorage, Storage};
 use proptest::prelude::*;
 use testdata::schema::{vhd_footers, vhdx_headers, vhdx_region, vhdx_regions};
+use testdata::CutStorage;
 
 // ------------------------------------------------- bounded allocations
 
@@ -142,44 +143,17 @@ fn rw() -> OpenOptions {
 /// one commit are let through only until the entry and the header naming
 /// it are on "disk".
 fn pending_log() -> Vec<u8> {
-    #[derive(Debug)]
-    struct Cut {
-        inner: MemStorage,
-        writes_left: AtomicUsize,
-    }
-    impl Storage for Cut {
-        fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-            self.inner.read_at(buf, offset)
-        }
-        fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-            if self.writes_left.load(Ordering::SeqCst) == 0 {
-                return Err(std::io::Error::other("cut"));
-            }
-            self.writes_left.fetch_sub(1, Ordering::SeqCst);
-            self.inner.write_at(buf, offset)
-        }
-        fn len(&self) -> std::io::Result<u64> {
-            self.inner.len()
-        }
-        fn set_len(&self, len: u64) -> std::io::Result<()> {
-            self.inner.set_len(len)
-        }
-        fn flush(&self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
     let base = create(true, DiskType::Dynamic, false);
     for n in 0..64 {
-        let cut = Arc::new(Cut {
-            inner: MemStorage::from_vec(base.clone()),
-            writes_left: AtomicUsize::new(usize::MAX),
-        });
+        let cut = Arc::new(CutStorage::new(Arc::new(MemStorage::from_vec(
+            base.clone(),
+        ))));
         let dynamic: Arc<dyn Storage> = cut.clone();
         let mut img = formats::image::open("x", dynamic, None, rw()).expect("open");
-        cut.writes_left.store(n, Ordering::SeqCst);
+        cut.cut_after(n);
         let _ = img.write_sectors(5 * MIB, &[0x33; 4096]);
         drop(img);
-        let v = cut.inner.to_vec();
+        let v = cut.inner().to_vec();
         let (h, _) = current_vhdx_header(&v);
         if !h.log_guid.is_nil() {
             return v;

@@ -1,13 +1,12 @@
 //! Hostile and damaged VHDX files: precise errors or findings, never a panic.
 
-use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use formats::params::{CreateParams, DiskType, OpenOptions};
 use formats::vhdx::{self, header, region_table, RegionTable, VhdxHeader, VhdxImage};
-use formats::{CorruptionKind as K, Error, Image, Layer, MemStorage, Severity, Storage};
+use formats::{CorruptionKind as K, Error, Image, Layer, MemStorage, Severity};
 use proptest::prelude::*;
+use testdata::CutStorage;
 
 const MIB: usize = 1 << 20;
 // Layout written by vhdx::create: log 1 MiB, metadata 2 MiB, BAT 3 MiB.
@@ -350,41 +349,11 @@ fn bat_entries() {
 
 /// A file whose last write stopped right after the commit header: the log
 /// is pending.
-#[derive(Debug)]
-struct Cut {
-    inner: Arc<MemStorage>,
-    left: AtomicU64,
-}
-impl Storage for Cut {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.inner.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        if self.left.fetch_sub(1, Ordering::SeqCst) == 0 {
-            self.left.store(0, Ordering::SeqCst);
-            return Err(io::Error::other("crashed"));
-        }
-        self.inner.write_at(buf, offset)
-    }
-    fn len(&self) -> io::Result<u64> {
-        self.inner.len()
-    }
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        self.inner.set_len(len)
-    }
-    fn flush(&self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 fn pending_log_image() -> Vec<u8> {
     let base = fresh(DiskType::Dynamic);
     for n in 0..64 {
         let mem = Arc::new(MemStorage::from_vec(base.clone()));
-        let cut = Arc::new(Cut {
-            inner: mem.clone(),
-            left: AtomicU64::new(u64::MAX),
-        });
+        let cut = Arc::new(CutStorage::new(mem.clone()));
         let mut img = VhdxImage::open(
             "x",
             cut.clone(),
@@ -394,7 +363,7 @@ fn pending_log_image() -> Vec<u8> {
             },
         )
         .unwrap();
-        cut.left.store(n, Ordering::SeqCst);
+        cut.cut_after(n);
         let _ = img.write_sectors(2 << 20, &[9u8; 512]);
         drop(img);
         let v = mem.to_vec();

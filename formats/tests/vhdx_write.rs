@@ -1,30 +1,15 @@
 //! Creating VHDX files, writing through the log, crash cut points, and
 //! qemu-img interoperability when it is installed.
 
-use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use formats::layer::push_run;
 use formats::params::{CreateParams, DiskType, HeldBlocks, Identity, OpenOptions, ParentSpec};
 use formats::vhdx::{self, VhdxImage};
 use formats::{Image, Layer, MemStorage, RunKind, Severity, Storage};
+use testdata::{CutStorage, XorShift as Rng};
 
 const MIB: u64 = 1 << 20;
-
-/// Tiny deterministic PRNG (xorshift) so failures reproduce.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 fn params(kind: DiskType, size: u64, bs: u32, lss: u32) -> CreateParams {
     CreateParams {
@@ -165,7 +150,7 @@ fn random_session(img: &mut VhdxImage, m: &mut Model, rng: &mut Rng, ops: usize)
             img.zero_sectors(off, len).unwrap();
             m.write(off as usize, &vec![0u8; len as usize]);
         } else {
-            let fill = (rng.next() & 0xff) as u8 | 1;
+            let fill = (rng.next_u64() & 0xff) as u8 | 1;
             let data: Vec<u8> = (0..len)
                 .map(|i| fill.wrapping_add((i / 512) as u8))
                 .collect();
@@ -311,50 +296,13 @@ fn differencing_partial_write_sets_bits_and_whole_zero_hides_parent() {
     no_errors(&img);
 }
 
-/// A storage that refuses every write after `limit` writes (a crash).
-#[derive(Debug)]
-struct Cut {
-    inner: Arc<MemStorage>,
-    writes: AtomicU64,
-    limit: AtomicU64,
-}
-
-impl Storage for Cut {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.inner.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        if self.writes.fetch_add(1, Ordering::SeqCst) >= self.limit.load(Ordering::SeqCst) {
-            return Err(io::Error::other("crashed"));
-        }
-        self.inner.write_at(buf, offset)
-    }
-    fn len(&self) -> io::Result<u64> {
-        self.inner.len()
-    }
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        if self.writes.fetch_add(1, Ordering::SeqCst) >= self.limit.load(Ordering::SeqCst) {
-            return Err(io::Error::other("crashed"));
-        }
-        self.inner.set_len(len)
-    }
-    fn flush(&self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 /// A writable image over a copy of `base` whose storage fails every write
 /// (and length change) after the first `n` from here on; the copy.
 fn cut_after(base: &MemStorage, n: u64) -> (Arc<MemStorage>, VhdxImage) {
     let mem = Arc::new(MemStorage::from_vec(base.to_vec()));
-    let cut = Arc::new(Cut {
-        inner: mem.clone(),
-        writes: AtomicU64::new(0),
-        limit: AtomicU64::new(u64::MAX),
-    });
+    let cut = Arc::new(CutStorage::new(mem.clone()).cutting_set_len());
     let img = open(cut.clone(), true);
-    cut.writes.store(0, Ordering::SeqCst);
-    cut.limit.store(n, Ordering::SeqCst);
+    cut.cut_after(n);
     (mem, img)
 }
 

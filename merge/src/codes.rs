@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::MergeError;
+use crate::{JobState, MergeError};
 use formats::Error;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -27,6 +27,15 @@ pub enum ReturnValue {
 impl ReturnValue {
     pub fn code(self) -> u32 {
         self as u32
+    }
+}
+
+/// The job state and return value a run that ended with `r` reports.
+pub(crate) fn end_of_run(r: &Result<(), MergeError>) -> (JobState, u32) {
+    match r {
+        Ok(()) => (JobState::Completed, ReturnValue::Completed.code()),
+        Err(e @ MergeError::Cancelled) => (JobState::Cancelled, classify(e).code()),
+        Err(e) => (JobState::Failed, classify(e).code()),
     }
 }
 

@@ -100,47 +100,48 @@ pub struct MergeOutcome {
     pub corruption_kind: Option<formats::CorruptionKind>,
 }
 
+impl MergeOutcome {
+    /// The outcome of a merge that has started and done nothing yet.
+    pub fn running(source: String, destination: Option<String>, dry_run: bool) -> Self {
+        MergeOutcome {
+            return_value: 0,
+            state: JobState::Running,
+            source,
+            destination,
+            bytes_merged: 0,
+            bytes_total: 0,
+            resumed: false,
+            already_merged: false,
+            removed: Vec::new(),
+            siblings: Vec::new(),
+            dry_run,
+            preflight: None,
+            compaction: None,
+            error: None,
+            error_kind: None,
+            corruption_kind: None,
+        }
+    }
+}
+
 /// Run a merge to the end and describe it; never fails (the outcome carries
 /// the return value and the error).
 pub fn run(ns: &Arc<dyn Namespace>, req: &MergeRequest, job: &JobHandle) -> MergeOutcome {
     job.set_state(JobState::Running);
-    let mut out = MergeOutcome {
-        return_value: 0,
-        state: JobState::Running,
-        source: req.source.display().to_string(),
-        destination: req.destination.as_ref().map(|p| p.display().to_string()),
-        bytes_merged: 0,
-        bytes_total: 0,
-        resumed: false,
-        already_merged: false,
-        removed: Vec::new(),
-        siblings: Vec::new(),
-        dry_run: req.dry_run,
-        preflight: None,
-        compaction: None,
-        error: None,
-        error_kind: None,
-        corruption_kind: None,
-    };
-    match merge(ns, req, job, &mut out) {
-        Ok(()) => {
-            out.state = JobState::Completed;
-            out.return_value = ReturnValue::Completed.code();
+    let mut out = MergeOutcome::running(
+        req.source.display().to_string(),
+        req.destination.as_ref().map(|p| p.display().to_string()),
+        req.dry_run,
+    );
+    let r = merge(ns, req, job, &mut out);
+    (out.state, out.return_value) = codes::end_of_run(&r);
+    if let Err(e) = r {
+        if let MergeError::Siblings { siblings, .. } = &e {
+            out.siblings = siblings.iter().map(|p| p.display().to_string()).collect();
         }
-        Err(e) => {
-            out.state = if matches!(e, MergeError::Cancelled) {
-                JobState::Cancelled
-            } else {
-                JobState::Failed
-            };
-            out.return_value = codes::classify(&e).code();
-            if let MergeError::Siblings { siblings, .. } = &e {
-                out.siblings = siblings.iter().map(|p| p.display().to_string()).collect();
-            }
-            out.error = Some(e.to_string());
-            out.error_kind = Some(e.kind());
-            out.corruption_kind = e.corruption_kind();
-        }
+        out.error = Some(e.to_string());
+        out.error_kind = Some(e.kind());
+        out.corruption_kind = e.corruption_kind();
     }
     job.set_state(out.state);
     out.bytes_merged = job.status().bytes_done;

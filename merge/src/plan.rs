@@ -116,6 +116,48 @@ impl MergePlan {
     }
 }
 
+/// Where the next data of a set of layers starts, for a walk that only
+/// moves forward: each layer's last answer to `Layer::next_held` is kept.
+/// An answer `Some(n)` stays true while the walk is at or before `n`, and
+/// `None` (nothing held from there on) stays true for good. Asking again
+/// every window would rescan the rest of an idle layer's BAT once per
+/// window another layer holds data in: quadratic in the virtual size.
+#[derive(Debug)]
+pub struct NextHeld {
+    answers: Vec<Option<Option<u64>>>,
+}
+
+impl NextHeld {
+    /// For a walk over `layers` layers (the same ones, in the same order,
+    /// at every call of `at`).
+    pub fn new(layers: usize) -> Self {
+        NextHeld {
+            answers: vec![None; layers],
+        }
+    }
+
+    /// The first offset in `[offset, end]` where one of `layers` may hold
+    /// data; `end` when none holds any before it. `offset` never goes back.
+    pub fn at(&mut self, layers: &[&dyn Layer], offset: u64, end: u64) -> Result<u64> {
+        let mut next = end;
+        for (l, known) in layers.iter().zip(self.answers.iter_mut()) {
+            let answer = match *known {
+                Some(Some(n)) if offset <= n => Some(n),
+                Some(None) => None,
+                _ => {
+                    let a = l.next_held(offset)?;
+                    *known = Some(a);
+                    a
+                }
+            };
+            if let Some(n) = answer {
+                next = next.min(n.max(offset));
+            }
+        }
+        Ok(next)
+    }
+}
+
 /// Fold `layers` over `[start, end)` one `WINDOW` at a time (so the run list
 /// stays bounded) and hand every run to `f`, in virtual order. With
 /// `skip_unheld`, stretches where every layer says it holds nothing
@@ -130,30 +172,10 @@ fn fold_windows(
 ) -> Result<()> {
     let mut runs = Vec::new();
     let mut offset = start;
-    // Each layer's last answer to `next_held`: an answer `Some(n)` stays
-    // true while `offset <= n`, and `None` (nothing held from there on)
-    // stays true for good. Asking again every window would rescan the
-    // rest of an idle layer's BAT once per window another layer holds
-    // data in: quadratic in the virtual size.
-    let mut answers: Vec<Option<Option<u64>>> = vec![None; layers.len()];
+    let mut held = NextHeld::new(layers.len());
     while offset < end {
         if skip_unheld {
-            let mut next = end;
-            for (l, known) in layers.iter().zip(answers.iter_mut()) {
-                let answer = match *known {
-                    Some(Some(n)) if offset <= n => Some(n),
-                    Some(None) => None,
-                    _ => {
-                        let a = l.next_held(offset)?;
-                        *known = Some(a);
-                        a
-                    }
-                };
-                if let Some(n) = answer {
-                    next = next.min(n.max(offset));
-                }
-            }
-            offset = next;
+            offset = held.at(layers, offset, end)?;
             if offset >= end {
                 break;
             }

@@ -22,7 +22,7 @@ use formats::params::OpenOptions;
 use formats::{Access, Image, JournalSlot, Layer, MergeBatch, Namespace};
 use serde::Serialize;
 
-use crate::{codes, JobHandle, JobState, MergeError, ReturnValue};
+use crate::{codes, JobHandle, JobState, MergeError};
 
 /// Virtual bytes examined per step (bounds memory: two buffers this size).
 const WINDOW: u64 = 1 << 20;
@@ -99,27 +99,16 @@ impl RelinkOutcome {
     }
 
     fn finish(mut self, r: Result<(), MergeError>, job: &JobHandle) -> Self {
-        match r {
-            Ok(()) => {
-                self.state = JobState::Completed;
-                self.return_value = ReturnValue::Completed.code();
-            }
-            Err(e) => {
-                self.state = if matches!(e, MergeError::Cancelled) {
-                    JobState::Cancelled
-                } else {
-                    JobState::Failed
-                };
-                self.return_value = codes::classify(&e).code();
-                self.error = Some(match e {
-                    MergeError::Cancelled => {
-                        "cancelled before the commit; the child is unchanged".to_string()
-                    }
-                    _ => e.to_string(),
-                });
-                self.error_kind = Some(e.kind());
-                self.corruption_kind = e.corruption_kind();
-            }
+        (self.state, self.return_value) = codes::end_of_run(&r);
+        if let Err(e) = r {
+            self.error = Some(match e {
+                MergeError::Cancelled => {
+                    "cancelled before the commit; the child is unchanged".to_string()
+                }
+                _ => e.to_string(),
+            });
+            self.error_kind = Some(e.kind());
+            self.corruption_kind = e.corruption_kind();
         }
         job.set_state(self.state);
         self

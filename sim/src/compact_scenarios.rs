@@ -27,18 +27,16 @@ use std::sync::{Arc, OnceLock};
 
 use formats::chain::{open_image_file, Chain, ChainOptions};
 use formats::params::{DiskType, HeldBlocks, OpenOptions};
-use formats::{Access, CompactReport, JournalSlot, Namespace, Severity, Storage};
+use formats::{Access, CompactReport, JournalSlot, Namespace, Storage};
 
 use crate::barrier::{NoBarrier, NoBarrierNs};
 
 use crate::explore::{CrashContext, Marks, Scenario};
 use crate::merge_scenarios::{
-    apply, check_chain, compare_chain, create_image, e2s, name_hash, pattern, read_chain, DestKind,
-    Edit, Expected, MergeStrategy,
+    apply, block_size, check_chain, compare_chain, create_image, e2s, errors_of, image_ext,
+    name_hash, pattern, read_chain, sector_size, DestKind, Edit, Expected, MergeStrategy,
 };
 
-const MIB: u64 = 1 << 20;
-const KIB: u64 = 1 << 10;
 const DIR: &str = "/c";
 /// Blocks of virtual space: two rewritten, one zeroed, one left alone (see
 /// `build`). Blocks are small (VHDX 1 MiB, the least it allows; VHD 64
@@ -79,18 +77,10 @@ impl CompactParams {
         )
     }
     fn sector(&self) -> u64 {
-        if self.sector_4k {
-            4096
-        } else {
-            512
-        }
+        sector_size(self.sector_4k)
     }
     fn block(&self) -> u32 {
-        if self.vhdx {
-            MIB as u32
-        } else {
-            64 * KIB as u32
-        }
+        block_size(self.vhdx)
     }
     fn size(&self) -> u64 {
         BLOCKS * u64::from(self.block())
@@ -101,11 +91,7 @@ impl CompactParams {
         GROWN_BLOCKS * u64::from(self.block())
     }
     fn ext(&self, base: bool) -> &'static str {
-        match (self.vhdx, base) {
-            (false, _) => "vhd",
-            (true, true) => "vhdx",
-            (true, false) => "avhdx",
-        }
+        image_ext(self.vhdx, base)
     }
     fn base_path(&self) -> PathBuf {
         PathBuf::from(format!("{DIR}/base.{}", self.ext(true)))
@@ -297,15 +283,8 @@ fn compact_image(
                 ..Default::default()
             };
             let img = open_image_file(ns, &path, &opts).map_err(|e| format!("open: {e}"))?;
-            let errors: Vec<String> = img
-                .check()
-                .map_err(e2s)?
-                .iter()
-                .filter(|f| f.severity == Severity::Error)
-                .map(|f| f.to_string())
-                .collect();
-            if !errors.is_empty() {
-                return Err(format!("refused: {}", errors.join("; ")));
+            if let Some(errors) = errors_of(&img.check().map_err(e2s)?) {
+                return Err(format!("refused: {errors}"));
             }
             img.reopen(journal, writable)
                 .map_err(|e| format!("reopen writable: {e}"))?

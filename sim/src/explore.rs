@@ -85,7 +85,30 @@ pub struct RecoveryCrash {
     pub total_ops: usize,
 }
 
-impl CrashContext<'_> {
+impl<'a> CrashContext<'a> {
+    /// The context of state `state` at crash point `crash_point` of
+    /// `model`'s run, a first crash (a second one sets `recovery` on it).
+    fn first(
+        scenario: &'a str,
+        strategy: Strategy,
+        seed: u64,
+        model: &'a CrashModel,
+        crash_point: usize,
+        state: u64,
+        marks: Vec<String>,
+    ) -> Self {
+        CrashContext {
+            scenario,
+            strategy,
+            seed,
+            crash_point,
+            total_ops: model.trace().len(),
+            state,
+            marks,
+            model,
+            recovery: None,
+        }
+    }
     /// A value to mix into the checker's entropy seed: 0 for a first
     /// crash (so the recorded recovery is the one a single-crash check
     /// runs), distinct per second crash, so a second recovery draws fresh
@@ -385,6 +408,40 @@ pub fn prepare(scenario: &dyn Scenario) -> Prepared {
     }
 }
 
+/// The checker's verdict on `post`: a panic in it is a failure, not the
+/// end of the exploration.
+fn check_caught(
+    scenario: &dyn Scenario,
+    post: &Arc<dyn Namespace>,
+    ctx: &CrashContext,
+) -> Result<(), String> {
+    catch_unwind(AssertUnwindSafe(|| scenario.check(post, ctx)))
+        .unwrap_or_else(|p| Err(panic_message(&p)))
+}
+
+/// Run `worker` on `threads` threads that share its work; with one, on
+/// this thread.
+fn run_workers(threads: usize, worker: impl Fn() + Sync) {
+    if threads <= 1 {
+        worker();
+    } else {
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(&worker);
+            }
+        });
+    }
+}
+
+/// The recorded run a replay re-checks; the setup's failure when there is
+/// none.
+fn replay_model(prepared: &Prepared) -> Result<&CrashModel, String> {
+    prepared
+        .model
+        .as_ref()
+        .ok_or_else(|| prepared.error.clone().unwrap_or_default())
+}
+
 fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
     let msg = p
         .downcast_ref::<&str>()
@@ -554,20 +611,10 @@ pub fn explore_prepared(
                 return;
             }
             let choice = choose(&space, enumerated, budget.seed, state);
-            let ctx = CrashContext {
-                scenario: &name,
-                strategy,
-                seed: budget.seed,
-                crash_point: k,
-                total_ops: model.trace().len(),
-                state,
-                marks: marks.clone(),
-                model,
-                recovery: None,
-            };
+            let ctx =
+                CrashContext::first(&name, strategy, budget.seed, model, k, state, marks.clone());
             let post: Arc<dyn Namespace> = model.state(&space, &choice);
-            let verdict = catch_unwind(AssertUnwindSafe(|| scenario.check(&post, &ctx)))
-                .unwrap_or_else(|p| Err(panic_message(&p)));
+            let verdict = check_caught(scenario, &post, &ctx);
             checked.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = verdict {
                 found_count.fetch_add(1, Ordering::Relaxed);
@@ -580,16 +627,7 @@ pub fn explore_prepared(
             }
         }
     };
-    let threads = budget.threads.max(1);
-    if threads == 1 {
-        worker();
-    } else {
-        std::thread::scope(|s| {
-            for _ in 0..threads {
-                s.spawn(worker);
-            }
-        });
-    }
+    run_workers(budget.threads, worker);
 
     let mut f = found.into_inner().unwrap_or_else(|e| e.into_inner());
     f.sort_by_key(|v| (v.crash_point, v.state));
@@ -615,10 +653,7 @@ pub fn replay_state(
     state: u64,
 ) -> Result<(), String> {
     let prepared = prepare(scenario);
-    let model = prepared
-        .model
-        .as_ref()
-        .ok_or_else(|| prepared.error.clone().unwrap_or_default())?;
+    let model = replay_model(&prepared)?;
     if crash_point >= model.crash_points() {
         return Err(format!(
             "crash point {crash_point} out of range (0..{})",
@@ -629,17 +664,16 @@ pub fn replay_state(
     let (_, enumerated) = plan(&space, strategy, budget);
     let choice = choose(&space, enumerated, budget.seed, state);
     let name = scenario.name();
-    let ctx = CrashContext {
-        scenario: &name,
+    let marks = model.marks_before(crash_point);
+    let ctx = CrashContext::first(
+        &name,
         strategy,
-        seed: budget.seed,
-        crash_point,
-        total_ops: model.trace().len(),
-        state,
-        marks: model.marks_before(crash_point),
+        budget.seed,
         model,
-        recovery: None,
-    };
+        crash_point,
+        state,
+        marks,
+    );
     let post: Arc<dyn Namespace> = model.state(&space, &choice);
     scenario
         .check(&post, &ctx)
@@ -823,8 +857,7 @@ fn record_recovery(
 ) -> (Result<(), String>, Option<CrashModel>) {
     let base = post.begin_recording();
     let dns: Arc<dyn Namespace> = post.clone();
-    let verdict = catch_unwind(AssertUnwindSafe(|| scenario.check(&dns, ctx)))
-        .unwrap_or_else(|p| Err(panic_message(&p)));
+    let verdict = check_caught(scenario, &dns, ctx);
     let (trace, marks) = post.finish_recording();
     if trace.is_empty() {
         return (verdict, None);
@@ -907,15 +940,8 @@ fn explore_double(
             let choice = choose(space, false, seed, n);
             let marks = model.marks_before(k1);
             let ctx = |recovery| CrashContext {
-                scenario: &name,
-                strategy: Strategy::Random,
-                seed,
-                crash_point: k1,
-                total_ops: model.trace().len(),
-                state: n,
-                marks: marks.clone(),
-                model,
                 recovery,
+                ..CrashContext::first(&name, Strategy::Random, seed, model, k1, n, marks.clone())
             };
             let first_desc = || model.describe(space, &choice);
             let violation =
@@ -972,8 +998,7 @@ fn explore_double(
                         state: s2,
                         total_ops: n2,
                     }));
-                    let verdict = catch_unwind(AssertUnwindSafe(|| scenario.check(&post2, &cx)))
-                        .unwrap_or_else(|p| Err(panic_message(&p)));
+                    let verdict = check_caught(scenario, &post2, &cx);
                     t.states += 1;
                     if let Err(e) = verdict {
                         t.violations += 1;
@@ -995,16 +1020,7 @@ fn explore_double(
         total.lock().unwrap_or_else(|e| e.into_inner()).add(&t);
         found.lock().unwrap_or_else(|e| e.into_inner()).extend(mine);
     };
-    let threads = budget.threads.max(1);
-    if threads == 1 {
-        worker();
-    } else {
-        std::thread::scope(|s| {
-            for _ in 0..threads {
-                s.spawn(worker);
-            }
-        });
-    }
+    run_workers(budget.threads, worker);
     tally = total.into_inner().unwrap_or_else(|e| e.into_inner());
     let mut f = found.into_inner().unwrap_or_else(|e| e.into_inner());
     f.sort_by_key(|(i, k2, s2, _)| (*i, *k2, *s2));
@@ -1023,12 +1039,7 @@ fn explore_double(
 pub fn explore_double_crashes(scenario: &dyn Scenario, rounds: u64, budget: &Budget) -> Report {
     let start = Instant::now();
     let prepared = prepare(scenario);
-    let mut summary = base_summary(&prepared);
-    let mut violations = Vec::new();
-    if let Some(e) = &prepared.error {
-        summary.violation_count += 1;
-        violations.push(setup_violation(scenario, &prepared, budget.seed, e));
-    }
+    let (mut summary, mut violations) = double_start(scenario, &prepared, budget.seed);
     for round in 0..rounds {
         let b = Budget {
             seed: round_seed(budget.seed, round),
@@ -1041,12 +1052,7 @@ pub fn explore_double_crashes(scenario: &dyn Scenario, rounds: u64, budget: &Bud
         violations.extend(v.into_iter().take(room));
         t.into_summary(&mut summary);
     }
-    let mut report = Report::default();
-    report.add_scenario(summary, violations, budget.max_violations);
-    report.double_crash_samples_per_point = budget.double_samples_per_point;
-    report.double_crash_sampled_points_per_recovery = budget.double_points as u64;
-    report.set_timing(start);
-    report
+    double_report(summary, violations, budget, start)
 }
 
 /// The double-crash pass a violation's replay command names: round 0 at
@@ -1064,16 +1070,37 @@ pub fn run_double_at(
         ..Budget::default()
     };
     let prepared = prepare(scenario);
-    let mut summary = base_summary(&prepared);
-    let mut violations = Vec::new();
-    if let Some(e) = &prepared.error {
-        summary.violation_count += 1;
-        violations.push(setup_violation(scenario, &prepared, seed, e));
-    }
+    let (mut summary, mut violations) = double_start(scenario, &prepared, seed);
     let (t, v) = explore_double(scenario, &prepared, 0, Some(crash_point), &budget);
     summary.double_crash_rounds = 1;
     violations.extend(v);
     t.into_summary(&mut summary);
+    double_report(summary, violations, &budget, start)
+}
+
+/// A double-crash report's summary and violations before its passes: the
+/// scenario's, with its setup failure (if any) as the first violation.
+fn double_start(
+    scenario: &dyn Scenario,
+    prepared: &Prepared,
+    seed: u64,
+) -> (ScenarioSummary, Vec<Violation>) {
+    let mut summary = base_summary(prepared);
+    let mut violations = Vec::new();
+    if let Some(e) = &prepared.error {
+        summary.violation_count += 1;
+        violations.push(setup_violation(scenario, prepared, seed, e));
+    }
+    (summary, violations)
+}
+
+/// The report of one scenario's double-crash passes under `budget`.
+fn double_report(
+    summary: ScenarioSummary,
+    violations: Vec<Violation>,
+    budget: &Budget,
+    start: Instant,
+) -> Report {
     let mut report = Report::default();
     report.add_scenario(summary, violations, budget.max_violations);
     report.double_crash_samples_per_point = budget.double_samples_per_point;
@@ -1130,10 +1157,7 @@ pub fn replay_double(
     recovery_state: u64,
 ) -> Result<(), String> {
     let prepared = prepare(scenario);
-    let model = prepared
-        .model
-        .as_ref()
-        .ok_or_else(|| prepared.error.clone().unwrap_or_default())?;
+    let model = replay_model(&prepared)?;
     if crash_point >= model.crash_points() {
         return Err(format!("crash point {crash_point} out of range"));
     }
@@ -1143,15 +1167,16 @@ pub fn replay_double(
     let name = scenario.name();
     let marks = model.marks_before(crash_point);
     let ctx = |recovery| CrashContext {
-        scenario: &name,
-        strategy: Strategy::Random,
-        seed,
-        crash_point,
-        total_ops: model.trace().len(),
-        state,
-        marks: marks.clone(),
-        model,
         recovery,
+        ..CrashContext::first(
+            &name,
+            Strategy::Random,
+            seed,
+            model,
+            crash_point,
+            state,
+            marks.clone(),
+        )
     };
     let post = model.state(&space, &choice);
     let (verdict, m2) = record_recovery(scenario, &post, &ctx(None));

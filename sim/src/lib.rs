@@ -43,16 +43,11 @@ pub fn default_scenarios() -> Vec<Arc<dyn Scenario>> {
 /// simulator itself and run in its tests (and by name with `--scenario`),
 /// not in the merge budget.
 pub fn default_scenarios_for(strategy: MergeStrategy) -> Vec<Arc<dyn Scenario>> {
-    let mut v = merge_scenarios::scenarios(&merge_scenarios::default_params(), strategy);
-    v.extend(compact_scenarios::scenarios(
+    protocol_scenarios(
+        &merge_scenarios::default_params(),
         &compact_scenarios::default_params(),
         strategy,
-    ));
-    v.extend(relink_scenarios::scenarios(
-        &relink_scenarios::all_params(),
-        strategy,
-    ));
-    v
+    )
 }
 
 /// Every known scenario, for `--scenario NAME` lookup (including the broken
@@ -64,16 +59,29 @@ pub fn all_scenarios() -> Vec<Arc<dyn Scenario>> {
 /// Every merge and compaction parameter combination run with `strategy`,
 /// plus every toy.
 pub fn all_scenarios_for(strategy: MergeStrategy) -> Vec<Arc<dyn Scenario>> {
-    let mut v = merge_scenarios::scenarios(&merge_scenarios::all_params(), strategy);
-    v.extend(compact_scenarios::scenarios(
+    let mut v = protocol_scenarios(
+        &merge_scenarios::all_params(),
         &compact_scenarios::all_params(),
         strategy,
-    ));
+    );
+    v.extend(toy::all());
+    v
+}
+
+/// The merge and compaction scenarios of the given parameters and every
+/// relink scenario (all of them are in the default set), run with
+/// `strategy`, in that order.
+fn protocol_scenarios(
+    merges: &[MergeParams],
+    compactions: &[CompactParams],
+    strategy: MergeStrategy,
+) -> Vec<Arc<dyn Scenario>> {
+    let mut v = merge_scenarios::scenarios(merges, strategy);
+    v.extend(compact_scenarios::scenarios(compactions, strategy));
     v.extend(relink_scenarios::scenarios(
         &relink_scenarios::all_params(),
         strategy,
     ));
-    v.extend(toy::all());
     v
 }
 

@@ -25,15 +25,13 @@ use std::sync::{Arc, OnceLock};
 use formats::chain::{fold, open_image_file, Chain, ChainOptions, FoldedRun, Source};
 use formats::layer::{Run, RunKind};
 use formats::params::{CreateParams, DiskType, OpenOptions};
-use formats::{Access, EntryKind, JournalSlot, Namespace, Severity};
+use formats::{Access, EntryKind, Finding, JournalSlot, Namespace, Severity};
 use merge::{JobHandle, MergeRequest};
 
 use crate::barrier::NoBarrierNs;
 use crate::explore::{CrashContext, Marks, Scenario};
 use crate::rng::SplitMix64;
 
-const MIB: u64 = 1 << 20;
-const KIB: u64 = 1 << 10;
 const DIR: &str = "/m";
 
 /// How the operation under test runs (the `--strategy` of `xtask sim`).
@@ -170,18 +168,10 @@ impl MergeParams {
         (1..=self.depth).map(|i| self.child_path(i)).collect()
     }
     fn sector(&self) -> u64 {
-        if self.sector_4k {
-            4096
-        } else {
-            512
-        }
+        sector_size(self.sector_4k)
     }
     fn block(&self) -> u32 {
-        if self.vhdx {
-            MIB as u32
-        } else {
-            64 * KIB as u32
-        }
+        block_size(self.vhdx)
     }
     /// Virtual size of the destination (and its base): two blocks, so a
     /// merge has a whole block and partial ones (checks read all of it).
@@ -193,11 +183,7 @@ impl MergeParams {
         }
     }
     fn ext(&self, base: bool) -> &'static str {
-        match (self.vhdx, base) {
-            (false, _) => "vhd",
-            (true, true) => "vhdx",
-            (true, false) => "avhdx",
-        }
+        image_ext(self.vhdx, base)
     }
     fn base_path(&self) -> PathBuf {
         PathBuf::from(format!("{DIR}/base.{}", self.ext(true)))
@@ -446,6 +432,35 @@ fn create(
     parent: Option<&Path>,
 ) -> Result<(), String> {
     create_image(ns, p.block(), p.sector(), path, disk_type, size, parent)
+}
+
+/// The block size of a scenario's images: small (VHDX 1 MiB, the least it
+/// allows; VHD 64 KiB), since bytes to compare cost time, not coverage.
+pub(crate) fn block_size(vhdx: bool) -> u32 {
+    if vhdx {
+        1 << 20
+    } else {
+        64 << 10
+    }
+}
+
+/// A scenario's logical sector size.
+pub(crate) fn sector_size(sector_4k: bool) -> u64 {
+    if sector_4k {
+        4096
+    } else {
+        512
+    }
+}
+
+/// The file extension of a scenario's image: a VHDX child is an `.avhdx`,
+/// as Hyper-V names differencing disks; every VHD is a `.vhd`.
+pub(crate) fn image_ext(vhdx: bool, base: bool) -> &'static str {
+    match (vhdx, base) {
+        (false, _) => "vhd",
+        (true, true) => "vhdx",
+        (true, false) => "avhdx",
+    }
 }
 
 /// Create an image of `block`-byte blocks and `sector`-byte logical sectors
@@ -719,20 +734,22 @@ pub(crate) fn check_chain(chain: &Chain) -> Result<(), String> {
             .image
             .check()
             .map_err(|e| format!("check {} failed: {e}", link.path.display()))?;
-        let errors: Vec<String> = findings
-            .iter()
-            .filter(|f| f.severity == Severity::Error)
-            .map(|f| f.to_string())
-            .collect();
-        if !errors.is_empty() {
-            return Err(format!(
-                "check {}: {}",
-                link.path.display(),
-                errors.join("; ")
-            ));
+        if let Some(errors) = errors_of(&findings) {
+            return Err(format!("check {}: {errors}", link.path.display()));
         }
     }
     Ok(())
+}
+
+/// The error-severity findings of a check, joined with "; "; `None` when
+/// there are none (warnings and notes do not fail a scenario).
+pub(crate) fn errors_of(findings: &[Finding]) -> Option<String> {
+    let errors: Vec<String> = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .map(|f| f.to_string())
+        .collect();
+    (!errors.is_empty()).then(|| errors.join("; "))
 }
 
 /// Open the destination chain, optionally check every image of it, and

@@ -24,19 +24,17 @@ use std::sync::{Arc, OnceLock};
 
 use formats::chain::{open_image_file, Chain, ChainOptions};
 use formats::params::{DiskType, ParentLocator};
-use formats::{Access, Namespace, Severity};
+use formats::{Access, Namespace};
 use merge::relink::{RelinkOutcome, RelinkRequest};
 use merge::JobHandle;
 
 use crate::barrier::NoBarrierNs;
 use crate::explore::{CrashContext, Marks, Scenario};
 use crate::merge_scenarios::{
-    apply, check_chain, create_image, e2s, name_hash, read_chain, read_chain_with, read_whole,
-    Edit, MergeStrategy,
+    apply, block_size, check_chain, create_image, e2s, errors_of, image_ext, name_hash, read_chain,
+    read_chain_with, read_whole, Edit, MergeStrategy,
 };
 
-const KIB: u64 = 1 << 10;
-const MIB: u64 = 1 << 20;
 const DIR: &str = "/r";
 /// Virtual blocks per image (small blocks: bytes to compare cost time).
 const BLOCKS: u64 = 4;
@@ -70,22 +68,13 @@ impl RelinkParams {
         )
     }
     fn block(&self) -> u32 {
-        if self.vhdx {
-            MIB as u32
-        } else {
-            64 * KIB as u32
-        }
+        block_size(self.vhdx)
     }
     fn size(&self) -> u64 {
         BLOCKS * u64::from(self.block())
     }
     fn path(&self, stem: &str, base: bool) -> PathBuf {
-        let ext = match (self.vhdx, base) {
-            (false, _) => "vhd",
-            (true, true) => "vhdx",
-            (true, false) => "avhdx",
-        };
-        PathBuf::from(format!("{DIR}/{stem}.{ext}"))
+        PathBuf::from(format!("{DIR}/{stem}.{}", image_ext(self.vhdx, base)))
     }
     fn base(&self) -> PathBuf {
         self.path("base", true)
@@ -189,15 +178,8 @@ fn locator(ns: &Arc<dyn Namespace>, p: &RelinkParams) -> Result<Option<ParentLoc
     };
     let img = open_image_file(ns, &p.child(), &opts)
         .map_err(|e| format!("the child does not open: {e}"))?;
-    let errors: Vec<String> = img
-        .check()
-        .map_err(e2s)?
-        .iter()
-        .filter(|f| f.severity == Severity::Error)
-        .map(|f| f.to_string())
-        .collect();
-    if !errors.is_empty() {
-        return Err(format!("check of the child: {}", errors.join("; ")));
+    if let Some(errors) = errors_of(&img.check().map_err(e2s)?) {
+        return Err(format!("check of the child: {errors}"));
     }
     match (img.is_differencing(), img.parent_locator()) {
         (true, Some(l)) => Ok(Some(l)),

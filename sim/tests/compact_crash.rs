@@ -6,9 +6,9 @@
 //! caught.
 
 mod common;
-use common::{assert_caught, assert_runs, assert_survived, replay_last};
+use common::{assert_caught, assert_runs, explore_survives, replay_last, summary};
 use sim::compact_scenarios::{self, CompactParams};
-use sim::{explore, Budget, CompactScenario, MergeStrategy, Report, Strategy};
+use sim::{explore, Budget, CompactScenario, MergeStrategy, Strategy};
 
 fn budget() -> Budget {
     Budget {
@@ -16,21 +16,6 @@ fn budget() -> Budget {
         threads: 2,
         ..Budget::default()
     }
-}
-
-fn summary(r: &Report) -> String {
-    let sc = &r.scenarios[0];
-    format!(
-        "{}: {} ops, {} crash points ({} enumerated, {} sampled), {} states, {} violations, {} ms",
-        sc.name,
-        sc.ops,
-        sc.crash_points,
-        sc.exhaustive_points,
-        sc.sampled_points,
-        sc.states_checked,
-        sc.violation_count,
-        r.elapsed_ms
-    )
 }
 
 #[test]
@@ -53,9 +38,7 @@ fn every_compaction_scenario_starts_bloated() {
 fn safe_compaction_survives_every_crash_point() {
     for p in compact_scenarios::all_params() {
         let s = CompactScenario::new(p, MergeStrategy::Safe);
-        let r = explore(&s, Strategy::Exhaustive, &budget());
-        eprintln!("{}", summary(&r));
-        assert_survived(&r, 10);
+        let r = explore_survives(&s, Strategy::Exhaustive, &budget(), 10);
         let sc = &r.scenarios[0];
         assert!(sc.exhaustive_points > 0, "{}", sc.name);
     }

@@ -2,6 +2,7 @@
 //! `../shared/testdata/real` (never copied into this repository) decompressed
 //! on demand into a cache under `target/`, and hashing of virtual content.
 
+pub mod cut;
 pub mod image;
 pub mod loopfs;
 pub mod raw;
@@ -12,7 +13,29 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
+pub use cut::CutStorage;
+
 use sha2::{Digest, Sha256};
+
+/// A tiny deterministic generator (xorshift64) for test patterns and
+/// choices, so that a failure reproduces from its seed. A zero seed stays
+/// zero: start from a nonzero one.
+#[derive(Debug, Clone)]
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A draw below `n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+}
 
 /// The workspace root (this crate lives in `<root>/testdata`).
 pub fn workspace_root() -> PathBuf {

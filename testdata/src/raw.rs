@@ -154,7 +154,19 @@ pub fn break_vhdx_header_checksums(b: &mut [u8]) {
 
 /// Break the checksum of both VHD footers (their Checksum fields flipped).
 pub fn break_vhd_footer_checksums(b: &mut [u8]) {
+    break_vhd_end_footer_checksum(b);
+    b[64] ^= 0x55;
+}
+
+/// Break the checksum of the VHD footer at the end of the file only (the
+/// copy at 0 stays good).
+pub fn break_vhd_end_footer_checksum(b: &mut [u8]) {
     let n = b.len();
     b[n - 512 + 64] ^= 0x55;
-    b[64] ^= 0x55;
+}
+
+/// Break the signature of the VHDX metadata table.
+pub fn break_vhdx_metadata_table_signature(b: &mut [u8]) {
+    let (m, _, _) = vhdx_region(b, &META_GUID);
+    b[m] = b'X';
 }

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use formats::chain::ChainOptions;
-use formats::{FsNamespace, Namespace};
+use formats::chain::{Chain, ChainOptions};
+use formats::{Finding, FsNamespace, Namespace};
 
 use crate::ChainArgs;
 
@@ -19,6 +19,27 @@ pub fn chain_options(a: &ChainArgs) -> ChainOptions {
         ignore_checksums: a.ignore_checksums,
         ignore_linkage: a.ignore_linkage,
         ..ChainOptions::default()
+    }
+}
+
+/// The finding of a chain that stopped at `broken`: named after the last
+/// image that did open, whose parent could not be followed.
+pub fn broken_chain_finding(chain: &Chain, broken: &formats::Error) -> Finding {
+    let last = chain
+        .links
+        .last()
+        .map(|l| l.path.display().to_string())
+        .unwrap_or_default();
+    Finding::from_error(&last, "chain", broken)
+}
+
+/// Print a command's error, naming `path` first when the error names no
+/// file of its own (a parameter or range error is about that file).
+pub fn print_error_about(path: &std::path::Path, e: &formats::Error) {
+    let shown = path.display().to_string();
+    match e.file() {
+        None if !e.to_string().contains(&shown) => eprintln!("error: {shown}: {e}"),
+        _ => eprintln!("error: {e}"),
     }
 }
 

@@ -212,6 +212,39 @@ fn pattern(len: usize, salt: u64) -> Vec<u8> {
     v
 }
 
+/// Create a workload's directory and name its base and child images in it
+/// (a VHDX child is an `.avhdx`, as Hyper-V names differencing disks).
+fn workload_images(dir: &Path, vhdx: bool) -> formats::Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(dir).map_err(|e| formats::Error::io(dir.display().to_string(), e))?;
+    let (be, ce) = if vhdx {
+        ("vhdx", "avhdx")
+    } else {
+        ("vhd", "vhd")
+    };
+    Ok((
+        dir.join(format!("base.{be}")),
+        dir.join(format!("child.{ce}")),
+    ))
+}
+
+/// How a printed row reads a target's verdict.
+fn holds(holds: bool) -> &'static str {
+    if holds {
+        "holds"
+    } else {
+        "FAILS"
+    }
+}
+
+/// How a printed row reads the content check.
+fn content(ok: bool) -> &'static str {
+    if ok {
+        "ok"
+    } else {
+        "WRONG"
+    }
+}
+
 /// Base (empty dynamic) + differencing child holding `data` bytes.
 fn make_workload(
     root: &Path,
@@ -224,14 +257,7 @@ fn make_workload(
 ) -> formats::Result<Workload> {
     let ns = ns();
     let dir = root.join(name);
-    std::fs::create_dir_all(&dir).map_err(|e| formats::Error::io(dir.display().to_string(), e))?;
-    let (be, ce) = if vhdx {
-        ("vhdx", "avhdx")
-    } else {
-        ("vhd", "vhd")
-    };
-    let base = dir.join(format!("base.{be}"));
-    let child = dir.join(format!("child.{ce}"));
+    let (base, child) = workload_images(&dir, vhdx)?;
     let bp = CreateParams {
         virtual_size,
         disk_type: DiskType::Dynamic,
@@ -1286,14 +1312,7 @@ fn clone_workload(
             extent: w.extent_bytes,
         });
     }
-    std::fs::create_dir_all(&dir).map_err(|e| formats::Error::io(dir.display().to_string(), e))?;
-    let (be, ce) = if vhdx {
-        ("vhdx", "avhdx")
-    } else {
-        ("vhd", "vhd")
-    };
-    let base = dir.join(format!("base.{be}"));
-    let child = dir.join(format!("child.{ce}"));
+    let (base, child) = workload_images(&dir, vhdx)?;
     let extent = if fill == CloneFill::Full {
         data
     } else {
@@ -1328,7 +1347,7 @@ fn clone_workload(
         &"--block-size",
         &block,
     ]))?;
-    let top = dir.join(format!("top.{ce}"));
+    let top = dir.join(if vhdx { "top.avhdx" } else { "top.vhd" });
     let target = if vhdx {
         child.clone()
     } else {
@@ -1880,18 +1899,18 @@ pub fn bench(args: &BenchArgs) -> formats::Result<Report> {
     for _ in 0..scaling_pairs {
         // As in `compare_merge`: no merge pays for writing back the
         // setup copies' dirty pages.
-        let (b, c) = fresh(&small);
-        sh(&["sync"]);
-        let m = timed(&as_strs(&merge_cmd(&b, &c)));
-        s.push(m.wall_s);
-        sc.push(m.cpu_s);
-        su.push(m.user_s);
-        let (b, c) = fresh(&large);
-        sh(&["sync"]);
-        let m = timed(&as_strs(&merge_cmd(&b, &c)));
-        l.push(m.wall_s);
-        lc.push(m.cpu_s);
-        lu.push(m.user_s);
+        // Small then large in each pair, so drift hits both alike.
+        for (w, wall, cpu, user) in [
+            (&small, &mut s, &mut sc, &mut su),
+            (&large, &mut l, &mut lc, &mut lu),
+        ] {
+            let (b, c) = fresh(w);
+            sh(&["sync"]);
+            let m = timed(&as_strs(&merge_cmd(&b, &c)));
+            wall.push(m.wall_s);
+            cpu.push(m.cpu_s);
+            user.push(m.user_s);
+        }
     }
     // Time to read the larger BATs: the BAT region (at 3 MiB in files
     // `create` makes) of each 64 TiB image, into a fresh buffer, from fresh
@@ -2026,7 +2045,7 @@ fn print_clone(r: &Report) {
                 mb(c.dest_allocated_after)
             ),
             format!("{:.1}", c.fs_used_bytes as f64 / (1u64 << 20) as f64),
-            if c.content_ok { "ok" } else { "WRONG" }
+            content(c.content_ok)
         );
     }
     for line in &r.clone_skipped {
@@ -2108,7 +2127,7 @@ pub fn run(args: BenchArgs) -> u8 {
                         mib(s.allocated_after),
                         s.allocated_ratio,
                         s.holds,
-                        if s.content_ok { "ok" } else { "WRONG" },
+                        content(s.content_ok),
                         wmib(s.merge_write_bytes)
                     );
                 }
@@ -2121,7 +2140,7 @@ pub fn run(args: BenchArgs) -> u8 {
                         sc.max_rss_mib,
                         sc.images_found,
                         sc.limit_s,
-                        if sc.holds { "holds" } else { "FAILS" }
+                        holds(sc.holds)
                     );
                 }
                 for c in &r.space_cycles {
@@ -2141,8 +2160,8 @@ pub fn run(args: BenchArgs) -> u8 {
                         mib(c.allocated_final),
                         c.allocated_ratio,
                         wmib(c.merges_write_bytes),
-                        if c.content_ok { "ok" } else { "WRONG" },
-                        if c.holds { "holds" } else { "FAILS" }
+                        content(c.content_ok),
+                        holds(c.holds)
                     );
                 }
                 print_clone(&r);
@@ -2154,28 +2173,28 @@ pub fn run(args: BenchArgs) -> u8 {
                         m.max_rss_mib,
                         m.limit_mib,
                         m.wall_s,
-                        if m.holds { "holds" } else { "FAILS" }
+                        holds(m.holds)
                     );
                 }
                 for s in &r.scaling {
                     println!(
                         "scaling 64 GiB {:.3}s vs 64 TiB {:.3}s: difference {:.3}s, reading the larger BATs (child and destination) {:.3}s: {}; one BAT {:.3}s: {}",
-                        s.small_s, s.large_s, s.difference_s, s.large_bats_read_s, if s.holds { "holds" } else { "FAILS" },
-                        s.large_bat_read_s, if s.holds_against_one_bat { "holds" } else { "FAILS" }
+                        s.small_s, s.large_s, s.difference_s, s.large_bats_read_s, holds(s.holds),
+                        s.large_bat_read_s, holds(s.holds_against_one_bat)
                     );
                     println!(
                         "scaling, CPU time: 64 GiB {:.3}s vs 64 TiB {:.3}s: difference {:.3}s: {}",
                         s.small_cpu_s,
                         s.large_cpu_s,
                         s.cpu_difference_s,
-                        if s.cpu_holds { "holds" } else { "FAILS" }
+                        holds(s.cpu_holds)
                     );
                     println!(
                         "scaling, user CPU time: 64 GiB {:.3}s vs 64 TiB {:.3}s: difference {:.3}s: {} ({} pairs)",
                         s.small_user_s,
                         s.large_user_s,
                         s.user_difference_s,
-                        if s.user_holds { "holds" } else { "FAILS" },
+                        holds(s.user_holds),
                         s.pairs
                     );
                 }

@@ -6,7 +6,7 @@ use formats::params::{Identity, ParentLinkage};
 use formats::{CorruptionKind, Finding, Severity};
 use serde::Serialize;
 
-use crate::cli_util::{chain_options, fs, print_json};
+use crate::cli_util::{broken_chain_finding, chain_options, fs, print_json};
 use crate::outln;
 
 pub type CheckArgs = crate::ImageArgs;
@@ -90,15 +90,7 @@ pub fn report(args: &CheckArgs) -> CheckReport {
             }
             if let Some(e) = &chain.broken {
                 readable = false;
-                findings.push(Finding::from_error(
-                    &chain
-                        .links
-                        .last()
-                        .map(|l| l.path.display().to_string())
-                        .unwrap_or_default(),
-                    "chain",
-                    e,
-                ));
+                findings.push(broken_chain_finding(&chain, e));
             }
         }
     }

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use clap::Args;
 use formats::chain::{Chain, Source};
 use formats::params::{CreateParams, DiskType, Identity, OpenOptions};
-use formats::{Access, Error, Namespace};
+use formats::{Access, Error, Namespace, Storage};
 
-use crate::cli_util::{chain_options, fs};
+use crate::cli_util::{chain_options, fs, print_error_about};
 use crate::ChainArgs;
 
 #[derive(Args)]
@@ -41,9 +41,14 @@ pub fn convert(args: &ConvertArgs) -> Result<u64, Error> {
     }
 }
 
-fn to_raw(ns: &Arc<dyn Namespace>, chain: &Chain, dest: &Path, sync: bool) -> Result<u64, Error> {
-    let name = dest.display().to_string();
-    let out = ns.create(dest).map_err(|e| Error::io(&name, e))?;
+/// Call `copy(layer storage, offset in it, virtual offset, length)` for
+/// every run of the chain's virtual content that a layer holds, in order;
+/// the runs no layer holds read as zeros and are left out. The chain is
+/// folded a window of `64 * CHUNK` at a time, which bounds the run list.
+fn for_each_held_run(
+    chain: &Chain,
+    mut copy: impl FnMut(&dyn Storage, u64, u64, u64) -> Result<(), Error>,
+) -> Result<(), Error> {
     let size = chain.top().virtual_size();
     let mut reader = chain.reader();
     let mut runs = Vec::new();
@@ -54,14 +59,24 @@ fn to_raw(ns: &Arc<dyn Namespace>, chain: &Chain, dest: &Path, sync: bool) -> Re
         runs.extend_from_slice(reader.runs(offset, len)?);
         for r in &runs {
             if let Source::Layer { layer, file_offset } = r.source {
-                // Let the kernel move the bytes where it can.
                 let src = chain.links[layer].image.storage();
-                out.copy_from(src.as_ref(), file_offset, r.offset, r.len)
-                    .map_err(|e| Error::io(&name, e))?;
+                copy(src.as_ref(), file_offset, r.offset, r.len)?;
             }
         }
         offset += len;
     }
+    Ok(())
+}
+
+fn to_raw(ns: &Arc<dyn Namespace>, chain: &Chain, dest: &Path, sync: bool) -> Result<u64, Error> {
+    let name = dest.display().to_string();
+    let out = ns.create(dest).map_err(|e| Error::io(&name, e))?;
+    let size = chain.top().virtual_size();
+    for_each_held_run(chain, |src, file_offset, offset, len| {
+        // Let the kernel move the bytes where it can.
+        out.copy_from(src, file_offset, offset, len)
+            .map_err(|e| Error::io(&name, e))
+    })?;
     out.set_len(size).map_err(|e| Error::io(&name, e))?;
     if sync {
         out.flush().map_err(|e| Error::io(&name, e))?;
@@ -115,26 +130,15 @@ fn to_image(
     };
     let size = info.virtual_size;
     let mut batch = img.begin_batch()?;
-    let mut reader = chain.reader();
-    let mut runs = Vec::new();
-    let mut offset = 0;
-    while offset < size {
-        let len = (64 * CHUNK).min(size - offset);
-        runs.clear();
-        runs.extend_from_slice(reader.runs(offset, len)?);
-        for r in &runs {
-            if let Source::Layer { layer, file_offset } = r.source {
-                let src = chain.links[layer].image.storage();
-                let mut done = 0;
-                while done < r.len {
-                    let n = CHUNK.min(r.len - done);
-                    batch.copy(r.offset + done, n, src.as_ref(), file_offset + done)?;
-                    done += n;
-                }
-            }
+    for_each_held_run(chain, |src, file_offset, offset, len| {
+        let mut done = 0;
+        while done < len {
+            let n = CHUNK.min(len - done);
+            batch.copy(offset + done, n, src, file_offset + done)?;
+            done += n;
         }
-        offset += len;
-    }
+        Ok(())
+    })?;
     batch.prepare()?;
     batch.commit(identity)?;
     Ok(size)
@@ -151,13 +155,9 @@ pub fn run(args: ConvertArgs) -> u8 {
             0
         }
         Err(e) => {
-            // Parameter errors (the output's block size) name no file of
-            // their own: they are about the output.
-            let shown = args.dest.display().to_string();
-            match e.file() {
-                None if !e.to_string().contains(&shown) => eprintln!("error: {shown}: {e}"),
-                _ => eprintln!("error: {e}"),
-            }
+            // Parameter errors (the output's block size) are about the
+            // output.
+            print_error_about(&args.dest, &e);
             if let Error::ParentNotFound { .. } | Error::FileNotFound { .. } = e {
                 3
             } else {

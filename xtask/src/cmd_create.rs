@@ -8,7 +8,7 @@ use formats::chain::{open_image_file, ChainOptions};
 use formats::params::{CreateParams, DiskType};
 use formats::Error;
 
-use crate::cli_util::{fs, parse_size};
+use crate::cli_util::{fs, parse_size, print_error_about};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Kind {
@@ -84,12 +84,7 @@ pub fn run(args: CreateArgs) -> u8 {
             0
         }
         Err(e) => {
-            // Parameter errors name no file of their own: say which one.
-            let shown = args.path.display().to_string();
-            match e.file() {
-                None if !e.to_string().contains(&shown) => eprintln!("error: {shown}: {e}"),
-                _ => eprintln!("error: {e}"),
-            }
+            print_error_about(&args.path, &e);
             1
         }
     }

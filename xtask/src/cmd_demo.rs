@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use formats::chain::{open_image_file, Chain, ChainOptions};
 use formats::{Access, Error};
-use sha2::{Digest, Sha256};
 
 use crate::cli_util::fs;
 use crate::outln;
@@ -40,18 +39,7 @@ fn write(path: &Path, offset: u64, data: &[u8]) -> Result<(), Error> {
 fn hash_chain(path: &Path) -> Result<String, Error> {
     let ns = fs();
     let chain = Chain::open(&ns, path, &ChainOptions::default())?;
-    let size = chain.top().virtual_size();
-    let mut reader = chain.reader();
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 4 << 20];
-    let mut off = 0;
-    while off < size {
-        let n = (buf.len() as u64).min(size - off) as usize;
-        reader.read(off, &mut buf[..n])?;
-        h.update(&buf[..n]);
-        off += n as u64;
-    }
-    Ok(format!("{:x}", h.finalize()))
+    testdata::hash_layers(chain.layers())
 }
 
 fn pattern(byte: u8, len: usize) -> Vec<u8> {

@@ -8,7 +8,7 @@ use formats::params::ImageInfo;
 use formats::Finding;
 use serde::Serialize;
 
-use crate::cli_util::{chain_options, fs, print_json};
+use crate::cli_util::{broken_chain_finding, chain_options, fs, print_json};
 use crate::outln;
 
 pub type InfoArgs = crate::ImageArgs;
@@ -85,15 +85,7 @@ pub fn report(args: &InfoArgs) -> Result<InfoReport, formats::Error> {
     let mut findings = top.open_findings();
     if let Some(e) = &chain.broken {
         if chain.links.len() > 1 {
-            findings.push(Finding::from_error(
-                &chain
-                    .links
-                    .last()
-                    .map(|l| l.path.display().to_string())
-                    .unwrap_or_default(),
-                "chain",
-                e,
-            ));
+            findings.push(broken_chain_finding(&chain, e));
         }
     }
     Ok(InfoReport {

@@ -23,6 +23,7 @@ use clap::Args;
 use formats::chain::{fold, Chain, FoldedRun, Source};
 use formats::layer::Layer;
 use formats::Error;
+use merge::plan::NextHeld;
 use serde::Serialize;
 
 use crate::cli_util::{chain_options, fs, print_json};
@@ -97,29 +98,12 @@ impl Joiner {
 /// layer's `next_held` says it holds nothing is one `NotHeld` run, found
 /// without mapping it.
 pub fn walk(layers: &[&dyn Layer], size: u64, mut f: impl FnMut(FoldedRun)) -> Result<(), Error> {
-    // Each layer's last `next_held` answer: `Some(n)` holds while the walk
-    // is at or before n, `None` (nothing more) for good. Asking afresh at
-    // every window would rescan an idle layer's BAT tail once per window.
-    let mut known: Vec<Option<Option<u64>>> = vec![None; layers.len()];
+    let mut held = NextHeld::new(layers.len());
     let mut joiner = Joiner { pending: None };
     let mut runs = Vec::new();
     let mut off = 0;
     while off < size {
-        let mut next = size;
-        for (layer, k) in layers.iter().zip(known.iter_mut()) {
-            let answer = match *k {
-                Some(Some(n)) if off <= n => Some(n),
-                Some(None) => None,
-                _ => {
-                    let a = layer.next_held(off)?;
-                    *k = Some(a);
-                    a
-                }
-            };
-            if let Some(n) = answer {
-                next = next.min(n.max(off));
-            }
-        }
+        let next = held.at(layers, off, size)?;
         if next > off {
             joiner.push(
                 FoldedRun {

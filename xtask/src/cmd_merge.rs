@@ -255,20 +255,8 @@ pub fn run_with_progress(req: MergeRequest, quiet: bool) -> MergeOutcome {
     outcome.unwrap_or_else(|| MergeOutcome {
         return_value: ReturnValue::Failed.code(),
         state: merge::JobState::Failed,
-        source: String::new(),
-        destination: None,
-        bytes_merged: 0,
-        bytes_total: 0,
-        resumed: false,
-        already_merged: false,
-        removed: Vec::new(),
-        siblings: Vec::new(),
-        dry_run: false,
-        preflight: None,
-        compaction: None,
         error: Some("merge thread panicked".into()),
-        error_kind: None,
-        corruption_kind: None,
+        ..MergeOutcome::running(String::new(), None, false)
     })
 }
 

@@ -17,7 +17,7 @@ use formats::chain::{open_image_file, Chain, Link};
 use formats::params::OpenOptions;
 use formats::{Access, Error, JournalSlot};
 
-use crate::cli_util::{chain_options, fs, parse_size};
+use crate::cli_util::{chain_options, fs, parse_size, print_error_about};
 use crate::ChainArgs;
 
 #[derive(Args)]
@@ -166,12 +166,7 @@ pub fn run(args: WriteArgs) -> u8 {
             0
         }
         Err(e) => {
-            // Range errors name no file of their own: say which image.
-            let shown = args.image.display().to_string();
-            match e.file() {
-                None if !e.to_string().contains(&shown) => eprintln!("error: {shown}: {e}"),
-                _ => eprintln!("error: {e}"),
-            }
+            print_error_about(&args.image, &e);
             1
         }
     }

@@ -38,10 +38,7 @@ const CASES: &[Mutation] = &[
         "fixed.vhd",
         "footer checksum wrong",
         "footer_checksum",
-        |b| {
-            let n = b.len();
-            b[n - 512 + 64] ^= 0x55;
-        },
+        |b| break_vhd_end_footer_checksum(b),
     ),
     (
         "dynamic.vhd",
@@ -167,10 +164,7 @@ const CASES: &[Mutation] = &[
         "dynamic.vhdx",
         "metadata table signature",
         "metadata_table_signature",
-        |b| {
-            let (m, _, _) = vhdx_region(b, &META_GUID);
-            b[m] = b'X';
-        },
+        |b| break_vhdx_metadata_table_signature(b),
     ),
     (
         "dynamic.vhdx",

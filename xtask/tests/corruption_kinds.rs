@@ -157,10 +157,7 @@ const CASES: &[Case] = &[
         "metadata table signature",
         CorruptionKind::MetadataTableSignature,
         "error",
-        |b| {
-            let (m, _, _) = vhdx_region(b, &META_GUID);
-            b[m] = b'X';
-        },
+        |b| break_vhdx_metadata_table_signature(b),
     ),
     (
         "vhd",
@@ -174,10 +171,7 @@ const CASES: &[Case] = &[
         "end footer checksum (the copy at 0 is used)",
         CorruptionKind::FooterChecksum,
         "warning",
-        |b| {
-            let n = b.len();
-            b[n - 512 + 64] ^= 0x55;
-        },
+        |b| break_vhd_end_footer_checksum(b),
     ),
     (
         "vhd",

@@ -57,6 +57,20 @@ pub fn assert_survived(r: &Report, min_ops: usize) {
     assert_eq!(r.violation_count, 0, "{}", r.to_json());
 }
 
+/// Explore `s` with `strategy` under `budget`, log its summary, and require
+/// that it survived (see `assert_survived`); the report, for further checks.
+pub fn explore_survives(
+    s: &dyn Scenario,
+    strategy: Strategy,
+    budget: &Budget,
+    min_ops: usize,
+) -> Report {
+    let r = sim::explore(s, strategy, budget);
+    eprintln!("{}", summary(&r));
+    assert_survived(&r, min_ops);
+    r
+}
+
 /// Check the state after the run returned with every write kept (the
 /// last crash point, state 0).
 pub fn replay_last(s: &dyn Scenario, strategy: Strategy, budget: &Budget) -> Result<(), String> {
@@ -64,6 +78,23 @@ pub fn replay_last(s: &dyn Scenario, strategy: Strategy, budget: &Budget) -> Res
     let model = prepared.model.as_ref().expect("ran");
     let last = model.crash_points() - 1;
     sim::replay_state(s, strategy, budget, last, 0)
+}
+
+/// One line on the exploration of the only scenario of `r`, for the test's
+/// log.
+pub fn summary(r: &Report) -> String {
+    let sc = &r.scenarios[0];
+    format!(
+        "{}: {} ops, {} crash points ({} enumerated, {} sampled), {} states, {} violations, {} ms",
+        sc.name,
+        sc.ops,
+        sc.crash_points,
+        sc.exhaustive_points,
+        sc.sampled_points,
+        sc.states_checked,
+        sc.violation_count,
+        r.elapsed_ms
+    )
 }
 
 /// `names` sorted, each of them unique.

@@ -15,6 +15,38 @@ pub const PAGE: usize = 4096;
 const PAGE64: u64 = PAGE as u64;
 pub type Page = [u8; PAGE];
 
+/// The part of a byte range that lies in one page.
+struct Piece {
+    /// Its file offset.
+    pos: u64,
+    page: u64,
+    /// Its offset within the page.
+    in_page: usize,
+    len: usize,
+    /// Its offset within the range.
+    done: usize,
+}
+
+/// Bytes `offset..end`, cut at page boundaries, in order.
+fn pieces(offset: u64, end: u64) -> impl Iterator<Item = Piece> {
+    let mut pos = offset;
+    std::iter::from_fn(move || {
+        if pos >= end {
+            return None;
+        }
+        let in_page = (pos % PAGE64) as usize;
+        let piece = Piece {
+            pos,
+            page: pos / PAGE64,
+            in_page,
+            len: (PAGE - in_page).min((end - pos) as usize),
+            done: (pos - offset) as usize,
+        };
+        pos += piece.len as u64;
+        Some(piece)
+    })
+}
+
 /// Simulated files are small; this bound keeps a buggy or hostile offset from
 /// turning into an arithmetic overflow or an absurd page index.
 pub const MAX_FILE_LEN: u64 = 1 << 48;
@@ -138,12 +170,11 @@ impl Overlay {
         if end > self.len {
             return Err(eof());
         }
-        let mut pos = offset;
-        let mut done = 0usize;
-        while pos < end {
-            let p = pos / PAGE64;
-            let in_page = (pos % PAGE64) as usize;
-            let n = (PAGE - in_page).min((end - pos) as usize);
+        for piece in pieces(offset, end) {
+            let Piece {
+                pos, in_page, done, ..
+            } = piece;
+            let (p, n) = (piece.page, piece.len);
             let dst = &mut buf[done..done + n];
             if let Some(own) = self.own.get(&p) {
                 dst.copy_from_slice(&own[in_page..in_page + n]);
@@ -157,8 +188,6 @@ impl Overlay {
                 }
                 dst[visible..].fill(0);
             }
-            pos += n as u64;
-            done += n;
         }
         Ok(())
     }
@@ -168,12 +197,9 @@ impl Overlay {
             .checked_add(buf.len() as u64)
             .filter(|e| *e <= MAX_FILE_LEN)
             .ok_or_else(too_large)?;
-        let mut pos = offset;
-        let mut done = 0usize;
-        while pos < end {
-            let p = pos / PAGE64;
-            let in_page = (pos % PAGE64) as usize;
-            let n = (PAGE - in_page).min((end - pos) as usize);
+        for piece in pieces(offset, end) {
+            let Piece { in_page, done, .. } = piece;
+            let (p, n) = (piece.page, piece.len);
             if n == PAGE {
                 let mut page = [0u8; PAGE];
                 page.copy_from_slice(&buf[done..done + n]);
@@ -187,8 +213,6 @@ impl Overlay {
                     Arc::make_mut(page)[in_page..in_page + n].copy_from_slice(&buf[done..done + n]);
                 }
             }
-            pos += n as u64;
-            done += n;
         }
         // Bytes between the old end and `offset` already read as zero (the
         // invariant), so growing the length is all that is left.

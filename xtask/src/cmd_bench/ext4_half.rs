@@ -26,8 +26,8 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::{
-    as_strs, clone_workload, file_sizes, median, median_i64, merge_cmd, sh, timed, view_sha,
-    BenchArgs, CloneFill, Measurement, Report, CLONE_GIB,
+    as_strs, clone_workload, content, file_sizes, holds, median, median_i64, merge_cmd, sh, timed,
+    view_sha, BenchArgs, CloneFill, Measurement, Report, CLONE_GIB,
 };
 
 /// One row of the section.
@@ -271,11 +271,7 @@ pub(super) fn print(r: &Report) {
             // No target over held blocks (see the module comment).
             "no target: the base holds the blocks".to_string()
         } else {
-            format!(
-                "(<= {}) {}",
-                h.target,
-                if h.holds { "holds" } else { "FAILS" }
-            )
+            format!("(<= {}) {}", h.target, holds(h.holds))
         };
         println!(
             "{} --held-blocks {} ({}, {} rounds rotating, medians): merge {:.3}s vs cp + sync -f {:.3}s: {:.2} {}; wrote {:.1} MiB = {:.3}x the child's {:.0} MiB of data (cp: {:.1} MiB = {:.3}x); RSS {:.1} MiB; content {}",
@@ -293,7 +289,7 @@ pub(super) fn print(r: &Report) {
             h.cp_write_bytes as f64 / (1u64 << 20) as f64,
             h.cp_written_over_data,
             h.merge_max_rss_kib as f64 / 1024.0,
-            if h.content_ok { "ok" } else { "WRONG" }
+            content(h.content_ok)
         );
     }
 }

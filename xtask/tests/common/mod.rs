@@ -56,15 +56,8 @@ pub fn ok(out: Output, what: &str) -> Output {
 /// `len` bytes of seeded data without a zero byte (xorshift), so no
 /// sector of it can pass for an unwritten or zeroed one.
 pub fn data(seed: u64, len: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x as u8) | 1
-        })
-        .collect()
+    let mut x = testdata::XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    (0..len).map(|_| (x.next_u64() as u8) | 1).collect()
 }
 
 /// A path as the `&str` an argument list takes.
@@ -86,13 +79,10 @@ pub fn json(out: &Output) -> Value {
 /// `len` bytes of seeded xorshift data, eight at a time, so that every
 /// 512-byte sector differs and nothing reads as zero.
 pub fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
+    let mut x = testdata::XorShift(seed | 1);
     let mut v = Vec::with_capacity(len + 8);
     while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
+        v.extend_from_slice(&x.next_u64().to_le_bytes());
     }
     v.truncate(len);
     v
