@@ -37,3 +37,23 @@ pub(crate) use le_codec;
 pub(crate) fn round_up(v: u64, to: u64) -> Option<u64> {
     v.checked_add(to - 1).map(|x| x & !(to - 1))
 }
+
+pub(crate) const MIB: u64 = 1 << 20;
+
+/// `len` bytes at `offset`.
+pub(crate) fn read_vec(
+    s: &dyn crate::Storage,
+    name: &str,
+    offset: u64,
+    len: usize,
+) -> crate::Result<Vec<u8>> {
+    use crate::error::IoContext;
+    let mut v = vec![0u8; len];
+    s.read_at(&mut v, offset).ctx(name)?;
+    Ok(v)
+}
+
+/// Two byte ranges overlap.
+pub(crate) fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
+    a.0 < b.0.saturating_add(b.1) && b.0 < a.0.saturating_add(a.1)
+}
