@@ -57,3 +57,36 @@ pub(crate) fn read_vec(
 pub(crate) fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
     a.0 < b.0.saturating_add(b.1) && b.0 < a.0.saturating_add(a.1)
 }
+
+/// The error for a structure of file `name` at `offset` too short to
+/// decode, for `ok_or_else`.
+pub(crate) fn unreadable<'a>(
+    kind: crate::CorruptionKind,
+    name: &'a str,
+    structure: &'static str,
+    offset: u64,
+) -> impl FnOnce() -> crate::Error + 'a {
+    move || crate::Error::corrupt(kind, name, structure, offset, "unreadable")
+}
+
+/// Corruption `kind` of `structure` when `flags` (the field at `offset`
+/// of file `name`) has bits set outside `defined`.
+pub(crate) fn check_reserved_flags(
+    flags: u32,
+    defined: u32,
+    kind: crate::CorruptionKind,
+    name: &str,
+    structure: &'static str,
+    offset: u64,
+) -> crate::Result<()> {
+    if flags & !defined != 0 {
+        return Err(crate::Error::corrupt(
+            kind,
+            name,
+            structure,
+            offset,
+            format!("reserved flag bits set ({flags:#x})"),
+        ));
+    }
+    Ok(())
+}

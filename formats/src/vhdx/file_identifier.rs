@@ -75,18 +75,11 @@ impl FileIdentifier {
             ));
         }
         let raw = super::codec::read_vec(storage, name, 0, Self::SIZE)?;
-        let ident = Self::decode(&raw).ok_or_else(|| {
-            Error::corrupt(
-                CorruptionKind::FileIdentifierSignature,
-                name,
-                WHAT,
-                0,
-                "unreadable",
-            )
-        })?;
+        let kind = CorruptionKind::FileIdentifierSignature;
+        let ident = Self::decode(&raw).ok_or_else(super::codec::unreadable(kind, name, WHAT, 0))?;
         if !ident.signature_ok() {
             return Err(Error::corrupt(
-                CorruptionKind::FileIdentifierSignature,
+                kind,
                 name,
                 WHAT,
                 0,

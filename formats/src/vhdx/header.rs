@@ -233,7 +233,7 @@ impl VhdxHeader {
         if log.1 == 0 && self.log_guid.is_nil() {
             return Ok(log);
         }
-        if log.1 == 0 || log.1 % MIB != 0 {
+        if log.1 == 0 || !log.1.is_multiple_of(MIB) {
             return Err(Error::corrupt(
                 CorruptionKind::LogLengthInvalid,
                 name,
@@ -243,7 +243,7 @@ impl VhdxHeader {
             ));
         }
         let at = hoff + Self::LOG_OFFSET_OFFSET;
-        if log.0 < MIB || log.0 % MIB != 0 {
+        if log.0 < MIB || !log.0.is_multiple_of(MIB) {
             return Err(Error::corrupt(
                 CorruptionKind::LogOffsetInvalid,
                 name,
@@ -283,37 +283,29 @@ pub fn load_current(
         HeaderSlot::from_bytes(read(0)?),
         HeaderSlot::from_bytes(read(1)?),
     ];
-    let (cur, identical) = match choose_current(&slots, ignore_checksums) {
-        Ok(c) => c,
-        Err(HeaderChoiceError::NoSignature) => {
-            return Err(Error::corrupt(
+    let (cur, identical) = choose_current(&slots, ignore_checksums).map_err(|e| {
+        let (kind, message) = match e {
+            HeaderChoiceError::Checksum(i) => {
+                return Error::Checksum {
+                    file: name.into(),
+                    structure: "header",
+                    offset: SLOT_OFFSETS[i],
+                    kind: CorruptionKind::HeaderChecksum,
+                    stored: slots[i].stored,
+                    computed: slots[i].computed,
+                }
+            }
+            HeaderChoiceError::NoSignature => (
                 CorruptionKind::NoValidHeader,
-                name,
-                "header",
-                SLOT_OFFSETS[0],
                 "neither header has the `head` signature",
-            ))
-        }
-        Err(HeaderChoiceError::Checksum(i)) => {
-            return Err(Error::Checksum {
-                file: name.into(),
-                structure: "header",
-                offset: SLOT_OFFSETS[i],
-                kind: CorruptionKind::HeaderChecksum,
-                stored: slots[i].stored,
-                computed: slots[i].computed,
-            })
-        }
-        Err(HeaderChoiceError::EqualSequence) => {
-            return Err(Error::corrupt(
+            ),
+            HeaderChoiceError::EqualSequence => (
                 CorruptionKind::HeaderSequenceTie,
-                name,
-                "header",
-                SLOT_OFFSETS[0],
                 "both headers are valid with equal sequence numbers but different contents",
-            ))
-        }
-    };
+            ),
+        };
+        Error::corrupt(kind, name, "header", SLOT_OFFSETS[0], message)
+    })?;
     if identical {
         findings.push(Finding::warning(
             CorruptionKind::HeaderSequenceTie,
@@ -356,15 +348,9 @@ pub fn load_current(
             });
         }
     }
-    let h = slots[cur].header.clone().ok_or_else(|| {
-        Error::corrupt(
-            CorruptionKind::NoValidHeader,
-            name,
-            "header",
-            SLOT_OFFSETS[cur],
-            "unreadable",
-        )
-    })?;
+    let kind = CorruptionKind::NoValidHeader;
+    let unreadable = super::codec::unreadable(kind, name, "header", SLOT_OFFSETS[cur]);
+    let h = slots[cur].header.clone().ok_or_else(unreadable)?;
     Ok((cur, h))
 }
 

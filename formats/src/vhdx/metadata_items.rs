@@ -3,7 +3,7 @@
 use binrw::binrw;
 use uuid::Uuid;
 
-use super::codec::{guid_from_le, le_codec};
+use super::codec::{check_reserved_flags, guid_from_le, le_codec, unreadable};
 use super::metadata_table::MetadataTable;
 use crate::{CorruptionKind, Error, Finding, Result, Storage};
 
@@ -266,15 +266,12 @@ impl FileParameters {
     /// reserved flags.
     pub fn validate(item: &[u8], name: &str, off: u64) -> Result<Self> {
         const WHAT: &str = "File Parameters";
-        let fp = Self::decode(item).ok_or_else(|| {
-            Error::corrupt(
-                CorruptionKind::MetadataItemTooShort,
-                name,
-                WHAT,
-                off,
-                "unreadable",
-            )
-        })?;
+        let fp = Self::decode(item).ok_or_else(unreadable(
+            CorruptionKind::MetadataItemTooShort,
+            name,
+            WHAT,
+            off,
+        ))?;
         if !fp.block_size_valid() {
             return Err(Error::corrupt(
                 CorruptionKind::InvalidBlockSize,
@@ -287,15 +284,9 @@ impl FileParameters {
                 ),
             ));
         }
-        if fp.flags & !Self::FLAGS_DEFINED != 0 {
-            return Err(Error::corrupt(
-                CorruptionKind::FileParametersReservedFlags,
-                name,
-                WHAT,
-                off + Self::FLAGS_OFFSET,
-                format!("reserved flag bits set ({:#x})", fp.flags),
-            ));
-        }
+        let kind = CorruptionKind::FileParametersReservedFlags;
+        let flags_at = off + Self::FLAGS_OFFSET;
+        check_reserved_flags(fp.flags, Self::FLAGS_DEFINED, kind, name, WHAT, flags_at)?;
         Ok(fp)
     }
 }
@@ -414,16 +405,9 @@ pub fn load_system_items(
     let (b, off) = item(VIRTUAL_DISK_SIZE, ("Virtual Disk Size", 8))?;
     let virtual_size = VirtualDiskSize::validate(&b, name, off, lss)?;
     let (b, off) = item(VIRTUAL_DISK_ID, ("Virtual Disk ID", 16))?;
+    let kind = CorruptionKind::MetadataItemTooShort;
     let virtual_disk_id = VirtualDiskId::decode(&b)
-        .ok_or_else(|| {
-            Error::corrupt(
-                CorruptionKind::MetadataItemTooShort,
-                name,
-                "Virtual Disk ID",
-                off,
-                "unreadable",
-            )
-        })?
+        .ok_or_else(unreadable(kind, name, "Virtual Disk ID", off))?
         .id;
     let parent_locator = if file_parameters.has_parent() {
         let (b, off) = item(PARENT_LOCATOR, ("Parent Locator", 20))?;

@@ -4,7 +4,7 @@
 use binrw::binrw;
 use uuid::Uuid;
 
-use super::codec::{guid_from_le, le_codec, overlaps, read_vec};
+use super::codec::{check_reserved_flags, guid_from_le, le_codec, overlaps, read_vec};
 use super::metadata_items::SYSTEM_ITEMS;
 use crate::{CorruptionKind, Error, Finding, Result, Storage};
 
@@ -173,6 +173,7 @@ pub fn load(
             format!("{users} IsUser entries exceed 1024"),
         ));
     }
+    let bad = |kind, offset, message: String| Error::corrupt(kind, name, WHAT, offset, message);
     let mut spans: Vec<(u64, u64)> = Vec::new();
     for (i, e) in table.entries.iter().enumerate() {
         let eoff = moff + MetadataTableEntry::offset_in_table(i);
@@ -180,23 +181,20 @@ pub fn load(
             .iter()
             .any(|o| o.item_id == e.item_id && o.is_user() == e.is_user())
         {
-            return Err(Error::corrupt(
+            return Err(bad(
                 CorruptionKind::MetadataItemDuplicate,
-                name,
-                WHAT,
                 eoff,
                 format!("duplicate item {}", e.item_id),
             ));
         }
-        if e.flags & !MetadataTableEntry::FLAGS_DEFINED != 0 {
-            return Err(Error::corrupt(
-                CorruptionKind::MetadataEntryReservedFlags,
-                name,
-                WHAT,
-                eoff + MetadataTableEntry::FLAGS_OFFSET,
-                format!("reserved flag bits set ({:#x})", e.flags),
-            ));
-        }
+        check_reserved_flags(
+            e.flags,
+            MetadataTableEntry::FLAGS_DEFINED,
+            CorruptionKind::MetadataEntryReservedFlags,
+            name,
+            WHAT,
+            eoff + MetadataTableEntry::FLAGS_OFFSET,
+        )?;
         if !e.is_user() && !SYSTEM_ITEMS.contains(&e.item_id) && e.is_required() {
             return Err(Error::Unsupported {
                 file: name.into(),
@@ -219,24 +217,20 @@ pub fn load(
             continue;
         }
         if e.length > MAX_ITEM_LENGTH {
-            return Err(Error::corrupt(
+            return Err(bad(
                 CorruptionKind::MetadataItemTooLong,
-                name,
-                WHAT,
                 eoff + MetadataTableEntry::LENGTH_OFFSET,
                 format!("item {} Length {} exceeds 1 MiB", e.item_id, e.length),
             ));
         }
         let (o, l) = (u64::from(e.offset), u64::from(e.length));
         if o < TABLE_SIZE as u64 || o + l > region.1 {
-            return Err(Error::corrupt(CorruptionKind::MetadataItemOutsideRegion, name, WHAT, eoff + MetadataTableEntry::OFFSET_OFFSET, format!(
+            return Err(bad(CorruptionKind::MetadataItemOutsideRegion, eoff + MetadataTableEntry::OFFSET_OFFSET, format!(
                 "item {} [{o:#x}, +{l:#x}) is not inside the metadata region after its 64 KiB table", e.item_id)));
         }
         if spans.iter().any(|s| overlaps(*s, (o, l))) {
-            return Err(Error::corrupt(
+            return Err(bad(
                 CorruptionKind::MetadataItemOverlap,
-                name,
-                WHAT,
                 eoff,
                 format!("item {} overlaps another item", e.item_id),
             ));

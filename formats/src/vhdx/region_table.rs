@@ -220,37 +220,11 @@ pub fn load(
     const WHAT: &str = "region table";
     let c1 = parse_copy(storage, name, 0, ignore_checksums);
     let c2 = parse_copy(storage, name, 1, ignore_checksums);
-    Ok(match (c1, c2) {
-        (Ok((t1, soft)), other) => {
-            if let Some(s) = &soft {
-                findings.push(Finding::error(
-                    s.kind(),
-                    name,
-                    WHAT,
-                    COPY_OFFSETS[0],
-                    s.describe(),
-                ));
-            }
-            match other {
-                Ok((t2, _)) if t2.entries != t1.entries => findings.push(Finding::warning(
-                    CorruptionKind::RegionTableCopyMismatch,
-                    name,
-                    WHAT,
-                    COPY_OFFSETS[1],
-                    "copy 2 differs from copy 1",
-                )),
-                Err((e, off)) => findings.push(Finding::warning(
-                    e.kind(),
-                    name,
-                    WHAT,
-                    off,
-                    format!("copy 2 is invalid ({}); copy 1 is used", e.describe()),
-                )),
-                _ => {}
-            }
-            t1
-        }
-        (Err((e1, off1)), Ok((t2, soft))) => {
+    // The copy used, its table and any checksum mismatch let through,
+    // and (when copy 1 is used) what copy 2 was.
+    let (used, (table, soft), other) = match (c1, c2) {
+        (Ok(t1), other) => (0, t1, Some(other)),
+        (Err((e1, off1)), Ok(t2)) => {
             findings.push(Finding::warning(
                 e1.kind(),
                 name,
@@ -258,19 +232,37 @@ pub fn load(
                 off1,
                 format!("copy 1 is invalid ({}); copy 2 is used", e1.describe()),
             ));
-            if let Some(s) = &soft {
-                findings.push(Finding::error(
-                    s.kind(),
-                    name,
-                    WHAT,
-                    COPY_OFFSETS[1],
-                    s.describe(),
-                ));
-            }
-            t2
+            (1, t2, None)
         }
         (Err((e1, off1)), Err(_)) => return Err(e1.to_error(name, off1)),
-    })
+    };
+    if let Some(s) = soft {
+        findings.push(Finding::error(
+            s.kind(),
+            name,
+            WHAT,
+            COPY_OFFSETS[used],
+            s.describe(),
+        ));
+    }
+    match other {
+        Some(Ok((t2, _))) if t2.entries != table.entries => findings.push(Finding::warning(
+            CorruptionKind::RegionTableCopyMismatch,
+            name,
+            WHAT,
+            COPY_OFFSETS[1],
+            "copy 2 differs from copy 1",
+        )),
+        Some(Err((e, off))) => findings.push(Finding::warning(
+            e.kind(),
+            name,
+            WHAT,
+            off,
+            format!("copy 2 is invalid ({}); copy 1 is used", e.describe()),
+        )),
+        _ => {}
+    }
+    Ok(table)
 }
 
 impl RegionTable {
