@@ -213,6 +213,47 @@ impl BlockPiece {
     }
 }
 
+impl BatGeometry {
+    /// Open step: the geometry the system `items` describe, whose
+    /// TotalBATEntries fit the BAT region (`bat_region`: offset, length).
+    pub fn load(
+        items: &super::metadata_items::SystemItems,
+        bat_region: (u64, u64),
+        name: &str,
+    ) -> crate::Result<Self> {
+        use crate::{CorruptionKind, Error};
+        let g = Self::new(
+            u64::from(items.file_parameters.block_size),
+            u64::from(items.logical_sector_size),
+            items.virtual_size,
+            items.file_parameters.has_parent(),
+        )
+        .ok_or_else(|| {
+            Error::corrupt(
+                CorruptionKind::InvalidBlockSize,
+                name,
+                "File Parameters",
+                items.file_parameters_offset,
+                "block size / sector size outside the spec",
+            )
+        })?;
+        let need = g.total_entries.saturating_mul(8);
+        if need > bat_region.1 {
+            return Err(Error::corrupt(
+                CorruptionKind::BatRegionTooSmall,
+                name,
+                "region table entry",
+                super::region_table::COPY_OFFSETS[0],
+                format!(
+                    "BAT region Length {:#x} is shorter than TotalBATEntries {} x 8 = {need:#x}",
+                    bat_region.1, g.total_entries
+                ),
+            ));
+        }
+        Ok(g)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

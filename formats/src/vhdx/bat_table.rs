@@ -186,6 +186,32 @@ impl PartialEq for BlockAllocationTable {
 
 impl Eq for BlockAllocationTable {}
 
+/// A BAT already in memory for a file, with the region it was read from.
+pub(crate) struct KnownBat {
+    pub region: (u64, u64),
+    pub entries: BlockAllocationTable,
+}
+
+impl BlockAllocationTable {
+    /// Open step: the `total_entries` entries of the BAT at `region`:
+    /// `known`'s when it describes the same region and entry count, else
+    /// read from `storage`.
+    pub(crate) fn load(
+        storage: &dyn Storage,
+        name: &str,
+        region: (u64, u64),
+        total_entries: u64,
+        known: Option<KnownBat>,
+    ) -> Result<Self> {
+        match known {
+            Some(k) if k.region == region && k.entries.len() as u64 == total_entries => {
+                Ok(k.entries)
+            }
+            _ => Self::read(storage, name, region.0, total_entries),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

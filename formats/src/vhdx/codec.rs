@@ -37,3 +37,56 @@ pub(crate) use le_codec;
 pub(crate) fn round_up(v: u64, to: u64) -> Option<u64> {
     v.checked_add(to - 1).map(|x| x & !(to - 1))
 }
+
+pub(crate) const MIB: u64 = 1 << 20;
+
+/// `len` bytes at `offset`.
+pub(crate) fn read_vec(
+    s: &dyn crate::Storage,
+    name: &str,
+    offset: u64,
+    len: usize,
+) -> crate::Result<Vec<u8>> {
+    use crate::error::IoContext;
+    let mut v = vec![0u8; len];
+    s.read_at(&mut v, offset).ctx(name)?;
+    Ok(v)
+}
+
+/// Two byte ranges overlap.
+pub(crate) fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
+    a.0 < b.0.saturating_add(b.1) && b.0 < a.0.saturating_add(a.1)
+}
+
+/// The error for a structure of file `name` at `offset` too short to
+/// decode, for `ok_or_else`.
+pub(crate) fn unreadable<'a>(
+    kind: crate::CorruptionKind,
+    name: &'a str,
+    structure: &'static str,
+    offset: u64,
+) -> impl FnOnce() -> crate::Error + 'a {
+    move || crate::Error::corrupt(kind, name, structure, offset, "unreadable")
+}
+
+/// Corruption `kind` of `structure` when `flags` (the field at `offset`
+/// of file `name`) has bits set outside `defined`.
+pub(crate) fn check_reserved_flags(
+    flags: u32,
+    defined: u32,
+    kind: crate::CorruptionKind,
+    name: &str,
+    structure: &'static str,
+    offset: u64,
+) -> crate::Result<()> {
+    if flags & !defined != 0 {
+        return Err(crate::Error::corrupt(
+            kind,
+            name,
+            structure,
+            offset,
+            format!("reserved flag bits set ({flags:#x})"),
+        ));
+    }
+    Ok(())
+}

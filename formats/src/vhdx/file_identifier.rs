@@ -55,6 +55,41 @@ impl FileIdentifier {
     }
 }
 
+/// The identifier, both headers and both region tables: the least a VHDX
+/// file holds.
+pub const HEADER_SECTION_SIZE: u64 = 5 * 64 * 1024;
+
+impl FileIdentifier {
+    /// Open step 1: the file holds the header section and starts with the
+    /// `vhdxfile` signature.
+    pub fn load(storage: &dyn crate::Storage, name: &str, file_len: u64) -> crate::Result<Self> {
+        use crate::{CorruptionKind, Error};
+        const WHAT: &str = "file type identifier";
+        if file_len < HEADER_SECTION_SIZE {
+            return Err(Error::corrupt(
+                CorruptionKind::FileTooShort,
+                name,
+                "file",
+                0,
+                format!("file is {file_len} bytes, shorter than the 320 KiB header section"),
+            ));
+        }
+        let raw = super::codec::read_vec(storage, name, 0, Self::SIZE)?;
+        let kind = CorruptionKind::FileIdentifierSignature;
+        let ident = Self::decode(&raw).ok_or_else(super::codec::unreadable(kind, name, WHAT, 0))?;
+        if !ident.signature_ok() {
+            return Err(Error::corrupt(
+                kind,
+                name,
+                WHAT,
+                0,
+                "signature is not `vhdxfile`",
+            ));
+        }
+        Ok(ident)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -169,6 +169,191 @@ pub fn choose_current(
     }
 }
 
+impl VhdxHeader {
+    /// Byte offsets (in the header) of the fields that open reports on.
+    pub const VERSION_OFFSET: u64 = 66;
+    pub const LOG_LENGTH_OFFSET: u64 = 68;
+    pub const LOG_OFFSET_OFFSET: u64 = 72;
+    pub const RESERVED_OFFSET: u64 = 80;
+
+    /// The log as (offset, length).
+    pub fn log_region(&self) -> (u64, u64) {
+        (self.log_offset, u64::from(self.log_length))
+    }
+
+    /// Open step: the current header's Version and log version (a pending
+    /// log in another version is unsupported); reserved bytes are a
+    /// warning. `hoff` is the header's slot offset.
+    pub fn validate(
+        &self,
+        name: &str,
+        hoff: u64,
+        findings: &mut Vec<crate::Finding>,
+    ) -> crate::Result<()> {
+        use crate::{CorruptionKind, Error, Finding};
+        if self.version != 1 {
+            return Err(Error::corrupt(
+                CorruptionKind::HeaderVersion,
+                name,
+                "header",
+                hoff + Self::VERSION_OFFSET,
+                format!("Version is {}, not 1", self.version),
+            ));
+        }
+        if !self.log_guid.is_nil() && self.log_version != 0 {
+            return Err(Error::Unsupported {
+                file: name.into(),
+                message: format!("log version {} with a pending log", self.log_version),
+            });
+        }
+        if !self.reserved_is_zero() {
+            findings.push(Finding::warning(
+                CorruptionKind::HeaderReservedNonZero,
+                name,
+                "header",
+                hoff + Self::RESERVED_OFFSET,
+                "reserved bytes are not zero",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Open step: a log that is there (a length or a LogGuid) is a
+    /// non-zero 1 MiB multiple at a 1 MiB multiple >= 1 MiB, inside the
+    /// file. Returns the log region.
+    pub fn validate_log_region(
+        &self,
+        name: &str,
+        hoff: u64,
+        file_len: u64,
+    ) -> crate::Result<(u64, u64)> {
+        use super::codec::MIB;
+        use crate::{CorruptionKind, Error};
+        let log = self.log_region();
+        if log.1 == 0 && self.log_guid.is_nil() {
+            return Ok(log);
+        }
+        if log.1 == 0 || !log.1.is_multiple_of(MIB) {
+            return Err(Error::corrupt(
+                CorruptionKind::LogLengthInvalid,
+                name,
+                "header",
+                hoff + Self::LOG_LENGTH_OFFSET,
+                format!("LogLength {} is not a non-zero multiple of 1 MiB", log.1),
+            ));
+        }
+        let at = hoff + Self::LOG_OFFSET_OFFSET;
+        if log.0 < MIB || !log.0.is_multiple_of(MIB) {
+            return Err(Error::corrupt(
+                CorruptionKind::LogOffsetInvalid,
+                name,
+                "header",
+                at,
+                format!("LogOffset {:#x} is not a 1 MiB multiple >= 1 MiB", log.0),
+            ));
+        }
+        if log.0.checked_add(log.1).is_none_or(|e| e > file_len) {
+            return Err(Error::corrupt(
+                CorruptionKind::LogOutsideFile,
+                name,
+                "header",
+                at,
+                format!(
+                    "log [{:#x}, +{:#x}) extends past the end of the {file_len}-byte file",
+                    log.0, log.1
+                ),
+            ));
+        }
+        Ok(log)
+    }
+}
+
+/// Open step: read both slots and choose the current header (3.4), with a
+/// finding for each slot that is not valid. Returns the current slot and
+/// its header.
+pub fn load_current(
+    storage: &dyn crate::Storage,
+    name: &str,
+    ignore_checksums: bool,
+    findings: &mut Vec<crate::Finding>,
+) -> crate::Result<(usize, VhdxHeader)> {
+    use crate::{CorruptionKind, Error, Finding};
+    let read = |i: usize| super::codec::read_vec(storage, name, SLOT_OFFSETS[i], SIZE);
+    let slots = [
+        HeaderSlot::from_bytes(read(0)?),
+        HeaderSlot::from_bytes(read(1)?),
+    ];
+    let (cur, identical) = choose_current(&slots, ignore_checksums).map_err(|e| {
+        let (kind, message) = match e {
+            HeaderChoiceError::Checksum(i) => {
+                return Error::Checksum {
+                    file: name.into(),
+                    structure: "header",
+                    offset: SLOT_OFFSETS[i],
+                    kind: CorruptionKind::HeaderChecksum,
+                    stored: slots[i].stored,
+                    computed: slots[i].computed,
+                }
+            }
+            HeaderChoiceError::NoSignature => (
+                CorruptionKind::NoValidHeader,
+                "neither header has the `head` signature",
+            ),
+            HeaderChoiceError::EqualSequence => (
+                CorruptionKind::HeaderSequenceTie,
+                "both headers are valid with equal sequence numbers but different contents",
+            ),
+        };
+        Error::corrupt(kind, name, "header", SLOT_OFFSETS[0], message)
+    })?;
+    if identical {
+        findings.push(Finding::warning(
+            CorruptionKind::HeaderSequenceTie,
+            name,
+            "header",
+            SLOT_OFFSETS[1],
+            "both headers have the same sequence number (byte-identical copies accepted)",
+        ));
+    }
+    for (i, s) in slots.iter().enumerate() {
+        if !s.signature_ok {
+            findings.push(Finding::warning(
+                CorruptionKind::HeaderSignature,
+                name,
+                "header",
+                SLOT_OFFSETS[i],
+                "no `head` signature (the other header is used)",
+            ));
+        } else if !s.checksum_ok {
+            let f = format!(
+                "checksum mismatch (stored {:#010x}, computed {:#010x})",
+                s.stored, s.computed
+            );
+            findings.push(if i == cur {
+                Finding::error(
+                    CorruptionKind::HeaderChecksum,
+                    name,
+                    "header",
+                    SLOT_OFFSETS[i],
+                    f,
+                )
+            } else {
+                Finding::warning(
+                    CorruptionKind::HeaderChecksum,
+                    name,
+                    "header",
+                    SLOT_OFFSETS[i],
+                    f + " (the other header is used)",
+                )
+            });
+        }
+    }
+    let kind = CorruptionKind::NoValidHeader;
+    let unreadable = super::codec::unreadable(kind, name, "header", SLOT_OFFSETS[cur]);
+    let h = slots[cur].header.clone().ok_or_else(unreadable)?;
+    Ok((cur, h))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,5 +445,27 @@ mod tests {
             choose_current(&[none.clone(), none], false),
             Err(HeaderChoiceError::NoSignature)
         );
+    }
+
+    #[test]
+    fn field_offsets_match_the_schema() {
+        let mut h = VhdxHeader::new(0x0102_0304_0506_0708, 0x1122_3344);
+        h.version = 0xabcd;
+        h.reserved[0] = 0xee;
+        let b = h.encode();
+        let at = |o: u64| o as usize;
+        assert_eq!(
+            b[at(VhdxHeader::VERSION_OFFSET)..][..2],
+            0xabcdu16.to_le_bytes()
+        );
+        assert_eq!(
+            b[at(VhdxHeader::LOG_LENGTH_OFFSET)..][..4],
+            0x1122_3344u32.to_le_bytes()
+        );
+        assert_eq!(
+            b[at(VhdxHeader::LOG_OFFSET_OFFSET)..][..8],
+            0x0102_0304_0506_0708u64.to_le_bytes()
+        );
+        assert_eq!(b[at(VhdxHeader::RESERVED_OFFSET)], 0xee);
     }
 }

@@ -1,6 +1,6 @@
 //! `VhdxImage`: opening (identifier, headers, log, region table, metadata,
-//! BAT — every field bounded before use), reading through `Layer::map`,
-//! and the `Image` facts.
+//! BAT — every field bounded before use, each by the open step beside its
+//! structure), reading through `Layer::map`, and the `Image` facts.
 
 use std::sync::{Arc, Mutex};
 
@@ -8,13 +8,13 @@ use uuid::Uuid;
 
 use super::bat::{self, BatEntry, BatGeometry};
 use super::bat_table::BlockAllocationTable;
+pub(crate) use super::bat_table::KnownBat;
 use super::file_identifier::FileIdentifier;
-use super::header::{self, choose_current, HeaderChoiceError, HeaderSlot, VhdxHeader};
-use super::log::{replay, sequence, LogRing};
+use super::header::{self, VhdxHeader};
+use super::log::replay;
 use super::metadata_items::{self as items, DecodedParentLocator, FileParameters};
 use super::metadata_table::{self as mt, MetadataTable, MetadataTableEntry};
-use super::overlay::ReplayOverlay;
-use super::region_table::{self as rt, RegionTable, RegionTableError};
+use super::region_table::{self as rt, RegionTable};
 use super::sector_bitmap;
 use crate::error::IoContext;
 use crate::image::{Image, MergeBatch};
@@ -24,7 +24,8 @@ use crate::params::{
 };
 use crate::{CorruptionKind, Error, Finding, Result, Storage};
 
-pub(crate) const MIB: u64 = 1 << 20;
+use super::codec::read_vec;
+pub(crate) use super::codec::{overlaps, MIB};
 
 /// An opened VHDX file.
 pub struct VhdxImage {
@@ -89,23 +90,6 @@ fn corrupt(
     Error::corrupt(kind, name, structure, offset, msg)
 }
 
-fn read_vec(s: &dyn Storage, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
-    let mut v = vec![0u8; len];
-    s.read_at(&mut v, offset).ctx(name)?;
-    Ok(v)
-}
-
-/// A BAT already in memory for a file, with the region it was read from.
-pub(crate) struct KnownBat {
-    pub region: (u64, u64),
-    pub entries: BlockAllocationTable,
-}
-
-/// Two byte ranges overlap.
-pub(crate) fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
-    a.0 < b.0.saturating_add(b.1) && b.0 < a.0.saturating_add(a.1)
-}
-
 impl VhdxImage {
     /// Open; a writable open updates the headers (new FileWriteGuid) and
     /// replays a pending log on disk, only after everything validated.
@@ -151,7 +135,11 @@ impl VhdxImage {
     }
 
     /// Parse and validate everything; never writes. A pending log is
-    /// replayed into an in-memory overlay.
+    /// replayed into an in-memory overlay. The steps, in order: file
+    /// identifier, current header and its log region, pending log, region
+    /// table, metadata table and system items, BAT geometry and entries;
+    /// each lives beside its structure and returns the first error or
+    /// pushes its findings.
     ///
     /// `known` is a BAT this process already holds for the same locked
     /// file (the read-only open before a writable reopen, or the committed
@@ -168,736 +156,40 @@ impl VhdxImage {
     ) -> Result<Self> {
         let mut findings = Vec::new();
         let file_len = storage.len().ctx(name)?;
-        if file_len < 5 * 64 * 1024 {
-            return Err(corrupt(
-                CorruptionKind::FileTooShort,
-                name,
-                "file",
-                0,
-                format!("file is {file_len} bytes, shorter than the 320 KiB header section"),
-            ));
-        }
+        let ident = FileIdentifier::load(&*storage, name, file_len)?;
 
-        // File type identifier.
-        let ident = FileIdentifier::decode(&read_vec(&*storage, name, 0, FileIdentifier::SIZE)?)
-            .ok_or_else(|| {
-                corrupt(
-                    CorruptionKind::FileIdentifierSignature,
-                    name,
-                    "file type identifier",
-                    0,
-                    "unreadable",
-                )
-            })?;
-        if !ident.signature_ok() {
-            return Err(corrupt(
-                CorruptionKind::FileIdentifierSignature,
-                name,
-                "file type identifier",
-                0,
-                "signature is not `vhdxfile`",
-            ));
-        }
-
-        // Headers.
-        let slots = [
-            HeaderSlot::from_bytes(read_vec(
-                &*storage,
-                name,
-                header::SLOT_OFFSETS[0],
-                header::SIZE,
-            )?),
-            HeaderSlot::from_bytes(read_vec(
-                &*storage,
-                name,
-                header::SLOT_OFFSETS[1],
-                header::SIZE,
-            )?),
-        ];
-        let (cur, identical) = match choose_current(&slots, opts.ignore_checksums) {
-            Ok(c) => c,
-            Err(HeaderChoiceError::NoSignature) => {
-                return Err(corrupt(
-                    CorruptionKind::NoValidHeader,
-                    name,
-                    "header",
-                    header::SLOT_OFFSETS[0],
-                    "neither header has the `head` signature",
-                ))
-            }
-            Err(HeaderChoiceError::Checksum(i)) => {
-                return Err(Error::Checksum {
-                    file: name.into(),
-                    structure: "header",
-                    offset: header::SLOT_OFFSETS[i],
-                    kind: CorruptionKind::HeaderChecksum,
-                    stored: slots[i].stored,
-                    computed: slots[i].computed,
-                })
-            }
-            Err(HeaderChoiceError::EqualSequence) => {
-                return Err(corrupt(
-                    CorruptionKind::HeaderSequenceTie,
-                    name,
-                    "header",
-                    header::SLOT_OFFSETS[0],
-                    "both headers are valid with equal sequence numbers but different contents",
-                ))
-            }
-        };
-        if identical {
-            findings.push(Finding::warning(
-                CorruptionKind::HeaderSequenceTie,
-                name,
-                "header",
-                header::SLOT_OFFSETS[1],
-                "both headers have the same sequence number (byte-identical copies accepted)",
-            ));
-        }
-        for (i, s) in slots.iter().enumerate() {
-            if !s.signature_ok {
-                findings.push(Finding::warning(
-                    CorruptionKind::HeaderSignature,
-                    name,
-                    "header",
-                    header::SLOT_OFFSETS[i],
-                    "no `head` signature (the other header is used)",
-                ));
-            } else if !s.checksum_ok {
-                let f = format!(
-                    "checksum mismatch (stored {:#010x}, computed {:#010x})",
-                    s.stored, s.computed
-                );
-                findings.push(if i == cur {
-                    Finding::error(
-                        CorruptionKind::HeaderChecksum,
-                        name,
-                        "header",
-                        header::SLOT_OFFSETS[i],
-                        f,
-                    )
-                } else {
-                    Finding::warning(
-                        CorruptionKind::HeaderChecksum,
-                        name,
-                        "header",
-                        header::SLOT_OFFSETS[i],
-                        f + " (the other header is used)",
-                    )
-                });
-            }
-        }
-        let h = slots[cur].header.clone().ok_or_else(|| {
-            corrupt(
-                CorruptionKind::NoValidHeader,
-                name,
-                "header",
-                header::SLOT_OFFSETS[cur],
-                "unreadable",
-            )
-        })?;
+        let (cur, h) = header::load_current(&*storage, name, opts.ignore_checksums, &mut findings)?;
         let hoff = header::SLOT_OFFSETS[cur];
-        if h.version != 1 {
-            return Err(corrupt(
-                CorruptionKind::HeaderVersion,
-                name,
-                "header",
-                hoff + 66,
-                format!("Version is {}, not 1", h.version),
-            ));
-        }
-        if !h.log_guid.is_nil() && h.log_version != 0 {
-            return Err(Error::Unsupported {
-                file: name.into(),
-                message: format!("log version {} with a pending log", h.log_version),
-            });
-        }
-        if !h.reserved_is_zero() {
-            findings.push(Finding::warning(
-                CorruptionKind::HeaderReservedNonZero,
-                name,
-                "header",
-                hoff + 80,
-                "reserved bytes are not zero",
-            ));
-        }
-        let log = (h.log_offset, u64::from(h.log_length));
-        if log.1 != 0 || !h.log_guid.is_nil() {
-            if log.1 == 0 || log.1 % MIB != 0 {
-                return Err(corrupt(
-                    CorruptionKind::LogLengthInvalid,
-                    name,
-                    "header",
-                    hoff + 68,
-                    format!("LogLength {} is not a non-zero multiple of 1 MiB", log.1),
-                ));
-            }
-            if log.0 < MIB || log.0 % MIB != 0 {
-                return Err(corrupt(
-                    CorruptionKind::LogOffsetInvalid,
-                    name,
-                    "header",
-                    hoff + 72,
-                    format!("LogOffset {:#x} is not a 1 MiB multiple >= 1 MiB", log.0),
-                ));
-            }
-            if log.0.checked_add(log.1).is_none_or(|e| e > file_len) {
-                return Err(corrupt(
-                    CorruptionKind::LogOutsideFile,
-                    name,
-                    "header",
-                    hoff + 72,
-                    format!(
-                        "log [{:#x}, +{:#x}) extends past the end of the {file_len}-byte file",
-                        log.0, log.1
-                    ),
-                ));
-            }
-        }
+        h.validate(name, hoff, &mut findings)?;
+        let log = h.validate_log_region(name, hoff, file_len)?;
 
-        // The log: replay a pending one into memory.
-        let mut view: Arc<dyn Storage> = Arc::clone(&storage);
-        let mut replayed_in_memory = false;
-        if !h.log_guid.is_nil() {
-            let ring = LogRing {
-                storage: &*storage,
-                name,
-                offset: log.0,
-                length: log.1,
-            };
-            let found = sequence::find_active_sequence(&ring, h.log_guid)?;
-            let Some(head) = found.active.last() else {
-                let why = found
-                    .first_rejection
-                    .map(|(o, m)| format!(" (entry at {o:#x}: {m})"))
-                    .unwrap_or_default();
-                return Err(corrupt(
-                    CorruptionKind::LogSequenceInvalid,
-                    name,
-                    "log",
-                    log.0,
-                    format!(
-                        "LogGuid {} is set but the log holds no valid complete sequence{why}",
-                        h.log_guid
-                    ),
-                ));
-            };
-            if file_len < head.flushed_file_offset {
-                return Err(corrupt(CorruptionKind::LogFlushedOffsetBeyondFile, name, "log entry", log.0 + head.pos, format!(
-                    "file is {file_len} bytes, shorter than the entry's FlushedFileOffset {} (truncated)",
-                    head.flushed_file_offset)));
-            }
-            let mut ov = ReplayOverlay::new(Arc::clone(&storage)).ctx(name)?;
-            replay::replay(&ring, h.log_guid, &found.active, &mut ov)?;
-            view = Arc::new(ov);
-            replayed_in_memory = true;
-            findings.push(Finding::warning(
-                CorruptionKind::PendingLog,
-                name,
-                "log",
-                log.0,
-                format!(
-                    "pending log ({} entries) replayed in memory; the file is unchanged",
-                    found.active.len()
-                ),
-            ));
-        }
+        let replayed = replay::replay_pending_in_memory(
+            &storage,
+            name,
+            h.log_guid,
+            log,
+            file_len,
+            &mut findings,
+        )?;
+        let replayed_in_memory = replayed.is_some();
+        let view = replayed.unwrap_or_else(|| Arc::clone(&storage));
         let view_len = view.len().ctx(name)?;
 
-        // Region table: copy 1, falling back to copy 2.
-        let parse_copy = |i: usize| -> Result<
-            (RegionTable, Option<RegionTableError>),
-            (RegionTableError, u64),
-        > {
-            let off = rt::COPY_OFFSETS[i];
-            let raw = read_vec(&*view, name, off, rt::SIZE)
-                .map_err(|_| (RegionTableError::Signature, off))?;
-            RegionTable::parse(&raw, opts.ignore_checksums).map_err(|e| (e, off))
-        };
-        let c1 = parse_copy(0);
-        let c2 = parse_copy(1);
-        let region_err = |e: RegionTableError, off: u64| -> Error {
-            match e {
-                RegionTableError::Signature => corrupt(
-                    CorruptionKind::RegionTableSignature,
-                    name,
-                    "region table",
-                    off,
-                    "signature is not `regi`",
-                ),
-                RegionTableError::Checksum { stored, computed } => Error::Checksum {
-                    file: name.into(),
-                    structure: "region table",
-                    offset: off,
-                    kind: CorruptionKind::RegionTableChecksum,
-                    stored,
-                    computed,
-                },
-                RegionTableError::TooManyEntries(n) => corrupt(
-                    CorruptionKind::RegionTableEntryCount,
-                    name,
-                    "region table",
-                    off + 8,
-                    format!("EntryCount {n} exceeds 2047"),
-                ),
-            }
-        };
-        let region_kind = |e: &RegionTableError| -> CorruptionKind {
-            match e {
-                RegionTableError::Signature => CorruptionKind::RegionTableSignature,
-                RegionTableError::Checksum { .. } => CorruptionKind::RegionTableChecksum,
-                RegionTableError::TooManyEntries(_) => CorruptionKind::RegionTableEntryCount,
-            }
-        };
-        let describe = |e: &RegionTableError| -> String {
-            match e {
-                RegionTableError::Signature => "signature is not `regi`".into(),
-                RegionTableError::Checksum { stored, computed } => {
-                    format!("checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")
-                }
-                RegionTableError::TooManyEntries(n) => format!("EntryCount {n} exceeds 2047"),
-            }
-        };
-        let table = match (&c1, &c2) {
-            (Ok((t1, soft)), other) => {
-                if let Some(s) = soft {
-                    findings.push(Finding::error(
-                        region_kind(s),
-                        name,
-                        "region table",
-                        rt::COPY_OFFSETS[0],
-                        describe(s),
-                    ));
-                }
-                match other {
-                    Ok((t2, _)) if t2.entries != t1.entries => findings.push(Finding::warning(
-                        CorruptionKind::RegionTableCopyMismatch,
-                        name,
-                        "region table",
-                        rt::COPY_OFFSETS[1],
-                        "copy 2 differs from copy 1",
-                    )),
-                    Err((e, off)) => findings.push(Finding::warning(
-                        region_kind(e),
-                        name,
-                        "region table",
-                        *off,
-                        format!("copy 2 is invalid ({}); copy 1 is used", describe(e)),
-                    )),
-                    _ => {}
-                }
-                t1.clone()
-            }
-            (Err((e1, off1)), Ok((t2, soft))) => {
-                findings.push(Finding::warning(
-                    region_kind(e1),
-                    name,
-                    "region table",
-                    *off1,
-                    format!("copy 1 is invalid ({}); copy 2 is used", describe(e1)),
-                ));
-                if let Some(s) = soft {
-                    findings.push(Finding::error(
-                        region_kind(s),
-                        name,
-                        "region table",
-                        rt::COPY_OFFSETS[1],
-                        describe(s),
-                    ));
-                }
-                t2.clone()
-            }
-            (Err((e1, off1)), Err(_)) => return Err(region_err(e1.clone(), *off1)),
-        };
-        let toff = rt::COPY_OFFSETS[0];
-        let mut regions: Vec<(&'static str, (u64, u64))> = Vec::new();
-        if log.1 != 0 {
-            regions.push(("log", log));
-        }
-        for (i, e) in table.entries.iter().enumerate() {
-            let eoff = toff + 16 + 32 * i as u64;
-            if table.entries[..i].iter().any(|o| o.guid == e.guid) {
-                return Err(corrupt(
-                    CorruptionKind::RegionDuplicate,
-                    name,
-                    "region table entry",
-                    eoff,
-                    format!("duplicate region {}", e.guid),
-                ));
-            }
-            let known = e.guid == rt::BAT_GUID || e.guid == rt::METADATA_GUID;
-            if !known && e.is_required() {
-                return Err(Error::Unsupported {
-                    file: name.into(),
-                    message: format!(
-                        "required region {} is unknown (region table entry at {eoff:#x})",
-                        e.guid
-                    ),
-                });
-            }
-            let len = u64::from(e.length);
-            if e.file_offset < MIB || e.file_offset % MIB != 0 || len % MIB != 0 || len == 0 {
-                return Err(corrupt(CorruptionKind::RegionAlignment, name, "region table entry", eoff, format!(
-                    "region {} at {:#x} length {:#x}: offset must be a 1 MiB multiple >= 1 MiB and length a non-zero 1 MiB multiple",
-                    e.guid, e.file_offset, len)));
-            }
-            if e.file_offset
-                .checked_add(len)
-                .is_none_or(|end| end > view_len)
-            {
-                return Err(corrupt(CorruptionKind::RegionOutsideFile, name, "region table entry", eoff, format!(
-                    "region {} [{:#x}, +{len:#x}) extends past the end of the {view_len}-byte file", e.guid, e.file_offset)));
-            }
-            let what = if e.guid == rt::BAT_GUID {
-                "BAT region"
-            } else if e.guid == rt::METADATA_GUID {
-                "metadata region"
-            } else {
-                "unknown region"
-            };
-            if let Some((other, _)) = regions
-                .iter()
-                .find(|(_, r)| overlaps(*r, (e.file_offset, len)))
-            {
-                return Err(corrupt(
-                    CorruptionKind::RegionOverlap,
-                    name,
-                    "region table entry",
-                    eoff,
-                    format!("{what} overlaps the {other}"),
-                ));
-            }
-            regions.push((what, (e.file_offset, len)));
-        }
-        let bat_e = table.find(rt::BAT_GUID).ok_or_else(|| {
-            corrupt(
-                CorruptionKind::RegionMissing,
-                name,
-                "region table",
-                toff,
-                "no BAT region",
-            )
-        })?;
-        let meta_e = table.find(rt::METADATA_GUID).ok_or_else(|| {
-            corrupt(
-                CorruptionKind::RegionMissing,
-                name,
-                "region table",
-                toff,
-                "no metadata region",
-            )
-        })?;
-        let bat_region = (bat_e.file_offset, u64::from(bat_e.length));
-        let metadata_region = (meta_e.file_offset, u64::from(meta_e.length));
+        let table = rt::load(&*view, name, opts.ignore_checksums, &mut findings)?;
+        let (bat_region, metadata_region) = table.validate_entries(name, log, view_len)?;
 
-        // Metadata table and items.
-        let moff = metadata_region.0;
-        let raw_table = read_vec(&*view, name, moff, mt::TABLE_SIZE)?;
-        let metadata_table = MetadataTable::parse(&raw_table).map_err(|e| match e {
-            mt::MetadataTableError::Signature => corrupt(
-                CorruptionKind::MetadataTableSignature,
-                name,
-                "metadata table",
-                moff,
-                "signature is not `metadata`",
-            ),
-            mt::MetadataTableError::TooManyEntries(n) => corrupt(
-                CorruptionKind::MetadataTableEntryCount,
-                name,
-                "metadata table",
-                moff + 10,
-                format!("EntryCount {n} exceeds 2047"),
-            ),
-        })?;
-        let known_items = [
-            items::FILE_PARAMETERS,
-            items::VIRTUAL_DISK_SIZE,
-            items::VIRTUAL_DISK_ID,
-            items::LOGICAL_SECTOR_SIZE,
-            items::PHYSICAL_SECTOR_SIZE,
-            items::PARENT_LOCATOR,
-        ];
-        let mut spans: Vec<(u64, u64, u64)> = Vec::new();
-        let users = metadata_table
-            .entries
-            .iter()
-            .filter(|e| e.is_user())
-            .count();
-        if users > mt::MAX_USER_ENTRIES {
-            return Err(corrupt(
-                CorruptionKind::MetadataTableEntryCount,
-                name,
-                "metadata table",
-                moff,
-                format!("{users} IsUser entries exceed 1024"),
-            ));
-        }
-        for (i, e) in metadata_table.entries.iter().enumerate() {
-            let eoff = moff + 32 + 32 * i as u64;
-            if metadata_table.entries[..i]
-                .iter()
-                .any(|o| o.item_id == e.item_id && o.is_user() == e.is_user())
-            {
-                return Err(corrupt(
-                    CorruptionKind::MetadataItemDuplicate,
-                    name,
-                    "metadata table entry",
-                    eoff,
-                    format!("duplicate item {}", e.item_id),
-                ));
-            }
-            if e.flags & !7 != 0 {
-                return Err(corrupt(
-                    CorruptionKind::MetadataEntryReservedFlags,
-                    name,
-                    "metadata table entry",
-                    eoff + 24,
-                    format!("reserved flag bits set ({:#x})", e.flags),
-                ));
-            }
-            if !e.is_user() && !known_items.contains(&e.item_id) && e.is_required() {
-                return Err(Error::Unsupported {
-                    file: name.into(),
-                    message: format!(
-                        "required metadata item {} is unknown (entry at {eoff:#x})",
-                        e.item_id
-                    ),
-                });
-            }
-            if e.length == 0 {
-                if e.offset != 0 {
-                    findings.push(Finding::warning(
-                        CorruptionKind::MetadataEmptyItemOffset,
-                        name,
-                        "metadata table entry",
-                        eoff,
-                        "empty item with a non-zero offset",
-                    ));
-                }
-                continue;
-            }
-            if e.length > mt::MAX_ITEM_LENGTH {
-                return Err(corrupt(
-                    CorruptionKind::MetadataItemTooLong,
-                    name,
-                    "metadata table entry",
-                    eoff + 20,
-                    format!("item {} Length {} exceeds 1 MiB", e.item_id, e.length),
-                ));
-            }
-            let (o, l) = (u64::from(e.offset), u64::from(e.length));
-            if o < mt::TABLE_SIZE as u64 || o + l > metadata_region.1 {
-                return Err(corrupt(CorruptionKind::MetadataItemOutsideRegion, name, "metadata table entry", eoff + 16, format!(
-                    "item {} [{o:#x}, +{l:#x}) is not inside the metadata region after its 64 KiB table", e.item_id)));
-            }
-            if spans.iter().any(|(so, sl, _)| overlaps((*so, *sl), (o, l))) {
-                return Err(corrupt(
-                    CorruptionKind::MetadataItemOverlap,
-                    name,
-                    "metadata table entry",
-                    eoff,
-                    format!("item {} overlaps another item", e.item_id),
-                ));
-            }
-            spans.push((o, l, eoff));
-        }
-        let item = |id: Uuid, what: &'static str, min: usize| -> Result<(Vec<u8>, u64)> {
-            let (i, e) = metadata_table
-                .entries
-                .iter()
-                .enumerate()
-                .find(|(_, e)| e.item_id == id && !e.is_user())
-                .ok_or_else(|| {
-                    corrupt(
-                        CorruptionKind::MetadataItemMissing,
-                        name,
-                        "metadata table",
-                        moff,
-                        format!("required item {what} is missing"),
-                    )
-                })?;
-            let eoff = moff + 32 + 32 * i as u64;
-            if (e.length as usize) < min {
-                return Err(corrupt(
-                    CorruptionKind::MetadataItemTooShort,
-                    name,
-                    "metadata table entry",
-                    eoff + 20,
-                    format!("{what} item is {} bytes, needs {min}", e.length),
-                ));
-            }
-            let abs = moff + u64::from(e.offset);
-            Ok((read_vec(&*view, name, abs, e.length as usize)?, abs))
-        };
-        let (b, fp_off) = item(items::FILE_PARAMETERS, "File Parameters", 8)?;
-        let file_parameters = FileParameters::decode(&b).ok_or_else(|| {
-            corrupt(
-                CorruptionKind::MetadataItemTooShort,
-                name,
-                "File Parameters",
-                fp_off,
-                "unreadable",
-            )
-        })?;
-        if !file_parameters.block_size_valid() {
-            return Err(corrupt(
-                CorruptionKind::InvalidBlockSize,
-                name,
-                "File Parameters",
-                fp_off,
-                format!(
-                    "BlockSize {} is not a power of two in [1 MiB, 256 MiB]",
-                    file_parameters.block_size
-                ),
-            ));
-        }
-        if file_parameters.flags & !3 != 0 {
-            return Err(corrupt(
-                CorruptionKind::FileParametersReservedFlags,
-                name,
-                "File Parameters",
-                fp_off + 4,
-                format!("reserved flag bits set ({:#x})", file_parameters.flags),
-            ));
-        }
-        let (b, off) = item(items::LOGICAL_SECTOR_SIZE, "Logical Sector Size", 4)?;
-        let lss = items::LogicalSectorSize::decode(&b).map_or(0, |x| x.size);
-        if !items::sector_size_valid(lss) {
-            return Err(corrupt(
-                CorruptionKind::InvalidSectorSize,
-                name,
-                "Logical Sector Size",
-                off,
-                format!("{lss} is neither 512 nor 4096"),
-            ));
-        }
-        let (b, off) = item(items::PHYSICAL_SECTOR_SIZE, "Physical Sector Size", 4)?;
-        let pss = items::PhysicalSectorSize::decode(&b).map_or(0, |x| x.size);
-        if !items::sector_size_valid(pss) {
-            return Err(corrupt(
-                CorruptionKind::InvalidSectorSize,
-                name,
-                "Physical Sector Size",
-                off,
-                format!("{pss} is neither 512 nor 4096"),
-            ));
-        }
-        let (b, off) = item(items::VIRTUAL_DISK_SIZE, "Virtual Disk Size", 8)?;
-        let vsize = items::VirtualDiskSize::decode(&b).map_or(0, |x| x.size);
-        if vsize == 0 || !vsize.is_multiple_of(u64::from(lss)) || vsize > items::MAX_VIRTUAL_SIZE {
-            return Err(corrupt(CorruptionKind::VirtualSizeInvalid, name, "Virtual Disk Size", off, format!(
-                "{vsize} must be a non-zero multiple of the {lss}-byte logical sector and at most 64 TiB")));
-        }
-        let (b, off) = item(items::VIRTUAL_DISK_ID, "Virtual Disk ID", 16)?;
-        let virtual_disk_id = items::VirtualDiskId::decode(&b)
-            .ok_or_else(|| {
-                corrupt(
-                    CorruptionKind::MetadataItemTooShort,
-                    name,
-                    "Virtual Disk ID",
-                    off,
-                    "unreadable",
-                )
-            })?
-            .id;
-        let has_parent = file_parameters.has_parent();
-        let parent_locator = if has_parent {
-            let (b, off) = item(items::PARENT_LOCATOR, "Parent Locator", 20)?;
-            let loc = items::decode_parent_locator(&b).map_err(|(rel, m)| {
-                corrupt(
-                    CorruptionKind::ParentLocatorInvalid,
-                    name,
-                    "parent locator",
-                    off + rel,
-                    m,
-                )
-            })?;
-            if loc.locator_type != items::VHDX_PARENT_LOCATOR_TYPE {
-                findings.push(Finding::error(
-                    CorruptionKind::ParentLocatorType,
-                    name,
-                    "parent locator",
-                    off,
-                    format!("unknown LocatorType {}", loc.locator_type),
-                ));
-            }
-            if loc.get("parent_linkage").is_none() {
-                findings.push(Finding::error(
-                    CorruptionKind::ParentLocatorMissingLinkage,
-                    name,
-                    "parent locator",
-                    off,
-                    "no parent_linkage key",
-                ));
-            } else if loc
-                .get("parent_linkage")
-                .and_then(items::parse_braced_guid)
-                .is_none()
-            {
-                findings.push(Finding::error(
-                    CorruptionKind::ParentLocatorLinkageInvalid,
-                    name,
-                    "parent locator",
-                    off,
-                    "parent_linkage is not a {GUID}",
-                ));
-            }
-            if !["relative_path", "volume_path", "absolute_win32_path"]
-                .iter()
-                .any(|k| loc.get(k).is_some())
-            {
-                findings.push(Finding::error(
-                    CorruptionKind::ParentLocatorNoPath,
-                    name,
-                    "parent locator",
-                    off,
-                    "no relative_path, volume_path or absolute_win32_path key",
-                ));
-            }
-            Some(loc)
-        } else {
-            None
-        };
-
-        // BAT.
-        let geometry = BatGeometry::new(
-            u64::from(file_parameters.block_size),
-            u64::from(lss),
-            vsize,
-            has_parent,
-        )
-        .ok_or_else(|| {
-            corrupt(
-                CorruptionKind::InvalidBlockSize,
-                name,
-                "File Parameters",
-                fp_off,
-                "block size / sector size outside the spec",
-            )
-        })?;
-        let need = geometry.total_entries.saturating_mul(8);
-        if need > bat_region.1 {
-            return Err(corrupt(
-                CorruptionKind::BatRegionTooSmall,
-                name,
-                "region table entry",
-                toff,
-                format!(
-                    "BAT region Length {:#x} is shorter than TotalBATEntries {} x 8 = {need:#x}",
-                    bat_region.1, geometry.total_entries
-                ),
-            ));
-        }
-        let bat = match known {
-            Some(k)
-                if !replayed_in_memory
-                    && k.region == bat_region
-                    && k.entries.len() as u64 == geometry.total_entries =>
-            {
-                k.entries
-            }
-            _ => BlockAllocationTable::read(&*view, name, bat_region.0, geometry.total_entries)?,
-        };
+        let metadata_table = mt::load(&*view, name, metadata_region, &mut findings)?;
+        let items = items::load_system_items(
+            &*view,
+            name,
+            &metadata_table,
+            metadata_region.0,
+            &mut findings,
+        )?;
+        let geometry = BatGeometry::load(&items, bat_region, name)?;
+        let known = known.filter(|_| !replayed_in_memory);
+        let bat =
+            BlockAllocationTable::load(&*view, name, bat_region, geometry.total_entries, known)?;
 
         Ok(VhdxImage {
             name: name.to_string(),
@@ -912,10 +204,10 @@ impl VhdxImage {
             bat_region,
             metadata_region,
             metadata_table,
-            file_parameters,
-            virtual_disk_id,
-            physical_sector_size: pss,
-            parent_locator,
+            file_parameters: items.file_parameters,
+            virtual_disk_id: items.virtual_disk_id,
+            physical_sector_size: items.physical_sector_size,
+            parent_locator: items.parent_locator,
             geometry,
             bat,
             replayed_in_memory,

@@ -3,7 +3,9 @@
 use binrw::binrw;
 use uuid::Uuid;
 
-use super::codec::{guid_from_le, le_codec};
+use super::codec::{check_reserved_flags, guid_from_le, le_codec, unreadable};
+use super::metadata_table::MetadataTable;
+use crate::{CorruptionKind, Error, Finding, Result, Storage};
 
 pub const FILE_PARAMETERS: Uuid = uuid::uuid!("CAA16737-FA36-4D43-B3B6-33F0AA44E76B");
 pub const VIRTUAL_DISK_SIZE: Uuid = uuid::uuid!("2FA54224-CD1B-4876-B211-5DBED83BF4B8");
@@ -243,6 +245,185 @@ pub fn parse_braced_guid(s: &str) -> Option<Uuid> {
 
 pub fn braced_guid(g: Uuid) -> String {
     format!("{{{}}}", g.hyphenated())
+}
+
+/// The system items open knows (a required item not among them is
+/// unsupported).
+pub const SYSTEM_ITEMS: [Uuid; 6] = [
+    FILE_PARAMETERS,
+    VIRTUAL_DISK_SIZE,
+    VIRTUAL_DISK_ID,
+    LOGICAL_SECTOR_SIZE,
+    PHYSICAL_SECTOR_SIZE,
+    PARENT_LOCATOR,
+];
+
+impl FileParameters {
+    pub const FLAGS_OFFSET: u64 = 4;
+    const FLAGS_DEFINED: u32 = LEAVE_BLOCK_ALLOCATED | HAS_PARENT;
+
+    /// Open step: the item at `off` decodes, with a valid BlockSize and no
+    /// reserved flags.
+    pub fn validate(item: &[u8], name: &str, off: u64) -> Result<Self> {
+        const WHAT: &str = "File Parameters";
+        let fp = Self::decode(item).ok_or_else(unreadable(
+            CorruptionKind::MetadataItemTooShort,
+            name,
+            WHAT,
+            off,
+        ))?;
+        if !fp.block_size_valid() {
+            return Err(Error::corrupt(
+                CorruptionKind::InvalidBlockSize,
+                name,
+                WHAT,
+                off,
+                format!(
+                    "BlockSize {} is not a power of two in [1 MiB, 256 MiB]",
+                    fp.block_size
+                ),
+            ));
+        }
+        let kind = CorruptionKind::FileParametersReservedFlags;
+        let flags_at = off + Self::FLAGS_OFFSET;
+        check_reserved_flags(fp.flags, Self::FLAGS_DEFINED, kind, name, WHAT, flags_at)?;
+        Ok(fp)
+    }
+}
+
+/// Open step: a sector size item (`what`, at `off`) is 512 or 4096.
+fn validate_sector_size(size: u32, name: &str, what: &'static str, off: u64) -> Result<u32> {
+    if !sector_size_valid(size) {
+        return Err(Error::corrupt(
+            CorruptionKind::InvalidSectorSize,
+            name,
+            what,
+            off,
+            format!("{size} is neither 512 nor 4096"),
+        ));
+    }
+    Ok(size)
+}
+
+impl VirtualDiskSize {
+    /// Open step: a non-zero multiple of the `lss`-byte logical sector, at
+    /// most 64 TiB.
+    pub fn validate(item: &[u8], name: &str, off: u64, lss: u32) -> Result<u64> {
+        let vsize = Self::decode(item).map_or(0, |x| x.size);
+        if vsize == 0 || !vsize.is_multiple_of(u64::from(lss)) || vsize > MAX_VIRTUAL_SIZE {
+            return Err(Error::corrupt(CorruptionKind::VirtualSizeInvalid, name, "Virtual Disk Size", off, format!(
+                "{vsize} must be a non-zero multiple of the {lss}-byte logical sector and at most 64 TiB")));
+        }
+        Ok(vsize)
+    }
+}
+
+/// Open step: the parent locator item at `off` decodes (an error if not);
+/// an unknown type, a missing or malformed parent_linkage and no path key
+/// are findings.
+pub fn validate_parent_locator(
+    item: &[u8],
+    name: &str,
+    off: u64,
+    findings: &mut Vec<Finding>,
+) -> Result<DecodedParentLocator> {
+    const WHAT: &str = "parent locator";
+    let loc = decode_parent_locator(item).map_err(|(rel, m)| {
+        Error::corrupt(
+            CorruptionKind::ParentLocatorInvalid,
+            name,
+            WHAT,
+            off + rel,
+            m,
+        )
+    })?;
+    let mut report = |kind, message: String| {
+        findings.push(Finding::error(kind, name, WHAT, off, message));
+    };
+    if loc.locator_type != VHDX_PARENT_LOCATOR_TYPE {
+        report(
+            CorruptionKind::ParentLocatorType,
+            format!("unknown LocatorType {}", loc.locator_type),
+        );
+    }
+    match loc.get("parent_linkage") {
+        None => report(
+            CorruptionKind::ParentLocatorMissingLinkage,
+            "no parent_linkage key".into(),
+        ),
+        Some(v) if parse_braced_guid(v).is_none() => report(
+            CorruptionKind::ParentLocatorLinkageInvalid,
+            "parent_linkage is not a {GUID}".into(),
+        ),
+        Some(_) => {}
+    }
+    if !["relative_path", "volume_path", "absolute_win32_path"]
+        .iter()
+        .any(|k| loc.get(k).is_some())
+    {
+        report(
+            CorruptionKind::ParentLocatorNoPath,
+            "no relative_path, volume_path or absolute_win32_path key".into(),
+        );
+    }
+    Ok(loc)
+}
+
+/// The system items of a file, validated.
+#[derive(Debug, Clone)]
+pub struct SystemItems {
+    pub file_parameters: FileParameters,
+    /// Absolute offset of the File Parameters item.
+    pub file_parameters_offset: u64,
+    pub logical_sector_size: u32,
+    pub physical_sector_size: u32,
+    pub virtual_size: u64,
+    pub virtual_disk_id: Uuid,
+    /// Present when the File Parameters say the file has a parent.
+    pub parent_locator: Option<DecodedParentLocator>,
+}
+
+/// Open step: read and validate the system items of `table` (at `moff`
+/// in `storage`), in the order File Parameters, sector sizes, virtual
+/// disk size and ID, parent locator (a differencing file's).
+pub fn load_system_items(
+    storage: &dyn Storage,
+    name: &str,
+    table: &MetadataTable,
+    moff: u64,
+    findings: &mut Vec<Finding>,
+) -> Result<SystemItems> {
+    let item = |id, what_min| table.read_item(storage, name, moff, id, what_min);
+    let (b, fp_off) = item(FILE_PARAMETERS, ("File Parameters", 8))?;
+    let file_parameters = FileParameters::validate(&b, name, fp_off)?;
+    let (b, off) = item(LOGICAL_SECTOR_SIZE, ("Logical Sector Size", 4))?;
+    let size = LogicalSectorSize::decode(&b).map_or(0, |x| x.size);
+    let lss = validate_sector_size(size, name, "Logical Sector Size", off)?;
+    let (b, off) = item(PHYSICAL_SECTOR_SIZE, ("Physical Sector Size", 4))?;
+    let size = PhysicalSectorSize::decode(&b).map_or(0, |x| x.size);
+    let pss = validate_sector_size(size, name, "Physical Sector Size", off)?;
+    let (b, off) = item(VIRTUAL_DISK_SIZE, ("Virtual Disk Size", 8))?;
+    let virtual_size = VirtualDiskSize::validate(&b, name, off, lss)?;
+    let (b, off) = item(VIRTUAL_DISK_ID, ("Virtual Disk ID", 16))?;
+    let kind = CorruptionKind::MetadataItemTooShort;
+    let virtual_disk_id = VirtualDiskId::decode(&b)
+        .ok_or_else(unreadable(kind, name, "Virtual Disk ID", off))?
+        .id;
+    let parent_locator = if file_parameters.has_parent() {
+        let (b, off) = item(PARENT_LOCATOR, ("Parent Locator", 20))?;
+        Some(validate_parent_locator(&b, name, off, findings)?)
+    } else {
+        None
+    };
+    Ok(SystemItems {
+        file_parameters,
+        file_parameters_offset: fp_off,
+        logical_sector_size: lss,
+        physical_sector_size: pss,
+        virtual_size,
+        virtual_disk_id,
+        parent_locator,
+    })
 }
 
 #[cfg(test)]

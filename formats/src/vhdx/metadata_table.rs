@@ -4,7 +4,9 @@
 use binrw::binrw;
 use uuid::Uuid;
 
-use super::codec::{guid_from_le, le_codec};
+use super::codec::{check_reserved_flags, guid_from_le, le_codec, overlaps, read_vec};
+use super::metadata_items::SYSTEM_ITEMS;
+use crate::{CorruptionKind, Error, Finding, Result, Storage};
 
 pub const SIGNATURE: [u8; 8] = *b"metadata";
 pub const TABLE_SIZE: usize = 64 * 1024;
@@ -112,6 +114,170 @@ impl MetadataTable {
             v[at..at + 32].copy_from_slice(&e.encode());
         }
         v
+    }
+}
+
+impl MetadataTableHeader {
+    pub const ENTRY_COUNT_OFFSET: u64 = 10;
+}
+
+impl MetadataTableEntry {
+    /// Byte offsets (in the entry) of the fields that open reports on.
+    pub const OFFSET_OFFSET: u64 = 16;
+    pub const LENGTH_OFFSET: u64 = 20;
+    pub const FLAGS_OFFSET: u64 = 24;
+    const FLAGS_DEFINED: u32 = FLAG_IS_USER | FLAG_IS_VIRTUAL_DISK | FLAG_IS_REQUIRED;
+
+    /// Offset of entry `i` in the table.
+    pub fn offset_in_table(i: usize) -> u64 {
+        32 + 32 * i as u64
+    }
+}
+
+/// Open step: the table at the start of the metadata `region` (offset,
+/// length): at most 1024 user entries; every entry unique, without
+/// reserved flags, known if a required system item, and (when not empty)
+/// at most 1 MiB inside the region after the table, clear of the others.
+pub fn load(
+    storage: &dyn Storage,
+    name: &str,
+    region: (u64, u64),
+    findings: &mut Vec<Finding>,
+) -> Result<MetadataTable> {
+    const WHAT: &str = "metadata table entry";
+    let moff = region.0;
+    let raw = read_vec(storage, name, moff, TABLE_SIZE)?;
+    let table = MetadataTable::parse(&raw).map_err(|e| match e {
+        MetadataTableError::Signature => Error::corrupt(
+            CorruptionKind::MetadataTableSignature,
+            name,
+            "metadata table",
+            moff,
+            "signature is not `metadata`",
+        ),
+        MetadataTableError::TooManyEntries(n) => Error::corrupt(
+            CorruptionKind::MetadataTableEntryCount,
+            name,
+            "metadata table",
+            moff + MetadataTableHeader::ENTRY_COUNT_OFFSET,
+            format!("EntryCount {n} exceeds 2047"),
+        ),
+    })?;
+    let users = table.entries.iter().filter(|e| e.is_user()).count();
+    if users > MAX_USER_ENTRIES {
+        return Err(Error::corrupt(
+            CorruptionKind::MetadataTableEntryCount,
+            name,
+            "metadata table",
+            moff,
+            format!("{users} IsUser entries exceed 1024"),
+        ));
+    }
+    let bad = |kind, offset, message: String| Error::corrupt(kind, name, WHAT, offset, message);
+    let mut spans: Vec<(u64, u64)> = Vec::new();
+    for (i, e) in table.entries.iter().enumerate() {
+        let eoff = moff + MetadataTableEntry::offset_in_table(i);
+        if table.entries[..i]
+            .iter()
+            .any(|o| o.item_id == e.item_id && o.is_user() == e.is_user())
+        {
+            return Err(bad(
+                CorruptionKind::MetadataItemDuplicate,
+                eoff,
+                format!("duplicate item {}", e.item_id),
+            ));
+        }
+        check_reserved_flags(
+            e.flags,
+            MetadataTableEntry::FLAGS_DEFINED,
+            CorruptionKind::MetadataEntryReservedFlags,
+            name,
+            WHAT,
+            eoff + MetadataTableEntry::FLAGS_OFFSET,
+        )?;
+        if !e.is_user() && !SYSTEM_ITEMS.contains(&e.item_id) && e.is_required() {
+            return Err(Error::Unsupported {
+                file: name.into(),
+                message: format!(
+                    "required metadata item {} is unknown (entry at {eoff:#x})",
+                    e.item_id
+                ),
+            });
+        }
+        if e.length == 0 {
+            if e.offset != 0 {
+                findings.push(Finding::warning(
+                    CorruptionKind::MetadataEmptyItemOffset,
+                    name,
+                    WHAT,
+                    eoff,
+                    "empty item with a non-zero offset",
+                ));
+            }
+            continue;
+        }
+        if e.length > MAX_ITEM_LENGTH {
+            return Err(bad(
+                CorruptionKind::MetadataItemTooLong,
+                eoff + MetadataTableEntry::LENGTH_OFFSET,
+                format!("item {} Length {} exceeds 1 MiB", e.item_id, e.length),
+            ));
+        }
+        let (o, l) = (u64::from(e.offset), u64::from(e.length));
+        if o < TABLE_SIZE as u64 || o + l > region.1 {
+            return Err(bad(CorruptionKind::MetadataItemOutsideRegion, eoff + MetadataTableEntry::OFFSET_OFFSET, format!(
+                "item {} [{o:#x}, +{l:#x}) is not inside the metadata region after its 64 KiB table", e.item_id)));
+        }
+        if spans.iter().any(|s| overlaps(*s, (o, l))) {
+            return Err(bad(
+                CorruptionKind::MetadataItemOverlap,
+                eoff,
+                format!("item {} overlaps another item", e.item_id),
+            ));
+        }
+        spans.push((o, l));
+    }
+    Ok(table)
+}
+
+impl MetadataTable {
+    /// The system item `id` (`what` in messages) of a table at `moff`,
+    /// at least `min` bytes long, read from `storage`: its bytes and
+    /// absolute offset.
+    pub fn read_item(
+        &self,
+        storage: &dyn Storage,
+        name: &str,
+        moff: u64,
+        id: Uuid,
+        (what, min): (&'static str, usize),
+    ) -> Result<(Vec<u8>, u64)> {
+        let (i, e) = self
+            .entries
+            .iter()
+            .enumerate()
+            .find(|(_, e)| e.item_id == id && !e.is_user())
+            .ok_or_else(|| {
+                Error::corrupt(
+                    CorruptionKind::MetadataItemMissing,
+                    name,
+                    "metadata table",
+                    moff,
+                    format!("required item {what} is missing"),
+                )
+            })?;
+        let eoff = moff + MetadataTableEntry::offset_in_table(i);
+        if (e.length as usize) < min {
+            return Err(Error::corrupt(
+                CorruptionKind::MetadataItemTooShort,
+                name,
+                "metadata table entry",
+                eoff + MetadataTableEntry::LENGTH_OFFSET,
+                format!("{what} item is {} bytes, needs {min}", e.length),
+            ));
+        }
+        let abs = moff + u64::from(e.offset);
+        Ok((read_vec(storage, name, abs, e.length as usize)?, abs))
     }
 }
 

@@ -207,3 +207,66 @@ impl ReplaySink for StorageSink<'_> {
         Ok(())
     }
 }
+
+/// Open step: with LogGuid `log_guid` set, the log at `log` (offset,
+/// length) must hold a complete active sequence whose FlushedFileOffset
+/// the file reaches; it is replayed into an in-memory overlay, with a
+/// finding. Returns the overlay (what reads see), `None` with no pending log.
+pub fn replay_pending_in_memory(
+    storage: &std::sync::Arc<dyn Storage>,
+    name: &str,
+    log_guid: Uuid,
+    log: (u64, u64),
+    file_len: u64,
+    findings: &mut Vec<crate::Finding>,
+) -> Result<Option<std::sync::Arc<dyn Storage>>> {
+    if log_guid.is_nil() {
+        return Ok(None);
+    }
+    let ring = LogRing {
+        storage: &**storage,
+        name,
+        offset: log.0,
+        length: log.1,
+    };
+    let found = super::sequence::find_active_sequence(&ring, log_guid)?;
+    let Some(head) = found.active.last() else {
+        let why = found
+            .first_rejection
+            .map(|(o, m)| format!(" (entry at {o:#x}: {m})"))
+            .unwrap_or_default();
+        return Err(Error::corrupt(
+            CorruptionKind::LogSequenceInvalid,
+            name,
+            "log",
+            log.0,
+            format!("LogGuid {log_guid} is set but the log holds no valid complete sequence{why}"),
+        ));
+    };
+    if file_len < head.flushed_file_offset {
+        return Err(Error::corrupt(
+            CorruptionKind::LogFlushedOffsetBeyondFile,
+            name,
+            "log entry",
+            log.0 + head.pos,
+            format!(
+                "file is {file_len} bytes, shorter than the entry's FlushedFileOffset {} (truncated)",
+                head.flushed_file_offset
+            ),
+        ));
+    }
+    let mut ov =
+        super::super::overlay::ReplayOverlay::new(std::sync::Arc::clone(storage)).ctx(name)?;
+    replay(&ring, log_guid, &found.active, &mut ov)?;
+    findings.push(crate::Finding::warning(
+        CorruptionKind::PendingLog,
+        name,
+        "log",
+        log.0,
+        format!(
+            "pending log ({} entries) replayed in memory; the file is unchanged",
+            found.active.len()
+        ),
+    ));
+    Ok(Some(std::sync::Arc::new(ov)))
+}
