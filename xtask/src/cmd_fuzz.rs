@@ -7,7 +7,8 @@
 //!   `cargo fuzz --version` fails.
 //! - cargo-fuzz needs nightly flags (`-Zsanitizer`); `RUSTC_BOOTSTRAP=1` is
 //!   set on the child command only, never in our own environment.
-//! - Limits per input: `-rss_limit_mb=256 -malloc_limit_mb=256 -timeout=1`.
+//! - Limits per input: `-rss_limit_mb=256 -malloc_limit_mb=256 -timeout=1`;
+//!   `-reload=0` unless `--jobs` asks for several processes.
 //! - Findings are minimised with `cargo fuzz tmin` (the raw artifact is kept
 //!   when that fails) and copied to `fuzz/regressions-pending/<target>/`: an
 //!   unfixed bug must not break `cargo test`; whoever fixes it moves the
