@@ -503,6 +503,20 @@ impl<B: Bytes> Folded<B> {
         self.imgs[0].virtual_size
     }
 
+    /// Whether any layer paints file bytes inside `[off, off + len)`; where
+    /// none does, [`Folded::read`] gives zeros there (the caller may skip
+    /// such a range of a disk it keeps sparse).
+    pub fn holds_data(&self, off: u64, len: u64) -> bool {
+        let end = off + len;
+        self.imgs.iter().any(|img| {
+            let first = img.runs.partition_point(|&(o, l, _)| o + l <= off);
+            img.runs[first..]
+                .iter()
+                .take_while(|r| r.0 < end)
+                .any(|r| matches!(r.2, Paint::Data(_)))
+        })
+    }
+
     /// Bytes `[off, off + buf.len())` of the virtual disk (inside it):
     /// every layer's runs there painted over the ones below, from the base
     /// up, over zeros.
@@ -638,7 +652,14 @@ mod tests {
                 let mut buf = vec![0xEE; len as usize];
                 view.read(off, &mut buf);
                 assert!(buf[..] == whole[off as usize..(off + len) as usize]);
+                // A range said to hold no data reads as zeros.
+                if !view.holds_data(off, len) {
+                    assert!(buf.iter().all(|b| *b == 0));
+                }
             }
+            // ... and a range holding written data is said to hold some.
+            let first = whole.iter().position(|b| *b != 0).expect("written") as u64;
+            assert!(view.holds_data(first, 1));
         }
     }
 

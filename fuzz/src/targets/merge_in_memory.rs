@@ -95,7 +95,8 @@ fn open_chain(ns: &Arc<dyn formats::Namespace>, path: &Path) -> formats::Result<
 }
 
 /// The reference's view of a virtual disk as sparse pages (all-zero pages
-/// not stored), painted a chunk at a time: read once, then compared with
+/// not stored), painted a chunk at a time (chunks without data skipped):
+/// read once, then compared with
 /// `Pages::same_bytes` / `Pages::same_as` (whole disks, byte for byte, at
 /// the cost of their stored pages) as often as the checks need.
 fn folded_pages(f: &reference::Folded<Pages>) -> Pages {
@@ -106,8 +107,12 @@ fn folded_pages(f: &reference::Folded<Pages>) -> Pages {
     let mut off = 0;
     while off < size {
         let n = CHUNK.min((size - off) as usize);
-        f.read(off, &mut buf[..n]);
-        out.write(off, &buf[..n]);
+        // A chunk no layer paints with data reads as zeros: `out` already
+        // does there.
+        if f.holds_data(off, n as u64) {
+            f.read(off, &mut buf[..n]);
+            out.write(off, &buf[..n]);
+        }
         off += n as u64;
     }
     out
