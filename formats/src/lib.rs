@@ -8,6 +8,7 @@
 //! interface and format detection), `chain` (section 3).
 
 mod bitrun;
+mod byte_array;
 pub mod chain;
 pub mod checksum;
 mod combine;

@@ -233,6 +233,52 @@ impl Pages {
     }
 }
 
+impl Pages {
+    /// Page `pn` clipped to the file, or None where it is not stored.
+    fn page_in_file(&self, pn: u64) -> Option<&[u8]> {
+        let n = self.len.saturating_sub(pn * PAGE).min(PAGE) as usize;
+        self.pages.get(&pn).map(|p| &p[..n])
+    }
+
+    /// Whether both hold the same bytes: the same length and every page
+    /// equal (a page one of them does not store reads as zeros). Costs
+    /// the stored pages, not the length; shared pages compare by pointer.
+    pub fn same_bytes(&self, other: &Pages) -> bool {
+        if self.len != other.len {
+            return false;
+        }
+        let keys = self
+            .pages
+            .keys()
+            .chain(other.pages.keys().filter(|k| !self.pages.contains_key(k)));
+        keys.copied()
+            .all(|pn| match (self.pages.get(&pn), other.pages.get(&pn)) {
+                (Some(a), Some(b)) if Arc::ptr_eq(a, b) => true,
+                _ => {
+                    let (a, b) = (self.page_in_file(pn), other.page_in_file(pn));
+                    match (a, b) {
+                        (Some(a), Some(b)) => a == b,
+                        (Some(x), None) | (None, Some(x)) => is_zero(x),
+                        (None, None) => true,
+                    }
+                }
+            })
+    }
+
+    /// Whether these are exactly the bytes `b`.
+    pub fn same_as(&self, b: &[u8]) -> bool {
+        if self.len != b.len() as u64 {
+            return false;
+        }
+        b.chunks(PAGE as usize)
+            .enumerate()
+            .all(|(pn, want)| match self.page_in_file(pn as u64) {
+                Some(have) => have == want,
+                None => is_zero(want),
+            })
+    }
+}
+
 static ZEROS: [u8; PAGE as usize] = [0; PAGE as usize];
 
 /// At most one page of bytes all zero (a `memcmp`, much faster than a
@@ -523,6 +569,7 @@ mod tests {
     fn pages_match_a_dense_model() {
         let mut p = Pages::default();
         let mut d: Vec<u8> = Vec::new();
+        let mut old = (Pages::default(), Vec::new());
         let mut x = 0x9e37_79b9_u64;
         let mut next = || {
             x ^= x << 13;
@@ -583,6 +630,21 @@ mod tests {
                 }
             }
             assert_eq!(p.len(), d.len() as u64);
+            // The compares agree with the dense model: against it (and it
+            // with one byte changed), and against an older state that
+            // shares the pages left unchanged since.
+            assert!(p.same_as(&d), "step {i}");
+            if !d.is_empty() {
+                let mut e = d.clone();
+                e[next() as usize % d.len()] ^= 1;
+                assert!(!p.same_as(&e), "step {i}");
+                assert!(!p.same_bytes(&Pages::from_bytes(&e)), "step {i}");
+            }
+            assert_eq!(p.same_bytes(&old.0), d == old.1, "step {i}");
+            assert_eq!(old.0.same_bytes(&p), d == old.1, "step {i}");
+            if i % 7 == 0 {
+                old = (p.clone(), d.clone());
+            }
             // Only non-zero pages are stored, and the allocated runs cover
             // every non-zero byte.
             assert!(p.pages.values().all(|pg| !is_zero(&pg[..])), "step {i}");

@@ -13,6 +13,7 @@
 //!   to 63 MB in a 10-minute ASan run and, with ASan's shadow and
 //!   quarantine, crossed 256 MB at an input that itself peaks at 5 MB
 //!   (2026-12-07), a false "out-of-memory" finding.
+//! - `-reload=0` unless `--jobs` asks for several processes.
 //! - Findings are minimised with `cargo fuzz tmin` (the raw artifact is kept
 //!   when that fails) and copied to `fuzz/regressions-pending/<target>/`: an
 //!   unfixed bug must not break `cargo test`; whoever fixes it moves the
@@ -286,6 +287,12 @@ fn run_target(root: &Path, args: &FuzzArgs, target: &str) -> Summary {
     ]);
     if args.jobs > 1 {
         c.arg(format!("-fork={}", args.jobs));
+    } else {
+        // One process owns the corpus directory: libFuzzer's default
+        // `-reload=1` rereads it every second for units other processes
+        // wrote, and its first reload re-runs every seed the initial pass
+        // found redundant (a third of a 1,000-input corpus).
+        c.arg("-reload=0");
     }
     eprintln!("fuzz: {target}: {c:?}");
     c.stdout(Stdio::null()).stderr(Stdio::piped());

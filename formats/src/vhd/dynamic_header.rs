@@ -29,8 +29,10 @@ pub struct DynamicDiskHeader {
     pub parent_time_stamp: u32,
     pub reserved1: u32,
     /// UTF-16BE, NUL padded.
+    #[br(parse_with = crate::byte_array::read)]
     pub parent_unicode_name: [u8; 512],
     pub parent_locators: [ParentLocatorEntry; 8],
+    #[br(parse_with = crate::byte_array::read)]
     pub reserved2: [u8; 256],
 }
 

@@ -45,6 +45,7 @@ pub struct HardDiskFooter {
     pub unique_id: [u8; 16],
     pub saved_state: u8,
     /// Kept verbatim so a footer read from a file writes back identically.
+    #[br(parse_with = crate::byte_array::read)]
     pub reserved: [u8; 427],
 }
 

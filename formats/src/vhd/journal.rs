@@ -136,7 +136,7 @@ pub fn crc_of(st: &dyn Storage, len: u64) -> io::Result<u32> {
     while pos < len {
         let n = (buf.len() as u64).min(len - pos) as usize;
         st.read_at(&mut buf[..n], pos)?;
-        crc = crc32c::crc32c_append(crc, &buf[..n]);
+        crc = crate::checksum::crc32c_append(crc, &buf[..n]);
         pos += n as u64;
     }
     Ok(crc)

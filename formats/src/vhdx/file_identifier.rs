@@ -15,6 +15,7 @@ pub const REGION_SIZE: usize = 64 * 1024;
 pub struct FileIdentifier {
     pub signature: [u8; 8],
     /// UTF-16LE, possibly NUL-terminated.
+    #[br(parse_with = crate::byte_array::read)]
     pub creator: [u8; 512],
 }
 le_codec!(FileIdentifier, 520);

@@ -35,6 +35,7 @@ pub struct VhdxHeader {
     pub version: u16,
     pub log_length: u32,
     pub log_offset: u64,
+    #[br(parse_with = crate::byte_array::read)]
     pub reserved: [u8; 4016],
 }
 le_codec!(VhdxHeader, SIZE);
@@ -76,7 +77,8 @@ impl VhdxHeader {
     }
 
     pub fn reserved_is_zero(&self) -> bool {
-        self.reserved.iter().all(|b| *b == 0)
+        // One compare, not a byte loop (every open asks).
+        self.reserved == [0u8; 4016]
     }
 }
 
@@ -93,15 +95,26 @@ pub struct HeaderSlot {
 
 impl HeaderSlot {
     pub fn from_bytes(raw: Vec<u8>) -> Self {
-        match VhdxHeader::parse(&raw) {
-            Some((h, ok)) => HeaderSlot {
-                signature_ok: h.signature == SIGNATURE,
-                checksum_ok: ok,
-                stored: h.checksum,
-                computed: VhdxHeader::computed_checksum(&raw),
-                header: Some(h),
-                raw,
-            },
+        // `parse`, with the CRC computed once for both fields.
+        match VhdxHeader::decode(&raw) {
+            Some(h) => {
+                let computed = VhdxHeader::computed_checksum(&raw);
+                // (`decode` took the first SIZE bytes: raw holds them.)
+                let checksum_ok = h.checksum
+                    == if raw.len() == SIZE {
+                        computed
+                    } else {
+                        VhdxHeader::computed_checksum(&raw[..SIZE])
+                    };
+                HeaderSlot {
+                    signature_ok: h.signature == SIGNATURE,
+                    checksum_ok,
+                    stored: h.checksum,
+                    computed,
+                    header: Some(h),
+                    raw,
+                }
+            }
             None => HeaderSlot {
                 header: None,
                 signature_ok: false,

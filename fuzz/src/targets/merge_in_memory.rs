@@ -61,15 +61,14 @@ struct Input {
     corrupt: Option<(u8, Vec<Mutation>)>,
 }
 
-/// Views are compared and copied this many bytes at a time.
+/// Views are read this many bytes at a time.
 const CHUNK: usize = 64 << 10;
 
-/// What formats reads through the chain whose top is `path`, when that
-/// chain is exactly `expect` (top first) and small enough to read whole:
-/// read a chunk at a time into sparse pages (all-zero pages take no
-/// memory), not into a buffer the size of the disk.
-fn read_all(ns: &Arc<dyn formats::Namespace>, path: &Path, expect: &[PathBuf]) -> Option<Pages> {
-    let chain = Chain::open(ns, path, &ChainOptions::default()).ok()?;
+/// What formats reads through `chain` (opened with the default options),
+/// when that chain is exactly `expect` (top first) and small enough to
+/// read whole: read a chunk at a time into sparse pages (all-zero pages
+/// take no memory), not into a buffer the size of the disk.
+fn read_all(chain: &Chain, expect: &[PathBuf]) -> Option<Pages> {
     if chain.paths() != expect {
         return None;
     }
@@ -91,68 +90,38 @@ fn read_all(ns: &Arc<dyn formats::Namespace>, path: &Path, expect: &[PathBuf]) -
     Some(out)
 }
 
-/// Whether two views of a virtual disk hold the same bytes: the same size,
-/// and every chunk equal.
-fn same(a: &dyn View, b: &dyn View) -> bool {
-    let size = a.size();
-    if b.size() != size {
-        return false;
-    }
-    let n0 = CHUNK.min(size as usize);
-    let (mut x, mut y) = (vec![0u8; n0], vec![0u8; n0]);
+fn open_chain(ns: &Arc<dyn formats::Namespace>, path: &Path) -> formats::Result<Chain> {
+    Chain::open(ns, path, &ChainOptions::default())
+}
+
+/// The reference's view of a virtual disk as sparse pages (all-zero pages
+/// not stored), painted a chunk at a time (chunks without data skipped):
+/// read once, then compared with
+/// `Pages::same_bytes` / `Pages::same_as` (whole disks, byte for byte, at
+/// the cost of their stored pages) as often as the checks need.
+fn folded_pages(f: &reference::Folded<Pages>) -> Pages {
+    let size = f.size();
+    let mut out = Pages::default();
+    out.set_len(size);
+    let mut buf = vec![0u8; CHUNK.min(size as usize)];
     let mut off = 0;
     while off < size {
         let n = CHUNK.min((size - off) as usize);
-        a.read(off, &mut x[..n]);
-        b.read(off, &mut y[..n]);
-        if x[..n] != y[..n] {
-            return false;
+        // A chunk no layer paints with data reads as zeros: `out` already
+        // does there.
+        if f.holds_data(off, n as u64) {
+            f.read(off, &mut buf[..n]);
+            out.write(off, &buf[..n]);
         }
         off += n as u64;
     }
-    true
+    out
 }
 
-/// A virtual disk's bytes, from wherever they are kept.
-trait View {
-    fn size(&self) -> u64;
-    /// Fill `buf` from `off` (inside the disk).
-    fn read(&self, off: u64, buf: &mut [u8]);
-}
-
-/// The model of what was written.
-impl View for Vec<u8> {
-    fn size(&self) -> u64 {
-        self.len() as u64
-    }
-    fn read(&self, off: u64, buf: &mut [u8]) {
-        buf.copy_from_slice(&self[off as usize..off as usize + buf.len()]);
-    }
-}
-
-/// What formats read (`read_all`).
-impl View for Pages {
-    fn size(&self) -> u64 {
-        self.len()
-    }
-    fn read(&self, off: u64, buf: &mut [u8]) {
-        let inside = self.read_checked(off, buf);
-        debug_assert!(inside);
-    }
-}
-
-/// What the reference folds.
-impl View for reference::Folded<Pages> {
-    fn size(&self) -> u64 {
-        reference::Folded::size(self)
-    }
-    fn read(&self, off: u64, buf: &mut [u8]) {
-        reference::Folded::read(self, off, buf)
-    }
-}
-
-fn check_errors(ns: &Arc<dyn formats::Namespace>, path: &Path) -> Vec<String> {
-    let chain = match Chain::open(ns, path, &ChainOptions::default()) {
+/// Error findings of `check` on every link of the chain `open_chain`
+/// gave (the destination's, opened once to read it and to check it).
+fn check_errors(opened: &formats::Result<Chain>) -> Vec<String> {
+    let chain = match opened {
         Ok(c) => c,
         Err(e) => return vec![format!("does not open: {e}")],
     };
@@ -170,14 +139,14 @@ fn check_errors(ns: &Arc<dyn formats::Namespace>, path: &Path) -> Vec<String> {
         .collect()
 }
 
-/// The reference fold of the files at `paths` (top first), over copies of
-/// them (later writes do not change it).
-fn ref_fold(m: &SparseNs, paths: &[PathBuf]) -> Result<reference::Folded<Pages>, String> {
+/// The reference fold of the files at `paths` (top first), read from
+/// copies of them (later writes do not change it).
+fn ref_fold(m: &SparseNs, paths: &[PathBuf]) -> Result<Pages, String> {
     let files: Vec<Pages> = paths
         .iter()
         .map(|p| m.get(p).ok_or_else(|| format!("{} missing", p.display())))
         .collect::<Result<_, _>>()?;
-    reference::fold_view(files)
+    reference::fold_view(files).map(|f| folded_pages(&f))
 }
 
 pub fn run(data: &[u8]) {
@@ -205,23 +174,25 @@ pub fn run(data: &[u8]) {
     let source_chain: Vec<PathBuf> = paths.iter().rev().cloned().collect();
     let dest_chain: Vec<PathBuf> = paths[..=dest_index].iter().rev().cloned().collect();
     let folded = ref_fold(&m, &source_chain);
-    let before = read_all(&ns, &source, &source_chain);
+    let before = open_chain(&ns, &source)
+        .ok()
+        .and_then(|c| read_all(&c, &source_chain));
     if !corrupted {
         match &folded {
             Ok(f) => assert!(
-                same(f, &*model),
+                f.same_as(&model),
                 "reference fold of a valid chain differs from its model"
             ),
             Err(e) => panic!("reference declines a valid chain: {e}"),
         }
         assert!(
-            before.as_ref().is_some_and(|b| same(b, &*model)),
+            before.as_ref().is_some_and(|b| b.same_as(&model)),
             "valid chain does not read its model before the merge"
         );
     }
     if let (Ok(f), Some(b)) = (&folded, &before) {
         assert!(
-            same(f, b),
+            f.same_bytes(b),
             "formats reads the chain differently from the reference (corrupted input: {corrupted})"
         );
     }
@@ -277,28 +248,32 @@ pub fn run(data: &[u8]) {
         );
         return;
     }
-    let after = read_all(&ns, &dest, &dest_chain);
+    let dest_opened = open_chain(&ns, &dest);
+    let after = dest_opened
+        .as_ref()
+        .ok()
+        .and_then(|c| read_all(c, &dest_chain));
     if let Some(before) = &before {
         assert!(
-            after.as_ref().is_some_and(|a| same(a, before)),
+            after.as_ref().is_some_and(|a| a.same_bytes(before)),
             "merged destination does not read what the source read (corrupted input: {corrupted})"
         );
     }
     if let Ok(f) = &folded {
         assert!(
-            after.as_ref().is_some_and(|a| same(a, f)),
+            after.as_ref().is_some_and(|a| a.same_bytes(f)),
             "merged destination does not read the reference fold of the original chain (corrupted input: {corrupted})"
         );
         match ref_fold(&m, &dest_chain) {
             Ok(g) => assert!(
-                same(&g, f),
+                g.same_bytes(f),
                 "the reference reads the merged files differently (corrupted input: {corrupted})"
             ),
             Err(e) => assert!(corrupted, "reference declines the merged chain: {e}"),
         }
     }
     if !corrupted {
-        let errs = check_errors(&ns, &dest);
+        let errs = check_errors(&dest_opened);
         assert!(errs.is_empty(), "check errors after merge: {errs:?}");
     }
 }

@@ -15,6 +15,7 @@ pub struct DataSector {
     pub signature: [u8; 4],
     pub sequence_high: u32,
     /// Bytes 8..4092 of the target sector.
+    #[br(parse_with = crate::byte_array::read)]
     pub data: [u8; 4084],
     pub sequence_low: u32,
 }

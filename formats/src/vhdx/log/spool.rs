@@ -312,7 +312,7 @@ impl LogSpool {
             last_file_offset: self.last_file_offset,
         };
         desc[..64].copy_from_slice(&h.encode());
-        h.checksum = crc32c::crc32c_append(crc32c::crc32c(&desc), data);
+        h.checksum = crate::checksum::crc32c_append(crate::checksum::crc32c(&desc), data);
         desc[..64].copy_from_slice(&h.encode());
         let at = self.area + self.used;
         st.write_at(data, at + dsec * SECTOR).ctx(name)?;

@@ -106,13 +106,13 @@ pub fn write_entry(
         last_file_offset: p.last_file_offset,
     };
     desc_area[..64].copy_from_slice(&h.encode());
-    let mut crc = crc32c::crc32c(&desc_area);
+    let mut crc = crate::checksum::crc32c(&desc_area);
     // Pass 2: data sectors, streamed to the log and into the CRC.
     for i in 0..n {
         src.sector(i, &mut sector)?;
         let (ds, _, _) = DataSector::split(&sector, p.sequence_number);
         let bytes = ds.encode();
-        crc = crc32c::crc32c_append(crc, &bytes);
+        crc = crate::checksum::crc32c_append(crc, &bytes);
         storage
             .write_at(&bytes, log_offset + (dsec + i) * SECTOR)
             .ctx(name)?;
