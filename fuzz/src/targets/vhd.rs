@@ -218,7 +218,7 @@ pub fn parent_locator(data: &[u8]) {
         if let Some(b) = inst.m.get(&inst.paths[0]) {
             let name = alias.replace(['\0'], "");
             if !name.is_empty() {
-                inst.m.insert(PathBuf::from("/c").join(name), b);
+                inst.m.put(&PathBuf::from("/c").join(name), b);
             }
         }
     }

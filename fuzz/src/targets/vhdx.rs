@@ -224,12 +224,13 @@ pub fn parent_locator(data: &[u8]) {
 
 /// The parent's DataWriteGuid as the braced string a locator carries.
 fn linkage_of_parent(inst: &Instance) -> String {
-    let b = inst.m.get(&inst.paths[0]).unwrap_or_default();
-    let at = VHDX_HEADER_SLOTS[0] as usize + 32;
-    match b
-        .get(at..at + 16)
-        .and_then(|g| <[u8; 16]>::try_from(g).ok())
-    {
+    let at = VHDX_HEADER_SLOTS[0] + 32;
+    let b = inst
+        .m
+        .get(&inst.paths[0])
+        .map(|p| p.get(at, 16))
+        .unwrap_or_default();
+    match b.get(..16).and_then(|g| <[u8; 16]>::try_from(g).ok()) {
         Some(g) => format!("{{{}}}", uuid::Uuid::from_bytes_le(g)),
         None => String::new(),
     }
