@@ -8,6 +8,18 @@ use crate::Result;
 
 pub const BAT_UNALLOCATED: u32 = 0xFFFF_FFFF;
 
+/// The BAT entry of a block placed at file offset `at`: its sector number,
+/// which must fit in 32 bits and not be the unallocated marker.
+pub(super) fn entry_for(at: u64, file: &str) -> Result<u32> {
+    u32::try_from(at / 512)
+        .ok()
+        .filter(|s| *s != BAT_UNALLOCATED)
+        .ok_or_else(|| crate::Error::Unsupported {
+            file: file.into(),
+            message: "a VHD file cannot grow past 2 TiB (32-bit BAT sector numbers)".into(),
+        })
+}
+
 #[binrw]
 #[brw(big)]
 #[br(import(count: u32))]

@@ -267,13 +267,7 @@ impl<'a> ShadowBatch<'a> {
             self.alloc(DATA_ALIGN - misaligned)?;
         }
         let at = self.alloc(span)?;
-        let sector = u32::try_from(at / 512)
-            .ok()
-            .filter(|s| *s != BAT_UNALLOCATED)
-            .ok_or_else(|| Error::Unsupported {
-                file: name.clone(),
-                message: "a VHD file cannot grow past 2 TiB (32-bit BAT sector numbers)".into(),
-            })?;
+        let sector = super::bat::entry_for(at, &name)?;
         if entry != BAT_UNALLOCATED {
             // Copy on write: bitmap and data of the committed block.
             let old = self.held_base(b, entry)?;

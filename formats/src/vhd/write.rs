@@ -142,13 +142,7 @@ impl VhdImage {
                 .max(file_len.saturating_sub(FOOTER_SIZE as u64)),
         )
         .ok_or_else(|| Error::InvalidParameter("file too large".into()))?;
-        let sector = u32::try_from(start / 512)
-            .ok()
-            .filter(|s| *s != BAT_UNALLOCATED)
-            .ok_or_else(|| Error::Unsupported {
-                file: name.clone(),
-                message: "a VHD file cannot grow past 2 TiB (32-bit BAT sector numbers)".into(),
-            })?;
+        let sector = super::bat::entry_for(start, &name)?;
         let new_footer_at = start + span;
         let footer = self.footer.to_bytes()?;
         // Ordering (a): the file must end in a valid footer at every crash
