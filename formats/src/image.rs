@@ -172,6 +172,12 @@ pub trait MergeBatch {
     /// caller that compacts after the commit asks for one). Default:
     /// rebuild.
     fn held_blocks(&mut self, _policy: crate::params::HeldBlocks) {}
+
+    /// Blocks the image held before this batch that it changed so far,
+    /// journaled or rebuilt (default: none; a fixed VHD has no blocks).
+    fn held_blocks_changed(&self) -> crate::params::HeldBlocksChanged {
+        crate::params::HeldBlocksChanged::default()
+    }
     /// Stage: whole sectors read zeros and hide any parent.
     fn zero(&mut self, offset: u64, len: u64) -> Result<()>;
     /// Stage growth of the virtual size (never shrinks).

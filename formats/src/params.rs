@@ -159,6 +159,14 @@ pub struct ImageInfo {
     pub details: Vec<(String, String)>,
 }
 
+/// Blocks its image already held that a batch changed, by how (`merge
+/// --json`'s `held_blocks`): in place behind a journal, or copied on write.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct HeldBlocksChanged {
+    pub journaled: u64,
+    pub rebuilt: u64,
+}
+
 /// How a batch replaces part of a block its image already holds
 /// (`merge --held-blocks`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]

@@ -89,6 +89,10 @@ pub struct MergeOutcome {
     /// What the merge will do (None when it stopped before its checks
     /// passed, or only finished an earlier run).
     pub preflight: Option<Preflight>,
+    /// Blocks the destination already held that the merge changed: in
+    /// place behind a journal, or copied on write (`--held-blocks`; None
+    /// before the batch was prepared).
+    pub held_blocks: Option<formats::params::HeldBlocksChanged>,
     /// What the compaction after the commit gave back (None before it ran).
     pub compaction: Option<formats::CompactReport>,
     pub error: Option<String>,
@@ -116,6 +120,7 @@ impl MergeOutcome {
             siblings: Vec::new(),
             dry_run,
             preflight: None,
+            held_blocks: None,
             compaction: None,
             error: None,
             error_kind: None,
@@ -371,6 +376,7 @@ pub fn merge(
             e => MergeError::Format(e),
         })?;
         batch.prepare()?;
+        out.held_blocks = Some(batch.held_blocks_changed());
         if job.is_cancelled() {
             return Err(MergeError::Cancelled);
         }

@@ -870,6 +870,18 @@ fn half_blocks(kind: Kind) {
         ]);
         let v = json(&out);
         assert_eq!(v["return_value"], 0, "{kind:?} {mode}: {v}");
+        // Every block is held and replaced in part: all go the asked way.
+        let (journaled, rebuilt) = (
+            v["held_blocks"]["journaled"].as_u64(),
+            v["held_blocks"]["rebuilt"].as_u64(),
+        );
+        let blocks = SIZE / b;
+        let want = if mode == "journal" {
+            (Some(blocks), Some(0))
+        } else {
+            (Some(0), Some(blocks))
+        };
+        assert_eq!((journaled, rebuilt), want, "{kind:?} {mode}: {v}");
         let after = sizes(&dest);
         eprintln!(
             "{kind:?} --held-blocks {mode}: child data {}, wrote {:?} B; before apparent {} allocated {}; after apparent {} allocated {}",

@@ -55,7 +55,7 @@ use super::sector_bitmap::SectorBitmap;
 use crate::combine::{Payload, WriteCombiner};
 use crate::error::IoContext;
 use crate::image::MergeBatch;
-use crate::params::{HeldBlocks, Identity};
+use crate::params::{HeldBlocks, HeldBlocksChanged, Identity};
 use crate::{Error, Result, Storage};
 
 /// New blocks place their data on this boundary.
@@ -113,6 +113,10 @@ pub(super) struct ShadowBatch<'a> {
     /// Held blocks whose new bitmap the journal holds: bitmap offset in
     /// the image -> offset of its latest copy in the journal.
     held_bitmaps: HashMap<u64, u64>,
+    /// Held blocks changed behind the journal, one bit each, and their
+    /// count; held blocks copied on write (`held_blocks_changed`).
+    journaled: Vec<u64>,
+    changed: HeldBlocksChanged,
 }
 
 /// Consecutive fresh blocks, each a whole-block copy from `src`, laid out
@@ -183,6 +187,8 @@ impl<'a> ShadowBatch<'a> {
             journal: None,
             start_len: len,
             held_bitmaps: HashMap::new(),
+            journaled: Vec::new(),
+            changed: HeldBlocksChanged::default(),
         };
         if !ok_end {
             // Make sure the file ends in a valid footer before anything else.
@@ -271,6 +277,7 @@ impl<'a> ShadowBatch<'a> {
         if entry != BAT_UNALLOCATED {
             // Copy on write: bitmap and data of the committed block.
             let old = self.held_base(b, entry)?;
+            self.changed.rebuilt += 1;
             self.st
                 .copy_from(self.st.as_ref(), old, at, span)
                 .ctx(&name)?;
@@ -401,6 +408,14 @@ impl<'a> ShadowBatch<'a> {
                 let base = self.held_base(b, entry)?;
                 let data = base + bitmap_bytes + in_block;
                 self.journal()?.record(data, piece(pos - offset, n))?;
+                let (word, bit) = ((b / 64) as usize, 1u64 << (b % 64));
+                if self.journaled.len() <= word {
+                    self.journaled.resize(word + 1, 0);
+                }
+                if self.journaled[word] & bit == 0 {
+                    self.journaled[word] |= bit;
+                    self.changed.journaled += 1;
+                }
                 self.set_bits(base, bitmap_bytes, in_block / 512, (in_block + n) / 512)?;
                 pos += n;
                 continue;
@@ -641,6 +656,10 @@ impl MergeBatch for ShadowBatch<'_> {
 
     fn held_blocks(&mut self, policy: HeldBlocks) {
         self.held_policy = policy;
+    }
+
+    fn held_blocks_changed(&self) -> HeldBlocksChanged {
+        self.changed
     }
 
     fn grow(&mut self, new_virtual_size: u64) -> Result<()> {

@@ -55,6 +55,7 @@ pub(crate) fn begin(img: &mut VhdxImage) -> Result<Box<dyn MergeBatch + '_>> {
         reserved: None,
         spool: None,
         in_place: HashSet::new(),
+        rebuilt: 0,
     }))
 }
 
@@ -91,6 +92,8 @@ struct VhdxBatch<'a> {
     spool: Option<LogSpool>,
     /// Payload blocks whose changes go through `spool`.
     in_place: HashSet<u64>,
+    /// Held blocks copied on write (`held_blocks_changed`).
+    rebuilt: u64,
 }
 
 /// Fresh room `[committed end, area)` for blocks and bitmaps (allocated
@@ -269,6 +272,7 @@ impl VhdxBatch<'_> {
             s @ (bat::PAYLOAD_FULLY_PRESENT | bat::PAYLOAD_PARTIALLY_PRESENT) => {
                 // Copy on write: the live block is never touched.
                 let off = self.img.allocate(g.block_size)?;
+                self.rebuilt += 1;
                 if !whole {
                     let st = &*self.img.storage;
                     st.copy_from(st, e.file_offset(), off, in_disk).ctx(&name)?;
@@ -538,6 +542,13 @@ impl MergeBatch for VhdxBatch<'_> {
 
     fn held_blocks(&mut self, policy: HeldBlocks) {
         self.held_blocks = policy;
+    }
+
+    fn held_blocks_changed(&self) -> crate::params::HeldBlocksChanged {
+        crate::params::HeldBlocksChanged {
+            journaled: self.in_place.len() as u64,
+            rebuilt: self.rebuilt,
+        }
     }
 
     fn expect_fresh(&mut self, bytes: u64) -> Result<()> {
