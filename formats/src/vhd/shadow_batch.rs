@@ -72,8 +72,8 @@ pub(super) struct ShadowBatch<'a> {
     img: &'a mut VhdImage,
     st: Arc<dyn Storage>,
     new_bat: Vec<u32>,
-    /// One bit per block: already moved to fresh space in this batch.
-    fresh: Vec<u64>,
+    /// Blocks already moved to fresh space in this batch.
+    fresh: BlockSet,
     /// Next fresh byte.
     next_free: u64,
     /// Offset of the footer copy that ends the file (reservation end).
@@ -113,9 +113,9 @@ pub(super) struct ShadowBatch<'a> {
     /// Held blocks whose new bitmap the journal holds: bitmap offset in
     /// the image -> offset of its latest copy in the journal.
     held_bitmaps: HashMap<u64, u64>,
-    /// Held blocks changed behind the journal, one bit each, and their
-    /// count; held blocks copied on write (`held_blocks_changed`).
-    journaled: Vec<u64>,
+    /// Held blocks changed behind the journal; their count and that of
+    /// held blocks copied on write (`held_blocks_changed`).
+    journaled: BlockSet,
     changed: HeldBlocksChanged,
 }
 
@@ -133,6 +133,29 @@ struct Span {
     /// Destination offsets of the bitmaps inside the span (every block's
     /// but the first, which was written when it was allocated).
     bitmaps: Vec<u64>,
+}
+
+/// A set of block numbers, one bit each (grown as blocks are added).
+#[derive(Default)]
+struct BlockSet(Vec<u64>);
+
+impl BlockSet {
+    fn contains(&self, b: u64) -> bool {
+        self.0
+            .get((b / 64) as usize)
+            .is_some_and(|w| w & (1 << (b % 64)) != 0)
+    }
+
+    /// Add `b`; whether it was new.
+    fn insert(&mut self, b: u64) -> bool {
+        let word = (b / 64) as usize;
+        if self.0.len() <= word {
+            self.0.resize(word + 1, 0);
+        }
+        let new = self.0[word] & (1 << (b % 64)) == 0;
+        self.0[word] |= 1 << (b % 64);
+        new
+    }
 }
 
 /// A used locator slot as `Sparse::locators` holds it.
@@ -158,7 +181,6 @@ impl<'a> ShadowBatch<'a> {
             return Err(Error::InvalidParameter("not a dynamic VHD".into()));
         };
         let new_bat = s.bat.clone();
-        let fresh = vec![0u64; new_bat.len().div_ceil(64)];
         let old_footer = img.footer.to_bytes()?;
         let next_free =
             align512(len).ok_or_else(|| Error::InvalidParameter("file too large".into()))?;
@@ -168,7 +190,7 @@ impl<'a> ShadowBatch<'a> {
             img,
             st,
             new_bat,
-            fresh,
+            fresh: BlockSet::default(),
             next_free,
             reserved_at: len.saturating_sub(FOOTER_SIZE as u64),
             fresh_start: len.saturating_sub(FOOTER_SIZE as u64),
@@ -187,7 +209,7 @@ impl<'a> ShadowBatch<'a> {
             journal: None,
             start_len: len,
             held_bitmaps: HashMap::new(),
-            journaled: Vec::new(),
+            journaled: BlockSet::default(),
             changed: HeldBlocksChanged::default(),
         };
         if !ok_end {
@@ -236,9 +258,7 @@ impl<'a> ShadowBatch<'a> {
     }
 
     fn is_fresh(&self, b: u64) -> bool {
-        self.fresh
-            .get((b / 64) as usize)
-            .is_some_and(|w| w & (1 << (b % 64)) != 0)
+        self.fresh.contains(b)
     }
 
     /// The fresh copy of block `b` (bitmap offset), creating it.
@@ -296,10 +316,8 @@ impl<'a> ShadowBatch<'a> {
             self.combiner
                 .fresh_zeros(at + bitmap_bytes, span - bitmap_bytes);
         }
-        if let Some(w) = self.fresh.get_mut((b / 64) as usize) {
-            *w |= 1 << (b % 64);
-        }
         if let Some(e) = self.new_bat.get_mut(b as usize) {
+            self.fresh.insert(b);
             *e = sector;
         }
         Ok(at)
@@ -408,12 +426,7 @@ impl<'a> ShadowBatch<'a> {
                 let base = self.held_base(b, entry)?;
                 let data = base + bitmap_bytes + in_block;
                 self.journal()?.record(data, piece(pos - offset, n))?;
-                let (word, bit) = ((b / 64) as usize, 1u64 << (b % 64));
-                if self.journaled.len() <= word {
-                    self.journaled.resize(word + 1, 0);
-                }
-                if self.journaled[word] & bit == 0 {
-                    self.journaled[word] |= bit;
+                if self.journaled.insert(b) {
                     self.changed.journaled += 1;
                 }
                 self.set_bits(base, bitmap_bytes, in_block / 512, (in_block + n) / 512)?;
@@ -677,7 +690,6 @@ impl MergeBatch for ShadowBatch<'_> {
         let entries = new_virtual_size.div_ceil(bs) as usize;
         if entries > self.new_bat.len() {
             self.new_bat.resize(entries, BAT_UNALLOCATED);
-            self.fresh.resize(entries.div_ceil(64), 0);
         }
         self.new_size = new_virtual_size;
         Ok(())

@@ -77,14 +77,22 @@ fn read_all(chain: &Chain, expect: &[PathBuf]) -> Option<Pages> {
         return None;
     }
     let mut reader = chain.reader();
+    paint_pages(size, |off, buf| reader.read(off, buf).ok().map(|()| true))
+}
+
+/// Sparse pages of a `size`-byte view, filled a chunk at a time: `fill`
+/// reads the chunk at `off` into `buf` and says whether it did (false: the
+/// chunk reads as zeros, which the pages already do there; None: give up).
+fn paint_pages(size: u64, mut fill: impl FnMut(u64, &mut [u8]) -> Option<bool>) -> Option<Pages> {
     let mut out = Pages::default();
     out.set_len(size);
     let mut buf = vec![0u8; CHUNK.min(size as usize)];
     let mut off = 0;
     while off < size {
         let n = CHUNK.min((size - off) as usize);
-        reader.read(off, &mut buf[..n]).ok()?;
-        out.write(off, &buf[..n]);
+        if fill(off, &mut buf[..n])? {
+            out.write(off, &buf[..n]);
+        }
         off += n as u64;
     }
     Some(out)
@@ -100,22 +108,15 @@ fn open_chain(ns: &Arc<dyn formats::Namespace>, path: &Path) -> formats::Result<
 /// `Pages::same_bytes` / `Pages::same_as` (whole disks, byte for byte, at
 /// the cost of their stored pages) as often as the checks need.
 fn folded_pages(f: &reference::Folded<Pages>) -> Pages {
-    let size = f.size();
-    let mut out = Pages::default();
-    out.set_len(size);
-    let mut buf = vec![0u8; CHUNK.min(size as usize)];
-    let mut off = 0;
-    while off < size {
-        let n = CHUNK.min((size - off) as usize);
-        // A chunk no layer paints with data reads as zeros: `out` already
-        // does there.
-        if f.holds_data(off, n as u64) {
-            f.read(off, &mut buf[..n]);
-            out.write(off, &buf[..n]);
+    let painted = paint_pages(f.size(), |off, buf| {
+        // A chunk no layer paints with data reads as zeros.
+        let data = f.holds_data(off, buf.len() as u64);
+        if data {
+            f.read(off, buf);
         }
-        off += n as u64;
-    }
-    out
+        Some(data)
+    });
+    painted.unwrap_or_default()
 }
 
 /// Error findings of `check` on every link of the chain `open_chain`
