@@ -43,13 +43,13 @@ fn read_entry_or_corrupt(
     pos: u64,
     log_guid: Uuid,
 ) -> Result<super::sequence::LogEntry> {
-    read_entry(ring, pos, log_guid)?.map_err(|m| {
+    read_entry(ring, pos, log_guid)?.map_err(|why| {
         Error::corrupt(
-            CorruptionKind::LogEntryInvalid,
+            why.kind(),
             ring.name,
             "log entry",
             ring.offset + pos,
-            m,
+            why.to_string(),
         )
     })
 }
