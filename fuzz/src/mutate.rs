@@ -29,6 +29,28 @@ pub struct Region {
     pub sum: Sum,
 }
 
+impl Region {
+    /// The checksummed structures the named mutations edit.
+    fn vhd_footer(start: u64) -> Self {
+        Region::new("footer", start, 512, Sum::Vhd(0x40))
+    }
+    fn vhd_dynamic_header(start: u64) -> Self {
+        Region::new("dynamic header", start, 1024, Sum::Vhd(0x24))
+    }
+    fn vhdx_log(start: u64, len: u64) -> Self {
+        Region::new("log", start, len, Sum::Log)
+    }
+
+    const fn new(name: &'static str, start: u64, len: u64, sum: Sum) -> Self {
+        Region {
+            name,
+            start,
+            len,
+            sum,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Arbitrary)]
 pub enum Mutation {
     /// Overwrite bytes at `offset` (modulo the region length) of region
@@ -516,44 +538,24 @@ fn interesting(v: Interesting, file_len: u64, current: u64) -> u64 {
 /// checksum covers it, big-endian).
 fn locate(b: &Pages, f: &Named) -> Option<(u64, u64, Region, bool)> {
     let n = b.size();
-    let none = |start, len| Region {
-        name: "field",
-        start,
-        len,
-        sum: Sum::None,
-    };
+    let none = |start, len| Region::new("field", start, len, Sum::None);
     Some(match *f {
         Named::VhdFooter { field, .. } => {
             let (o, w) = pick(VHD_FOOTER_FIELDS, field);
             let at = n.checked_sub(512)?;
-            let r = Region {
-                name: "footer",
-                start: at,
-                len: 512,
-                sum: Sum::Vhd(0x40),
-            };
+            let r = Region::vhd_footer(at);
             (at + o, w, r, true)
         }
         Named::VhdHeader { field } => {
             let h = vhd_header_at(b)?;
             let (o, w) = pick(VHD_HEADER_FIELDS, field);
-            let r = Region {
-                name: "dynamic header",
-                start: h,
-                len: 1024,
-                sum: Sum::Vhd(0x24),
-            };
+            let r = Region::vhd_dynamic_header(h);
             (h + o, w, r, true)
         }
         Named::VhdLocator { slot, field } => {
             let h = vhd_header_at(b)?;
             let (o, w) = pick(VHD_LOCATOR_FIELDS, field);
-            let r = Region {
-                name: "dynamic header",
-                start: h,
-                len: 1024,
-                sum: Sum::Vhd(0x24),
-            };
+            let r = Region::vhd_dynamic_header(h);
             let e = h + VHD_PARENT_LOCATORS_AT + 24 * u64::from(slot % 8);
             (e + o, w, r, true)
         }
@@ -567,22 +569,12 @@ fn locate(b: &Pages, f: &Named) -> Option<(u64, u64, Region, bool)> {
         Named::VhdxHeader { slot, field } => {
             let h = VHDX_HEADER_SLOTS[usize::from(slot % 2)];
             let (o, w) = pick(VHDX_HEADER_FIELDS, field);
-            let r = Region {
-                name: "header",
-                start: h,
-                len: 4096,
-                sum: Sum::Crc(4),
-            };
+            let r = Region::new("header", h, 4096, Sum::Crc(4));
             (h + o, w, r, false)
         }
         Named::VhdxRegion { copy, entry, field } => {
             let t = VHDX_REGION_TABLES[usize::from(copy % 2)];
-            let r = Region {
-                name: "region table",
-                start: t,
-                len: 64 << 10,
-                sum: Sum::Crc(4),
-            };
+            let r = Region::new("region table", t, 64 << 10, Sum::Crc(4));
             let count = u64::from(le_u32(b, t + 8)?.min(2047));
             // One past the entries: the header's EntryCount.
             let e = u64::from(entry) % (count + 1);
@@ -625,23 +617,13 @@ fn locate(b: &Pages, f: &Named) -> Option<(u64, u64, Region, bool)> {
         Named::VhdxLogEntry { field } => {
             let (lo, ll) = vhdx_log(b, 0)?;
             let (o, w) = pick(VHDX_LOG_ENTRY_FIELDS, field);
-            let r = Region {
-                name: "log",
-                start: lo,
-                len: ll,
-                sum: Sum::Log,
-            };
+            let r = Region::vhdx_log(lo, ll);
             (lo.checked_add(o)?, w, r, false)
         }
         Named::VhdxLogDescriptor { desc, field } => {
             let (lo, ll) = vhdx_log(b, 0)?;
             let (o, w) = pick(VHDX_LOG_DESC_FIELDS, field);
-            let r = Region {
-                name: "log",
-                start: lo,
-                len: ll,
-                sum: Sum::Log,
-            };
+            let r = Region::vhdx_log(lo, ll);
             (
                 lo.checked_add(64 + 32 * u64::from(desc % 126) + o)?,
                 w,

@@ -105,6 +105,19 @@ impl Instance {
     pub fn set_top(&self, bytes: Vec<u8>) {
         self.m.put(self.top(), Pages::from_bytes(&bytes));
     }
+    /// Change the top file with `edit` (on a dense copy of its bytes),
+    /// then open it every way [`exercise`] does with `flags`.
+    pub fn splice_and_exercise(&self, flags: u8, edit: impl FnOnce(&mut Vec<u8>)) {
+        let mut file = self.top_bytes();
+        edit(&mut file);
+        self.set_top(file);
+        exercise(self, flags);
+    }
+}
+
+/// A splice target's input: the flag byte, then the bytes to splice.
+pub fn split_flags(data: &[u8]) -> Option<(u8, &[u8])> {
+    data.split_first().map(|(f, r)| (*f, r))
 }
 
 pub fn instantiate(t: &Template) -> Instance {

@@ -10,12 +10,8 @@ use arbitrary::{Arbitrary, Unstructured};
 use formats::checksum::vhd_checksum;
 use formats::vhd::{decode_locator, DynamicDiskHeader, HardDiskFooter, ParentLocatorEntry};
 
-use super::splice::{self, DIFFERENCING, DYNAMIC};
+use super::splice::{self, Instance, DIFFERENCING, DYNAMIC};
 use crate::mutate::VHD_PARENT_LOCATORS_AT;
-
-fn split(data: &[u8]) -> Option<(u8, &[u8])> {
-    data.split_first().map(|(f, r)| (*f, r))
-}
 
 fn fixed_size<const N: usize>(rest: &[u8]) -> [u8; N] {
     let mut b = [0u8; N];
@@ -33,9 +29,21 @@ fn template_kind(flags: u8) -> usize {
     usize::from((flags >> 4) & 3) % 3
 }
 
+/// A dynamic or differencing template (the flags' choice; fixed VHDs have
+/// no dynamic header or BAT to splice into).
+fn sparse_instance(flags: u8) -> Option<Instance> {
+    let ts = splice::templates(false)?;
+    let kind = if template_kind(flags) == DIFFERENCING {
+        DIFFERENCING
+    } else {
+        DYNAMIC
+    };
+    Some(splice::instantiate(&ts[kind]))
+}
+
 /// Footer: 512 bytes at the end (and at 0 when bit 6 is set).
 pub fn footer(data: &[u8]) {
-    let Some((flags, rest)) = split(data) else {
+    let Some((flags, rest)) = splice::split_flags(data) else {
         return;
     };
     let mut b: [u8; 512] = fixed_size(rest);
@@ -51,19 +59,18 @@ pub fn footer(data: &[u8]) {
         return;
     };
     let inst = splice::instantiate(&ts[template_kind(flags)]);
-    let mut file = inst.top_bytes();
-    let n = file.len();
-    file[n - 512..].copy_from_slice(&b);
-    if flags & 0x40 != 0 && file.starts_with(b"conectix") {
-        file[..512].copy_from_slice(&b);
-    }
-    inst.set_top(file);
-    splice::exercise(&inst, flags);
+    inst.splice_and_exercise(flags, |file| {
+        let n = file.len();
+        file[n - 512..].copy_from_slice(&b);
+        if flags & 0x40 != 0 && file.starts_with(b"conectix") {
+            file[..512].copy_from_slice(&b);
+        }
+    });
 }
 
 /// Dynamic disk header: 1024 bytes at the footer's Data Offset.
 pub fn dynamic_header(data: &[u8]) {
-    let Some((flags, rest)) = split(data) else {
+    let Some((flags, rest)) = splice::split_flags(data) else {
         return;
     };
     let mut b: [u8; 1024] = fixed_size(rest);
@@ -81,19 +88,12 @@ pub fn dynamic_header(data: &[u8]) {
     if flags & 8 != 0 {
         set_vhd_sum(&mut b, 0x24);
     }
-    let Some(ts) = splice::templates(false) else {
+    let Some(inst) = sparse_instance(flags) else {
         return;
     };
-    let kind = if template_kind(flags) == DIFFERENCING {
-        DIFFERENCING
-    } else {
-        DYNAMIC
-    };
-    let inst = splice::instantiate(&ts[kind]);
-    let mut file = inst.top_bytes();
-    splice::overlay(&mut file, 512, &b, 1024);
-    inst.set_top(file);
-    splice::exercise(&inst, flags);
+    inst.splice_and_exercise(flags, |file| {
+        splice::overlay(file, 512, &b, 1024);
+    });
 }
 
 #[derive(Debug, Arbitrary)]
@@ -141,7 +141,7 @@ fn encode_path(code: u32, s: &str) -> Vec<u8> {
 /// Parent locators of a differencing VHD: entries in the header, data
 /// appended before the footer (or at a raw offset), parent resolution.
 pub fn parent_locator(data: &[u8]) {
-    let Some((flags, rest)) = split(data) else {
+    let Some((flags, rest)) = splice::split_flags(data) else {
         return;
     };
     let mut u = Unstructured::new(rest);
@@ -229,7 +229,7 @@ use std::path::PathBuf;
 
 /// BAT entries (big-endian u32 sector numbers) over the template's BAT.
 pub fn bat(data: &[u8]) {
-    let Some((flags, rest)) = split(data) else {
+    let Some((flags, rest)) = splice::split_flags(data) else {
         return;
     };
     let count = (rest.len() / 4) as u32;
@@ -242,18 +242,11 @@ pub fn bat(data: &[u8]) {
             "BAT read -> write changed bytes"
         );
     }
-    let Some(ts) = splice::templates(false) else {
+    let Some(inst) = sparse_instance(flags) else {
         return;
     };
-    let kind = if template_kind(flags) == DIFFERENCING {
-        DIFFERENCING
-    } else {
-        DYNAMIC
-    };
-    let inst = splice::instantiate(&ts[kind]);
-    let mut file = inst.top_bytes();
-    // The template's BAT sits at 1536 (chainfold's layout).
-    splice::overlay(&mut file, 1536, rest, 64 << 10);
-    inst.set_top(file);
-    splice::exercise(&inst, flags);
+    inst.splice_and_exercise(flags, |file| {
+        // The template's BAT sits at 1536 (chainfold's layout).
+        splice::overlay(file, 1536, rest, 64 << 10);
+    });
 }

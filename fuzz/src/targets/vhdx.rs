@@ -16,10 +16,6 @@ use formats::checksum::crc32c_zeroed;
 use super::splice::{self, Instance, DIFFERENCING};
 use crate::mutate::{self, VHDX_HEADER_SLOTS, VHDX_REGION_TABLES};
 
-fn split(data: &[u8]) -> Option<(u8, &[u8])> {
-    data.split_first().map(|(f, r)| (*f, r))
-}
-
 fn set_crc(b: &mut [u8], field: usize) {
     let v = crc32c_zeroed(b, field);
     b[field..field + 4].copy_from_slice(&v.to_le_bytes());
@@ -32,67 +28,64 @@ fn instance(flags: u8) -> Option<Instance> {
 
 /// One of the two headers (bit 6: slot 2), or the file identifier (bit 7).
 pub fn headers(data: &[u8]) {
-    let Some((flags, rest)) = split(data) else {
+    let Some((flags, rest)) = splice::split_flags(data) else {
         return;
     };
     let Some(inst) = instance(flags) else { return };
-    let mut file = inst.top_bytes();
-    if flags & 0x80 != 0 {
-        splice::overlay(&mut file, 0, rest, 64 << 10);
-    } else {
-        let at = VHDX_HEADER_SLOTS[usize::from((flags >> 6) & 1)] as usize;
-        splice::overlay(&mut file, at as u64, rest, 4096);
-        if flags & 8 == 0 {
-            set_crc(&mut file[at..at + 4096], 4);
+    inst.splice_and_exercise(flags, |file| {
+        if flags & 0x80 != 0 {
+            splice::overlay(file, 0, rest, 64 << 10);
+        } else {
+            let at = VHDX_HEADER_SLOTS[usize::from((flags >> 6) & 1)] as usize;
+            splice::overlay(file, at as u64, rest, 4096);
+            if flags & 8 == 0 {
+                set_crc(&mut file[at..at + 4096], 4);
+            }
         }
-    }
-    inst.set_top(file);
-    splice::exercise(&inst, flags);
+    });
 }
 
 /// Region table copy 1 (bit 6 clear) or 2, or both (bit 7).
 pub fn region_table(data: &[u8]) {
-    let Some((flags, rest)) = split(data) else {
+    let Some((flags, rest)) = splice::split_flags(data) else {
         return;
     };
     let Some(inst) = instance(flags) else { return };
-    let mut file = inst.top_bytes();
-    let copies: &[u64] = if flags & 0x80 != 0 {
-        &VHDX_REGION_TABLES
-    } else {
-        &VHDX_REGION_TABLES[usize::from((flags >> 6) & 1)..][..1]
-    };
-    for &at in copies {
-        splice::overlay(&mut file, at, rest, 64 << 10);
-        if flags & 8 == 0 {
-            set_crc(&mut file[at as usize..at as usize + (64 << 10)], 4);
+    inst.splice_and_exercise(flags, |file| {
+        let copies: &[u64] = if flags & 0x80 != 0 {
+            &VHDX_REGION_TABLES
+        } else {
+            &VHDX_REGION_TABLES[usize::from((flags >> 6) & 1)..][..1]
+        };
+        for &at in copies {
+            splice::overlay(file, at, rest, 64 << 10);
+            if flags & 8 == 0 {
+                set_crc(&mut file[at as usize..at as usize + (64 << 10)], 4);
+            }
         }
-    }
-    inst.set_top(file);
-    splice::exercise(&inst, flags);
+    });
 }
 
 /// The metadata region from its start (table, then items).
 pub fn metadata(data: &[u8]) {
-    let Some((flags, rest)) = split(data) else {
+    let Some((flags, rest)) = splice::split_flags(data) else {
         return;
     };
     let Some(inst) = instance(flags) else { return };
-    let mut file = inst.top_bytes();
-    if let Some((o, l)) = mutate::vhdx_region(&file, &mutate::METADATA_GUID_LE) {
-        let max = usize::try_from(l).unwrap_or(0);
-        if flags & 0x40 != 0 {
-            // Items only: keep the table, write over what it points at.
-            for (i, (_, at, len)) in mutate::vhdx_metadata_items(&file).into_iter().enumerate() {
-                let chunk = rest.get(i * 64..).unwrap_or(&[]);
-                splice::overlay(&mut file, at, chunk, len.min(64) as usize);
+    inst.splice_and_exercise(flags, |file| {
+        if let Some((o, l)) = mutate::vhdx_region(file, &mutate::METADATA_GUID_LE) {
+            let max = usize::try_from(l).unwrap_or(0);
+            if flags & 0x40 != 0 {
+                // Items only: keep the table, write over what it points at.
+                for (i, (_, at, len)) in mutate::vhdx_metadata_items(file).into_iter().enumerate() {
+                    let chunk = rest.get(i * 64..).unwrap_or(&[]);
+                    splice::overlay(file, at, chunk, len.min(64) as usize);
+                }
+            } else {
+                splice::overlay(file, o, rest, max);
             }
-        } else {
-            splice::overlay(&mut file, o, rest, max);
         }
-    }
-    inst.set_top(file);
-    splice::exercise(&inst, flags);
+    });
 }
 
 const PARENT_LOCATOR_ITEM_LE: [u8; 16] = [
@@ -161,65 +154,64 @@ fn encode_locator(pairs: &[(String, String)], wrong_type: bool) -> Vec<u8> {
 /// bytes (bit 6) or structured key/value pairs; the item length in the
 /// table follows the new item (bit 7: keep the old length).
 pub fn parent_locator(data: &[u8]) {
-    let Some((flags, rest)) = split(data) else {
+    let Some((flags, rest)) = splice::split_flags(data) else {
         return;
     };
     let Some(ts) = splice::templates(true) else {
         return;
     };
     let inst = splice::instantiate(&ts[DIFFERENCING]);
-    let mut file = inst.top_bytes();
-    let item = if flags & 0x40 != 0 {
-        rest.to_vec()
-    } else {
-        let mut u = Unstructured::new(rest);
-        let Ok(input) = LocatorInput::arbitrary(&mut u) else {
+    inst.splice_and_exercise(flags, |file| {
+        let item = if flags & 0x40 != 0 {
+            rest.to_vec()
+        } else {
+            let mut u = Unstructured::new(rest);
+            let Ok(input) = LocatorInput::arbitrary(&mut u) else {
+                return;
+            };
+            let parent_guid = linkage_of_parent(&inst);
+            let pairs: Vec<(String, String)> = input
+                .pairs
+                .iter()
+                .take(16)
+                .map(|kv| {
+                    let k = if kv.key < 200 {
+                        KEYS[usize::from(kv.key) % KEYS.len()].to_string()
+                    } else {
+                        kv.raw_key.clone()
+                    };
+                    let v = match kv.value % 4 {
+                        0 => parent_guid.clone(),
+                        1 => ".\\base.vhdx".to_string(),
+                        _ => kv.raw_value.clone(),
+                    };
+                    (k, v)
+                })
+                .collect();
+            encode_locator(&pairs, input.wrong_type)
+        };
+        let Some((m, _)) = mutate::vhdx_region(file, &mutate::METADATA_GUID_LE) else {
             return;
         };
-        let parent_guid = linkage_of_parent(&inst);
-        let pairs: Vec<(String, String)> = input
-            .pairs
-            .iter()
-            .take(16)
-            .map(|kv| {
-                let k = if kv.key < 200 {
-                    KEYS[usize::from(kv.key) % KEYS.len()].to_string()
-                } else {
-                    kv.raw_key.clone()
-                };
-                let v = match kv.value % 4 {
-                    0 => parent_guid.clone(),
-                    1 => ".\\base.vhdx".to_string(),
-                    _ => kv.raw_value.clone(),
-                };
-                (k, v)
-            })
-            .collect();
-        encode_locator(&pairs, input.wrong_type)
-    };
-    let Some((m, _)) = mutate::vhdx_region(&file, &mutate::METADATA_GUID_LE) else {
-        return;
-    };
-    let count = u16::from_le_bytes([file[m as usize + 10], file[m as usize + 11]]).min(2047);
-    for i in 0..u64::from(count) {
-        let e = (m + 32 + 32 * i) as usize;
-        if file[e..e + 16] != PARENT_LOCATOR_ITEM_LE {
-            continue;
+        let count = u16::from_le_bytes([file[m as usize + 10], file[m as usize + 11]]).min(2047);
+        for i in 0..u64::from(count) {
+            let e = (m + 32 + 32 * i) as usize;
+            if file[e..e + 16] != PARENT_LOCATOR_ITEM_LE {
+                continue;
+            }
+            let off = u32::from_le_bytes(file[e + 16..e + 20].try_into().expect("4 bytes"));
+            let old_len = u32::from_le_bytes(file[e + 20..e + 24].try_into().expect("4 bytes"));
+            // Room for the new item: the template item has its region to itself.
+            let room = 64u64 << 10;
+            splice::overlay(file, m + u64::from(off), &item, room as usize);
+            if flags & 0x80 == 0 {
+                let len = (item.len() as u64).min(room) as u32;
+                file[e + 20..e + 24].copy_from_slice(&len.to_le_bytes());
+            } else {
+                file[e + 20..e + 24].copy_from_slice(&old_len.to_le_bytes());
+            }
         }
-        let off = u32::from_le_bytes(file[e + 16..e + 20].try_into().expect("4 bytes"));
-        let old_len = u32::from_le_bytes(file[e + 20..e + 24].try_into().expect("4 bytes"));
-        // Room for the new item: the template item has its region to itself.
-        let room = 64u64 << 10;
-        splice::overlay(&mut file, m + u64::from(off), &item, room as usize);
-        if flags & 0x80 == 0 {
-            let len = (item.len() as u64).min(room) as u32;
-            file[e + 20..e + 24].copy_from_slice(&len.to_le_bytes());
-        } else {
-            file[e + 20..e + 24].copy_from_slice(&old_len.to_le_bytes());
-        }
-    }
-    inst.set_top(file);
-    splice::exercise(&inst, flags);
+    });
 }
 
 /// The parent's DataWriteGuid as the braced string a locator carries.
@@ -240,67 +232,65 @@ fn linkage_of_parent(inst: &Instance) -> String {
 /// from bit 20) over the template's BAT; bit 6 reads the input as
 /// structured (state, MiB) pairs kept plausible for the file length.
 pub fn bat(data: &[u8]) {
-    let Some((flags, rest)) = split(data) else {
+    let Some((flags, rest)) = splice::split_flags(data) else {
         return;
     };
     let Some(inst) = instance(flags) else { return };
-    let mut file = inst.top_bytes();
-    let Some((o, l)) = mutate::vhdx_region(&file, &mutate::BAT_GUID_LE) else {
-        return;
-    };
-    let bytes = if flags & 0x40 != 0 {
-        let file_mb = (file.len() as u64 >> 20) + 2;
-        rest.chunks(3)
-            .flat_map(|c| {
-                let state = u64::from(c[0] % 8);
-                let mb = u64::from(u16::from_le_bytes([
-                    c.get(1).copied().unwrap_or(0),
-                    c.get(2).copied().unwrap_or(0),
-                ])) % file_mb;
-                (state | (mb << 20)).to_le_bytes()
-            })
-            .collect()
-    } else {
-        rest.to_vec()
-    };
-    splice::overlay(&mut file, o, &bytes, usize::try_from(l).unwrap_or(0));
-    inst.set_top(file);
-    splice::exercise(&inst, flags);
+    inst.splice_and_exercise(flags, |file| {
+        let Some((o, l)) = mutate::vhdx_region(file, &mutate::BAT_GUID_LE) else {
+            return;
+        };
+        let bytes = if flags & 0x40 != 0 {
+            let file_mb = (file.len() as u64 >> 20) + 2;
+            rest.chunks(3)
+                .flat_map(|c| {
+                    let state = u64::from(c[0] % 8);
+                    let mb = u64::from(u16::from_le_bytes([
+                        c.get(1).copied().unwrap_or(0),
+                        c.get(2).copied().unwrap_or(0),
+                    ])) % file_mb;
+                    (state | (mb << 20)).to_le_bytes()
+                })
+                .collect()
+        } else {
+            rest.to_vec()
+        };
+        splice::overlay(file, o, &bytes, usize::try_from(l).unwrap_or(0));
+    });
 }
 
 /// Raw bytes over the log region, with the headers' LogGuid set to the
 /// GUID at bytes 32..48 of the input (bit 6 clear) so entries are live,
 /// entry CRCs recomputed unless bit 3.
 pub fn log(data: &[u8]) {
-    let Some((flags, rest)) = split(data) else {
+    let Some((flags, rest)) = splice::split_flags(data) else {
         return;
     };
     let Some(inst) = instance(flags) else { return };
-    let mut file = inst.top_bytes();
-    let Some((lo, ll)) = mutate::vhdx_log(&file, 0) else {
-        return;
-    };
-    let (lo, ll) = (lo as usize, ll as usize);
-    if lo >= file.len() || ll == 0 {
-        return;
-    }
-    splice::overlay(&mut file, lo as u64, rest, ll);
-    let end = (lo + ll).min(file.len());
-    if flags & 8 == 0 {
-        let mut pos = 0;
-        while pos < rest.len().min(ll) {
-            mutate::fix_log_entry(&mut file[lo..end], pos as u64);
-            pos += 4096;
+    inst.splice_and_exercise(flags, |file| {
+        let Some((lo, ll)) = mutate::vhdx_log(file, 0) else {
+            return;
+        };
+        let (lo, ll) = (lo as usize, ll as usize);
+        if lo >= file.len() || ll == 0 {
+            return;
         }
-    }
-    if flags & 0x40 == 0 {
-        if let Some(g) = rest.get(32..48) {
-            let g: [u8; 16] = g.try_into().expect("16 bytes");
-            set_log_guid(&mut file, g);
+        splice::overlay(file, lo as u64, rest, ll);
+        let end = (lo + ll).min(file.len());
+        if flags & 8 == 0 {
+            let mut pos = 0;
+            while pos < rest.len().min(ll) {
+                mutate::fix_log_entry(&mut file[lo..end], pos as u64);
+                pos += 4096;
+            }
         }
-    }
-    inst.set_top(file);
-    splice::exercise(&inst, flags);
+        if flags & 0x40 == 0 {
+            if let Some(g) = rest.get(32..48) {
+                let g: [u8; 16] = g.try_into().expect("16 bytes");
+                set_log_guid(file, g);
+            }
+        }
+    });
 }
 
 /// Set LogGuid in both headers (CRC recomputed).
@@ -452,7 +442,7 @@ fn encode_entry(file: &[u8], e: &Entry, seq: u64, tail: u64, guid: &[u8; 16]) ->
 /// the read-only open (replay into an overlay) and a writable open (replay
 /// in place) must show the same virtual disk.
 pub fn replay_log(data: &[u8]) {
-    let Some((flags, rest)) = split(data) else {
+    let Some((flags, rest)) = splice::split_flags(data) else {
         return;
     };
     let mut u = Unstructured::new(rest);
