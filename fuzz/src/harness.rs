@@ -180,3 +180,28 @@ pub fn open_chain(ns: &Arc<dyn Namespace>, top: &Path, opts: &ChainOptions) {
         }
     }
 }
+
+/// The oracle for an uncorrupted template: the chain with `top` opens,
+/// reads exactly `model` (what was written) and every link passes `check`
+/// without errors. `what` names the input kind in the panic messages.
+pub fn assert_valid_chain(ns: &Arc<dyn Namespace>, top: &Path, model: &[u8], what: &str) {
+    let chain = Chain::open(ns, top, &ChainOptions::default())
+        .unwrap_or_else(|e| panic!("valid {what} does not open: {e}"));
+    let mut got = vec![0u8; model.len()];
+    chain
+        .reader()
+        .read(0, &mut got)
+        .unwrap_or_else(|e| panic!("valid {what} does not read: {e}"));
+    assert!(got == model, "{what} reads differ from what was written");
+    for l in &chain.links {
+        let errs: Vec<String> = l
+            .image
+            .check()
+            .unwrap_or_else(|e| panic!("check fails on a valid {what}: {e}"))
+            .into_iter()
+            .filter(|f| f.severity == formats::Severity::Error)
+            .map(|f| f.to_string())
+            .collect();
+        assert!(errs.is_empty(), "check errors on a valid {what}: {errs:?}");
+    }
+}

@@ -674,6 +674,12 @@ fn apply_named(b: &mut Pages, f: &Named, v: Interesting, keep_sum: bool) {
     }
 }
 
+/// Region number `n` (modulo how many the file has), if it has any.
+fn pick_region(b: &Pages, n: u8) -> Option<Region> {
+    let rs = regions(b);
+    rs.get(usize::from(n) % rs.len().max(1)).copied()
+}
+
 /// Apply one mutation to a (sparse) file. The VHD footer copy at offset 0
 /// and the end footer are separate regions, so a mutation can make them
 /// disagree.
@@ -692,8 +698,7 @@ pub fn apply(b: &mut Pages, m: &Mutation, big_endian: bool) {
             bytes,
             fix,
         } => {
-            let rs = regions(b);
-            let Some(r) = rs.get(usize::from(*region) % rs.len().max(1)).copied() else {
+            let Some(r) = pick_region(b, *region) else {
                 return;
             };
             let at = r.start + u64::from(*offset) % r.len;
@@ -711,8 +716,7 @@ pub fn apply(b: &mut Pages, m: &Mutation, big_endian: bool) {
             value,
             fix,
         } => {
-            let rs = regions(b);
-            let Some(r) = rs.get(usize::from(*region) % rs.len().max(1)).copied() else {
+            let Some(r) = pick_region(b, *region) else {
                 return;
             };
             let w = [2u64, 4, 8][usize::from(*width % 3)];

@@ -3,8 +3,7 @@
 //! resolution, linkage checks), validate every link, read through it.
 
 use arbitrary::{Arbitrary, Unstructured};
-use formats::chain::{Chain, ChainOptions};
-use formats::Severity;
+use formats::chain::ChainOptions;
 
 use crate::harness;
 use crate::mutate::{self, Mutation};
@@ -34,25 +33,7 @@ pub fn run(data: &[u8]) {
     let (paths, model) = template::build_chain_cached(&m, &input.base, &children);
     let top = paths.last().expect("chain has a top").clone();
     if input.mutations.is_empty() {
-        let chain = Chain::open(&ns, &top, &ChainOptions::default())
-            .unwrap_or_else(|e| panic!("valid chain does not open: {e}"));
-        let mut got = vec![0u8; model.len()];
-        chain
-            .reader()
-            .read(0, &mut got)
-            .unwrap_or_else(|e| panic!("valid chain does not read: {e}"));
-        assert!(got == *model, "chain reads differ from what was written");
-        for l in &chain.links {
-            let errs: Vec<String> = l
-                .image
-                .check()
-                .unwrap_or_else(|e| panic!("check fails on a valid image: {e}"))
-                .into_iter()
-                .filter(|f| f.severity == Severity::Error)
-                .map(|f| f.to_string())
-                .collect();
-            assert!(errs.is_empty(), "check errors on a valid chain: {errs:?}");
-        }
+        harness::assert_valid_chain(&ns, &top, &model, "chain");
         return;
     }
     let victim = &paths[usize::from(input.victim) % paths.len()];

@@ -4,8 +4,6 @@
 //! to, then corrupted field by field with checksums recomputed.
 
 use arbitrary::{Arbitrary, Unstructured};
-use formats::chain::{Chain, ChainOptions};
-use formats::Severity;
 
 use crate::harness;
 use crate::mutate::{self, Mutation};
@@ -41,23 +39,7 @@ fn structured(rest: &[u8]) {
     if input.mutations.is_empty() {
         // Oracle: what was written is what is read, and a file chainfold
         // made and wrote passes its own validation.
-        let chain = Chain::open(&ns, &path, &ChainOptions::default())
-            .unwrap_or_else(|e| panic!("valid image does not open: {e}"));
-        let mut got = vec![0u8; model.len()];
-        chain
-            .reader()
-            .read(0, &mut got)
-            .unwrap_or_else(|e| panic!("valid image does not read: {e}"));
-        assert!(got == *model, "image reads differ from what was written");
-        let errs: Vec<String> = chain
-            .top()
-            .check()
-            .unwrap_or_else(|e| panic!("check fails on a valid image: {e}"))
-            .into_iter()
-            .filter(|f| f.severity == Severity::Error)
-            .map(|f| f.to_string())
-            .collect();
-        assert!(errs.is_empty(), "check errors on a valid image: {errs:?}");
+        harness::assert_valid_chain(&ns, &path, &model, "image");
     }
     m.edit(&path, |p| mutate::apply_all(p, &input.mutations))
         .expect("image exists");
