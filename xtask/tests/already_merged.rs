@@ -51,6 +51,22 @@ fn merge_in(cwd: &Path, args: &[&str]) -> Value {
     v
 }
 
+/// `merge ARGS --json` that merges for the first time: 0, and not
+/// already merged.
+fn merged(args: &[&str]) -> Value {
+    let v = merge(args);
+    assert_eq!(v["return_value"], 0, "{args:?}: {v}");
+    assert_eq!(v["already_merged"], false, "{args:?}: {v}");
+    v
+}
+
+/// Plain `merge ARGS` (human output): exit 0, saying "already merged".
+fn says_already_merged(args: &[&str]) {
+    let out = ok(&[&["merge"], args].concat());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already merged"), "{args:?}: {err}");
+}
+
 fn assert_already_merged(v: &Value, dest: &Path) {
     assert_eq!(v["return_value"], 0, "{v}");
     assert_eq!(v["state"], "completed", "{v}");
@@ -128,9 +144,7 @@ fn rerun_with_the_source_kept_is_already_merged() {
         let (base, child) = pair(d.path(), fmt);
         let view = content(&child, d.path());
 
-        let v = merge(&[s(&child)]);
-        assert_eq!(v["return_value"], 0, "{fmt:?}: {v}");
-        assert_eq!(v["already_merged"], false, "{fmt:?}: {v}");
+        let v = merged(&[s(&child)]);
         assert!(v["bytes_merged"].as_u64().unwrap() > 0, "{v}");
         assert!(!record(&child).exists(), "{fmt:?}: record left");
         assert!(
@@ -146,9 +160,7 @@ fn rerun_with_the_source_kept_is_already_merged() {
         assert_eq!(hashes(d.path()), before, "{fmt:?}: a no-op changed bytes");
 
         // Human output says so, exit 0.
-        let out = ok(&["merge", s(&child)]);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("already merged"), "{fmt:?}: {err}");
+        says_already_merged(&[s(&child)]);
 
         // Asked now, the obsolete source goes (it still carries the
         // identity the marker recorded); the marker stays and answers.
@@ -167,9 +179,7 @@ fn rerun_after_remove_merged_is_already_merged() {
         let d = tempfile::tempdir().unwrap();
         let (base, child) = pair(d.path(), fmt);
         let view = content(&child, d.path());
-        let v = merge(&[s(&child), "--remove-merged"]);
-        assert_eq!(v["return_value"], 0, "{fmt:?}: {v}");
-        assert_eq!(v["already_merged"], false, "{v}");
+        merged(&[s(&child), "--remove-merged"]);
         assert!(!child.exists() && !record(&child).exists());
 
         for args in [
@@ -179,9 +189,7 @@ fn rerun_after_remove_merged_is_already_merged() {
         ] {
             assert_already_merged(&merge(&args), &base);
         }
-        let out = ok(&["merge", s(&child), s(&base)]);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("already merged"), "{fmt:?}: {err}");
+        says_already_merged(&[s(&child), s(&base)]);
         assert_eq!(content(&base, d.path()), view, "{fmt:?}: content");
         assert_eq!(ok(&["check", s(&base)]).status.code(), Some(0));
     }
@@ -342,9 +350,7 @@ fn a_stale_or_damaged_marker_proves_nothing() {
         assert_eq!(merge(&[s(&child), "--remove-merged"])["return_value"], 0);
         create_child(&child, &base, fmt, d.path(), 21);
         let view = content(&child, d.path());
-        let v = merge(&[s(&child)]);
-        assert_eq!(v["return_value"], 0, "{v}");
-        assert_eq!(v["already_merged"], false, "{v}");
+        let v = merged(&[s(&child)]);
         assert!(v["bytes_merged"].as_u64().unwrap() > 0, "{v}");
         assert_eq!(content(&base, d.path()), view, "{fmt:?}: content");
         assert_already_merged(&merge(&[s(&child)]), &base);
