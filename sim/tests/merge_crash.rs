@@ -10,11 +10,9 @@ use sim::{explore, Budget, MergeScenario, MergeStrategy, Scenario, Strategy};
 
 fn slice_budget() -> Budget {
     Budget {
-        seed: 7,
         exhaustive_limit: 64,
         samples_per_point: 12,
-        threads: 2,
-        ..Budget::default()
+        ..common::budget(7)
     }
 }
 
