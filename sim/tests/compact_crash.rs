@@ -8,7 +8,7 @@
 mod common;
 use common::{control_caught, explore_survives, replay_last};
 use sim::compact_scenarios::{self, CompactParams};
-use sim::{Budget, CompactScenario, MergeStrategy, Strategy};
+use sim::{Budget, CompactScenario, MergeStrategy, ScenarioParams, Strategy};
 
 fn budget() -> Budget {
     common::budget(7)
