@@ -111,13 +111,16 @@ fn create_child(path: &Path, parent: &Path, fmt: Fmt, dir: &Path, seed: u64) {
     write(path, "1M", seed, dir);
 }
 
-/// base <- child in `dir`, both holding data.
-fn pair(dir: &Path, fmt: Fmt) -> (PathBuf, PathBuf) {
+/// base <- child in a fresh temporary directory (the guard), both holding
+/// data.
+fn pair(fmt: Fmt) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
     let base = dir.join(format!("base.{}", fmt.base()));
     let child = dir.join(format!("child.{}", fmt.child()));
     create_base(&base, fmt, dir, 11);
     create_child(&child, &base, fmt, dir, 12);
-    (base, child)
+    (d, base, child)
 }
 
 /// The virtual content of `image`'s chain, as a SHA-256 of its raw form.
@@ -140,8 +143,7 @@ fn record(source: &Path) -> PathBuf {
 #[test]
 fn rerun_with_the_source_kept_is_already_merged() {
     for fmt in FMTS {
-        let d = tempfile::tempdir().unwrap();
-        let (base, child) = pair(d.path(), fmt);
+        let (d, base, child) = pair(fmt);
         let view = content(&child, d.path());
 
         let v = merged(&[s(&child)]);
@@ -176,8 +178,7 @@ fn rerun_with_the_source_kept_is_already_merged() {
 #[test]
 fn rerun_after_remove_merged_is_already_merged() {
     for fmt in FMTS {
-        let d = tempfile::tempdir().unwrap();
-        let (base, child) = pair(d.path(), fmt);
+        let (d, base, child) = pair(fmt);
         let view = content(&child, d.path());
         merged(&[s(&child), "--remove-merged"]);
         assert!(!child.exists() && !record(&child).exists());
@@ -202,8 +203,7 @@ fn rerun_after_remove_merged_is_already_merged() {
 fn rerun_with_the_record_left_is_already_merged() {
     for fmt in FMTS {
         for remove in [false, true] {
-            let d = tempfile::tempdir().unwrap();
-            let (base, child) = pair(d.path(), fmt);
+            let (d, base, child) = pair(fmt);
             let view = content(&child, d.path());
             let mut args = vec![s(&child)];
             if remove {
@@ -233,8 +233,7 @@ fn rerun_with_the_record_left_is_already_merged() {
 fn rerun_from_another_directory_is_already_merged() {
     for fmt in FMTS {
         for record_left in [false, true] {
-            let d = tempfile::tempdir().unwrap();
-            let (base, child) = pair(d.path(), fmt);
+            let (d, base, child) = pair(fmt);
             let name = |p: &Path| p.file_name().unwrap().to_str().unwrap().to_string();
             let v = merge_in(d.path(), &[&name(&child), &name(&base)]);
             assert_eq!(v["return_value"], 0, "{v}");
@@ -259,8 +258,7 @@ fn rerun_from_another_directory_is_already_merged() {
 #[test]
 fn into_an_ancestor_only_the_same_merge_is_already_merged() {
     for fmt in FMTS {
-        let d = tempfile::tempdir().unwrap();
-        let (base, mid) = pair(d.path(), fmt);
+        let (d, base, mid) = pair(fmt);
         let top = d.path().join(format!("top.{}", fmt.child()));
         create_child(&top, &mid, fmt, d.path(), 13);
         let view = content(&top, d.path());
@@ -300,8 +298,7 @@ fn break_parent(base: &Path, fmt: Fmt, dir: &Path) {
 #[test]
 fn a_genuine_mismatch_is_still_32775() {
     for fmt in FMTS {
-        let d = tempfile::tempdir().unwrap();
-        let (base, child) = pair(d.path(), fmt);
+        let (d, base, child) = pair(fmt);
         break_parent(&base, fmt, d.path());
         let before = hashes(d.path());
         assert_linkage_refused(&merge(&[s(&child)]));
@@ -320,8 +317,7 @@ fn a_genuine_mismatch_is_still_32775() {
 fn a_stale_or_damaged_marker_proves_nothing() {
     for fmt in FMTS {
         // The destination changed after the merge.
-        let d = tempfile::tempdir().unwrap();
-        let (base, child) = pair(d.path(), fmt);
+        let (d, base, child) = pair(fmt);
         assert_eq!(merge(&[s(&child)])["return_value"], 0);
         break_parent(&base, fmt, d.path());
         let before = hashes(d.path());
@@ -331,8 +327,7 @@ fn a_stale_or_damaged_marker_proves_nothing() {
         assert!(child.exists());
 
         // A torn marker (CRC mismatch), then none at all.
-        let d = tempfile::tempdir().unwrap();
-        let (_base, child) = pair(d.path(), fmt);
+        let (_d, _base, child) = pair(fmt);
         assert_eq!(merge(&[s(&child)])["return_value"], 0);
         let m = marker(&child);
         let mut bytes = std::fs::read(&m).unwrap();
@@ -345,8 +340,7 @@ fn a_stale_or_damaged_marker_proves_nothing() {
 
         // Another image at the source's path: here a new child of the
         // merged base, which merges for real (and replaces the marker) ...
-        let d = tempfile::tempdir().unwrap();
-        let (base, child) = pair(d.path(), fmt);
+        let (d, base, child) = pair(fmt);
         assert_eq!(merge(&[s(&child), "--remove-merged"])["return_value"], 0);
         create_child(&child, &base, fmt, d.path(), 21);
         let view = content(&child, d.path());
