@@ -421,16 +421,9 @@ fn qemu_img() -> Option<std::path::PathBuf> {
 
 /// Run qemu-img `q` with `args`, then `files`; it must succeed.
 fn qemu_img_ok(q: &std::path::Path, args: &[&str], files: &[&std::path::Path]) {
-    let out = std::process::Command::new(q)
-        .args(args)
-        .args(files)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "qemu-img {args:?} {files:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    testdata::command_ok(
+        std::process::Command::new(q).args(args).args(files),
+        &format!("qemu-img {args:?} {files:?}"),
     );
 }
 

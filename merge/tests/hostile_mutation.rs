@@ -27,6 +27,8 @@ use formats::params::OpenOptions;
 use formats::{Image, Layer, MemNamespace, Namespace, Storage};
 // Deterministic generator (SplitMix64): a seed replays every variant.
 use testdata::Rng;
+// The region GUIDs, as the tests' own hand-parsing knows them.
+use testdata::raw::{BAT_GUID, META_GUID as METADATA_GUID};
 
 thread_local! {
     static WHERE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
@@ -47,28 +49,26 @@ static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
 static LARGEST: AtomicUsize = AtomicUsize::new(0);
 
+/// `p`, a new allocation of `size` bytes, counted when it succeeded.
+fn counted(p: *mut u8, size: usize) -> *mut u8 {
+    if !p.is_null() {
+        let now = LIVE.fetch_add(size, Ordering::Relaxed) + size;
+        PEAK.fetch_max(now, Ordering::Relaxed);
+        LARGEST.fetch_max(size, Ordering::Relaxed);
+    }
+    p
+}
+
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(l) };
-        if !p.is_null() {
-            let now = LIVE.fetch_add(l.size(), Ordering::Relaxed) + l.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
-            LARGEST.fetch_max(l.size(), Ordering::Relaxed);
-        }
-        p
+        counted(unsafe { System.alloc(l) }, l.size())
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         unsafe { System.dealloc(p, l) };
         LIVE.fetch_sub(l.size(), Ordering::Relaxed);
     }
     unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc_zeroed(l) };
-        if !p.is_null() {
-            let now = LIVE.fetch_add(l.size(), Ordering::Relaxed) + l.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
-            LARGEST.fetch_max(l.size(), Ordering::Relaxed);
-        }
-        p
+        counted(unsafe { System.alloc_zeroed(l) }, l.size())
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
         let q = unsafe { System.realloc(p, l, new) };
@@ -211,13 +211,6 @@ fn vhd_structures(b: &[u8]) -> Vec<Structure> {
     }
     v
 }
-
-const BAT_GUID: [u8; 16] = [
-    0x66, 0x77, 0xC2, 0x2D, 0x23, 0xF6, 0x00, 0x42, 0x9D, 0x64, 0x11, 0x5E, 0x9B, 0xFD, 0x4A, 0x08,
-];
-const METADATA_GUID: [u8; 16] = [
-    0x06, 0xA2, 0x7C, 0x8B, 0x90, 0x47, 0x9A, 0x4B, 0xB8, 0xFE, 0x57, 0x5F, 0x05, 0x0F, 0x88, 0x6E,
-];
 
 /// FORMATS.md 3.4-3.10, read by hand.
 fn vhdx_structures(b: &[u8]) -> Vec<Structure> {

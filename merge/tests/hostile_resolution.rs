@@ -138,6 +138,19 @@ fn make_child_named(child: &Path, spec: ParentSpec, name: &str) {
     make_child(child, spec, &format!(r".\{name}"), "", name);
 }
 
+/// `make_child` with the locators Hyper-V writes for a parent `name`
+/// beside the child: relative `.\name`, absolute `C:\vms\name`, and
+/// the file name.
+fn make_child_beside(child: &Path, spec: ParentSpec, name: &str) {
+    make_child(
+        child,
+        spec,
+        &format!(r".\{name}"),
+        &format!(r"C:\vms\{name}"),
+        name,
+    );
+}
+
 /// Open the chain of `child` through a recording namespace; returns the
 /// number of links, the broken error text and the recorder.
 fn open_partial(child: &Path, opts: ChainOptions) -> (usize, Option<String>, Arc<Recording>) {
@@ -429,13 +442,7 @@ fn symlinked_parent_needs_follow_symlinks() {
         std::os::unix::fs::symlink(&target, &link).unwrap();
         let child = dir.join(format!("c.{}", ext(vhdx, true)));
         let name = name_of(&link);
-        make_child(
-            &child,
-            spec_for(&target, &child),
-            &format!(r".\{name}"),
-            &format!(r"C:\vms\{name}"),
-            &name,
-        );
+        make_child_beside(&child, spec_for(&target, &child), &name);
         let (msg, rec) = stops_at_child(&child, ChainOptions::default());
         assert!(
             msg.contains("symbolic link") && msg.contains("--follow-symlinks"),
@@ -457,13 +464,7 @@ fn locator_naming_the_child_itself_is_a_cycle() {
         let base = base_in(root, vhdx);
         let child = root.join(format!("self.{}", ext(vhdx, true)));
         let name = name_of(&child);
-        make_child(
-            &child,
-            spec_for(&base, &child),
-            &format!(r".\{name}"),
-            &format!(r"C:\x\{name}"),
-            &name,
-        );
+        make_child_beside(&child, spec_for(&base, &child), &name);
         let (msg, rec) = stops_at_child(&child, ChainOptions::default());
         assert!(
             msg.contains("parent locator"),

@@ -23,7 +23,7 @@
 //! punched or the file cut; the checker must catch it.
 
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use formats::chain::{open_image_file, Chain, ChainOptions};
 use formats::params::{DiskType, HeldBlocks, OpenOptions};
@@ -34,8 +34,9 @@ use crate::barrier::{NoBarrier, NoBarrierNs};
 use crate::explore::{CrashContext, Marks, Scenario};
 use crate::merge_scenarios::{
     apply, block_size, check_chain, compare_chain, create_image, e2s, errors_of, image_ext,
-    name_hash, pattern, read_chain, sector_size, DestKind, Edit, Expected, MergeStrategy,
+    pattern, read_chain, sector_size, DestKind, Edit, Expected, MergeStrategy,
 };
+use crate::seeded::{ScenarioParams, Seeded};
 
 const DIR: &str = "/c";
 /// Blocks of virtual space: two rewritten, one zeroed, one left alone (see
@@ -62,23 +63,6 @@ pub struct CompactParams {
 }
 
 impl CompactParams {
-    /// `compact-vhdx-differencing-4k`, `compact-vhd-dynamic-grow` style.
-    pub fn name(&self) -> String {
-        format!(
-            "compact-{}-{}{}{}",
-            if self.vhdx { "vhdx" } else { "vhd" },
-            match self.kind {
-                DestKind::Fixed => "fixed",
-                DestKind::Dynamic => "dynamic",
-                DestKind::Differencing => "differencing",
-            },
-            if self.sector_4k { "-4k" } else { "" },
-            if self.grow { "-grow" } else { "" }
-        )
-    }
-    fn sector(&self) -> u64 {
-        sector_size(self.sector_4k)
-    }
     fn block(&self) -> u32 {
         block_size(self.vhdx)
     }
@@ -107,75 +91,22 @@ impl CompactParams {
 
 /// What every post-crash state is compared with.
 #[derive(Debug)]
-struct CompactExpected {
+pub struct CompactExpected {
     /// The virtual content before compaction (compaction keeps it).
     content: Expected,
     /// The crash-free compaction.
     report: CompactReport,
 }
 
-/// One compaction scenario: a bloated image built by `setup`, compacted
-/// by `run` with the chosen strategy.
-#[derive(Debug)]
-pub struct CompactScenario {
-    pub params: CompactParams,
-    pub strategy: MergeStrategy,
-    /// Deterministic GUIDs and clock for setup / run / check.
-    pub seed: u64,
-    expected: OnceLock<Result<CompactExpected, String>>,
-}
+/// One compaction scenario: a bloated image built by `setup`, compacted by
+/// `run` with the chosen strategy.
+pub type CompactScenario = Seeded<CompactParams>;
 
 impl CompactScenario {
-    pub fn new(params: CompactParams, strategy: MergeStrategy) -> Self {
-        CompactScenario {
-            params,
-            strategy,
-            seed: 0x5eed_c0de ^ name_hash(&params.name()),
-            expected: OnceLock::new(),
-        }
-    }
-
     /// What the crash-free safe compaction of the built image reported
     /// (computed once, on a memory namespace).
     pub fn crash_free_report(&self) -> Result<CompactReport, String> {
         self.expected().map(|e| e.report)
-    }
-
-    fn expected(&self) -> Result<&CompactExpected, String> {
-        self.expected
-            .get_or_init(|| {
-                let ns: Arc<dyn Namespace> = Arc::new(formats::MemNamespace::new());
-                let p = &self.params;
-                formats::entropy::with_seed(self.seed, || build(&ns, p))?;
-                let before = read_chain(&ns, &p.image_path())?;
-                let report = formats::entropy::with_seed(self.seed ^ 1, || {
-                    compact_image(&ns, p, MergeStrategy::Safe)
-                })?;
-                if report.moved == 0 || report.length_after >= report.length_before {
-                    return Err(format!(
-                        "the image is not bloated: compaction moved {} units and left {} of {} bytes",
-                        report.moved, report.length_after, report.length_before
-                    ));
-                }
-                if read_chain(&ns, &p.image_path())? != before {
-                    return Err("the crash-free compaction changed the content".into());
-                }
-                // A second compaction finds nothing to do: the crash-free
-                // length is a fixed point, so it is a fair bound for a
-                // re-run after a crash.
-                let again = compact_image(&ns, p, MergeStrategy::Safe)?;
-                if again.moved != 0 || again.length_after != report.length_after {
-                    return Err(format!(
-                        "a second crash-free compaction still changed the layout: {again:?} after {report:?}"
-                    ));
-                }
-                Ok(CompactExpected {
-                    content: Expected::new(before.clone(), before),
-                    report,
-                })
-            })
-            .as_ref()
-            .map_err(Clone::clone)
     }
 }
 
@@ -322,25 +253,62 @@ fn file_len(ns: &Arc<dyn Namespace>, p: &CompactParams) -> Result<u64, String> {
     f.len().map_err(e2s)
 }
 
-impl Scenario for CompactScenario {
+impl ScenarioParams for CompactParams {
+    const SALT: u64 = 0x5eed_c0de;
+    type Expected = CompactExpected;
+
+    /// `compact-vhdx-differencing-4k`, `compact-vhd-dynamic-grow` style.
     fn name(&self) -> String {
-        self.params.name()
+        format!(
+            "compact-{}-{}{}{}",
+            if self.vhdx { "vhdx" } else { "vhd" },
+            match self.kind {
+                DestKind::Fixed => "fixed",
+                DestKind::Dynamic => "dynamic",
+                DestKind::Differencing => "differencing",
+            },
+            if self.sector_4k { "-4k" } else { "" },
+            if self.grow { "-grow" } else { "" }
+        )
     }
-    fn sector_size(&self) -> usize {
-        self.params.sector() as usize
+    fn sector(&self) -> u64 {
+        sector_size(self.sector_4k)
     }
-    fn cli_strategy(&self) -> &'static str {
-        self.strategy.name()
+    fn build(&self, ns: &Arc<dyn Namespace>) -> Result<(), String> {
+        build(ns, self)
     }
-    fn setup(&self, ns: &Arc<dyn Namespace>) -> Result<(), String> {
-        self.expected()?;
-        formats::entropy::with_seed(self.seed, || build(ns, &self.params))
+    fn expected(s: &CompactScenario, ns: &Arc<dyn Namespace>) -> Result<CompactExpected, String> {
+        let p = &s.params;
+        let before = read_chain(ns, &p.image_path())?;
+        let report =
+            formats::entropy::with_seed(s.seed ^ 1, || compact_image(ns, p, MergeStrategy::Safe))?;
+        if report.moved == 0 || report.length_after >= report.length_before {
+            return Err(format!(
+                "the image is not bloated: compaction moved {} units and left {} of {} bytes",
+                report.moved, report.length_after, report.length_before
+            ));
+        }
+        if read_chain(ns, &p.image_path())? != before {
+            return Err("the crash-free compaction changed the content".into());
+        }
+        // A second compaction finds nothing to do: the crash-free
+        // length is a fixed point, so it is a fair bound for a
+        // re-run after a crash.
+        let again = compact_image(ns, p, MergeStrategy::Safe)?;
+        if again.moved != 0 || again.length_after != report.length_after {
+            return Err(format!(
+                "a second crash-free compaction still changed the layout: {again:?} after {report:?}"
+            ));
+        }
+        Ok(CompactExpected {
+            content: Expected::new(before.clone(), before),
+            report,
+        })
     }
-    fn run(&self, ns: &Arc<dyn Namespace>, _marks: &Marks) -> Result<(), String> {
-        let exp = self.expected()?;
-        let report = formats::entropy::with_seed(self.seed ^ 1, || {
-            compact_image(ns, &self.params, self.strategy)
-        })?;
+    fn run(s: &CompactScenario, ns: &Arc<dyn Namespace>, _marks: &Marks) -> Result<(), String> {
+        let exp = s.expected()?;
+        let report =
+            formats::entropy::with_seed(s.seed ^ 1, || compact_image(ns, &s.params, s.strategy))?;
         // The recorded run must be the compaction `expected` proved to
         // move blocks, or the crash points would judge another one.
         if report != exp.report {
@@ -351,21 +319,25 @@ impl Scenario for CompactScenario {
         }
         Ok(())
     }
-    fn check(&self, ns: &Arc<dyn Namespace>, ctx: &CrashContext) -> Result<(), String> {
-        let exp = self.expected()?;
-        let p = &self.params;
+    fn check(
+        s: &CompactScenario,
+        ns: &Arc<dyn Namespace>,
+        ctx: &CrashContext,
+    ) -> Result<(), String> {
+        let exp = s.expected()?;
+        let p = &s.params;
         let limit = exp.report.length_after;
         let salt = ctx.entropy_salt();
         // The negative control of recovery: the re-run compaction through a
         // namespace that drops its flushes (harmless unless it crashes).
-        let rns: Arc<dyn Namespace> = match self.strategy {
+        let rns: Arc<dyn Namespace> = match s.strategy {
             MergeStrategy::UnsafeRecovery => Arc::new(NoBarrierNs(Arc::clone(ns))),
             _ => Arc::clone(ns),
         };
-        formats::entropy::with_seed(self.seed ^ 2 ^ (ctx.crash_point as u64) << 8 ^ salt, || {
+        formats::entropy::with_seed(s.seed ^ 2 ^ (ctx.crash_point as u64) << 8 ^ salt, || {
             judge(ns, p, exp)?;
             let len = file_len(ns, p)?;
-            if ctx.run_finished() && self.strategy.run_is_safe() && len > limit {
+            if ctx.run_finished() && s.strategy.run_is_safe() && len > limit {
                 return Err(format!(
                     "the compaction had returned, yet the file is {len} bytes, not {limit}"
                 ));

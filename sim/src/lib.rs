@@ -11,6 +11,7 @@ pub mod compact_scenarios;
 pub mod explore;
 pub mod merge_scenarios;
 pub mod relink_scenarios;
+pub mod seeded;
 pub mod toy;
 
 pub use storage::crash::namespace as crash_storage;
@@ -28,6 +29,7 @@ pub use explore::{
 };
 pub use merge_scenarios::{MergeParams, MergeScenario, MergeStrategy};
 pub use model::{Choice, CrashModel, Keep, PointSpace};
+pub use seeded::{ScenarioParams, Seeded};
 pub use trace::{Ino, Op};
 
 /// The scenarios a default `cargo xtask sim` explores: every correct

@@ -20,7 +20,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use formats::chain::{fold, open_image_file, Chain, ChainOptions, FoldedRun, Source};
 use formats::layer::{Run, RunKind};
@@ -31,6 +31,7 @@ use merge::{JobHandle, MergeRequest};
 use crate::barrier::NoBarrierNs;
 use crate::explore::{CrashContext, Marks, Scenario};
 use crate::rng::SplitMix64;
+use crate::seeded::{ScenarioParams, Seeded};
 
 const DIR: &str = "/m";
 
@@ -149,26 +150,9 @@ impl MergeParams {
         }
     }
 
-    /// `vhdx-dynamic-d2-4k-grow-rm` style.
-    pub fn name(&self) -> String {
-        format!(
-            "{}-{}-d{}{}{}{}{}{}",
-            if self.vhdx { "vhdx" } else { "vhd" },
-            self.dest.name(),
-            self.depth,
-            if self.sector_4k { "-4k" } else { "" },
-            if self.grow { "-grow" } else { "" },
-            if self.remove_merged { "-rm" } else { "" },
-            if self.joined { "-joined" } else { "" },
-            if self.sequence { "-seq" } else { "" }
-        )
-    }
     /// The files `--remove-merged` removes: the source and intermediates.
     fn merged_paths(&self) -> Vec<PathBuf> {
         (1..=self.depth).map(|i| self.child_path(i)).collect()
-    }
-    fn sector(&self) -> u64 {
-        sector_size(self.sector_4k)
     }
     fn block(&self) -> u32 {
         block_size(self.vhdx)
@@ -212,7 +196,7 @@ impl MergeParams {
 
 /// The contents every post-crash state is compared with.
 #[derive(Debug)]
-pub(crate) struct Expected {
+pub struct Expected {
     /// What the destination (with its own ancestors) showed before.
     old: Content,
     /// What the source showed before: the merged content.
@@ -273,50 +257,7 @@ impl UnitCount {
 
 /// One merge scenario: a chain built by `setup`, merged by `run` with the
 /// chosen strategy.
-#[derive(Debug)]
-pub struct MergeScenario {
-    pub params: MergeParams,
-    pub strategy: MergeStrategy,
-    /// Deterministic GUIDs and clock for setup / run / check.
-    pub seed: u64,
-    expected: OnceLock<Result<Expected, String>>,
-}
-
-impl MergeScenario {
-    pub fn new(params: MergeParams, strategy: MergeStrategy) -> Self {
-        MergeScenario {
-            params,
-            strategy,
-            seed: 0x5eed_0000 ^ name_hash(&params.name()),
-            expected: OnceLock::new(),
-        }
-    }
-
-    fn expected(&self) -> Result<&Expected, String> {
-        self.expected
-            .get_or_init(|| {
-                formats::entropy::with_seed(self.seed, || {
-                    let m = formats::MemNamespace::new();
-                    let ns: Arc<dyn Namespace> = Arc::new(m);
-                    build(&ns, &self.params)?;
-                    let old = read_chain(&ns, &self.params.dest_path())?;
-                    let merged = read_chain(&ns, &self.params.source_path())?;
-                    if old == merged {
-                        return Err("scenario makes no change".into());
-                    }
-                    Ok(Expected::new(old, merged))
-                })
-            })
-            .as_ref()
-            .map_err(Clone::clone)
-    }
-}
-
-pub(crate) fn name_hash(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
+pub type MergeScenario = Seeded<MergeParams>;
 
 pub(crate) fn e2s(e: impl fmt::Display) -> String {
     e.to_string()
@@ -798,24 +739,42 @@ fn source_reads_as_before(
     }
 }
 
-impl Scenario for MergeScenario {
+impl ScenarioParams for MergeParams {
+    const SALT: u64 = 0x5eed_0000;
+    type Expected = Expected;
+
+    /// `vhdx-dynamic-d2-4k-grow-rm` style.
     fn name(&self) -> String {
-        self.params.name()
+        format!(
+            "{}-{}-d{}{}{}{}{}{}",
+            if self.vhdx { "vhdx" } else { "vhd" },
+            self.dest.name(),
+            self.depth,
+            if self.sector_4k { "-4k" } else { "" },
+            if self.grow { "-grow" } else { "" },
+            if self.remove_merged { "-rm" } else { "" },
+            if self.joined { "-joined" } else { "" },
+            if self.sequence { "-seq" } else { "" }
+        )
     }
-    fn sector_size(&self) -> usize {
-        self.params.sector() as usize
+    fn sector(&self) -> u64 {
+        sector_size(self.sector_4k)
     }
-    fn cli_strategy(&self) -> &'static str {
-        self.strategy.name()
+    fn build(&self, ns: &Arc<dyn Namespace>) -> Result<(), String> {
+        build(ns, self)
     }
-    fn setup(&self, ns: &Arc<dyn Namespace>) -> Result<(), String> {
-        self.expected()?;
-        formats::entropy::with_seed(self.seed, || build(ns, &self.params))
+    fn expected(s: &MergeScenario, ns: &Arc<dyn Namespace>) -> Result<Expected, String> {
+        let old = read_chain(ns, &s.params.dest_path())?;
+        let merged = read_chain(ns, &s.params.source_path())?;
+        if old == merged {
+            return Err("scenario makes no change".into());
+        }
+        Ok(Expected::new(old, merged))
     }
-    fn run(&self, ns: &Arc<dyn Namespace>, _marks: &Marks) -> Result<(), String> {
-        formats::entropy::with_seed(self.seed ^ 1, || match self.strategy {
+    fn run(s: &MergeScenario, ns: &Arc<dyn Namespace>, _marks: &Marks) -> Result<(), String> {
+        formats::entropy::with_seed(s.seed ^ 1, || match s.strategy {
             MergeStrategy::Safe | MergeStrategy::UnsafeRecovery => {
-                let out = merge::run(ns, &self.params.request(), &JobHandle::new());
+                let out = merge::run(ns, &s.params.request(), &JobHandle::new());
                 if out.return_value == 0 {
                     Ok(())
                 } else {
@@ -826,21 +785,21 @@ impl Scenario for MergeScenario {
                     ))
                 }
             }
-            MergeStrategy::UnsafeInPlace => unsafe_in_place(ns, &self.params),
+            MergeStrategy::UnsafeInPlace => unsafe_in_place(ns, &s.params),
         })
     }
-    fn check(&self, ns: &Arc<dyn Namespace>, ctx: &CrashContext) -> Result<(), String> {
-        let exp = self.expected()?;
-        let p = &self.params;
+    fn check(s: &MergeScenario, ns: &Arc<dyn Namespace>, ctx: &CrashContext) -> Result<(), String> {
+        let exp = s.expected()?;
+        let p = &s.params;
         // A second crash's recovery draws fresh GUIDs, as a new process.
         let salt = ctx.entropy_salt();
         // The recovery's negative control: the re-run merge through a
         // namespace that drops every flush and directory sync.
-        let rns: Arc<dyn Namespace> = match self.strategy {
+        let rns: Arc<dyn Namespace> = match s.strategy {
             MergeStrategy::UnsafeRecovery => Arc::new(NoBarrierNs(Arc::clone(ns))),
             _ => Arc::clone(ns),
         };
-        formats::entropy::with_seed(self.seed ^ 2 ^ (ctx.crash_point as u64) << 8 ^ salt, || {
+        formats::entropy::with_seed(s.seed ^ 2 ^ (ctx.crash_point as u64) << 8 ^ salt, || {
             let shows = judge_destination(ns, p, exp, true)?;
             if shows == Shows::Old {
                 // Invariant B: not committed, so the source chain reads
@@ -856,7 +815,7 @@ impl Scenario for MergeScenario {
                 // durable).
                 return merged_files_removed(ns, p, "the merge record is retired");
             }
-            if ctx.run_finished() && self.strategy.run_is_safe() && ctx.recovery.is_none() {
+            if ctx.run_finished() && s.strategy.run_is_safe() && ctx.recovery.is_none() {
                 return Err(format!(
                     "the merge had returned, yet the destination shows {shows:?} content{}",
                     if record_left {

@@ -20,7 +20,7 @@
 //! namespace (harmful only when that re-run itself crashes).
 
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use formats::chain::{open_image_file, Chain, ChainOptions};
 use formats::params::{DiskType, ParentLocator};
@@ -31,9 +31,10 @@ use merge::JobHandle;
 use crate::barrier::NoBarrierNs;
 use crate::explore::{CrashContext, Marks, Scenario};
 use crate::merge_scenarios::{
-    apply, block_size, check_chain, create_image, e2s, errors_of, image_ext, name_hash, read_chain,
+    apply, block_size, check_chain, create_image, e2s, errors_of, image_ext, read_chain,
     read_chain_with, read_whole, Edit, MergeStrategy,
 };
+use crate::seeded::{ScenarioParams, Seeded};
 
 const DIR: &str = "/r";
 /// Virtual blocks per image (small blocks: bytes to compare cost time).
@@ -55,18 +56,6 @@ pub struct RelinkParams {
 }
 
 impl RelinkParams {
-    /// `set-parent-vhdx`, `rebase-vhd` style.
-    pub fn name(&self) -> String {
-        format!(
-            "{}-{}",
-            match self.op {
-                RelinkOp::SetParent => "set-parent",
-                RelinkOp::Rebase => "rebase",
-                RelinkOp::Standalone => "rebase-standalone",
-            },
-            if self.vhdx { "vhdx" } else { "vhd" }
-        )
-    }
     fn block(&self) -> u32 {
         block_size(self.vhdx)
     }
@@ -209,71 +198,16 @@ fn relink(ns: &Arc<dyn Namespace>, p: &RelinkParams) -> Result<RelinkOutcome, St
 }
 
 #[derive(Debug)]
-struct RelinkExpected {
+pub struct RelinkExpected {
     old_locator: Option<ParentLocator>,
     new_locator: Option<ParentLocator>,
     /// The child's content through its chain (both before and after).
     content: Vec<u8>,
 }
 
-/// One relink scenario.
-#[derive(Debug)]
-pub struct RelinkScenario {
-    pub params: RelinkParams,
-    pub strategy: MergeStrategy,
-    pub seed: u64,
-    expected: OnceLock<Result<RelinkExpected, String>>,
-}
-
-impl RelinkScenario {
-    pub fn new(params: RelinkParams, strategy: MergeStrategy) -> Self {
-        RelinkScenario {
-            params,
-            strategy,
-            seed: 0x5eed_11e4 ^ name_hash(&params.name()),
-            expected: OnceLock::new(),
-        }
-    }
-
-    fn expected(&self) -> Result<&RelinkExpected, String> {
-        self.expected
-            .get_or_init(|| {
-                let ns: Arc<dyn Namespace> = Arc::new(formats::MemNamespace::new());
-                let p = &self.params;
-                formats::entropy::with_seed(self.seed, || build(&ns, p))?;
-                let old_locator = locator(&ns, p)?;
-                let content = match p.op {
-                    RelinkOp::Rebase | RelinkOp::Standalone => read_chain(&ns, &p.child())?,
-                    RelinkOp::SetParent => read_chain_with(
-                        &ns,
-                        &p.child(),
-                        &ChainOptions {
-                            parents: vec![p.renamed()],
-                            ..Default::default()
-                        },
-                    )?,
-                };
-                let out = formats::entropy::with_seed(self.seed ^ 1, || relink(&ns, p))?;
-                if p.op != RelinkOp::SetParent && out.bytes_copied == 0 {
-                    return Err("the rebase copied nothing: the scenario proves nothing".into());
-                }
-                let new_locator = locator(&ns, p)?;
-                if new_locator == old_locator {
-                    return Err("the locator did not change".into());
-                }
-                if read_chain(&ns, &p.child())? != content {
-                    return Err("the crash-free relink changed the content".into());
-                }
-                Ok(RelinkExpected {
-                    old_locator,
-                    new_locator,
-                    content,
-                })
-            })
-            .as_ref()
-            .map_err(Clone::clone)
-    }
-}
+/// One relink scenario: a chain built by `setup`, relinked by `run` with
+/// the chosen strategy.
+pub type RelinkScenario = Seeded<RelinkParams>;
 
 /// Old or new locator, checked images, and the content wherever the chain
 /// opens. Returns whether the new link is in place.
@@ -321,38 +255,81 @@ fn judge(ns: &Arc<dyn Namespace>, p: &RelinkParams, exp: &RelinkExpected) -> Res
     }
 }
 
-impl Scenario for RelinkScenario {
+impl ScenarioParams for RelinkParams {
+    const SALT: u64 = 0x5eed_11e4;
+    type Expected = RelinkExpected;
+
+    /// `set-parent-vhdx`, `rebase-vhd` style.
     fn name(&self) -> String {
-        self.params.name()
+        format!(
+            "{}-{}",
+            match self.op {
+                RelinkOp::SetParent => "set-parent",
+                RelinkOp::Rebase => "rebase",
+                RelinkOp::Standalone => "rebase-standalone",
+            },
+            if self.vhdx { "vhdx" } else { "vhd" }
+        )
     }
-    fn cli_strategy(&self) -> &'static str {
-        self.strategy.name()
+    fn build(&self, ns: &Arc<dyn Namespace>) -> Result<(), String> {
+        build(ns, self)
     }
-    fn setup(&self, ns: &Arc<dyn Namespace>) -> Result<(), String> {
-        self.expected()?;
-        formats::entropy::with_seed(self.seed, || build(ns, &self.params))
+    fn expected(s: &RelinkScenario, ns: &Arc<dyn Namespace>) -> Result<RelinkExpected, String> {
+        let p = &s.params;
+        let old_locator = locator(ns, p)?;
+        let content = match p.op {
+            RelinkOp::Rebase | RelinkOp::Standalone => read_chain(ns, &p.child())?,
+            RelinkOp::SetParent => read_chain_with(
+                ns,
+                &p.child(),
+                &ChainOptions {
+                    parents: vec![p.renamed()],
+                    ..Default::default()
+                },
+            )?,
+        };
+        let out = formats::entropy::with_seed(s.seed ^ 1, || relink(ns, p))?;
+        if p.op != RelinkOp::SetParent && out.bytes_copied == 0 {
+            return Err("the rebase copied nothing: the scenario proves nothing".into());
+        }
+        let new_locator = locator(ns, p)?;
+        if new_locator == old_locator {
+            return Err("the locator did not change".into());
+        }
+        if read_chain(ns, &p.child())? != content {
+            return Err("the crash-free relink changed the content".into());
+        }
+        Ok(RelinkExpected {
+            old_locator,
+            new_locator,
+            content,
+        })
     }
-    fn run(&self, ns: &Arc<dyn Namespace>, marks: &Marks) -> Result<(), String> {
-        self.expected()?;
-        let rns: Arc<dyn Namespace> = match self.strategy {
+    fn run(s: &RelinkScenario, ns: &Arc<dyn Namespace>, marks: &Marks) -> Result<(), String> {
+        s.expected()?;
+        let rns: Arc<dyn Namespace> = match s.strategy {
             MergeStrategy::UnsafeInPlace => Arc::new(NoBarrierNs(Arc::clone(ns))),
             _ => Arc::clone(ns),
         };
-        formats::entropy::with_seed(self.seed ^ 1, || relink(&rns, &self.params))?;
+        formats::entropy::with_seed(s.seed ^ 1, || relink(&rns, &s.params))?;
         marks.mark("relinked");
         Ok(())
     }
-    fn check(&self, ns: &Arc<dyn Namespace>, ctx: &CrashContext) -> Result<(), String> {
-        let exp = self.expected()?;
-        let p = &self.params;
-        let rns: Arc<dyn Namespace> = match self.strategy {
+    fn check(
+        s: &RelinkScenario,
+        ns: &Arc<dyn Namespace>,
+        ctx: &CrashContext,
+    ) -> Result<(), String> {
+        let exp = s.expected()?;
+        let p = &s.params;
+        let rns: Arc<dyn Namespace> = match s.strategy {
             MergeStrategy::UnsafeRecovery => Arc::new(NoBarrierNs(Arc::clone(ns))),
             _ => Arc::clone(ns),
         };
         let salt = ctx.entropy_salt();
-        formats::entropy::with_seed(self.seed ^ 2 ^ (ctx.crash_point as u64) << 8 ^ salt, || {
+        formats::entropy::with_seed(s.seed ^ 2 ^ (ctx.crash_point as u64) << 8 ^ salt, || {
             let new = judge(ns, p, exp)?;
-            if ctx.run_finished() && self.strategy.run_is_safe() && !new {
+            if ctx.run_finished() && s.strategy.run_is_safe() && !new {
                 return Err("the relink had returned, yet the old link is in place".into());
             }
             // Recover as a user would: run the same command again.

@@ -6,16 +6,12 @@
 //! caught.
 
 mod common;
-use common::{assert_caught, assert_runs, explore_survives, replay_last, summary};
+use common::{control_caught, explore_survives, replay_last};
 use sim::compact_scenarios::{self, CompactParams};
-use sim::{explore, Budget, CompactScenario, MergeStrategy, Strategy};
+use sim::{Budget, CompactScenario, MergeStrategy, ScenarioParams, Strategy};
 
 fn budget() -> Budget {
-    Budget {
-        seed: 7,
-        threads: 2,
-        ..Budget::default()
-    }
+    common::budget(7)
 }
 
 #[test]
@@ -48,16 +44,12 @@ fn safe_compaction_survives_every_crash_point() {
 fn compaction_without_flushes_is_caught() {
     for p in compact_scenarios::all_params() {
         let s = CompactScenario::new(p, MergeStrategy::UnsafeInPlace);
-        // The control's own run must succeed: its violations have to come
-        // from crash states, not from a failing run.
-        assert_runs(&s);
-        let r = explore(&s, Strategy::Exhaustive, &budget());
-        eprintln!(
-            "{} (negative control); first: {:?}",
-            summary(&r),
-            r.violations.first().map(|v| &v.description)
+        control_caught(
+            &s,
+            Strategy::Exhaustive,
+            &budget(),
+            "the flushless compaction",
         );
-        assert_caught(&r, &s, "unsafe-in-place", "the flushless compaction");
     }
 }
 

@@ -19,12 +19,10 @@ use sim::{
 /// neighbours of its namespace ops, one state per point beyond 64 in all.
 fn slice() -> Budget {
     Budget {
-        seed: 11,
-        threads: 2,
         max_states: Some(24),
         double_points: 12,
         double_samples_per_point: 1,
-        ..Budget::default()
+        ..common::budget(11)
     }
 }
 
@@ -92,11 +90,9 @@ fn safe_recoveries_survive_a_second_crash() {
 #[test]
 fn a_recovery_without_flushes_passes_single_crashes_and_is_caught_by_double_crashes() {
     let single = Budget {
-        seed: 7,
         exhaustive_limit: 16,
         samples_per_point: 4,
-        threads: 2,
-        ..Budget::default()
+        ..common::budget(7)
     };
     for (i, s) in scenarios(MergeStrategy::UnsafeRecovery).iter().enumerate() {
         // Single crashes cannot see it (checked on a few: the recovery
@@ -162,10 +158,8 @@ fn the_replay_command_pass_finds_the_violation_again() {
         &s,
         2,
         &Budget {
-            seed: 5,
-            threads: 2,
             max_states: Some(30),
-            ..Budget::default()
+            ..common::budget(5)
         },
     );
     // Round 1's violations carry round 1's seed: --seed that, round 0.

@@ -6,15 +6,13 @@
 mod common;
 use common::{assert_caught, explore_survives, merge_params as mk, replay_last};
 use sim::merge_scenarios::{self, DestKind, MergeParams};
-use sim::{explore, Budget, MergeScenario, MergeStrategy, Scenario, Strategy};
+use sim::{explore, Budget, MergeScenario, MergeStrategy, Scenario, ScenarioParams, Strategy};
 
 fn slice_budget() -> Budget {
     Budget {
-        seed: 7,
         exhaustive_limit: 64,
         samples_per_point: 12,
-        threads: 2,
-        ..Budget::default()
+        ..common::budget(7)
     }
 }
 

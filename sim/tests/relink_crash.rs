@@ -5,16 +5,14 @@
 //! crashes) runs in `cargo xtask sim`.
 
 mod common;
-use common::{assert_caught, assert_runs, explore_survives};
+use common::{control_caught, explore_survives};
 use sim::relink_scenarios::{self, RelinkScenario};
-use sim::{explore, Budget, MergeStrategy, Strategy};
+use sim::{Budget, MergeStrategy, Strategy};
 
 fn budget() -> Budget {
     Budget {
-        seed: 11,
-        threads: 2,
         samples_per_point: 16,
-        ..Budget::default()
+        ..common::budget(11)
     }
 }
 
@@ -30,10 +28,6 @@ fn relinks_survive_every_crash_point() {
 fn relinks_without_flushes_are_caught() {
     for p in relink_scenarios::all_params() {
         let s = RelinkScenario::new(p, MergeStrategy::UnsafeInPlace);
-        // The control's run itself succeeds: its violations come from
-        // crash states.
-        assert_runs(&s);
-        let r = explore(&s, Strategy::Random, &budget());
-        assert_caught(&r, &s, "unsafe-in-place", "the flushless relink");
+        control_caught(&s, Strategy::Random, &budget(), "the flushless relink");
     }
 }

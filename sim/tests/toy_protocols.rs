@@ -9,13 +9,14 @@ fn exhaustive(s: &dyn Scenario) -> sim::Report {
     explore(s, Strategy::Exhaustive, &Budget::default())
 }
 
+/// Every state of replacing a `len`-byte file (made `durable` or not).
+fn replace(durable: bool, len: usize) -> sim::Report {
+    exhaustive(&AtomicReplace { durable, len })
+}
+
 #[test]
 fn correct_replace_has_no_violation_over_the_exhaustive_space() {
-    let s = AtomicReplace {
-        durable: true,
-        len: 4096,
-    };
-    let r = exhaustive(&s);
+    let r = replace(true, 4096);
     let sc = &r.scenarios[0];
     assert_eq!(r.violation_count, 0, "{}", r.to_json());
     assert!(r.complete);
@@ -44,11 +45,7 @@ fn correct_journal_has_no_violation_and_recovery_writes_work() {
 
 #[test]
 fn replace_without_flush_and_sync_is_caught() {
-    let s = AtomicReplace {
-        durable: false,
-        len: 8192,
-    };
-    let r = exhaustive(&s);
+    let r = replace(false, 8192);
     assert!(r.violation_count > 0);
     // Not only "the rename was lost after return": the sim must produce a
     // renamed file whose data never made it.

@@ -6,6 +6,7 @@ pub mod cut;
 pub mod image;
 pub mod loopfs;
 pub mod raw;
+pub mod real;
 pub mod schema;
 
 use std::collections::BTreeMap;
@@ -14,6 +15,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 pub use cut::CutStorage;
+pub use real::{real_image, RealImage, REAL_IMAGES};
 
 use sha2::{Digest, Sha256};
 
@@ -322,14 +324,7 @@ pub fn libvhdi_sha(img: &Path, parents: &[&Path]) -> String {
     for p in parents {
         cmd.arg("--parent").arg(p);
     }
-    let out = cmd.arg(img).output().expect("spawn /usr/bin/python3");
-    assert!(
-        out.status.success(),
-        "chain_read.py {}: {}{}",
-        img.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = command_ok(cmd.arg(img), &format!("chain_read.py {}", img.display()));
     let text = String::from_utf8_lossy(&out.stdout);
     // {"...", "sha256": "<hex>", ...}: the one field needed, without a JSON
     // dependency for the test-data crate.
@@ -341,4 +336,37 @@ pub fn libvhdi_sha(img: &Path, parents: &[&Path]) -> String {
         .nth(1)
         .unwrap_or_else(|| panic!("chain_read.py sha256 unreadable: {text}"))
         .to_string()
+}
+
+/// Run `check` on every case of a table, each to its end even when an
+/// earlier one failed, then fail naming every case that failed (each
+/// one's own panic message is printed above, after the case's name). One
+/// test per table keeps the list of kinds in one place, and a failure
+/// still says which case it was.
+pub fn each_case<C: std::fmt::Debug>(cases: impl IntoIterator<Item = C>, check: impl Fn(&C)) {
+    let failed: Vec<String> = cases
+        .into_iter()
+        .filter_map(|case| {
+            eprintln!("case {case:?}");
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(&case)))
+                .err()
+                .map(|_| format!("{case:?}"))
+        })
+        .collect();
+    assert!(failed.is_empty(), "failed cases: {}", failed.join(", "));
+}
+
+/// Run `cmd` to its end; a spawn failure or a failed exit fails the test
+/// with `what` and everything the command printed.
+pub fn command_ok(cmd: &mut std::process::Command, what: &str) -> std::process::Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot spawn: {e}"));
+    assert!(
+        out.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }

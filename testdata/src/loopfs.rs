@@ -16,6 +16,11 @@ pub enum FsKind {
     Btrfs,
 }
 
+impl FsKind {
+    /// Both file systems that clone: a clone test runs on each.
+    pub const ALL: [FsKind; 2] = [FsKind::Xfs, FsKind::Btrfs];
+}
+
 /// A mounted loop file system; unmounted on drop.
 #[derive(Debug)]
 pub struct LoopMount {

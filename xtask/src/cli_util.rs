@@ -98,6 +98,25 @@ pub fn print_json<T: serde::Serialize>(v: &T) {
     }
 }
 
+/// Print a command's report as `--json` asked: JSON, or `text`.
+pub fn print_report<R: serde::Serialize>(json: bool, r: &R, text: impl FnOnce(&R)) {
+    if json {
+        print_json(r);
+    } else {
+        text(r);
+    }
+}
+
+/// Print why a command about the image `path` failed, as `--json` asked:
+/// `{"path", "error"}` on stdout, or `error: ...` on stderr.
+pub fn print_failure(json: bool, path: &std::path::Path, e: &formats::Error) {
+    if json {
+        print_json(&serde_json::json!({ "path": path, "error": e.to_string() }));
+    } else {
+        eprintln!("error: {e}");
+    }
+}
+
 /// A panic hook that makes `println!`/`eprintln!` into a closed pipe end
 /// the process quietly (exit 0, no message) instead of with exit 101; every
 /// other panic goes to the default hook unchanged. This is the safety net

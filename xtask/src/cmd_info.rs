@@ -8,7 +8,7 @@ use formats::params::ImageInfo;
 use formats::Finding;
 use serde::Serialize;
 
-use crate::cli_util::{broken_chain_finding, chain_options, fs, print_json};
+use crate::cli_util::{broken_chain_finding, chain_options, fs, print_failure, print_report};
 use crate::outln;
 
 pub type InfoArgs = crate::ImageArgs;
@@ -110,55 +110,51 @@ pub fn report(args: &InfoArgs) -> Result<InfoReport, formats::Error> {
 pub fn run(args: InfoArgs) -> u8 {
     match report(&args) {
         Ok(r) => {
-            if args.json {
-                print_json(&r);
-            } else {
-                outln!("{}", r.path);
-                outln!("  format:               {}", r.format.name());
-                outln!("  disk type:            {}", r.disk_type.name());
-                outln!("  virtual size:         {} bytes", r.virtual_size);
-                outln!("  block size:           {} bytes", r.block_size);
-                outln!("  logical sector size:  {}", r.logical_sector_size);
-                outln!("  physical sector size: {}", r.physical_sector_size);
-                for (k, v) in &r.details {
-                    outln!("  {k}: {v}");
-                }
-                if let Some(p) = &r.parent {
-                    outln!("  parent locator:");
-                    for e in &p.locator {
-                        outln!("    {} = {}", e.key, e.value);
-                    }
-                    match &p.resolved_path {
-                        Some(path) => outln!(
-                            "  parent: {path} (via {})",
-                            p.resolved_by.as_deref().unwrap_or("?")
-                        ),
-                        None => outln!("  parent: UNRESOLVED"),
-                    }
-                    for t in &p.tried {
-                        outln!(
-                            "    tried {} {:?} -> {}: {}",
-                            t.hint,
-                            t.locator,
-                            t.path.as_deref().unwrap_or("-"),
-                            t.outcome
-                        );
-                    }
-                }
-                outln!("  chain: {}", r.chain.join(" -> "));
-                for f in &r.findings {
-                    outln!("  {f}");
-                }
-            }
+            print_report(args.json, &r, print_text);
             0
         }
         Err(e) => {
-            if args.json {
-                print_json(&serde_json::json!({ "path": args.image, "error": e.to_string() }));
-            } else {
-                eprintln!("error: {e}");
-            }
+            print_failure(args.json, &args.image, &e);
             2
         }
+    }
+}
+
+fn print_text(r: &InfoReport) {
+    outln!("{}", r.path);
+    outln!("  format:               {}", r.format.name());
+    outln!("  disk type:            {}", r.disk_type.name());
+    outln!("  virtual size:         {} bytes", r.virtual_size);
+    outln!("  block size:           {} bytes", r.block_size);
+    outln!("  logical sector size:  {}", r.logical_sector_size);
+    outln!("  physical sector size: {}", r.physical_sector_size);
+    for (k, v) in &r.details {
+        outln!("  {k}: {v}");
+    }
+    if let Some(p) = &r.parent {
+        outln!("  parent locator:");
+        for e in &p.locator {
+            outln!("    {} = {}", e.key, e.value);
+        }
+        match &p.resolved_path {
+            Some(path) => outln!(
+                "  parent: {path} (via {})",
+                p.resolved_by.as_deref().unwrap_or("?")
+            ),
+            None => outln!("  parent: UNRESOLVED"),
+        }
+        for t in &p.tried {
+            outln!(
+                "    tried {} {:?} -> {}: {}",
+                t.hint,
+                t.locator,
+                t.path.as_deref().unwrap_or("-"),
+                t.outcome
+            );
+        }
+    }
+    outln!("  chain: {}", r.chain.join(" -> "));
+    for f in &r.findings {
+        outln!("  {f}");
     }
 }

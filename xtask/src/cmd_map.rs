@@ -26,7 +26,7 @@ use formats::Error;
 use merge::plan::NextHeld;
 use serde::Serialize;
 
-use crate::cli_util::{chain_options, fs, print_json};
+use crate::cli_util::{chain_options, fs, print_failure};
 use crate::ChainArgs;
 
 #[derive(Args)]
@@ -324,14 +324,20 @@ fn colour(layer: usize) -> &'static str {
     PALETTE[layer % PALETTE.len()]
 }
 
-/// What one row draws: ranges of categories (an index into `fills`).
-struct Row {
+/// What a row is about: its label, tooltip and CSS class, its categories
+/// (a fill and a name each) and the virtual size its track spans.
+struct RowSpec {
     label: String,
     title: String,
     class: String,
     fills: Vec<&'static str>,
     names: Vec<String>,
     size: u64,
+}
+
+/// What one row draws: ranges of categories (an index into `spec.fills`).
+struct Row {
+    spec: RowSpec,
     count: usize,
     exact: Option<Vec<(u64, u64, usize)>>,
     /// `BUCKETS * fills.len()` bytes per (bucket, category).
@@ -339,22 +345,10 @@ struct Row {
 }
 
 impl Row {
-    fn new(
-        label: String,
-        title: String,
-        class: String,
-        fills: Vec<&'static str>,
-        names: Vec<String>,
-        size: u64,
-    ) -> Row {
-        let n = fills.len();
+    fn new(spec: RowSpec) -> Row {
+        let n = spec.fills.len();
         Row {
-            label,
-            title,
-            class,
-            fills,
-            names,
-            size,
+            spec,
             count: 0,
             exact: Some(Vec::new()),
             buckets: vec![0; BUCKETS * n],
@@ -362,15 +356,15 @@ impl Row {
     }
 
     fn bucket_start(&self, b: usize) -> u64 {
-        (u128::from(self.size) * b as u128 / BUCKETS as u128) as u64
+        (u128::from(self.spec.size) * b as u128 / BUCKETS as u128) as u64
     }
 
     fn bucket_of(&self, off: u64) -> usize {
-        ((u128::from(off) * BUCKETS as u128 / u128::from(self.size)) as usize).min(BUCKETS - 1)
+        ((u128::from(off) * BUCKETS as u128 / u128::from(self.spec.size)) as usize).min(BUCKETS - 1)
     }
 
     fn add(&mut self, start: u64, len: u64, cat: usize) {
-        let end = (start + len).min(self.size);
+        let end = (start + len).min(self.spec.size);
         if start >= end {
             return;
         }
@@ -382,7 +376,7 @@ impl Row {
                 self.exact = None;
             }
         }
-        let n = self.fills.len();
+        let n = self.spec.fills.len();
         for b in self.bucket_of(start)..=self.bucket_of(end - 1) {
             let lo = self.bucket_start(b).max(start);
             let hi = self.bucket_start(b + 1).min(end);
@@ -393,18 +387,18 @@ impl Row {
     }
 
     fn x(&self, off: u64) -> f64 {
-        TRACK_X + off as f64 / self.size as f64 * TRACK_W
+        TRACK_X + off as f64 / self.spec.size as f64 * TRACK_W
     }
 
     fn draw(&self, y: f64, s: &mut String) {
-        let _ = writeln!(s, "<g class=\"{}\">", self.class);
+        let _ = writeln!(s, "<g class=\"{}\">", self.spec.class);
         let _ = writeln!(
             s,
             "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\" class=\"label\">{}<title>{}</title></text>",
             TRACK_X - 8.0,
             y + ROW_H / 2.0 + 4.0,
-            esc(&self.label),
-            esc(&self.title)
+            esc(&self.spec.label),
+            esc(&self.spec.title)
         );
         let _ = writeln!(
             s,
@@ -419,8 +413,8 @@ impl Row {
                     let _ = writeln!(
                         s,
                         "<rect x=\"{x:.2}\" y=\"{y}\" width=\"{w:.2}\" height=\"{ROW_H}\" fill=\"{}\"><title>{} {}+{} ({})</title></rect>",
-                        self.fills[cat],
-                        esc(&self.names[cat]),
+                        self.spec.fills[cat],
+                        esc(&self.spec.names[cat]),
                         start,
                         len,
                         human(len)
@@ -435,7 +429,7 @@ impl Row {
     /// Each bucket: the category with most bytes; opacity the share of
     /// the bucket held at all. Equal neighbours become one rectangle.
     fn draw_buckets(&self, y: f64, s: &mut String) {
-        let n = self.fills.len();
+        let n = self.spec.fills.len();
         let mut cells: Vec<Option<(usize, u32)>> = Vec::with_capacity(BUCKETS);
         for b in 0..BUCKETS {
             let cats = &self.buckets[b * n..(b + 1) * n];
@@ -472,9 +466,9 @@ impl Row {
                 s,
                 "<rect x=\"{x0:.2}\" y=\"{y}\" width=\"{:.2}\" height=\"{ROW_H}\" fill=\"{}\" fill-opacity=\"{:.2}\"><title>{}: {} in {}+{}</title></rect>",
                 x1 - x0,
-                self.fills[cat],
+                self.spec.fills[cat],
                 f64::from(step) / 20.0,
-                esc(&self.names[cat]),
+                esc(&self.spec.names[cat]),
                 human(bytes),
                 self.bucket_start(b),
                 self.bucket_start(e) - self.bucket_start(b)
@@ -516,14 +510,14 @@ fn svg(chain: &Chain, r: &MapReport) -> Result<String, Error> {
     let mut rows = Vec::with_capacity(n + 1);
     // What each layer holds on its own: a fold of that layer alone.
     for (i, layer) in chain.layers().into_iter().enumerate() {
-        let mut row = Row::new(
-            tail(&format!("{i}: {}", r.layers[i]), 40),
-            r.layers[i].clone(),
-            format!("row layer layer-{i}"),
-            vec![colour(i), ZERO_FILL],
-            vec![format!("layer {i} data"), format!("layer {i} zeros")],
+        let mut row = Row::new(RowSpec {
+            label: tail(&format!("{i}: {}", r.layers[i]), 40),
+            title: r.layers[i].clone(),
+            class: format!("row layer layer-{i}"),
+            fills: vec![colour(i), ZERO_FILL],
+            names: vec![format!("layer {i} data"), format!("layer {i} zeros")],
             size,
-        );
+        });
         walk(&[layer], r.virtual_size, |run| match run.source {
             Source::Layer { .. } => row.add(run.offset, run.len, 0),
             Source::Zero => row.add(run.offset, run.len, 1),
@@ -535,14 +529,14 @@ fn svg(chain: &Chain, r: &MapReport) -> Result<String, Error> {
     fills.push(ZERO_FILL);
     let mut names: Vec<String> = (0..n).map(|i| format!("layer {i}")).collect();
     names.push("zeros".into());
-    let mut merged = Row::new(
-        "merged view".into(),
-        "what a reader of the chain sees".into(),
-        "row merged".into(),
+    let mut merged = Row::new(RowSpec {
+        label: "merged view".into(),
+        title: "what a reader of the chain sees".into(),
+        class: "row merged".into(),
         fills,
         names,
         size,
-    );
+    });
     for run in &r.runs {
         match run.source {
             Source::Layer { layer, .. } => merged.add(run.offset, run.len, layer),
@@ -556,10 +550,10 @@ fn svg(chain: &Chain, r: &MapReport) -> Result<String, Error> {
         if row.exact.is_none() {
             notes.push(format!(
                 "{}: {} ranges, drawn as {BUCKETS} buckets of about {} each; each bucket is coloured by the {} providing most of its bytes, its opacity is the share of the bucket held.",
-                row.label,
+                row.spec.label,
                 row.count,
                 human(size / BUCKETS as u64),
-                if row.class.contains("merged") { "layer" } else { "kind (data or zeros)" },
+                if row.spec.class.contains("merged") { "layer" } else { "kind (data or zeros)" },
             ));
         }
     }
@@ -748,11 +742,7 @@ pub fn run(args: MapArgs) -> u8 {
             0
         }
         Err(e) => {
-            if args.json {
-                print_json(&serde_json::json!({ "path": args.image, "error": e.to_string() }));
-            } else {
-                eprintln!("error: {e}");
-            }
+            print_failure(args.json, &args.image, &e);
             if let Error::ParentNotFound { .. } | Error::FileNotFound { .. } = e {
                 3
             } else {
@@ -820,14 +810,14 @@ mod tests {
 
     #[test]
     fn buckets_split_a_run_exactly() {
-        let mut row = Row::new(
-            "r".into(),
-            "r".into(),
-            "row".into(),
-            vec![colour(0), ZERO_FILL],
-            vec!["a".into(), "z".into()],
-            3 << 40,
-        );
+        let mut row = Row::new(RowSpec {
+            label: "r".into(),
+            title: "r".into(),
+            class: "row".into(),
+            fills: vec![colour(0), ZERO_FILL],
+            names: vec!["a".into(), "z".into()],
+            size: 3 << 40,
+        });
         row.add(5, (3 << 40) - 10, 0);
         assert_eq!(row.buckets.iter().sum::<u64>(), (3 << 40) - 10);
     }

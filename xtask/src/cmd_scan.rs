@@ -21,7 +21,7 @@ use formats::params::{DiskType, Format, Identity, ParentLinkage, PathHint};
 use formats::Access;
 use serde::Serialize;
 
-use crate::cli_util::{fs, print_json};
+use crate::cli_util::{fs, print_json, print_report};
 use crate::outln;
 
 #[derive(Args)]
@@ -352,13 +352,14 @@ pub fn scan(args: &ScanArgs) -> Result<ScanReport, String> {
         } else {
             named.join(", ")
         };
-        if let Some(&j) = by_id.first() {
-            parent[i] = Some(j);
-            status[i] = ParentStatus::FoundById;
-            report.problems.push(Problem {
-                kind: "stale_locator",
-                path: shown,
-                detail: format!(
+        // An image whose locator failed: how its parent was found, if at
+        // all, and the problem reported for it.
+        let (found_parent, how, kind, detail) = if let Some(&j) = by_id.first() {
+            (
+                Some(j),
+                ParentStatus::FoundById,
+                "stale_locator",
+                format!(
                     "the locator ({locator}) does not lead to the parent, but {found_at} carries the identity this image records{others}: the parent moved; re-link it with `cargo xtask set-parent {child} {found_at}` (Hyper-V: Set-VHD {child} -ParentPath {found_at}), or pass `--parent {found_at}` to merge or info",
                     found_at = found[j].path.display(),
                     others = if by_id.len() > 1 {
@@ -368,28 +369,34 @@ pub fn scan(args: &ScanArgs) -> Result<ScanReport, String> {
                     },
                     child = f.path.display(),
                 ),
-            });
+            )
         } else if let Some((j, msg)) = mismatch {
-            parent[i] = Some(j);
-            status[i] = ParentStatus::IdMismatch;
-            report.problems.push(Problem {
-                kind: "id_mismatch",
-                path: shown,
-                detail: format!(
+            (
+                Some(j),
+                ParentStatus::IdMismatch,
+                "id_mismatch",
+                format!(
                     "the locator leads to {}, but {msg}: the parent changed after this image was made",
                     found[j].path.display()
                 ),
-            });
+            )
         } else {
-            status[i] = ParentStatus::Missing;
-            report.problems.push(Problem {
-                kind: "orphan",
-                path: shown,
-                detail: format!(
+            (
+                None,
+                ParentStatus::Missing,
+                "orphan",
+                format!(
                     "no scanned file is its parent (locator: {locator}; no scanned file carries the identity it records)"
                 ),
-            });
-        }
+            )
+        };
+        parent[i] = found_parent;
+        status[i] = how;
+        report.problems.push(Problem {
+            kind,
+            path: shown,
+            detail,
+        });
     }
 
     // Cycles: a walk up from any image that comes back to itself. Each
@@ -575,11 +582,7 @@ fn print_tree(r: &ScanReport) {
 pub fn run(args: ScanArgs) -> u8 {
     match scan(&args) {
         Ok(r) => {
-            if args.json {
-                print_json(&r);
-            } else {
-                print_tree(&r);
-            }
+            print_report(args.json, &r, print_tree);
             u8::from(!r.problems.is_empty())
         }
         Err(e) => {

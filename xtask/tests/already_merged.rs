@@ -51,6 +51,22 @@ fn merge_in(cwd: &Path, args: &[&str]) -> Value {
     v
 }
 
+/// `merge ARGS --json` that merges for the first time: 0, and not
+/// already merged.
+fn merged(args: &[&str]) -> Value {
+    let v = merge(args);
+    assert_eq!(v["return_value"], 0, "{args:?}: {v}");
+    assert_eq!(v["already_merged"], false, "{args:?}: {v}");
+    v
+}
+
+/// Plain `merge ARGS` (human output): exit 0, saying "already merged".
+fn says_already_merged(args: &[&str]) {
+    let out = ok(&[&["merge"], args].concat());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already merged"), "{args:?}: {err}");
+}
+
 fn assert_already_merged(v: &Value, dest: &Path) {
     assert_eq!(v["return_value"], 0, "{v}");
     assert_eq!(v["state"], "completed", "{v}");
@@ -95,13 +111,16 @@ fn create_child(path: &Path, parent: &Path, fmt: Fmt, dir: &Path, seed: u64) {
     write(path, "1M", seed, dir);
 }
 
-/// base <- child in `dir`, both holding data.
-fn pair(dir: &Path, fmt: Fmt) -> (PathBuf, PathBuf) {
+/// base <- child in a fresh temporary directory (the guard), both holding
+/// data.
+fn pair(fmt: Fmt) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
     let base = dir.join(format!("base.{}", fmt.base()));
     let child = dir.join(format!("child.{}", fmt.child()));
     create_base(&base, fmt, dir, 11);
     create_child(&child, &base, fmt, dir, 12);
-    (base, child)
+    (d, base, child)
 }
 
 /// The virtual content of `image`'s chain, as a SHA-256 of its raw form.
@@ -124,13 +143,10 @@ fn record(source: &Path) -> PathBuf {
 #[test]
 fn rerun_with_the_source_kept_is_already_merged() {
     for fmt in FMTS {
-        let d = tempfile::tempdir().unwrap();
-        let (base, child) = pair(d.path(), fmt);
+        let (d, base, child) = pair(fmt);
         let view = content(&child, d.path());
 
-        let v = merge(&[s(&child)]);
-        assert_eq!(v["return_value"], 0, "{fmt:?}: {v}");
-        assert_eq!(v["already_merged"], false, "{fmt:?}: {v}");
+        let v = merged(&[s(&child)]);
         assert!(v["bytes_merged"].as_u64().unwrap() > 0, "{v}");
         assert!(!record(&child).exists(), "{fmt:?}: record left");
         assert!(
@@ -146,9 +162,7 @@ fn rerun_with_the_source_kept_is_already_merged() {
         assert_eq!(hashes(d.path()), before, "{fmt:?}: a no-op changed bytes");
 
         // Human output says so, exit 0.
-        let out = ok(&["merge", s(&child)]);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("already merged"), "{fmt:?}: {err}");
+        says_already_merged(&[s(&child)]);
 
         // Asked now, the obsolete source goes (it still carries the
         // identity the marker recorded); the marker stays and answers.
@@ -164,12 +178,9 @@ fn rerun_with_the_source_kept_is_already_merged() {
 #[test]
 fn rerun_after_remove_merged_is_already_merged() {
     for fmt in FMTS {
-        let d = tempfile::tempdir().unwrap();
-        let (base, child) = pair(d.path(), fmt);
+        let (d, base, child) = pair(fmt);
         let view = content(&child, d.path());
-        let v = merge(&[s(&child), "--remove-merged"]);
-        assert_eq!(v["return_value"], 0, "{fmt:?}: {v}");
-        assert_eq!(v["already_merged"], false, "{v}");
+        merged(&[s(&child), "--remove-merged"]);
         assert!(!child.exists() && !record(&child).exists());
 
         for args in [
@@ -179,9 +190,7 @@ fn rerun_after_remove_merged_is_already_merged() {
         ] {
             assert_already_merged(&merge(&args), &base);
         }
-        let out = ok(&["merge", s(&child), s(&base)]);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("already merged"), "{fmt:?}: {err}");
+        says_already_merged(&[s(&child), s(&base)]);
         assert_eq!(content(&base, d.path()), view, "{fmt:?}: content");
         assert_eq!(ok(&["check", s(&base)]).status.code(), Some(0));
     }
@@ -194,8 +203,7 @@ fn rerun_after_remove_merged_is_already_merged() {
 fn rerun_with_the_record_left_is_already_merged() {
     for fmt in FMTS {
         for remove in [false, true] {
-            let d = tempfile::tempdir().unwrap();
-            let (base, child) = pair(d.path(), fmt);
+            let (d, base, child) = pair(fmt);
             let view = content(&child, d.path());
             let mut args = vec![s(&child)];
             if remove {
@@ -225,8 +233,7 @@ fn rerun_with_the_record_left_is_already_merged() {
 fn rerun_from_another_directory_is_already_merged() {
     for fmt in FMTS {
         for record_left in [false, true] {
-            let d = tempfile::tempdir().unwrap();
-            let (base, child) = pair(d.path(), fmt);
+            let (d, base, child) = pair(fmt);
             let name = |p: &Path| p.file_name().unwrap().to_str().unwrap().to_string();
             let v = merge_in(d.path(), &[&name(&child), &name(&base)]);
             assert_eq!(v["return_value"], 0, "{v}");
@@ -251,8 +258,7 @@ fn rerun_from_another_directory_is_already_merged() {
 #[test]
 fn into_an_ancestor_only_the_same_merge_is_already_merged() {
     for fmt in FMTS {
-        let d = tempfile::tempdir().unwrap();
-        let (base, mid) = pair(d.path(), fmt);
+        let (d, base, mid) = pair(fmt);
         let top = d.path().join(format!("top.{}", fmt.child()));
         create_child(&top, &mid, fmt, d.path(), 13);
         let view = content(&top, d.path());
@@ -292,8 +298,7 @@ fn break_parent(base: &Path, fmt: Fmt, dir: &Path) {
 #[test]
 fn a_genuine_mismatch_is_still_32775() {
     for fmt in FMTS {
-        let d = tempfile::tempdir().unwrap();
-        let (base, child) = pair(d.path(), fmt);
+        let (d, base, child) = pair(fmt);
         break_parent(&base, fmt, d.path());
         let before = hashes(d.path());
         assert_linkage_refused(&merge(&[s(&child)]));
@@ -312,8 +317,7 @@ fn a_genuine_mismatch_is_still_32775() {
 fn a_stale_or_damaged_marker_proves_nothing() {
     for fmt in FMTS {
         // The destination changed after the merge.
-        let d = tempfile::tempdir().unwrap();
-        let (base, child) = pair(d.path(), fmt);
+        let (d, base, child) = pair(fmt);
         assert_eq!(merge(&[s(&child)])["return_value"], 0);
         break_parent(&base, fmt, d.path());
         let before = hashes(d.path());
@@ -323,8 +327,7 @@ fn a_stale_or_damaged_marker_proves_nothing() {
         assert!(child.exists());
 
         // A torn marker (CRC mismatch), then none at all.
-        let d = tempfile::tempdir().unwrap();
-        let (_base, child) = pair(d.path(), fmt);
+        let (_d, _base, child) = pair(fmt);
         assert_eq!(merge(&[s(&child)])["return_value"], 0);
         let m = marker(&child);
         let mut bytes = std::fs::read(&m).unwrap();
@@ -337,14 +340,11 @@ fn a_stale_or_damaged_marker_proves_nothing() {
 
         // Another image at the source's path: here a new child of the
         // merged base, which merges for real (and replaces the marker) ...
-        let d = tempfile::tempdir().unwrap();
-        let (base, child) = pair(d.path(), fmt);
+        let (d, base, child) = pair(fmt);
         assert_eq!(merge(&[s(&child), "--remove-merged"])["return_value"], 0);
         create_child(&child, &base, fmt, d.path(), 21);
         let view = content(&child, d.path());
-        let v = merge(&[s(&child)]);
-        assert_eq!(v["return_value"], 0, "{v}");
-        assert_eq!(v["already_merged"], false, "{v}");
+        let v = merged(&[s(&child)]);
         assert!(v["bytes_merged"].as_u64().unwrap() > 0, "{v}");
         assert_eq!(content(&base, d.path()), view, "{fmt:?}: content");
         assert_already_merged(&merge(&[s(&child)]), &base);

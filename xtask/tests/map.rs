@@ -222,15 +222,23 @@ fn human_output_names_layers_and_sums_their_bytes() {
     }
 }
 
+/// A huge sparse VHDX `stem.vhdx` (`create` with `args`) holding `data`
+/// at `at`, and an empty child `stem.avhdx` over it: the child's path.
+fn sparse_pair(dir: &Path, stem: &str, args: &[&str], at: u64, data: &[u8]) -> PathBuf {
+    let base = dir.join(format!("{stem}.vhdx"));
+    let top = dir.join(format!("{stem}.avhdx"));
+    ok(&[&["create", s(&base)], args].concat());
+    write(&base, at, data, dir);
+    ok(&["create", s(&top), "--parent", s(&base)]);
+    top
+}
+
 #[test]
 fn a_64_tib_sparse_chain_maps_fast() {
     let _serial = testdata::serial();
     let tmp = tempfile::tempdir().unwrap();
-    let base = tmp.path().join("big.vhdx");
-    let top = tmp.path().join("big.avhdx");
-    ok(&["create", s(&base), "--size", "64T"]);
-    write(&base, 40 << 40, &noise(MIB as usize, 9), tmp.path());
-    ok(&["create", s(&top), "--parent", s(&base)]);
+    let data = noise(MIB as usize, 9);
+    let top = sparse_pair(tmp.path(), "big", &["--size", "64T"], 40 << 40, &data);
     write(&top, (64 << 40) - 4096, &noise(4096, 8), tmp.path());
     let t = Instant::now();
     let map = map_json(&top, &[]);
@@ -436,11 +444,9 @@ fn svg_has_a_row_per_layer_and_renders() {
 fn svg_of_a_2_tib_disk_with_many_runs_is_bucketed() {
     let _serial = testdata::serial();
     let tmp = tempfile::tempdir().unwrap();
-    let base = tmp.path().join("base.vhdx");
-    let top = tmp.path().join("top.avhdx");
-    ok(&["create", s(&base), "--size", "2T", "--block-size", "1M"]);
-    write(&base, 1 << 40, &noise(4 * MIB as usize, 3), tmp.path());
-    ok(&["create", s(&top), "--parent", s(&base)]);
+    let data = noise(4 * MIB as usize, 3);
+    let args = ["--size", "2T", "--block-size", "1M"];
+    let top = sparse_pair(tmp.path(), "top", &args, 1 << 40, &data);
     {
         let ns: Arc<dyn Namespace> = Arc::new(FsNamespace);
         let opts = ChainOptions {

@@ -49,6 +49,12 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 
 use formats::params::OpenOptions;
+// The BAT states (MS-VHDX 2.5.1.1), under the names the spec gives them.
+use formats::vhdx::bat::{
+    PAYLOAD_FULLY_PRESENT as FULLY_PRESENT, PAYLOAD_NOT_PRESENT as NOT_PRESENT,
+    PAYLOAD_PARTIALLY_PRESENT as PARTIALLY_PRESENT, PAYLOAD_UNDEFINED as UNDEFINED,
+    PAYLOAD_UNMAPPED as UNMAPPED, PAYLOAD_UNMAPPED_V095 as UNMAPPED_V095, PAYLOAD_ZERO as ZERO,
+};
 use formats::{Access, FsNamespace, JournalSlot, Namespace};
 use testdata::raw::{be32, be64, le64, vhdx_region, BAT_GUID, VHDX_HEADERS, VHDX_REGION_TABLES};
 
@@ -294,14 +300,6 @@ impl VhdxBat {
             .unwrap();
     }
 }
-
-const NOT_PRESENT: u8 = 0;
-const UNDEFINED: u8 = 1;
-const ZERO: u8 = 2;
-const UNMAPPED: u8 = 3;
-const UNMAPPED_V095: u8 = 5;
-const FULLY_PRESENT: u8 = 6;
-const PARTIALLY_PRESENT: u8 = 7;
 
 /// A dynamic/differencing VHD's blocks: (block, absolute offset of its
 /// data), read with the test's own parser (FORMATS.md 2.2, 2.4, 2.5).

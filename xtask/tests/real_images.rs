@@ -5,186 +5,12 @@
 //! data is absent.
 
 mod common;
-use common::{json, xtask};
+use common::{json, ok, xtask};
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use testdata::{real_image_cached, sha256_file};
-
-struct Expect {
-    name: &'static str,
-    format: &'static str,
-    disk_type: &'static str,
-    virtual_size: u64,
-    block_size: u64,
-    logical: u64,
-    physical: u64,
-    /// sha256 of the whole virtual content; None where not available.
-    sha256: Option<&'static str>,
-    /// Hashing the whole disk takes long (10 GiB and more): only in the
-    /// opt-in slow test.
-    slow: bool,
-}
-
-const MIB: u64 = 1 << 20;
-
-const IMAGES: &[Expect] = &[
-    Expect {
-        name: "fixed.vhd",
-        format: "vhd",
-        disk_type: "fixed",
-        virtual_size: 10485760,
-        block_size: 0,
-        logical: 512,
-        physical: 512,
-        sha256: Some("459325ab1fcd1d5ec9854cba790ee26378317cda177ffc1072008a1df88e6463"),
-        slow: false,
-    },
-    Expect {
-        name: "dynamic.vhd",
-        format: "vhd",
-        disk_type: "dynamic",
-        virtual_size: 10485760,
-        block_size: 2 * MIB,
-        logical: 512,
-        physical: 512,
-        sha256: Some("ecff2ef6615a3cddc6a6885f1c6d9cf13a232697e1dc6575f2c2f01f57247784"),
-        slow: false,
-    },
-    Expect {
-        name: "fixed.vhdx",
-        format: "vhdx",
-        disk_type: "fixed",
-        virtual_size: 10485760,
-        block_size: 2 * MIB,
-        logical: 512,
-        physical: 4096,
-        sha256: Some("bc0be4623b15aa84216fb31ba24e3b621ec7f1c72d198c990ac0eced222d9f62"),
-        slow: false,
-    },
-    Expect {
-        name: "dynamic.vhdx",
-        format: "vhdx",
-        disk_type: "dynamic",
-        virtual_size: 10485760,
-        block_size: 32 * MIB,
-        logical: 512,
-        physical: 4096,
-        sha256: Some("8e2b5e9265d694b42b81819e3bff29770eff4ed0f4f9f311693ff3dbdc93efac"),
-        slow: false,
-    },
-    Expect {
-        name: "vhdx-log-replay.vhdx",
-        format: "vhdx",
-        disk_type: "dynamic",
-        virtual_size: 1073741824,
-        block_size: 32 * MIB,
-        logical: 512,
-        physical: 4096,
-        sha256: Some("3ba3b309425b7ff5e8e0199edceed95226250f880c53b24e8eae93865f3fad5e"),
-        slow: false,
-    },
-    Expect {
-        name: "btrfs.vhdx",
-        format: "vhdx",
-        disk_type: "dynamic",
-        virtual_size: 1073741824,
-        block_size: 32 * MIB,
-        logical: 512,
-        physical: 4096,
-        sha256: Some("0b959f9cb4e18348ad8b646f152178282542c8304f02fddf765e3fd1a1de6864"),
-        slow: false,
-    },
-    Expect {
-        name: "swap.vhdx",
-        format: "vhdx",
-        disk_type: "dynamic",
-        virtual_size: 10737418240,
-        block_size: 32 * MIB,
-        logical: 512,
-        physical: 4096,
-        sha256: Some("60dd30b4c74361427d1089510cabb36e2eeda0cc4747f467ea43173acd358c49"),
-        slow: true,
-    },
-    Expect {
-        name: "lvm2.vhdx",
-        format: "vhdx",
-        disk_type: "dynamic",
-        virtual_size: 10737418240,
-        block_size: 32 * MIB,
-        logical: 512,
-        physical: 4096,
-        sha256: Some("f7dc6812a3b12a35f3ec895ce981bd59ff4558270fc80cd812c9cd522bff1295"),
-        slow: true,
-    },
-    Expect {
-        name: "iotest-dynamic-1G.vhdx",
-        format: "vhdx",
-        disk_type: "dynamic",
-        virtual_size: 1073741824,
-        block_size: 32 * MIB,
-        logical: 512,
-        physical: 4096,
-        sha256: Some("d3d112d8dab7fd360609f7d5a7b769904b7a2a7d7b6b8c535f65a23293c05478"),
-        slow: false,
-    },
-    Expect {
-        name: "iotest-dirtylog-10G-4M.vhdx",
-        format: "vhdx",
-        disk_type: "dynamic",
-        virtual_size: 10737418240,
-        block_size: MIB,
-        logical: 512,
-        physical: 512,
-        sha256: Some("179cefe8b0587f123393eedf2aa7aa8d25798591178e6bc3950a09762f38f96f"),
-        slow: true,
-    },
-    Expect {
-        name: "hyperv2012r2-dynamic.vhd",
-        format: "vhd",
-        disk_type: "dynamic",
-        virtual_size: 136365211648,
-        block_size: 2 * MIB,
-        logical: 512,
-        physical: 512,
-        sha256: Some("dcb4f171cbcedb416d5da34e48d5a17ecc2828a0f14c416de3669b8463cb1d8e"),
-        slow: true,
-    },
-    Expect {
-        name: "virtualpc-dynamic.vhd",
-        format: "vhd",
-        disk_type: "dynamic",
-        virtual_size: 136365211648,
-        block_size: 2 * MIB,
-        logical: 512,
-        physical: 512,
-        sha256: Some("dcb4f171cbcedb416d5da34e48d5a17ecc2828a0f14c416de3669b8463cb1d8e"),
-        slow: true,
-    },
-    Expect {
-        name: "d2v-zerofilled.vhd",
-        format: "vhd",
-        disk_type: "dynamic",
-        virtual_size: 263454720,
-        block_size: 2 * MIB,
-        logical: 512,
-        physical: 512,
-        sha256: Some("1ba076be94a8a64541c25aae8d5a5f8b0da758c3797af597e03acb431ff8d143"),
-        slow: false,
-    },
-    Expect {
-        name: "differencing.avhdx",
-        format: "vhdx",
-        disk_type: "differencing",
-        virtual_size: 8589934592,
-        block_size: 2 * MIB,
-        logical: 512,
-        physical: 4096,
-        sha256: None,
-        slow: false,
-    },
-];
+use testdata::{real_image_cached, sha256_file, REAL_IMAGES as IMAGES};
 
 fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
@@ -196,13 +22,7 @@ fn info_reports_the_readme_values() {
         let Some(p) = real_image_cached(e.name) else {
             return;
         };
-        let out = xtask(&["info", "--json", path_str(&p)]);
-        assert!(
-            out.status.success(),
-            "{}: {}",
-            e.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = ok(xtask(&["info", "--json", path_str(&p)]), e.name);
         let v = json(&out);
         assert_eq!(v["format"], e.format, "{}", e.name);
         assert_eq!(v["disk_type"], e.disk_type, "{}", e.name);
@@ -239,12 +59,7 @@ fn convert_matches(slow: bool) {
             return;
         };
         let (out, hash) = convert_and_hash(&p, &[]);
-        assert!(
-            out.status.success(),
-            "{}: {}",
-            e.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ok(out, e.name);
         assert_eq!(hash.as_deref(), Some(sha), "{}", e.name);
     }
 }
@@ -313,18 +128,10 @@ fn dfvfs_chain_needs_the_checksum_override() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("checksum"));
     let expect = "c6db12a7db548e193c29420c1b4533e4708b20c5033db5cc29ef075d48316d25";
     let (out, hash) = convert_and_hash(&parent, &["--ignore-checksums"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(out, "convert --ignore-checksums parent");
     assert_eq!(hash.as_deref(), Some(expect));
     let (out, hash) = convert_and_hash(&child, &["--ignore-checksums"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(out, "convert --ignore-checksums child");
     assert_eq!(hash.as_deref(), Some(expect));
     let info = json(&xtask(&["info", "--json", path_str(&child)]));
     assert_eq!(info["chain"].as_array().unwrap().len(), 2, "{info}");

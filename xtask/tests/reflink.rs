@@ -100,13 +100,8 @@ fn copies_share_extents(kind: FsKind) {
 }
 
 #[test]
-fn xfs_copies_share_extents_and_stay_exact() {
-    copies_share_extents(FsKind::Xfs);
-}
-
-#[test]
-fn btrfs_copies_share_extents_and_stay_exact() {
-    copies_share_extents(FsKind::Btrfs);
+fn copies_share_extents_and_stay_exact() {
+    testdata::each_case(FsKind::ALL, |&case| copies_share_extents(case));
 }
 
 /// Bytes the command wrote, as the kernel counted them (`/usr/bin/time`
@@ -191,23 +186,11 @@ fn merge_shares_payload(kind: FsKind, ext: (&str, &str)) {
 }
 
 #[test]
-fn xfs_vhdx_merge_shares_its_payload() {
-    merge_shares_payload(FsKind::Xfs, ("vhdx", "avhdx"));
-}
-
-#[test]
-fn xfs_vhd_merge_shares_its_payload() {
-    merge_shares_payload(FsKind::Xfs, ("vhd", "vhd"));
-}
-
-#[test]
-fn btrfs_vhdx_merge_shares_its_payload() {
-    merge_shares_payload(FsKind::Btrfs, ("vhdx", "avhdx"));
-}
-
-#[test]
-fn btrfs_vhd_merge_shares_its_payload() {
-    merge_shares_payload(FsKind::Btrfs, ("vhd", "vhd"));
+fn merge_shares_its_payload() {
+    let cases = FsKind::ALL
+        .into_iter()
+        .flat_map(|fs| [("vhdx", "avhdx"), ("vhd", "vhd")].map(|ext| (fs, ext)));
+    testdata::each_case(cases, |&(fs, ext)| merge_shares_payload(fs, ext));
 }
 
 /// `convert` of a VHDX holding 256 MiB in full blocks, on the same file
@@ -260,13 +243,8 @@ fn convert_shares_payload(kind: FsKind) {
 }
 
 #[test]
-fn xfs_convert_shares_its_payload() {
-    convert_shares_payload(FsKind::Xfs);
-}
-
-#[test]
-fn btrfs_convert_shares_its_payload() {
-    convert_shares_payload(FsKind::Btrfs);
+fn convert_shares_its_payload() {
+    testdata::each_case(FsKind::ALL, |&case| convert_shares_payload(case));
 }
 
 /// Every destination kind (VHD and VHDX; fixed, dynamic, differencing)
@@ -351,13 +329,8 @@ fn every_kind_merges_exactly(fs: FsKind) {
 }
 
 #[test]
-fn xfs_every_destination_kind_merges_exactly() {
-    every_kind_merges_exactly(FsKind::Xfs);
-}
-
-#[test]
-fn btrfs_every_destination_kind_merges_exactly() {
-    every_kind_merges_exactly(FsKind::Btrfs);
+fn every_destination_kind_merges_exactly() {
+    testdata::each_case(FsKind::ALL, |&case| every_kind_merges_exactly(case));
 }
 
 /// A dynamic VHD's BAT: (block size, bitmap bytes, file offset of each
@@ -542,11 +515,6 @@ fn vhd_joined_clones(fs: FsKind) {
 }
 
 #[test]
-fn xfs_vhd_merge_joins_whole_block_clones() {
-    vhd_joined_clones(FsKind::Xfs);
-}
-
-#[test]
-fn btrfs_vhd_merge_joins_whole_block_clones() {
-    vhd_joined_clones(FsKind::Btrfs);
+fn vhd_merge_joins_whole_block_clones() {
+    testdata::each_case(FsKind::ALL, |&case| vhd_joined_clones(case));
 }

@@ -532,15 +532,17 @@ fn rebase_standalone_makes_a_dynamic_image() {
                 Fmt::Vhd => "vpc",
                 Fmt::Vhdx => "vhdx",
             };
-            let out = std::process::Command::new("qemu-img")
-                .args(["compare", "-f", f, s(&top), "-F", "raw", s(&raw)])
-                .output()
-                .expect("spawn qemu-img");
-            assert!(
-                out.status.success(),
-                "{what}: qemu-img compare: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
+            testdata::command_ok(
+                std::process::Command::new("qemu-img").args([
+                    "compare",
+                    "-f",
+                    f,
+                    s(&top),
+                    "-F",
+                    "raw",
+                    s(&raw),
+                ]),
+                &format!("{what}: qemu-img compare"),
             );
         }
         // Running it again: nothing to do, nothing changed.

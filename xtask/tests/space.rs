@@ -27,7 +27,7 @@
 //! VHD check).
 
 mod common;
-use common::{json, ok, s, write, xtask, xtask_counting_writes};
+use common::{json, ok, s, write, xtask, xtask_counting_writes, xtask_ok};
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -48,6 +48,11 @@ fn sizes(p: &Path) -> (u64, u64) {
 
 fn mib(b: u64) -> String {
     format!("{b} ({:.3} MiB)", b as f64 / MIB as f64)
+}
+
+/// A file's `sizes`, as the logs show them.
+fn shown((apparent, allocated): (u64, u64)) -> String {
+    format!("apparent {} allocated {}", mib(apparent), mib(allocated))
 }
 
 /// `len` bytes of pseudo-random data in which no byte is zero (so no
@@ -81,6 +86,22 @@ enum Kind {
     VhdFixed,
     VhdDynamic,
     VhdDifferencing,
+}
+
+use Kind::*;
+
+/// Every destination kind.
+const ALL: [Kind; 6] = [
+    VhdxFixed,
+    VhdxDynamic,
+    VhdxDifferencing,
+    VhdFixed,
+    VhdDynamic,
+    VhdDifferencing,
+];
+/// The kinds with blocks to give back: all but a fixed VHD, which has none.
+fn blocked() -> impl Iterator<Item = Kind> {
+    ALL.into_iter().filter(|&k| k != VhdFixed)
 }
 
 impl Kind {
@@ -150,33 +171,29 @@ impl Kind {
 }
 
 fn create(path: &Path, kind: &str, block: u64) {
-    ok(
-        xtask(&[
-            "create",
-            s(path),
-            "--size",
-            &SIZE.to_string(),
-            "--type",
-            kind,
-            "--block-size",
-            &block.to_string(),
-        ]),
-        &format!("create {}", path.display()),
-    );
+    let (size, block) = (SIZE.to_string(), block.to_string());
+    xtask_ok(&[
+        "create",
+        s(path),
+        "--size",
+        &size,
+        "--type",
+        kind,
+        "--block-size",
+        &block,
+    ]);
 }
 
 fn create_child(child: &Path, parent: &Path, block: u64) {
-    ok(
-        xtask(&[
-            "create",
-            s(child),
-            "--parent",
-            s(parent),
-            "--block-size",
-            &block.to_string(),
-        ]),
-        &format!("create {} over {}", child.display(), parent.display()),
-    );
+    let block = block.to_string();
+    xtask_ok(&[
+        "create",
+        s(child),
+        "--parent",
+        s(parent),
+        "--block-size",
+        &block,
+    ]);
 }
 
 /// The destination of `kind`, filled completely with non-zero data (a
@@ -240,21 +257,15 @@ fn verify_image(kind: Kind, dest: &Path, expect_raw: &Path) {
         return;
     }
     if fmt == "vhdx" {
-        ok(
-            Command::new("qemu-img")
-                .args(["check", "-f", "vhdx", s(dest)])
-                .output()
-                .expect("spawn qemu-img"),
+        testdata::command_ok(
+            Command::new("qemu-img").args(["check", "-f", "vhdx", s(dest)]),
             &format!("qemu-img check {}", dest.display()),
         );
     } else {
         eprintln!("{kind:?}: skipping qemu-img check: qemu has no VHD check");
     }
-    ok(
-        Command::new("qemu-img")
-            .args(["compare", "-f", fmt, "-F", "raw", s(dest), s(expect_raw)])
-            .output()
-            .expect("spawn qemu-img"),
+    testdata::command_ok(
+        Command::new("qemu-img").args(["compare", "-f", fmt, "-F", "raw", s(dest), s(expect_raw)]),
         &format!(
             "qemu-img compare {} {}",
             dest.display(),
@@ -296,13 +307,11 @@ fn full_overwrite_merge(dir: &Path, kind: Kind) -> Merged {
     let v = merge(&child, &dest);
     let after = sizes(&dest);
     eprintln!(
-        "{kind:?}: {} MiB disk, block {}: before merge apparent {} allocated {}; after apparent {} allocated {} (apparent {:+} B, allocated {:+} B); merge said {v}",
+        "{kind:?}: {} MiB disk, block {}: before merge {}; after {} (apparent {:+} B, allocated {:+} B); merge said {v}",
         SIZE / MIB,
         mib(kind.block()),
-        mib(before.0),
-        mib(before.1),
-        mib(after.0),
-        mib(after.1),
+        shown(before),
+        shown(after),
         after.0 as i64 - before.0 as i64,
         after.1 as i64 - before.1 as i64,
     );
@@ -365,33 +374,8 @@ fn full_overwrite(kind: Kind) {
 }
 
 #[test]
-fn full_overwrite_merge_into_fixed_vhdx_is_space_neutral() {
-    full_overwrite(Kind::VhdxFixed);
-}
-
-#[test]
-fn full_overwrite_merge_into_dynamic_vhdx_is_space_neutral() {
-    full_overwrite(Kind::VhdxDynamic);
-}
-
-#[test]
-fn full_overwrite_merge_into_differencing_vhdx_is_space_neutral() {
-    full_overwrite(Kind::VhdxDifferencing);
-}
-
-#[test]
-fn full_overwrite_merge_into_fixed_vhd_is_space_neutral() {
-    full_overwrite(Kind::VhdFixed);
-}
-
-#[test]
-fn full_overwrite_merge_into_dynamic_vhd_is_space_neutral() {
-    full_overwrite(Kind::VhdDynamic);
-}
-
-#[test]
-fn full_overwrite_merge_into_differencing_vhd_is_space_neutral() {
-    full_overwrite(Kind::VhdDifferencing);
+fn full_overwrite_merge_into_every_kind_is_space_neutral() {
+    testdata::each_case(ALL, |&case| full_overwrite(case));
 }
 
 /// 10 cycles of (new child, overwrite 25 % of the disk in 1 MiB pieces at
@@ -426,12 +410,7 @@ fn cycles(kind: Kind) {
         merge(&child, &base);
         let _ = std::fs::remove_file(&child);
         let sz = sizes(&base);
-        eprintln!(
-            "{kind:?} cycle {}: apparent {} allocated {}",
-            cycle + 1,
-            mib(sz.0),
-            mib(sz.1)
-        );
+        eprintln!("{kind:?} cycle {}: {}", cycle + 1, shown(sz));
         after.push(sz);
     }
     let expect_raw = dir.join("expect.raw");
@@ -448,13 +427,10 @@ fn cycles(kind: Kind) {
     let (first, last) = (after[0], after[CYCLES - 1]);
     let block = kind.block();
     eprintln!(
-        "{kind:?}: {CYCLES} cycles: before apparent {} allocated {}; after cycle 1 apparent {} allocated {}; after cycle {CYCLES} apparent {} allocated {} (apparent {:+} B, allocated {:+} B since cycle 1)",
-        mib(initial.0),
-        mib(initial.1),
-        mib(first.0),
-        mib(first.1),
-        mib(last.0),
-        mib(last.1),
+        "{kind:?}: {CYCLES} cycles: before {}; after cycle 1 {}; after cycle {CYCLES} {} (apparent {:+} B, allocated {:+} B since cycle 1)",
+        shown(initial),
+        shown(first),
+        shown(last),
         last.0 as i64 - first.0 as i64,
         last.1 as i64 - first.1 as i64
     );
@@ -481,13 +457,8 @@ fn cycles(kind: Kind) {
 }
 
 #[test]
-fn ten_merge_cycles_do_not_grow_a_dynamic_vhdx() {
-    cycles(Kind::VhdxDynamic);
-}
-
-#[test]
-fn ten_merge_cycles_do_not_grow_a_dynamic_vhd() {
-    cycles(Kind::VhdDynamic);
+fn ten_merge_cycles_do_not_grow_a_dynamic_image() {
+    testdata::each_case([VhdxDynamic, VhdDynamic], |&case| cycles(case));
 }
 
 /// `compact IMAGE --json` on a destination a space-neutral merge just left
@@ -518,11 +489,9 @@ fn compact_after_merge(kind: Kind) {
     let (lb, la) = (field("allocated_before"), field("allocated_after"));
     let post = sizes(&m.dest);
     eprintln!(
-        "{kind:?}: compact after merge: stat before apparent {} allocated {}, after apparent {} allocated {}; compact said apparent {ab} -> {aa}, allocated {lb} -> {la}",
-        mib(pre.0),
-        mib(pre.1),
-        mib(post.0),
-        mib(post.1)
+        "{kind:?}: compact after merge: stat before {}, after {}; compact said apparent {ab} -> {aa}, allocated {lb} -> {la}",
+        shown(pre),
+        shown(post)
     );
     assert_eq!(
         ab, pre.0,
@@ -566,23 +535,11 @@ fn compact_after_merge(kind: Kind) {
 }
 
 #[test]
-fn compact_of_a_merged_dynamic_vhdx_is_a_no_op() {
-    compact_after_merge(Kind::VhdxDynamic);
-}
-
-#[test]
-fn compact_of_a_merged_dynamic_vhd_is_a_no_op() {
-    compact_after_merge(Kind::VhdDynamic);
-}
-
-#[test]
-fn compact_of_a_merged_differencing_vhdx_is_a_no_op() {
-    compact_after_merge(Kind::VhdxDifferencing);
-}
-
-#[test]
-fn compact_of_a_merged_differencing_vhd_is_a_no_op() {
-    compact_after_merge(Kind::VhdDifferencing);
+fn compact_of_a_merged_image_is_a_no_op() {
+    testdata::each_case(
+        [VhdxDynamic, VhdDynamic, VhdxDifferencing, VhdDifferencing],
+        |&case| compact_after_merge(case),
+    );
 }
 
 /// Appends `len` bytes of non-zero junk that no structure references
@@ -623,13 +580,10 @@ fn compact_gives_back_unreferenced_space(kind: Kind) {
     let v = json(&out);
     let after = sizes(&img);
     eprintln!(
-        "{kind:?}: lean apparent {} allocated {}; bloated {} / {}; compacted {} / {}; compact said {v}",
-        mib(lean.0),
-        mib(lean.1),
-        mib(fat.0),
-        mib(fat.1),
-        mib(after.0),
-        mib(after.1)
+        "{kind:?}: lean {}; bloated {}; compacted {}; compact said {v}",
+        shown(lean),
+        shown(fat),
+        shown(after)
     );
     assert_eq!(v["apparent_before"].as_u64(), Some(fat.0), "{v}");
     assert_eq!(v["apparent_after"].as_u64(), Some(after.0), "{v}");
@@ -657,28 +611,10 @@ fn compact_gives_back_unreferenced_space(kind: Kind) {
 }
 
 #[test]
-fn compact_gives_back_unreferenced_space_of_a_fixed_vhdx() {
-    compact_gives_back_unreferenced_space(Kind::VhdxFixed);
-}
-
-#[test]
-fn compact_gives_back_unreferenced_space_of_a_dynamic_vhdx() {
-    compact_gives_back_unreferenced_space(Kind::VhdxDynamic);
-}
-
-#[test]
-fn compact_gives_back_unreferenced_space_of_a_differencing_vhdx() {
-    compact_gives_back_unreferenced_space(Kind::VhdxDifferencing);
-}
-
-#[test]
-fn compact_gives_back_unreferenced_space_of_a_dynamic_vhd() {
-    compact_gives_back_unreferenced_space(Kind::VhdDynamic);
-}
-
-#[test]
-fn compact_gives_back_unreferenced_space_of_a_differencing_vhd() {
-    compact_gives_back_unreferenced_space(Kind::VhdDifferencing);
+fn compact_gives_back_unreferenced_space_of_every_blocked_kind() {
+    testdata::each_case(blocked(), |&case| {
+        compact_gives_back_unreferenced_space(case)
+    });
 }
 
 /// `compact --zero-blocks`: blocks whose data is all zeros stop being
@@ -716,11 +652,9 @@ fn zero_blocks(kind: Kind) {
     let v = json(&out);
     let after = sizes(&img);
     eprintln!(
-        "{kind:?}: compact --zero-blocks: apparent {} -> {}, allocated {} -> {}; {v}",
-        mib(before.0),
-        mib(after.0),
-        mib(before.1),
-        mib(after.1)
+        "{kind:?}: compact --zero-blocks: before {}, after {}; {v}",
+        shown(before),
+        shown(after)
     );
     let want = match kind {
         Kind::VhdxFixed | Kind::VhdFixed => 0,
@@ -753,29 +687,20 @@ fn zero_blocks(kind: Kind) {
     verify_image(kind, &img, &expect_raw);
 }
 
+/// Dynamic: released; differencing: released only over parent zeros;
+/// fixed VHDX: kept (`zero_blocks` says why).
 #[test]
-fn zero_blocks_of_a_dynamic_vhdx_are_released() {
-    zero_blocks(Kind::VhdxDynamic);
-}
-
-#[test]
-fn zero_blocks_of_a_differencing_vhdx_are_released_only_over_parent_zeros() {
-    zero_blocks(Kind::VhdxDifferencing);
-}
-
-#[test]
-fn zero_blocks_of_a_fixed_vhdx_are_kept() {
-    zero_blocks(Kind::VhdxFixed);
-}
-
-#[test]
-fn zero_blocks_of_a_dynamic_vhd_are_released() {
-    zero_blocks(Kind::VhdDynamic);
-}
-
-#[test]
-fn zero_blocks_of_a_differencing_vhd_are_released_only_over_parent_zeros() {
-    zero_blocks(Kind::VhdDifferencing);
+fn zero_blocks_are_released_or_kept_as_each_kind_allows() {
+    testdata::each_case(
+        [
+            VhdxDynamic,
+            VhdxDifferencing,
+            VhdxFixed,
+            VhdDynamic,
+            VhdDifferencing,
+        ],
+        |&case| zero_blocks(case),
+    );
 }
 
 /// A refused `compact` changes no byte: an image whose BAT names a block
@@ -792,26 +717,25 @@ fn refused_compactions_change_no_byte() {
     let table = u64::from_be_bytes(bytes[header + 16..header + 24].try_into().unwrap()) as usize;
     bytes[table..table + 4].copy_from_slice(&0x00F0_0000u32.to_be_bytes());
     std::fs::write(&img, &bytes).unwrap();
-    let out = xtask(&["compact", s(&img), "--json"]);
-    let v = json(&out);
-    assert_eq!(out.status.code(), Some(1), "{v}");
-    assert!(v["error"].as_str().unwrap_or("").contains("refused"), "{v}");
-    assert!(
-        std::fs::read(&img).unwrap() == bytes,
-        "a refused compact changed the image"
-    );
+    compact_refused(&img, &[], 1, "refused");
 
     // A differencing VHDX without its parent, with --zero-blocks.
     let d = tempfile::tempdir().unwrap();
     let child = make_destination(d.path(), Kind::VhdxDifferencing);
     std::fs::remove_file(d.path().join("base.vhdx")).unwrap();
-    let before = std::fs::read(&child).unwrap();
-    let out = xtask(&["compact", s(&child), "--zero-blocks", "--json"]);
+    compact_refused(&child, &["--zero-blocks"], 2, "parent");
+}
+
+/// `compact IMAGE --json` with `extra` must exit `code` with an error
+/// that says `says`, and leave every byte of `img` as it was.
+fn compact_refused(img: &Path, extra: &[&str], code: i32, says: &str) {
+    let before = std::fs::read(img).unwrap();
+    let out = xtask(&[&["compact", s(img), "--json"], extra].concat());
     let v = json(&out);
-    assert_eq!(out.status.code(), Some(2), "{v}");
-    assert!(v["error"].as_str().unwrap_or("").contains("parent"), "{v}");
+    assert_eq!(out.status.code(), Some(code), "{v}");
+    assert!(v["error"].as_str().unwrap_or("").contains(says), "{v}");
     assert!(
-        std::fs::read(&child).unwrap() == before,
+        std::fs::read(img).unwrap() == before,
         "a refused compact changed the image"
     );
 }
@@ -931,26 +855,6 @@ fn half_blocks(kind: Kind) {
 }
 
 #[test]
-fn half_blocks_over_a_full_fixed_vhdx_journal_and_rebuild() {
-    half_blocks(Kind::VhdxFixed);
-}
-
-#[test]
-fn half_blocks_over_a_full_dynamic_vhdx_journal_and_rebuild() {
-    half_blocks(Kind::VhdxDynamic);
-}
-
-#[test]
-fn half_blocks_over_a_full_differencing_vhdx_journal_and_rebuild() {
-    half_blocks(Kind::VhdxDifferencing);
-}
-
-#[test]
-fn half_blocks_over_a_full_dynamic_vhd_journal_and_rebuild() {
-    half_blocks(Kind::VhdDynamic);
-}
-
-#[test]
-fn half_blocks_over_a_full_differencing_vhd_journal_and_rebuild() {
-    half_blocks(Kind::VhdDifferencing);
+fn half_blocks_over_a_full_image_journal_and_rebuild() {
+    testdata::each_case(blocked(), |&case| half_blocks(case));
 }

@@ -116,6 +116,18 @@ fn errors(f: &[crate::Finding]) -> Vec<&crate::Finding> {
     f.iter().filter(|x| x.severity == Severity::Error).collect()
 }
 
+/// `check` finds nothing at all (it says what it found otherwise).
+fn assert_clean(img: &VhdImage) {
+    let found = img.check().unwrap();
+    assert!(found.is_empty(), "{found:?}");
+}
+
+/// `check` finds no error (warnings may stand).
+fn assert_no_errors(img: &VhdImage) {
+    let found = img.check().unwrap();
+    assert!(errors(&found).is_empty(), "{found:?}");
+}
+
 fn detail<'a>(info: &'a crate::params::ImageInfo, key: &str) -> &'a str {
     &info.details.iter().find(|(k, _)| k == key).unwrap().1
 }
@@ -384,11 +396,7 @@ fn exercise_writes(kind: DiskType, block: Option<u32>, size: u64, seed: u64) {
         let img = open_ro(&st);
         assert_eq!(img.virtual_size(), size);
         assert_eq!(content(&img), model);
-        assert!(
-            img.check().unwrap().is_empty(),
-            "{:?}",
-            img.check().unwrap()
-        );
+        assert_clean(&img);
     }
     let mut img = open_rw(&st);
     let bs = img.block_size().max(512 * 64);
@@ -418,11 +426,7 @@ fn exercise_writes(kind: DiskType, block: Option<u32>, size: u64, seed: u64) {
     drop(img);
     let img = open_ro(&st);
     assert_eq!(content(&img), model);
-    assert!(
-        img.check().unwrap().is_empty(),
-        "{:?}",
-        img.check().unwrap()
-    );
+    assert_clean(&img);
 }
 
 #[test]
@@ -543,11 +547,7 @@ fn differencing_create_links_and_reads_through_the_parent() {
     drop(child);
     let child = open_ro(&child_st);
     assert_eq!(content_over(&child, Some(&pdata)), model);
-    assert!(
-        child.check().unwrap().is_empty(),
-        "{:?}",
-        child.check().unwrap()
-    );
+    assert_clean(&child);
 }
 
 #[test]
@@ -611,6 +611,15 @@ fn prefill(img: &mut VhdImage, model: &mut [u8]) {
     model[512 << 10..(512 << 10) + (1 << 20)].copy_from_slice(&d);
 }
 
+/// A 2 MiB dynamic VHD in 512 KiB blocks, `prefill`ed, and its content.
+fn prefilled_dynamic() -> (Arc<MemStorage>, Vec<u8>) {
+    let size = 2 << 20;
+    let st = new_image(DiskType::Dynamic, size, Some(512 << 10), None);
+    let mut model = vec![0u8; size as usize];
+    prefill(&mut open_rw(&st), &mut model);
+    (st, model)
+}
+
 #[test]
 fn shadow_batch_commits_drops_and_grows() {
     use crate::image::Image;
@@ -657,11 +666,7 @@ fn shadow_batch_commits_drops_and_grows() {
             assert!(ns.paths().is_empty(), "abandoned journal left behind");
             let again = open(ro());
             assert_eq!(content(&again), old, "{kind:?} after drop");
-            assert!(
-                errors(&again.check().unwrap()).is_empty(),
-                "{:?}",
-                again.check().unwrap()
-            );
+            assert_no_errors(&again);
             drop(again);
             let len_before = st.len().unwrap();
             let mut b = img.begin_batch().unwrap();
@@ -678,11 +683,7 @@ fn shadow_batch_commits_drops_and_grows() {
             assert_eq!(img.identity(), new_id(3));
             assert_eq!(img.virtual_size(), model.len() as u64);
             assert_eq!(content(&img), model, "{kind:?} grow {grow:?}");
-            assert!(
-                img.check().unwrap().is_empty(),
-                "{:?}",
-                img.check().unwrap()
-            );
+            assert_clean(&img);
             assert!(ns.paths().is_empty());
         }
     }
@@ -734,11 +735,7 @@ fn shadow_batch_into_differencing_sets_only_written_bits() {
         .map(|r| r.len)
         .sum();
     assert_eq!(present, 512 + 1024);
-    assert!(
-        img.check().unwrap().is_empty(),
-        "{:?}",
-        img.check().unwrap()
-    );
+    assert_clean(&img);
 }
 
 // ------------------------------------------------ crash-point exploration
@@ -816,10 +813,7 @@ fn old_or_new_at_every_crash_point(m: &CrashModel, open: impl Fn(&Arc<CrashNames
 #[test]
 fn shadow_commit_is_old_or_new_at_every_crash_point() {
     use crate::image::Image;
-    let size = 2 << 20;
-    let st0 = new_image(DiskType::Dynamic, size, Some(512 << 10), None);
-    let mut model = vec![0u8; size as usize];
-    prefill(&mut open_rw(&st0), &mut model);
+    let (st0, mut model) = prefilled_dynamic();
     let old = model.clone();
     let m = record_run(&st0.to_vec(), |ns| {
         let st = ns.open(Path::new(IMG), Access::Write).unwrap();
@@ -851,10 +845,7 @@ fn shadow_commit_is_old_or_new_at_every_crash_point() {
 fn held_blocks_journal_is_old_or_new_at_every_crash_point() {
     use crate::image::Image;
     use crate::params::HeldBlocks;
-    let size = 2 << 20;
-    let st0 = new_image(DiskType::Dynamic, size, Some(512 << 10), None);
-    let mut model = vec![0u8; size as usize];
-    prefill(&mut open_rw(&st0), &mut model);
+    let (st0, mut model) = prefilled_dynamic();
     let old = model.clone();
     let open = |ns: &Arc<dyn Namespace>, opts: OpenOptions| {
         let access = if opts.writable {
@@ -967,11 +958,7 @@ fn fixed_journal_is_replayed_overlaid_or_discarded() {
             if let Some(e) = expect_new {
                 assert_eq!(is_new, e);
             }
-            assert!(
-                errors(&img.check().unwrap()).is_empty(),
-                "{:?}",
-                img.check().unwrap()
-            );
+            assert_no_errors(&img);
             if writable {
                 assert!(
                     ns.paths().is_empty(),
@@ -1017,11 +1004,7 @@ fn fixed_journal_is_replayed_overlaid_or_discarded() {
             assert!(is_new || c == old, "neither old nor new");
             assert!(seen.is_none_or(|s| s == is_new), "the opens disagree");
             seen = Some(is_new);
-            assert!(
-                errors(&img.check().unwrap()).is_empty(),
-                "{:?}",
-                img.check().unwrap()
-            );
+            assert_no_errors(&img);
             if writable {
                 assert_eq!(ns.get(Path::new(JOURNAL)), None, "journal left behind");
             } else {
@@ -1336,39 +1319,30 @@ fn qemu_img_reads_what_we_write() {
         let rp = dir.path().join("x.raw");
         std::fs::write(&vp, st.to_vec()).unwrap();
         std::fs::write(&rp, &model).unwrap();
-        let out = std::process::Command::new(&q)
-            .args(["compare", "-f", "vpc", "-F", "raw"])
-            .arg(&vp)
-            .arg(&rp)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{kind:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        testdata::command_ok(
+            std::process::Command::new(&q)
+                .args(["compare", "-f", "vpc", "-F", "raw"])
+                .arg(&vp)
+                .arg(&rp),
+            &format!("{kind:?}: qemu-img compare"),
         );
         // And the reverse: qemu writes, we read.
-        let w = std::process::Command::new(&q)
-            .args(["convert", "-f", "raw", "-O", "vpc", "-o"])
-            .arg(if kind == DiskType::Fixed {
-                "subformat=fixed,force_size=on"
-            } else {
-                "subformat=dynamic,force_size=on"
-            })
-            .arg(&rp)
-            .arg(dir.path().join("q.vhd"))
-            .output()
-            .unwrap();
-        assert!(w.status.success(), "{}", String::from_utf8_lossy(&w.stderr));
+        testdata::command_ok(
+            std::process::Command::new(&q)
+                .args(["convert", "-f", "raw", "-O", "vpc", "-o"])
+                .arg(if kind == DiskType::Fixed {
+                    "subformat=fixed,force_size=on"
+                } else {
+                    "subformat=dynamic,force_size=on"
+                })
+                .arg(&rp)
+                .arg(dir.path().join("q.vhd")),
+            &format!("{kind:?}: qemu-img convert"),
+        );
         let qb = std::fs::read(dir.path().join("q.vhd")).unwrap();
         let qi = VhdImage::open("q.vhd", mem(qb), None, ro()).unwrap();
         assert_eq!(qi.virtual_size(), size);
         assert_eq!(content(&qi), model, "{kind:?}: qemu-written image");
-        assert!(
-            errors(&qi.check().unwrap()).is_empty(),
-            "{:?}",
-            qi.check().unwrap()
-        );
+        assert_no_errors(&qi);
     }
 }

@@ -29,6 +29,30 @@ pub fn assert_runs(s: &dyn Scenario) {
     );
 }
 
+/// The tests' budget: seeded, on two threads (what CI's machines have).
+pub fn budget(seed: u64) -> Budget {
+    Budget {
+        seed,
+        threads: 2,
+        ..Budget::default()
+    }
+}
+
+/// Explore the negative control `s` (its own run must succeed, see
+/// `assert_runs`) and require that it was caught (see `assert_caught`;
+/// `what` says what went unnoticed otherwise); the report.
+pub fn control_caught(s: &dyn Scenario, strategy: Strategy, budget: &Budget, what: &str) -> Report {
+    assert_runs(s);
+    let r = sim::explore(s, strategy, budget);
+    eprintln!(
+        "{} (negative control); first: {:?}",
+        summary(&r),
+        r.violations.first().map(|v| &v.description)
+    );
+    assert_caught(&r, s, s.cli_strategy(), what);
+    r
+}
+
 /// A negative control run with `strategy` (its CLI name) was caught
 /// (`what` says what went unnoticed otherwise), and its first violation
 /// names the command that replays it.
