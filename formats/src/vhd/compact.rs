@@ -27,7 +27,7 @@ use super::image::{FooterSource, VhdImage};
 use crate::error::IoContext;
 use crate::image::CompactReport;
 use crate::space::SpaceMap;
-use crate::{Error, Result};
+use crate::{CopyRange, Error, Result};
 
 /// Bytes moved between BAT writes at most.
 const ROUND_BYTES: u64 = 1 << 30;
@@ -136,7 +136,8 @@ pub(super) fn compact(img: &mut VhdImage) -> Result<CompactReport> {
                 for &(i, old, space) in &tail {
                     let e = &mut header.parent_locators[i];
                     let len = u64::from(e.platform_data_length);
-                    st.copy_from(st.as_ref(), old, next, len).ctx(&name)?;
+                    st.copy_from(st.as_ref(), CopyRange::new(old, next, len))
+                        .ctx(&name)?;
                     e.platform_data_offset = next;
                     next += space;
                 }
@@ -221,7 +222,8 @@ pub(super) fn compact(img: &mut VhdImage) -> Result<CompactReport> {
         }
         let mut entries = s.bat.clone();
         for &(i, o, to) in &moves {
-            st.copy_from(st.as_ref(), o, to, span).ctx(&name)?;
+            st.copy_from(st.as_ref(), CopyRange::new(o, to, span))
+                .ctx(&name)?;
             entries[i] = u32::try_from(to / 512).map_err(|_| Error::Unsupported {
                 file: name.clone(),
                 message: "block offset past 2 TiB".into(),
