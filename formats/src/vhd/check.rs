@@ -3,7 +3,7 @@
 //! overlapping structures, a stale footer copy.
 
 use super::bat::{BlockAllocationTable, BAT_UNALLOCATED};
-use super::dynamic_header::HEADER_SIZE;
+use super::dynamic_header::{DynamicDiskHeader, HEADER_SIZE};
 use super::footer::{HardDiskFooter, FEATURES_RESERVED, FILE_FORMAT_VERSION, FOOTER_SIZE};
 use super::image::{FooterSource, VhdImage};
 use crate::error::IoContext;
@@ -25,7 +25,7 @@ pub(super) fn check(img: &VhdImage) -> Result<Vec<Finding>> {
             CorruptionKind::FooterFormatVersion,
             name,
             "hard disk footer",
-            foff + 0x0C,
+            foff + HardDiskFooter::FORMAT_VERSION_OFFSET,
             format!(
                 "File Format Version {:#010x} is not 0x00010000",
                 f.file_format_version
@@ -37,7 +37,7 @@ pub(super) fn check(img: &VhdImage) -> Result<Vec<Finding>> {
             CorruptionKind::FooterFeatures,
             name,
             "hard disk footer",
-            foff + 0x08,
+            foff + HardDiskFooter::FEATURES_OFFSET,
             "Features bit 1 (reserved, must be set) is clear",
         ));
     }
@@ -46,7 +46,7 @@ pub(super) fn check(img: &VhdImage) -> Result<Vec<Finding>> {
             CorruptionKind::FooterFeatures,
             name,
             "hard disk footer",
-            foff + 0x08,
+            foff + HardDiskFooter::FEATURES_OFFSET,
             format!("Features {:#010x} has undefined bits set", f.features),
         ));
     }
@@ -55,7 +55,7 @@ pub(super) fn check(img: &VhdImage) -> Result<Vec<Finding>> {
             CorruptionKind::SavedState,
             name,
             "hard disk footer",
-            foff + 0x54,
+            foff + HardDiskFooter::SAVED_STATE_OFFSET,
             "Saved State is set: the disk belongs to a saved VM; structural changes are refused",
         ));
     }
@@ -108,13 +108,13 @@ pub(super) fn check(img: &VhdImage) -> Result<Vec<Finding>> {
             s.header_offset,
             s.header_offset + HEADER_SIZE as u64,
             "dynamic disk header".into(),
-            foff + 0x10,
+            foff + HardDiskFooter::DATA_OFFSET_OFFSET,
         ),
         (
             s.header.table_offset,
             s.header.table_offset + BlockAllocationTable::disk_size(s.header.max_table_entries),
             "block allocation table".into(),
-            s.header_offset + 0x10,
+            s.header_offset + DynamicDiskHeader::TABLE_OFFSET_OFFSET,
         ),
     ];
     for (e, eoff, _) in &s.locators {
@@ -137,7 +137,7 @@ pub(super) fn check(img: &VhdImage) -> Result<Vec<Finding>> {
                     CorruptionKind::LocatorInNonDifferencing,
                     name,
                     "parent locator entry",
-                    s.header_offset + 0x240 + 24 * i as u64,
+                    s.header_offset + DynamicDiskHeader::locator_entry_offset(i),
                     "a dynamic (non-differencing) disk has a parent locator entry",
                 ));
             }

@@ -6,7 +6,7 @@ use std::io::Cursor;
 use binrw::meta::{ReadEndian, WriteEndian};
 use binrw::{BinRead, BinWrite};
 
-use crate::{CorruptionKind, Error, Result};
+use crate::{CorruptionKind, Error, Finding, Result};
 
 /// Decode `T` from `bytes` (a structure found at `offset` in `file`).
 pub fn decode<T>(bytes: &[u8], file: &str, structure: &'static str, offset: u64) -> Result<T>
@@ -57,4 +57,39 @@ where
 /// Round `v` up to a multiple of 512, None on overflow.
 pub fn align512(v: u64) -> Option<u64> {
     v.checked_add(511).map(|x| x & !511)
+}
+
+/// A stored checksum that does not match (`mismatch`, an
+/// `Error::Checksum`): the error, unless checksums are ignored; then it
+/// becomes an error finding and the structure is used as it is. The
+/// footer and the dynamic disk header follow this one rule.
+pub fn tolerate_checksum(
+    mismatch: Error,
+    ignore_checksums: bool,
+    findings: &mut Vec<Finding>,
+) -> Result<()> {
+    let Error::Checksum {
+        file,
+        structure,
+        offset,
+        kind,
+        stored,
+        computed,
+    } = &mismatch
+    else {
+        return Err(mismatch);
+    };
+    if !ignore_checksums {
+        return Err(mismatch);
+    }
+    findings.push(Finding::error(
+        *kind,
+        file,
+        structure,
+        *offset,
+        format!(
+            "checksum mismatch (stored {stored:#010x}, computed {computed:#010x}); accepted because checksums are ignored"
+        ),
+    ));
+    Ok(())
 }

@@ -21,7 +21,7 @@
 
 use super::bat::{BlockAllocationTable, BAT_UNALLOCATED};
 use super::codec::align512;
-use super::dynamic_header::HEADER_SIZE;
+use super::dynamic_header::{DynamicDiskHeader, HEADER_SIZE};
 use super::footer::FOOTER_SIZE;
 use super::image::{FooterSource, VhdImage};
 use crate::error::IoContext;
@@ -177,7 +177,7 @@ pub(super) fn compact(img: &mut VhdImage) -> Result<CompactReport> {
                                 .iter()
                                 .find(|(l, _, _)| l.platform_data_offset == old)
                                 .and_then(|(_, _, t)| t.clone());
-                            (*e, at + 0x240 + 24 * i as u64, text)
+                            (*e, at + DynamicDiskHeader::locator_entry_offset(i), text)
                         })
                         .collect();
                     s.locators = rebuilt;

@@ -3,7 +3,10 @@
 
 use binrw::binrw;
 
+use super::dynamic_header::DynamicDiskHeader;
+use crate::error::IoContext;
 use crate::params::PathHint;
+use crate::{CorruptionKind, Finding, Result, Storage};
 
 /// Platform codes (big-endian four-character codes).
 pub const PLATFORM_NONE: u32 = 0;
@@ -17,6 +20,8 @@ pub const PLATFORM_MACX: u32 = 0x4D61_6358;
 /// Locator data larger than this is refused before it is read: real paths
 /// are a few hundred bytes.
 pub const MAX_LOCATOR_DATA: u32 = 64 * 1024;
+/// Bytes of one entry in the dynamic disk header.
+pub const ENTRY_SIZE: u64 = 24;
 
 #[binrw]
 #[brw(big)]
@@ -51,6 +56,53 @@ impl ParentLocatorEntry {
             space.saturating_mul(512).max(len)
         }
     }
+}
+
+/// Open step of a differencing disk: every used entry of the header at
+/// `ho`, with the absolute offset of the entry and its data decoded as a
+/// path. Data outside the `len`-byte file or over `MAX_LOCATOR_DATA` is an
+/// error finding, not an error: the entry is kept without text (another
+/// locator or the parent's name may still find the parent).
+pub fn load(
+    st: &dyn Storage,
+    name: &str,
+    header: &DynamicDiskHeader,
+    ho: u64,
+    len: u64,
+    findings: &mut Vec<Finding>,
+) -> Result<Vec<(ParentLocatorEntry, u64, Option<String>)>> {
+    let mut locators = Vec::new();
+    for (i, e) in header.parent_locators.iter().enumerate() {
+        if !e.is_used() {
+            continue;
+        }
+        let eoff = ho + DynamicDiskHeader::locator_entry_offset(i);
+        let dl = e.platform_data_length;
+        let fits = e
+            .platform_data_offset
+            .checked_add(u64::from(dl))
+            .is_some_and(|x| x <= len);
+        if dl > MAX_LOCATOR_DATA || !fits {
+            findings.push(Finding::error(
+                CorruptionKind::LocatorOutsideFile,
+                name,
+                "parent locator entry",
+                eoff,
+                format!(
+                    "{} locator data ({dl} bytes at {:#x}) lies outside the file or exceeds 64 KiB; entry ignored",
+                    e.code_text(),
+                    e.platform_data_offset
+                ),
+            ));
+            locators.push((*e, eoff, None));
+            continue;
+        }
+        let mut d = vec![0u8; dl as usize];
+        st.read_at(&mut d, e.platform_data_offset).ctx(name)?;
+        let text = decode_locator(e.platform_code, &d).map(|(s, _)| s);
+        locators.push((*e, eoff, text));
+    }
+    Ok(locators)
 }
 
 /// Decode locator data to a path string, and the hint it gives.
