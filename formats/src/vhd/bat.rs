@@ -4,7 +4,7 @@
 use binrw::binrw;
 
 use super::codec;
-use super::dynamic_header::DynamicDiskHeader;
+use super::dynamic_header::{DynamicDiskHeader, LoadedHeader};
 use crate::error::IoContext;
 use crate::{CorruptionKind, Error, Result, Storage};
 
@@ -52,16 +52,11 @@ impl BlockAllocationTable {
     }
 }
 
-/// Open step: the table the dynamic disk header at `ho` names (Table
-/// Offset, Max Table Entries, already bounded by the header's step), which
-/// must lie inside the `len`-byte file. Returns its entries.
-pub fn load(
-    st: &dyn Storage,
-    name: &str,
-    header: &DynamicDiskHeader,
-    ho: u64,
-    len: u64,
-) -> Result<Vec<u32>> {
+/// Open step: the table the dynamic disk header names (Table Offset, Max
+/// Table Entries, already bounded by the header's step), which must lie
+/// inside the `len`-byte file. Returns its entries.
+pub fn load(st: &dyn Storage, name: &str, loaded: &LoadedHeader, len: u64) -> Result<Vec<u32>> {
+    let header = &loaded.header;
     let to = header.table_offset;
     let bat_bytes = u64::from(header.max_table_entries) * 4;
     if to.checked_add(bat_bytes).is_none_or(|e| e > len) {
@@ -69,7 +64,7 @@ pub fn load(
             CorruptionKind::BatOutsideFile,
             name,
             "dynamic disk header",
-            ho + DynamicDiskHeader::TABLE_OFFSET_OFFSET,
+            loaded.field_at(DynamicDiskHeader::TABLE_OFFSET_OFFSET),
             format!(
                 "Table Offset {to:#x} + {bat_bytes} BAT bytes lies outside the {len}-byte file"
             ),

@@ -93,3 +93,18 @@ pub fn tolerate_checksum(
     ));
     Ok(())
 }
+
+/// Where the first byte lies that `set` changes in the encoding of `zero`:
+/// the offset of the field `set` fills with ones. Tests pin the named
+/// field offsets to the binrw schemas with it.
+#[cfg(test)]
+pub fn field_offset<T: Clone>(
+    zero: &T,
+    encode: impl Fn(&T) -> Vec<u8>,
+    set: impl FnOnce(&mut T),
+) -> Option<u64> {
+    let mut t = zero.clone();
+    set(&mut t);
+    let (a, b) = (encode(zero), encode(&t));
+    a.iter().zip(&b).position(|(x, y)| x != y).map(|i| i as u64)
+}

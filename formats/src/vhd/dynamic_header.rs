@@ -97,6 +97,14 @@ pub fn block_size_ok(bs: u32) -> bool {
     bs >= 512 && bs.is_multiple_of(512) && (bs / 512).is_power_of_two() && bs <= MAX_BLOCK_SIZE
 }
 
+/// A dynamic disk header as open read it, and where: the steps after it
+/// (its own checks, the BAT, the locators) report at its fields.
+#[derive(Debug)]
+pub struct LoadedHeader {
+    pub header: DynamicDiskHeader,
+    pub offset: u64,
+}
+
 /// Open step: the header at `ho` (inside the file: the footer's step
 /// checked it) with its cookie; a checksum that does not match is an
 /// error unless checksums are ignored.
@@ -106,7 +114,7 @@ pub fn load(
     ho: u64,
     ignore_checksums: bool,
     findings: &mut Vec<Finding>,
-) -> Result<DynamicDiskHeader> {
+) -> Result<LoadedHeader> {
     let mut hb = [0u8; HEADER_SIZE];
     st.read_at(&mut hb, ho).ctx(name)?;
     let (header, checksum_ok) = DynamicDiskHeader::parse(&hb, name, ho)?;
@@ -130,32 +138,38 @@ pub fn load(
         };
         codec::tolerate_checksum(mismatch, ignore_checksums, findings)?;
     }
-    Ok(header)
+    Ok(LoadedHeader { header, offset: ho })
 }
 
-impl DynamicDiskHeader {
+impl LoadedHeader {
+    /// Where field `field_offset` of this header lies in the file.
+    pub fn field_at(&self, field_offset: u64) -> u64 {
+        self.offset + field_offset
+    }
+
     /// Open step: the Header Version, and a Block Size this crate handles
-    /// (`block_size_ok`). `ho` is where the header is.
-    pub fn validate(&self, name: &str, ho: u64) -> Result<()> {
-        if self.header_version != HEADER_VERSION {
+    /// (`block_size_ok`).
+    pub fn validate(&self, name: &str) -> Result<()> {
+        let h = &self.header;
+        if h.header_version != HEADER_VERSION {
             return Err(Error::corrupt(
                 CorruptionKind::DynamicHeaderVersion,
                 name,
                 STRUCTURE,
-                ho + Self::VERSION_OFFSET,
+                self.field_at(DynamicDiskHeader::VERSION_OFFSET),
                 format!(
                     "Header Version {:#010x} is not 0x00010000",
-                    self.header_version
+                    h.header_version
                 ),
             ));
         }
-        let bs = self.block_size;
+        let bs = h.block_size;
         if !block_size_ok(bs) {
             return Err(Error::corrupt(
                 CorruptionKind::InvalidBlockSize,
                 name,
                 STRUCTURE,
-                ho + Self::BLOCK_SIZE_OFFSET,
+                self.field_at(DynamicDiskHeader::BLOCK_SIZE_OFFSET),
                 format!("Block Size {bs} is not a power-of-two number of 512-byte sectors between 512 B and 256 MiB"),
             ));
         }
@@ -165,10 +179,10 @@ impl DynamicDiskHeader {
     /// Open step: Max Table Entries covers a disk of `size` bytes, and by
     /// no more than `BAT_SLACK_ENTRIES` (it sizes the BAT read). Call
     /// after `validate` (a valid Block Size).
-    pub fn validate_table_entries(&self, name: &str, ho: u64, size: u64) -> Result<()> {
-        let bs = self.block_size;
+    pub fn validate_table_entries(&self, name: &str, size: u64) -> Result<()> {
+        let bs = self.header.block_size;
         let needed = size.div_ceil(u64::from(bs));
-        let entries = u64::from(self.max_table_entries);
+        let entries = u64::from(self.header.max_table_entries);
         let message = if entries < needed {
             format!("Max Table Entries {entries} x Block Size {bs} does not cover Current Size {size} ({needed} entries needed)")
         } else if entries > needed + BAT_SLACK_ENTRIES {
@@ -180,7 +194,7 @@ impl DynamicDiskHeader {
             CorruptionKind::MaxTableEntriesInvalid,
             name,
             STRUCTURE,
-            ho + Self::MAX_TABLE_ENTRIES_OFFSET,
+            self.field_at(DynamicDiskHeader::MAX_TABLE_ENTRIES_OFFSET),
             message,
         ))
     }
@@ -252,40 +266,22 @@ mod tests {
 
     #[test]
     fn field_offsets_match_the_schema() {
-        let (mut h, _) = DynamicDiskHeader::parse(&[0u8; HEADER_SIZE], "t", 0).unwrap();
-        h.table_offset = 0x0102_0304_0506_0708;
-        h.header_version = 0x1112_1314;
-        h.max_table_entries = 0x2122_2324;
-        h.block_size = 0x3132_3334;
-        h.checksum = 0x4142_4344;
-        h.parent_locators[0].platform_code = 0x5152_5354;
-        h.parent_locators[7].platform_data_offset = 0x6162_6364_6566_6768;
-        let b = h.to_raw_bytes().unwrap();
-        let at = |o: u64| o as usize;
         type H = DynamicDiskHeader;
+        let (zero, _) = H::parse(&[0u8; HEADER_SIZE], "t", 0).unwrap();
+        let at = |set: fn(&mut H)| codec::field_offset(&zero, |h| h.to_raw_bytes().unwrap(), set);
+        assert_eq!(at(|h| h.table_offset = !0), Some(H::TABLE_OFFSET_OFFSET));
+        assert_eq!(at(|h| h.header_version = !0), Some(H::VERSION_OFFSET));
         assert_eq!(
-            b[at(H::TABLE_OFFSET_OFFSET)..][..8],
-            h.table_offset.to_be_bytes()
+            at(|h| h.max_table_entries = !0),
+            Some(H::MAX_TABLE_ENTRIES_OFFSET)
         );
-        assert_eq!(
-            b[at(H::VERSION_OFFSET)..][..4],
-            h.header_version.to_be_bytes()
-        );
-        assert_eq!(
-            b[at(H::MAX_TABLE_ENTRIES_OFFSET)..][..4],
-            h.max_table_entries.to_be_bytes()
-        );
-        assert_eq!(
-            b[at(H::BLOCK_SIZE_OFFSET)..][..4],
-            h.block_size.to_be_bytes()
-        );
-        assert_eq!(b[HEADER_CHECKSUM_FIELD..][..4], h.checksum.to_be_bytes());
-        assert_eq!(
-            b[at(H::locator_entry_offset(0))..][..4],
-            0x5152_5354u32.to_be_bytes()
-        );
-        // Platform Data Offset is the last 8 bytes of an entry.
-        let last = at(H::locator_entry_offset(7) + super::parent_locator::ENTRY_SIZE);
-        assert_eq!(b[last - 8..last], 0x6162_6364_6566_6768u64.to_be_bytes());
+        assert_eq!(at(|h| h.block_size = !0), Some(H::BLOCK_SIZE_OFFSET));
+        assert_eq!(at(|h| h.checksum = !0), Some(HEADER_CHECKSUM_FIELD as u64));
+        // Entry 0 starts the locator table; entry 7's Platform Data Offset
+        // is the last 8 bytes of it (24-byte entries).
+        let first = at(|h| h.parent_locators[0].platform_code = !0);
+        assert_eq!(first, Some(H::locator_entry_offset(0)));
+        let last = at(|h| h.parent_locators[7].platform_data_offset = !0);
+        assert_eq!(last, Some(H::locator_entry_offset(8) - 8));
     }
 }

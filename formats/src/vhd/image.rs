@@ -56,21 +56,21 @@ impl Sparse {
     ) -> Result<Sparse> {
         let (f, at) = (&footer.footer, footer.at());
         let ho = f.validate_header_offset(name, at, len)?;
-        let header = dynamic_header::load(st, name, ho, ignore_checksums, findings)?;
-        header.validate(name, ho)?;
+        let loaded = dynamic_header::load(st, name, ho, ignore_checksums, findings)?;
+        loaded.validate(name)?;
         f.validate_sparse_size(name, at)?;
-        header.validate_table_entries(name, ho, f.current_size)?;
-        let bat = bat::load(st, name, &header, ho, len)?;
+        loaded.validate_table_entries(name, f.current_size)?;
+        let bat = bat::load(st, name, &loaded, len)?;
         let differencing = f.kind() == Some(DiskType::Differencing);
         let locators = if differencing {
-            parent_locator::load(st, name, &header, ho, len, findings)?
+            parent_locator::load(st, name, &loaded, len, findings)?
         } else {
             Vec::new()
         };
-        let block_size = u64::from(header.block_size);
+        let block_size = u64::from(loaded.header.block_size);
         Ok(Sparse {
             header_offset: ho,
-            header,
+            header: loaded.header,
             bat,
             block_size,
             bitmap_bytes: SectorBitmap::disk_size(block_size / 512),

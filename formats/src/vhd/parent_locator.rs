@@ -3,7 +3,7 @@
 
 use binrw::binrw;
 
-use super::dynamic_header::DynamicDiskHeader;
+use super::dynamic_header::{DynamicDiskHeader, LoadedHeader};
 use crate::error::IoContext;
 use crate::params::PathHint;
 use crate::{CorruptionKind, Finding, Result, Storage};
@@ -58,25 +58,23 @@ impl ParentLocatorEntry {
     }
 }
 
-/// Open step of a differencing disk: every used entry of the header at
-/// `ho`, with the absolute offset of the entry and its data decoded as a
+/// Open step of a differencing disk: every used entry of the header, with the absolute offset of the entry and its data decoded as a
 /// path. Data outside the `len`-byte file or over `MAX_LOCATOR_DATA` is an
 /// error finding, not an error: the entry is kept without text (another
 /// locator or the parent's name may still find the parent).
 pub fn load(
     st: &dyn Storage,
     name: &str,
-    header: &DynamicDiskHeader,
-    ho: u64,
+    loaded: &LoadedHeader,
     len: u64,
     findings: &mut Vec<Finding>,
 ) -> Result<Vec<(ParentLocatorEntry, u64, Option<String>)>> {
     let mut locators = Vec::new();
-    for (i, e) in header.parent_locators.iter().enumerate() {
+    for (i, e) in loaded.header.parent_locators.iter().enumerate() {
         if !e.is_used() {
             continue;
         }
-        let eoff = ho + DynamicDiskHeader::locator_entry_offset(i);
+        let eoff = loaded.field_at(DynamicDiskHeader::locator_entry_offset(i));
         let dl = e.platform_data_length;
         let fits = e
             .platform_data_offset
