@@ -268,9 +268,7 @@ mod tests {
     /// that does each at once: every read and the flushed file agree.
     #[test]
     fn queued_copies_keep_the_order_of_a_file_written_in_place() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("dst");
-        std::fs::write(&path, b"").unwrap();
+        let (_dir, path) = crate::testing::temp_file(b"");
         let dst = FsNamespace.open(&path, Access::Write).unwrap();
         let src_bytes: Vec<u8> = (0..(8u32 << 20)).map(|i| (i * 131 % 251) as u8).collect();
         let src = MemStorage::from_vec(src_bytes.clone());
@@ -329,9 +327,7 @@ mod tests {
     /// A queued write that fails is reported by the next settle, not lost.
     #[test]
     fn a_failed_queued_write_is_reported_by_the_next_settle() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("dst");
-        std::fs::write(&path, vec![0u8; 4 << 20]).unwrap();
+        let (_dir, path) = crate::testing::temp_file(&vec![0u8; 4 << 20]);
         // A read-only handle: every write through it fails.
         let w = DirectWriter::new(File::open(&path).unwrap());
         let src = MemStorage::from_vec(vec![9u8; 4 << 20]);

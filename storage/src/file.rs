@@ -473,9 +473,7 @@ mod tests {
 
     #[test]
     fn direct_copies_mix_with_buffered_writes_and_read_back_exactly() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("dst");
-        std::fs::write(&path, b"").unwrap();
+        let (_dir, path) = crate::testing::temp_file(b"");
         let ns = FsNamespace;
         let len = (5 << 20) + 1000;
         let bytes: Vec<u8> = (0..len).map(|i| (i * 131 % 251) as u8).collect();
@@ -534,9 +532,7 @@ mod tests {
 
     #[test]
     fn long_aligned_writes_mix_with_buffered_ones_and_read_back_exactly() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("dst");
-        std::fs::write(&path, vec![0x11u8; 3 << 20]).unwrap();
+        let (_dir, path) = crate::testing::temp_file(&vec![0x11u8; 3 << 20]);
         let dst = FsNamespace.open(&path, Access::Write).unwrap();
         let mut model = vec![0x11u8; 3 << 20];
         // Dirty cached pages under the long write, and one just past it.
