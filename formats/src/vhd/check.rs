@@ -161,8 +161,13 @@ pub(super) fn check(img: &VhdImage) -> Result<Vec<Finding>> {
         }
     }
 
-    // Blocks: inside the file (before the end footer), no overlaps.
+    // Blocks: inside the file (before the end footer), no overlaps. Each
+    // finding names the block's BAT entry (a summary: the table).
     let span = s.block_span();
+    let entry_at = |b: u64| s.header.table_offset + 4 * b;
+    let bat_error = |kind, at: u64, message: String| {
+        Finding::error(kind, name, "block allocation table", at, message)
+    };
     let mut blocks: Vec<(u64, u32)> = Vec::new();
     let mut outside = 0usize;
     for (b, &e) in s.bat.iter().enumerate() {
@@ -182,24 +187,23 @@ pub(super) fn check(img: &VhdImage) -> Result<Vec<Finding>> {
                         "overlaps the end footer",
                     )
                 };
-                out.push(Finding::error(
+                let footer = img.footer_offset;
+                out.push(bat_error(
                     kind,
-                    name,
-                    "block allocation table",
-                    s.header.table_offset + 4 * b as u64,
-                    format!("block {b} [{start:#x}, {end:#x}) {what} (footer at {:#x}, file {len} bytes)", img.footer_offset),
+                    entry_at(b as u64),
+                    format!("block {b} [{start:#x}, {end:#x}) {what} (footer at {footer:#x}, file {len} bytes)"),
                 ));
             }
         }
         blocks.push((start, b as u32));
     }
     if outside > MAX_PER_KIND {
-        out.push(Finding::error(
+        let more = outside - MAX_PER_KIND;
+        let message = format!("{more} more blocks outside the file");
+        out.push(bat_error(
             CorruptionKind::BlockOutsideFile,
-            name,
-            "block allocation table",
-            s.header.table_offset,
-            format!("{} more blocks outside the file", outside - MAX_PER_KIND),
+            entry_at(0),
+            message,
         ));
     }
     blocks.sort_unstable();
@@ -208,11 +212,9 @@ pub(super) fn check(img: &VhdImage) -> Result<Vec<Finding>> {
         if w[1].0 < w[0].0 + span {
             overlaps += 1;
             if overlaps <= MAX_PER_KIND {
-                out.push(Finding::error(
+                out.push(bat_error(
                     CorruptionKind::BlockOverlap,
-                    name,
-                    "block allocation table",
-                    s.header.table_offset + 4 * u64::from(w[1].1),
+                    entry_at(u64::from(w[1].1)),
                     format!(
                         "block {} at {:#x} overlaps block {} at {:#x}",
                         w[1].1, w[1].0, w[0].1, w[0].0
@@ -226,11 +228,9 @@ pub(super) fn check(img: &VhdImage) -> Result<Vec<Finding>> {
         for b in blocks[first..].iter().take_while(|b| b.0 < m.1) {
             overlaps += 1;
             if overlaps <= MAX_PER_KIND {
-                out.push(Finding::error(
+                out.push(bat_error(
                     CorruptionKind::BlockOverlapsStructure,
-                    name,
-                    "block allocation table",
-                    s.header.table_offset + 4 * u64::from(b.1),
+                    entry_at(u64::from(b.1)),
                     format!(
                         "block {} [{:#x}, {:#x}) overlaps the {} [{:#x}, {:#x})",
                         b.1,
@@ -245,12 +245,12 @@ pub(super) fn check(img: &VhdImage) -> Result<Vec<Finding>> {
         }
     }
     if overlaps > MAX_PER_KIND {
-        out.push(Finding::error(
+        let more = overlaps - MAX_PER_KIND;
+        let message = format!("{more} more overlapping blocks");
+        out.push(bat_error(
             CorruptionKind::BlockOverlap,
-            name,
-            "block allocation table",
-            s.header.table_offset,
-            format!("{} more overlapping blocks", overlaps - MAX_PER_KIND),
+            entry_at(0),
+            message,
         ));
     }
     Ok(out)

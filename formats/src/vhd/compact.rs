@@ -25,7 +25,7 @@ use super::dynamic_header::{DynamicDiskHeader, HEADER_SIZE};
 use super::footer::FOOTER_SIZE;
 use super::image::{FooterSource, VhdImage};
 use crate::error::IoContext;
-use crate::image::CompactReport;
+use crate::image::{CompactReport, ParentReadsZero};
 use crate::space::SpaceMap;
 use crate::{CopyRange, Error, Result};
 
@@ -309,7 +309,7 @@ fn footer_bytes(img: &VhdImage) -> Result<[u8; FOOTER_SIZE]> {
 /// a flush; the old places become gaps that `compact` then gives back.
 pub(super) fn release_zero_blocks(
     img: &mut VhdImage,
-    parent_reads_zero: &mut dyn FnMut(u64, u64) -> Result<bool>,
+    parent_reads_zero: &mut ParentReadsZero<'_>,
 ) -> Result<u64> {
     let name = img.name.clone();
     if !img.opts.writable {

@@ -12,7 +12,7 @@ use super::journal::{self, Recovery};
 use super::parent_locator::{self, ParentLocatorEntry};
 use super::sector_bitmap::SectorBitmap;
 use crate::error::IoContext;
-use crate::image::{Image, MergeBatch};
+use crate::image::{Image, MergeBatch, ParentReadsZero};
 use crate::layer::{push_run, Layer, Run, RunKind};
 use crate::params::{
     DiskType, Format, Identity, ImageInfo, OpenOptions, ParentLinkage, ParentLocator, PathHint,
@@ -473,10 +473,7 @@ impl Image for VhdImage {
         super::compact::compact(self)
     }
 
-    fn release_zero_blocks(
-        &mut self,
-        parent_reads_zero: &mut dyn FnMut(u64, u64) -> Result<bool>,
-    ) -> Result<u64> {
+    fn release_zero_blocks(&mut self, parent_reads_zero: &mut ParentReadsZero<'_>) -> Result<u64> {
         super::compact::release_zero_blocks(self, parent_reads_zero)
     }
 

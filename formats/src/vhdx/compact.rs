@@ -20,7 +20,7 @@ use super::image::{VhdxImage, MIB};
 use super::log::writer;
 use super::write::Pending;
 use crate::error::IoContext;
-use crate::image::CompactReport;
+use crate::image::{CompactReport, ParentReadsZero};
 use crate::space::SpaceMap;
 use crate::{CopyRange, Error, Result};
 
@@ -208,7 +208,7 @@ fn relocate_tail_log(img: &mut VhdxImage) -> Result<bool> {
 /// `compact` then reuses or gives back.
 pub(crate) fn release_zero_blocks(
     img: &mut VhdxImage,
-    parent_reads_zero: &mut dyn FnMut(u64, u64) -> Result<bool>,
+    parent_reads_zero: &mut ParentReadsZero<'_>,
 ) -> Result<u64> {
     img.require_writable()?;
     let g = img.geometry;

@@ -17,7 +17,7 @@ use super::metadata_table::{self as mt, MetadataTable, MetadataTableEntry};
 use super::region_table::{self as rt, RegionTable};
 use super::sector_bitmap;
 use crate::error::IoContext;
-use crate::image::{Image, MergeBatch};
+use crate::image::{Image, MergeBatch, ParentReadsZero};
 use crate::layer::{push_run, Layer, Run, RunKind};
 use crate::params::{
     DiskType, Format, Identity, ImageInfo, OpenOptions, ParentLinkage, ParentLocator, PathHint,
@@ -236,26 +236,25 @@ impl VhdxImage {
     /// Payload BAT entry of block `p`.
     pub(crate) fn payload_entry(&self, p: u64) -> Result<BatEntry> {
         let i = self.geometry.payload_index(p);
-        self.bat.get(i as usize).ok_or_else(|| {
-            corrupt(
-                CorruptionKind::BatIndexOutOfRange,
-                &self.name,
-                "BAT",
-                self.bat_region.0 + i * 8,
-                "payload block outside the BAT",
-            )
-        })
+        self.bat_entry(i, "payload block outside the BAT")
     }
 
+    /// Sector bitmap BAT entry of chunk `chunk`.
     pub(crate) fn sb_entry(&self, chunk: u64) -> Result<BatEntry> {
         let i = self.geometry.sb_index(chunk);
+        self.bat_entry(i, "sector bitmap entry outside the BAT")
+    }
+
+    /// BAT entry `i`; an index past the table (a geometry the BAT does not
+    /// match) is corruption, reported at where the entry would be.
+    fn bat_entry(&self, i: u64, outside: &str) -> Result<BatEntry> {
         self.bat.get(i as usize).ok_or_else(|| {
             corrupt(
                 CorruptionKind::BatIndexOutOfRange,
                 &self.name,
                 "BAT",
                 self.bat_region.0 + i * 8,
-                "sector bitmap entry outside the BAT",
+                outside,
             )
         })
     }
@@ -683,10 +682,7 @@ impl Image for VhdxImage {
         super::compact::compact(self)
     }
 
-    fn release_zero_blocks(
-        &mut self,
-        parent_reads_zero: &mut dyn FnMut(u64, u64) -> Result<bool>,
-    ) -> Result<u64> {
+    fn release_zero_blocks(&mut self, parent_reads_zero: &mut ParentReadsZero<'_>) -> Result<u64> {
         super::compact::release_zero_blocks(self, parent_reads_zero)
     }
 }
