@@ -197,15 +197,16 @@ pub(super) fn check(img: &VhdImage) -> Result<Vec<Finding>> {
         }
         blocks.push((start, b as u32));
     }
-    if outside > MAX_PER_KIND {
-        let more = outside - MAX_PER_KIND;
-        let message = format!("{more} more blocks outside the file");
-        out.push(bat_error(
-            CorruptionKind::BlockOutsideFile,
-            entry_at(0),
-            message,
-        ));
-    }
+    // Past MAX_PER_KIND findings of a kind, one more counts the rest.
+    let rest = |count: usize, kind, what: &str| {
+        let more = count.checked_sub(MAX_PER_KIND).filter(|n| *n > 0)?;
+        Some(bat_error(kind, entry_at(0), format!("{more} more {what}")))
+    };
+    out.extend(rest(
+        outside,
+        CorruptionKind::BlockOutsideFile,
+        "blocks outside the file",
+    ));
     blocks.sort_unstable();
     let mut overlaps = 0usize;
     for w in blocks.windows(2) {
@@ -244,14 +245,10 @@ pub(super) fn check(img: &VhdImage) -> Result<Vec<Finding>> {
             }
         }
     }
-    if overlaps > MAX_PER_KIND {
-        let more = overlaps - MAX_PER_KIND;
-        let message = format!("{more} more overlapping blocks");
-        out.push(bat_error(
-            CorruptionKind::BlockOverlap,
-            entry_at(0),
-            message,
-        ));
-    }
+    out.extend(rest(
+        overlaps,
+        CorruptionKind::BlockOverlap,
+        "overlapping blocks",
+    ));
     Ok(out)
 }
