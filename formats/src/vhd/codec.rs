@@ -54,6 +54,30 @@ where
     Ok(cur.into_inner())
 }
 
+/// Encode a fixed-size structure: exactly `size` bytes, or an error (a
+/// schema that does not add up).
+pub fn encode_sized<T>(value: &T, structure: &'static str, size: usize) -> Result<Vec<u8>>
+where
+    T: BinWrite + WriteEndian,
+    for<'a> T::Args<'a>: Default,
+{
+    let v = encode(value, structure)?;
+    if v.len() != size {
+        return Err(Error::InvalidParameter(format!(
+            "{structure} encoded to {} bytes",
+            v.len()
+        )));
+    }
+    Ok(v)
+}
+
+/// Store the VHD checksum of `bytes` (which skips its own field) in the
+/// big-endian field at `field`.
+pub fn put_checksum(bytes: &mut [u8], field: usize) {
+    let sum = crate::checksum::vhd_checksum(bytes, field);
+    bytes[field..field + 4].copy_from_slice(&sum.to_be_bytes());
+}
+
 /// Round `v` up to a multiple of 512, None on overflow.
 pub fn align512(v: u64) -> Option<u64> {
     v.checked_add(511).map(|x| x & !511)

@@ -61,7 +61,7 @@ impl DynamicDiskHeader {
 
     /// Decode 1024 bytes; the flag says whether the stored checksum matches.
     pub fn parse(bytes: &[u8; HEADER_SIZE], file: &str, offset: u64) -> Result<(Self, bool)> {
-        let h: Self = codec::decode(bytes, file, "dynamic disk header", offset)?;
+        let h: Self = codec::decode(bytes, file, STRUCTURE, offset)?;
         let ok = h.checksum == vhd_checksum(bytes, HEADER_CHECKSUM_FIELD);
         Ok((h, ok))
     }
@@ -69,21 +69,13 @@ impl DynamicDiskHeader {
     /// Encode with the checksum recomputed.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let mut out = self.to_raw_bytes()?;
-        let sum = vhd_checksum(&out, HEADER_CHECKSUM_FIELD);
-        out[HEADER_CHECKSUM_FIELD..HEADER_CHECKSUM_FIELD + 4].copy_from_slice(&sum.to_be_bytes());
+        codec::put_checksum(&mut out, HEADER_CHECKSUM_FIELD);
         Ok(out)
     }
 
     /// Encode exactly as stored.
     pub fn to_raw_bytes(&self) -> Result<Vec<u8>> {
-        let v = codec::encode(self, "dynamic disk header")?;
-        if v.len() != HEADER_SIZE {
-            return Err(crate::Error::InvalidParameter(format!(
-                "dynamic disk header encoded to {} bytes",
-                v.len()
-            )));
-        }
-        Ok(v)
+        codec::encode_sized(self, STRUCTURE, HEADER_SIZE)
     }
 
     pub fn parent_name(&self) -> String {

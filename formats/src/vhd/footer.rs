@@ -67,7 +67,7 @@ impl HardDiskFooter {
 
     /// Decode 512 bytes; the flag says whether the stored checksum matches.
     pub fn parse(bytes: &[u8; FOOTER_SIZE], file: &str, offset: u64) -> Result<(Self, bool)> {
-        let f: Self = codec::decode(bytes, file, "hard disk footer", offset)?;
+        let f: Self = codec::decode(bytes, file, STRUCTURE, offset)?;
         let ok = f.checksum == vhd_checksum(bytes, FOOTER_CHECKSUM_FIELD);
         Ok((f, ok))
     }
@@ -75,21 +75,14 @@ impl HardDiskFooter {
     /// Encode with the checksum field recomputed.
     pub fn to_bytes(&self) -> Result<[u8; FOOTER_SIZE]> {
         let mut out = self.to_raw_bytes()?;
-        let sum = vhd_checksum(&out, FOOTER_CHECKSUM_FIELD);
-        out[FOOTER_CHECKSUM_FIELD..FOOTER_CHECKSUM_FIELD + 4].copy_from_slice(&sum.to_be_bytes());
+        codec::put_checksum(&mut out, FOOTER_CHECKSUM_FIELD);
         Ok(out)
     }
 
     /// Encode exactly as stored, checksum field included.
     pub fn to_raw_bytes(&self) -> Result<[u8; FOOTER_SIZE]> {
-        let v = codec::encode(self, "hard disk footer")?;
+        let v = codec::encode_sized(self, STRUCTURE, FOOTER_SIZE)?;
         let mut out = [0u8; FOOTER_SIZE];
-        if v.len() != FOOTER_SIZE {
-            return Err(crate::Error::InvalidParameter(format!(
-                "hard disk footer encoded to {} bytes",
-                v.len()
-            )));
-        }
         out.copy_from_slice(&v);
         Ok(out)
     }

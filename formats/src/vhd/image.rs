@@ -429,7 +429,7 @@ impl Image for VhdImage {
             };
             entries.push((e.code_text(), value));
             if let Some(t) = text {
-                if let Some((_, hint)) = decode_locator_hint(e.platform_code, t) {
+                if let Some(hint) = parent_locator::path_hint(e.platform_code, t.clone()) {
                     match hint {
                         PathHint::Relative(_) => rel.push(hint),
                         PathHint::AbsoluteWindows(_) => abs.push(hint),
@@ -503,18 +503,6 @@ impl Image for VhdImage {
         let mut probe = s.header.clone();
         super::create::set_parent_fields(&mut probe, parent, &mut |_| Ok(0)).map(|_| ())
     }
-}
-
-/// The hint a decoded locator text gives, by platform code.
-fn decode_locator_hint(code: u32, text: &str) -> Option<(String, PathHint)> {
-    use super::parent_locator::*;
-    let hint = match code {
-        PLATFORM_W2RU | PLATFORM_WI2R => PathHint::Relative(text.into()),
-        PLATFORM_W2KU | PLATFORM_WI2K => PathHint::AbsoluteWindows(text.into()),
-        PLATFORM_MACX => PathHint::Posix(text.into()),
-        _ => return None,
-    };
-    Some((text.into(), hint))
 }
 
 pub(super) fn hex(b: &[u8]) -> String {

@@ -106,30 +106,22 @@ pub fn load(
 /// Decode locator data to a path string, and the hint it gives.
 /// Returns None for codes whose data is not a path (Mac alias) or unknown.
 pub fn decode_locator(code: u32, data: &[u8]) -> Option<(String, PathHint)> {
+    let path = match code {
+        PLATFORM_W2RU | PLATFORM_W2KU => utf16le(data),
+        PLATFORM_WI2R | PLATFORM_WI2K => single_byte(data),
+        PLATFORM_MACX => file_url_to_path(String::from_utf8_lossy(data).trim_end_matches('\0')),
+        _ => return None,
+    };
+    Some((path.clone(), path_hint(code, path)?))
+}
+
+/// What a decoded locator path says, by platform code: relative, absolute
+/// Windows or POSIX; None for a code whose data is not a path.
+pub fn path_hint(code: u32, path: String) -> Option<PathHint> {
     match code {
-        PLATFORM_W2RU => {
-            let s = utf16le(data);
-            Some((s.clone(), PathHint::Relative(s)))
-        }
-        PLATFORM_W2KU => {
-            let s = utf16le(data);
-            Some((s.clone(), PathHint::AbsoluteWindows(s)))
-        }
-        PLATFORM_WI2R => {
-            let s = single_byte(data);
-            Some((s.clone(), PathHint::Relative(s)))
-        }
-        PLATFORM_WI2K => {
-            let s = single_byte(data);
-            Some((s.clone(), PathHint::AbsoluteWindows(s)))
-        }
-        PLATFORM_MACX => {
-            let raw = String::from_utf8_lossy(data)
-                .trim_end_matches('\0')
-                .to_string();
-            let path = file_url_to_path(&raw);
-            Some((path.clone(), PathHint::Posix(path)))
-        }
+        PLATFORM_W2RU | PLATFORM_WI2R => Some(PathHint::Relative(path)),
+        PLATFORM_W2KU | PLATFORM_WI2K => Some(PathHint::AbsoluteWindows(path)),
+        PLATFORM_MACX => Some(PathHint::Posix(path)),
         _ => None,
     }
 }
