@@ -128,19 +128,20 @@ pub fn path_hint(code: u32, path: String) -> Option<PathHint> {
 
 /// UTF-16LE, stopping at the first NUL.
 pub fn utf16le(data: &[u8]) -> String {
-    let units: Vec<u16> = data
-        .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]))
-        .take_while(|&u| u != 0)
-        .collect();
-    String::from_utf16_lossy(&units)
+    utf16_to_nul(data, u16::from_le_bytes)
 }
 
 /// UTF-16BE (Parent Unicode Name), stopping at the first NUL.
 pub fn utf16be(data: &[u8]) -> String {
+    utf16_to_nul(data, u16::from_be_bytes)
+}
+
+/// UTF-16 in the byte order `unit` reads, up to the first NUL (lossy:
+/// hostile names still print).
+fn utf16_to_nul(data: &[u8], unit: fn([u8; 2]) -> u16) -> String {
     let units: Vec<u16> = data
         .chunks_exact(2)
-        .map(|c| u16::from_be_bytes([c[0], c[1]]))
+        .map(|c| unit([c[0], c[1]]))
         .take_while(|&u| u != 0)
         .collect();
     String::from_utf16_lossy(&units)
