@@ -254,47 +254,47 @@ pub fn load(
     })
 }
 
-impl HardDiskFooter {
+impl LoadedFooter {
+    /// Where field `field_offset` of the footer in use lies in the file.
+    pub fn field_at(&self, field_offset: u64) -> u64 {
+        self.at() + field_offset
+    }
+
     /// Open step: the Disk Type is one of the three, and the Current Size
-    /// a whole number of sectors. `at` is where this footer lies.
-    pub fn validate(&self, name: &str, at: u64) -> Result<DiskType> {
-        let Some(kind) = self.kind() else {
+    /// a whole number of sectors.
+    pub fn validate(&self, name: &str) -> Result<DiskType> {
+        let f = &self.footer;
+        let Some(kind) = f.kind() else {
             return Err(Error::corrupt(
                 CorruptionKind::DiskTypeInvalid,
                 name,
                 STRUCTURE,
-                at + Self::DISK_TYPE_OFFSET,
+                self.field_at(HardDiskFooter::DISK_TYPE_OFFSET),
                 format!(
                     "Disk Type {} is not fixed (2), dynamic (3) or differencing (4)",
-                    self.disk_type
+                    f.disk_type
                 ),
             ));
         };
-        if !self.current_size.is_multiple_of(512) {
-            return Err(self.size_invalid(
-                name,
-                at,
-                format!(
-                    "Current Size {} is not a multiple of 512",
-                    self.current_size
-                ),
-            ));
+        if !f.current_size.is_multiple_of(512) {
+            let message = format!("Current Size {} is not a multiple of 512", f.current_size);
+            return Err(self.size_invalid(name, message));
         }
         Ok(kind)
     }
 
-    /// Open step of a fixed disk: the data area in front of the footer at
-    /// `end_offset` holds the Current Size.
-    pub fn validate_fixed(&self, name: &str, at: u64, end_offset: u64) -> Result<()> {
-        if self.current_size > end_offset {
+    /// Open step of a fixed disk: the data area in front of the end
+    /// footer holds the Current Size.
+    pub fn validate_fixed(&self, name: &str) -> Result<()> {
+        let (size, end) = (self.footer.current_size, self.end_offset);
+        if size > end {
             return Err(Error::corrupt(
                 CorruptionKind::FixedDiskTruncated,
                 name,
                 STRUCTURE,
-                at + Self::CURRENT_SIZE_OFFSET,
+                self.field_at(HardDiskFooter::CURRENT_SIZE_OFFSET),
                 format!(
-                    "fixed disk Current Size {} exceeds the {end_offset} data bytes in front of the footer",
-                    self.current_size
+                    "fixed disk Current Size {size} exceeds the {end} data bytes in front of the footer"
                 ),
             ));
         }
@@ -304,15 +304,15 @@ impl HardDiskFooter {
     /// Open step of a dynamic or differencing disk: the Data Offset leaves
     /// the 1024-byte dynamic disk header inside the `len`-byte file.
     /// Returns where the header is.
-    pub fn validate_header_offset(&self, name: &str, at: u64, len: u64) -> Result<u64> {
-        let ho = self.data_offset;
+    pub fn validate_header_offset(&self, name: &str, len: u64) -> Result<u64> {
+        let ho = self.footer.data_offset;
         let size = super::dynamic_header::HEADER_SIZE as u64;
         if ho.checked_add(size).is_none_or(|e| e > len) {
             return Err(Error::corrupt(
                 CorruptionKind::DynamicHeaderOutsideFile,
                 name,
                 STRUCTURE,
-                at + Self::DATA_OFFSET_OFFSET,
+                self.field_at(HardDiskFooter::DATA_OFFSET_OFFSET),
                 format!("Data Offset {ho:#x} does not leave a {size}-byte dynamic disk header inside the {len}-byte file"),
             ));
         }
@@ -321,24 +321,22 @@ impl HardDiskFooter {
 
     /// Open step of a dynamic or differencing disk: a Current Size the
     /// 32-bit BAT can address.
-    pub fn validate_sparse_size(&self, name: &str, at: u64) -> Result<()> {
-        let size = self.current_size;
+    pub fn validate_sparse_size(&self, name: &str) -> Result<()> {
+        let size = self.footer.current_size;
         if size > MAX_SPARSE_SIZE {
-            return Err(self.size_invalid(
-                name,
-                at,
-                format!("Current Size {size} exceeds the 2 TiB a dynamic VHD can address"),
-            ));
+            let message =
+                format!("Current Size {size} exceeds the 2 TiB a dynamic VHD can address");
+            return Err(self.size_invalid(name, message));
         }
         Ok(())
     }
 
-    fn size_invalid(&self, name: &str, at: u64, message: String) -> Error {
+    fn size_invalid(&self, name: &str, message: String) -> Error {
         Error::corrupt(
             CorruptionKind::VirtualSizeInvalid,
             name,
             STRUCTURE,
-            at + Self::CURRENT_SIZE_OFFSET,
+            self.field_at(HardDiskFooter::CURRENT_SIZE_OFFSET),
             message,
         )
     }

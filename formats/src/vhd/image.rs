@@ -54,14 +54,13 @@ impl Sparse {
         ignore_checksums: bool,
         findings: &mut Vec<Finding>,
     ) -> Result<Sparse> {
-        let (f, at) = (&footer.footer, footer.at());
-        let ho = f.validate_header_offset(name, at, len)?;
+        let ho = footer.validate_header_offset(name, len)?;
         let loaded = dynamic_header::load(st, name, ho, ignore_checksums, findings)?;
         loaded.validate(name)?;
-        f.validate_sparse_size(name, at)?;
-        loaded.validate_table_entries(name, f.current_size)?;
+        footer.validate_sparse_size(name)?;
+        loaded.validate_table_entries(name, footer.footer.current_size)?;
         let bat = bat::load(st, name, &loaded, len)?;
-        let differencing = f.kind() == Some(DiskType::Differencing);
+        let differencing = footer.footer.kind() == Some(DiskType::Differencing);
         let locators = if differencing {
             parent_locator::load(st, name, &loaded, len, findings)?
         } else {
@@ -125,10 +124,9 @@ impl VhdImage {
         let st = storage.as_ref();
         let len = st.len().ctx(name)?;
         let loaded = footer::load(st, name, len, opts.ignore_checksums, &mut findings)?;
-        let sparse = match loaded.footer.validate(name, loaded.at())? {
+        let sparse = match loaded.validate(name)? {
             DiskType::Fixed => {
-                let f = &loaded.footer;
-                f.validate_fixed(name, loaded.at(), loaded.end_offset)?;
+                loaded.validate_fixed(name)?;
                 None
             }
             DiskType::Dynamic | DiskType::Differencing => Some(Sparse::load(
