@@ -144,11 +144,10 @@ impl LoadedHeader {
     pub fn validate(&self, name: &str) -> Result<()> {
         let h = &self.header;
         if h.header_version != HEADER_VERSION {
-            return Err(Error::corrupt(
+            return Err(self.corrupt(
                 CorruptionKind::DynamicHeaderVersion,
                 name,
-                STRUCTURE,
-                self.field_at(DynamicDiskHeader::VERSION_OFFSET),
+                DynamicDiskHeader::VERSION_OFFSET,
                 format!(
                     "Header Version {:#010x} is not 0x00010000",
                     h.header_version
@@ -157,11 +156,10 @@ impl LoadedHeader {
         }
         let bs = h.block_size;
         if !block_size_ok(bs) {
-            return Err(Error::corrupt(
+            return Err(self.corrupt(
                 CorruptionKind::InvalidBlockSize,
                 name,
-                STRUCTURE,
-                self.field_at(DynamicDiskHeader::BLOCK_SIZE_OFFSET),
+                DynamicDiskHeader::BLOCK_SIZE_OFFSET,
                 format!("Block Size {bs} is not a power-of-two number of 512-byte sectors between 512 B and 256 MiB"),
             ));
         }
@@ -182,13 +180,23 @@ impl LoadedHeader {
         } else {
             return Ok(());
         };
-        Err(Error::corrupt(
+        Err(self.corrupt(
             CorruptionKind::MaxTableEntriesInvalid,
             name,
-            STRUCTURE,
-            self.field_at(DynamicDiskHeader::MAX_TABLE_ENTRIES_OFFSET),
+            DynamicDiskHeader::MAX_TABLE_ENTRIES_OFFSET,
             message,
         ))
+    }
+
+    /// Corruption of this header, reported at its field `field_offset`.
+    fn corrupt(
+        &self,
+        kind: CorruptionKind,
+        name: &str,
+        field_offset: u64,
+        message: String,
+    ) -> Error {
+        Error::corrupt(kind, name, STRUCTURE, self.field_at(field_offset), message)
     }
 }
 

@@ -265,11 +265,10 @@ impl LoadedFooter {
     pub fn validate(&self, name: &str) -> Result<DiskType> {
         let f = &self.footer;
         let Some(kind) = f.kind() else {
-            return Err(Error::corrupt(
+            return Err(self.corrupt(
                 CorruptionKind::DiskTypeInvalid,
                 name,
-                STRUCTURE,
-                self.field_at(HardDiskFooter::DISK_TYPE_OFFSET),
+                HardDiskFooter::DISK_TYPE_OFFSET,
                 format!(
                     "Disk Type {} is not fixed (2), dynamic (3) or differencing (4)",
                     f.disk_type
@@ -288,11 +287,10 @@ impl LoadedFooter {
     pub fn validate_fixed(&self, name: &str) -> Result<()> {
         let (size, end) = (self.footer.current_size, self.end_offset);
         if size > end {
-            return Err(Error::corrupt(
+            return Err(self.corrupt(
                 CorruptionKind::FixedDiskTruncated,
                 name,
-                STRUCTURE,
-                self.field_at(HardDiskFooter::CURRENT_SIZE_OFFSET),
+                HardDiskFooter::CURRENT_SIZE_OFFSET,
                 format!(
                     "fixed disk Current Size {size} exceeds the {end} data bytes in front of the footer"
                 ),
@@ -308,11 +306,10 @@ impl LoadedFooter {
         let ho = self.footer.data_offset;
         let size = super::dynamic_header::HEADER_SIZE as u64;
         if ho.checked_add(size).is_none_or(|e| e > len) {
-            return Err(Error::corrupt(
+            return Err(self.corrupt(
                 CorruptionKind::DynamicHeaderOutsideFile,
                 name,
-                STRUCTURE,
-                self.field_at(HardDiskFooter::DATA_OFFSET_OFFSET),
+                HardDiskFooter::DATA_OFFSET_OFFSET,
                 format!("Data Offset {ho:#x} does not leave a {size}-byte dynamic disk header inside the {len}-byte file"),
             ));
         }
@@ -332,13 +329,20 @@ impl LoadedFooter {
     }
 
     fn size_invalid(&self, name: &str, message: String) -> Error {
-        Error::corrupt(
-            CorruptionKind::VirtualSizeInvalid,
-            name,
-            STRUCTURE,
-            self.field_at(HardDiskFooter::CURRENT_SIZE_OFFSET),
-            message,
-        )
+        let kind = CorruptionKind::VirtualSizeInvalid;
+        self.corrupt(kind, name, HardDiskFooter::CURRENT_SIZE_OFFSET, message)
+    }
+
+    /// Corruption of the footer in use, reported at its field
+    /// `field_offset`.
+    fn corrupt(
+        &self,
+        kind: CorruptionKind,
+        name: &str,
+        field_offset: u64,
+        message: String,
+    ) -> Error {
+        Error::corrupt(kind, name, STRUCTURE, self.field_at(field_offset), message)
     }
 }
 
