@@ -6,7 +6,7 @@ use binrw::binrw;
 use super::codec;
 use super::dynamic_header::{DynamicDiskHeader, LoadedHeader};
 use crate::error::IoContext;
-use crate::{CorruptionKind, Error, Result, Storage};
+use crate::{CorruptionKind, Result, Storage};
 
 pub const BAT_UNALLOCATED: u32 = 0xFFFF_FFFF;
 
@@ -60,11 +60,10 @@ pub fn load(st: &dyn Storage, name: &str, loaded: &LoadedHeader, len: u64) -> Re
     let to = header.table_offset;
     let bat_bytes = u64::from(header.max_table_entries) * 4;
     if to.checked_add(bat_bytes).is_none_or(|e| e > len) {
-        return Err(Error::corrupt(
+        return Err(loaded.place().corrupt(
             CorruptionKind::BatOutsideFile,
             name,
-            "dynamic disk header",
-            loaded.field_at(DynamicDiskHeader::TABLE_OFFSET_OFFSET),
+            DynamicDiskHeader::TABLE_OFFSET_OFFSET,
             format!(
                 "Table Offset {to:#x} + {bat_bytes} BAT bytes lies outside the {len}-byte file"
             ),

@@ -78,6 +78,33 @@ pub fn put_checksum(bytes: &mut [u8], field: usize) {
     bytes[field..field + 4].copy_from_slice(&sum.to_be_bytes());
 }
 
+/// Where a structure an open goes on lies, and what errors call it: the
+/// open steps report at its fields.
+#[derive(Debug, Clone, Copy)]
+pub struct Place {
+    pub structure: &'static str,
+    pub offset: u64,
+}
+
+impl Place {
+    /// Where field `field_offset` of the structure lies in the file.
+    pub fn field_at(&self, field_offset: u64) -> u64 {
+        self.offset + field_offset
+    }
+
+    /// Corruption of the structure, reported at its field `field_offset`.
+    pub fn corrupt(
+        &self,
+        kind: CorruptionKind,
+        name: &str,
+        field_offset: u64,
+        message: impl Into<String>,
+    ) -> Error {
+        let at = self.field_at(field_offset);
+        Error::corrupt(kind, name, self.structure, at, message)
+    }
+}
+
 /// Round `v` up to a multiple of 512, None on overflow.
 pub fn align512(v: u64) -> Option<u64> {
     v.checked_add(511).map(|x| x & !511)

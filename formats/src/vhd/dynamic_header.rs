@@ -134,9 +134,12 @@ pub fn load(
 }
 
 impl LoadedHeader {
-    /// Where field `field_offset` of this header lies in the file.
-    pub fn field_at(&self, field_offset: u64) -> u64 {
-        self.offset + field_offset
+    /// This header, for errors at its fields.
+    pub fn place(&self) -> codec::Place {
+        codec::Place {
+            structure: STRUCTURE,
+            offset: self.offset,
+        }
     }
 
     /// Open step: the Header Version, and a Block Size this crate handles
@@ -144,7 +147,7 @@ impl LoadedHeader {
     pub fn validate(&self, name: &str) -> Result<()> {
         let h = &self.header;
         if h.header_version != HEADER_VERSION {
-            return Err(self.corrupt(
+            return Err(self.place().corrupt(
                 CorruptionKind::DynamicHeaderVersion,
                 name,
                 DynamicDiskHeader::VERSION_OFFSET,
@@ -156,7 +159,7 @@ impl LoadedHeader {
         }
         let bs = h.block_size;
         if !block_size_ok(bs) {
-            return Err(self.corrupt(
+            return Err(self.place().corrupt(
                 CorruptionKind::InvalidBlockSize,
                 name,
                 DynamicDiskHeader::BLOCK_SIZE_OFFSET,
@@ -180,23 +183,12 @@ impl LoadedHeader {
         } else {
             return Ok(());
         };
-        Err(self.corrupt(
+        Err(self.place().corrupt(
             CorruptionKind::MaxTableEntriesInvalid,
             name,
             DynamicDiskHeader::MAX_TABLE_ENTRIES_OFFSET,
             message,
         ))
-    }
-
-    /// Corruption of this header, reported at its field `field_offset`.
-    fn corrupt(
-        &self,
-        kind: CorruptionKind,
-        name: &str,
-        field_offset: u64,
-        message: String,
-    ) -> Error {
-        Error::corrupt(kind, name, STRUCTURE, self.field_at(field_offset), message)
     }
 }
 

@@ -255,9 +255,12 @@ pub fn load(
 }
 
 impl LoadedFooter {
-    /// Where field `field_offset` of the footer in use lies in the file.
-    pub fn field_at(&self, field_offset: u64) -> u64 {
-        self.at() + field_offset
+    /// The footer in use, for errors at its fields.
+    pub fn place(&self) -> codec::Place {
+        codec::Place {
+            structure: STRUCTURE,
+            offset: self.at(),
+        }
     }
 
     /// Open step: the Disk Type is one of the three, and the Current Size
@@ -265,7 +268,7 @@ impl LoadedFooter {
     pub fn validate(&self, name: &str) -> Result<DiskType> {
         let f = &self.footer;
         let Some(kind) = f.kind() else {
-            return Err(self.corrupt(
+            return Err(self.place().corrupt(
                 CorruptionKind::DiskTypeInvalid,
                 name,
                 HardDiskFooter::DISK_TYPE_OFFSET,
@@ -287,7 +290,7 @@ impl LoadedFooter {
     pub fn validate_fixed(&self, name: &str) -> Result<()> {
         let (size, end) = (self.footer.current_size, self.end_offset);
         if size > end {
-            return Err(self.corrupt(
+            return Err(self.place().corrupt(
                 CorruptionKind::FixedDiskTruncated,
                 name,
                 HardDiskFooter::CURRENT_SIZE_OFFSET,
@@ -306,7 +309,7 @@ impl LoadedFooter {
         let ho = self.footer.data_offset;
         let size = super::dynamic_header::HEADER_SIZE as u64;
         if ho.checked_add(size).is_none_or(|e| e > len) {
-            return Err(self.corrupt(
+            return Err(self.place().corrupt(
                 CorruptionKind::DynamicHeaderOutsideFile,
                 name,
                 HardDiskFooter::DATA_OFFSET_OFFSET,
@@ -330,19 +333,8 @@ impl LoadedFooter {
 
     fn size_invalid(&self, name: &str, message: String) -> Error {
         let kind = CorruptionKind::VirtualSizeInvalid;
-        self.corrupt(kind, name, HardDiskFooter::CURRENT_SIZE_OFFSET, message)
-    }
-
-    /// Corruption of the footer in use, reported at its field
-    /// `field_offset`.
-    fn corrupt(
-        &self,
-        kind: CorruptionKind,
-        name: &str,
-        field_offset: u64,
-        message: String,
-    ) -> Error {
-        Error::corrupt(kind, name, STRUCTURE, self.field_at(field_offset), message)
+        self.place()
+            .corrupt(kind, name, HardDiskFooter::CURRENT_SIZE_OFFSET, message)
     }
 }
 

@@ -74,7 +74,9 @@ pub fn load(
         if !e.is_used() {
             continue;
         }
-        let eoff = loaded.field_at(DynamicDiskHeader::locator_entry_offset(i));
+        let eoff = loaded
+            .place()
+            .field_at(DynamicDiskHeader::locator_entry_offset(i));
         let dl = e.platform_data_length;
         let fits = e
             .platform_data_offset
