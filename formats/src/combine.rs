@@ -21,7 +21,7 @@
 use std::collections::BTreeMap;
 use std::io;
 
-use crate::storage::{AlignedBuf, Storage};
+use crate::storage::{AlignedBuf, CopyRange, Storage};
 
 /// Pieces at least this long go straight to the storage (copy_file_range
 /// can then move them without a bounce buffer).
@@ -68,7 +68,9 @@ impl Payload<'_> {
                 }
                 Ok(())
             }
-            Payload::From { src, offset, len } => st.copy_from(src, offset, at, len),
+            Payload::From { src, offset, len } => {
+                st.copy_from(src, CopyRange::new(offset, at, len))
+            }
         }
     }
 

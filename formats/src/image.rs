@@ -7,6 +7,10 @@ use crate::params::{Identity, ImageInfo, OpenOptions, ParentLinkage, ParentLocat
 use crate::{Finding, Result, Storage};
 
 /// An opened image file (one layer of a chain).
+/// What `Image::release_zero_blocks` asks about a differencing image's
+/// parent: whether it reads zeros over `(virtual offset, len)`.
+pub type ParentReadsZero<'a> = dyn FnMut(u64, u64) -> Result<bool> + 'a;
+
 pub trait Image: Layer {
     fn info(&self) -> ImageInfo;
     /// What children link to (VHDX DataWriteGuid; VHD Unique Id + Time Stamp).
@@ -75,10 +79,7 @@ pub trait Image: Layer {
     /// `parent_reads_zero(virtual offset, len)` says its parent reads zeros
     /// there too. Returns how many blocks it released. The default (a
     /// fixed image) releases none.
-    fn release_zero_blocks(
-        &mut self,
-        parent_reads_zero: &mut dyn FnMut(u64, u64) -> Result<bool>,
-    ) -> Result<u64> {
+    fn release_zero_blocks(&mut self, parent_reads_zero: &mut ParentReadsZero<'_>) -> Result<u64> {
         let _ = parent_reads_zero;
         Ok(0)
     }

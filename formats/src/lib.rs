@@ -26,7 +26,8 @@ pub mod vhd;
 pub mod vhdx;
 
 pub use crate::storage::{
-    Access, EntryKind, FsNamespace, JournalSlot, MemNamespace, MemStorage, Namespace, Storage,
+    Access, CopyRange, EntryKind, FsNamespace, JournalSlot, MemNamespace, MemStorage, Namespace,
+    Storage,
 };
 pub use corruption::CorruptionKind;
 pub use error::{Error, Result};

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use storage::mem::{names, not_found};
-use storage::{Access, EntryKind, Locks, MemHandle, Namespace, Storage};
+use storage::{Access, CopyRange, EntryKind, Locks, MemHandle, Namespace, Storage};
 
 pub const PAGE: u64 = 4096;
 
@@ -363,27 +363,18 @@ impl Storage for SparseFile {
     /// the end: an error) before it is written, so a failing copy has
     /// written the pieces before it. Overlapping ranges of one file and
     /// other sources take the default path.
-    fn copy_from(
-        &self,
-        src: &dyn Storage,
-        src_offset: u64,
-        dst_offset: u64,
-        len: u64,
-    ) -> io::Result<()> {
+    fn copy_from(&self, src: &dyn Storage, range: CopyRange) -> io::Result<()> {
         let Some(s) = src.as_any().and_then(|a| a.downcast_ref::<SparseFile>()) else {
-            return storage::copy_by_buffer(src, self, src_offset, dst_offset, len);
+            return storage::copy_by_buffer(src, self, range);
         };
-        if std::ptr::eq(s, self)
-            && src_offset < dst_offset.saturating_add(len)
-            && dst_offset < src_offset.saturating_add(len)
-        {
-            return storage::copy_by_buffer(src, self, src_offset, dst_offset, len);
+        if std::ptr::eq(s, self) && range.overlaps_itself() {
+            return storage::copy_by_buffer(src, self, range);
         }
         const PIECE: u64 = 4 << 20;
         let mut done = 0;
-        while done < len {
-            let n = PIECE.min(len - done);
-            let (from, to) = (src_offset + done, dst_offset + done);
+        while done < range.len {
+            let n = PIECE.min(range.len - done);
+            let (from, to) = (range.src_offset + done, range.dst_offset + done);
             let piece = {
                 let d = lock(&s.data);
                 match from.checked_add(n) {
@@ -464,18 +455,12 @@ impl Storage for Handle {
     fn as_any(&self) -> Option<&dyn std::any::Any> {
         Some(&*self.file)
     }
-    fn copy_from(
-        &self,
-        src: &dyn Storage,
-        src_offset: u64,
-        dst_offset: u64,
-        len: u64,
-    ) -> io::Result<()> {
+    fn copy_from(&self, src: &dyn Storage, range: CopyRange) -> io::Result<()> {
         if self.access == Access::Read {
             // The default's error: the first piece read, its write refused.
-            return storage::copy_by_buffer(src, self, src_offset, dst_offset, len);
+            return storage::copy_by_buffer(src, self, range);
         }
-        self.file.copy_from(src, src_offset, dst_offset, len)
+        self.file.copy_from(src, range)
     }
 }
 
@@ -715,8 +700,8 @@ mod tests {
                 )
             } else {
                 (
-                    w[b].copy_from(&*w[a], from, to, len),
-                    copy_by_buffer(&dense[a], &dense[b], from, to, len),
+                    w[b].copy_from(&*w[a], CopyRange::new(from, to, len)),
+                    copy_by_buffer(&dense[a], &dense[b], CopyRange::new(from, to, len)),
                 )
             };
             assert_eq!(
@@ -733,7 +718,7 @@ mod tests {
         let w1 = ns.open(names[1], Access::Write).unwrap();
         let kind = |r: io::Result<()>| r.map_err(|e| e.kind());
         assert_eq!(
-            kind(r.copy_from(&*w1, 0, 0, 10)),
+            kind(r.copy_from(&*w1, CopyRange::new(0, 0, 10))),
             Err(io::ErrorKind::PermissionDenied)
         );
         assert_eq!(

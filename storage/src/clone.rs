@@ -9,7 +9,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 
 use crate::file::FileStorage;
-use crate::traits::Storage;
+use crate::traits::{CopyRange, Storage};
 
 /// Whether a destination file can share extents with its sources: not
 /// known yet, no, or yes with the file system's block size (clones need
@@ -38,24 +38,18 @@ impl FileStorage {
     /// after it. `None`: copy it all (not a file, another file system, a
     /// file system that cannot share, ranges that are not congruent modulo
     /// the block size, overlapping ranges of one file, under one block).
-    pub(crate) fn clonable_part(
-        &self,
-        src: &dyn Storage,
-        src_offset: u64,
-        dst_offset: u64,
-        len: u64,
-    ) -> Option<(u64, u64)> {
+    pub(crate) fn clonable_part(&self, src: &dyn Storage, range: CopyRange) -> Option<(u64, u64)> {
         use std::sync::atomic::Ordering;
         let src_file = src.as_file()?;
-        if len < 4096 || self.clones.refused.load(Ordering::Relaxed) {
+        if range.len < 4096 || self.clones.refused.load(Ordering::Relaxed) {
             return None;
         }
         let block = (*self.clones.block.get_or_init(|| detect_clones(&self.file)))?;
-        if src_offset % block != dst_offset % block {
+        if range.src_offset % block != range.dst_offset % block {
             return None;
         }
-        let head = (block - dst_offset % block) % block;
-        let body = len.checked_sub(head)? / block * block;
+        let head = (block - range.dst_offset % block) % block;
+        let body = range.len.checked_sub(head)? / block * block;
         if body == 0 {
             return None;
         }
@@ -68,8 +62,7 @@ impl FileStorage {
         if s.st_dev != d.st_dev {
             return None;
         }
-        let same_file = s.st_ino == d.st_ino;
-        if same_file && src_offset < dst_offset + len && dst_offset < src_offset + len {
+        if s.st_ino == d.st_ino && range.overlaps_itself() {
             return None;
         }
         Some((head, body))
@@ -80,13 +73,7 @@ impl FileStorage {
     /// for aligned ranges on XFS and btrfs. Returns how many bytes it
     /// moved; the caller copies the rest. A refusal that says the file
     /// system cannot (EOPNOTSUPP, EXDEV, EINVAL, ETXTBSY) is remembered.
-    pub(crate) fn clone_from(
-        &self,
-        src: &dyn Storage,
-        src_offset: u64,
-        dst_offset: u64,
-        len: u64,
-    ) -> io::Result<u64> {
+    pub(crate) fn clone_from(&self, src: &dyn Storage, range: CopyRange) -> io::Result<u64> {
         use rustix::io::Errno;
         let Some(src_file) = src.as_file() else {
             return Ok(0);
@@ -95,17 +82,12 @@ impl FileStorage {
         // range behind both direct-write queues: queued writes there land
         // first (direct_writer's ordering rules). Writes queued elsewhere
         // may stay queued: their pages are not these.
-        self.settle_overlapping(dst_offset, len)?;
+        self.settle_overlapping(range.dst_offset, range.len)?;
         if let Some(src_st) = src.as_any().and_then(|a| a.downcast_ref::<FileStorage>()) {
-            src_st.settle_overlapping(src_offset, len)?;
+            src_st.settle_overlapping(range.src_offset, range.len)?;
         }
-        self.settle_overlapping(src_offset, len)?; // (one file: the source range)
-        let (done, failed) = self.kernel_copy(
-            src_file,
-            (src_offset, dst_offset, len),
-            CLONE_PIECE,
-            |_, _| {},
-        );
+        self.settle_overlapping(range.src_offset, range.len)?; // (one file: the source range)
+        let (done, failed) = self.kernel_copy(src_file, range, CLONE_PIECE, |_, _| {});
         // A refusal that says the file system cannot is remembered;
         // anything else, the copy that follows reports.
         if let Some(Errno::OPNOTSUPP | Errno::XDEV | Errno::INVAL | Errno::TXTBSY) = failed {

@@ -8,7 +8,7 @@
 use std::io;
 
 use crate::aligned::AlignedBuf;
-use crate::traits::Storage;
+use crate::traits::{CopyRange, Storage};
 
 /// Copy through two 2 MiB buffers, a second thread reading the next piece
 /// while this one writes the last: the fallback for real files when the
@@ -17,15 +17,13 @@ use crate::traits::Storage;
 pub fn copy_overlapped<D: Storage + ?Sized>(
     src: &dyn Storage,
     dst: &D,
-    src_offset: u64,
-    dst_offset: u64,
-    len: u64,
+    range: CopyRange,
 ) -> io::Result<()> {
-    if len <= PIECE {
-        return copy_by_buffer(src, dst, src_offset, dst_offset, len);
+    if range.len <= PIECE {
+        return copy_by_buffer(src, dst, range);
     }
-    copy_pipelined(src, src_offset, len, |buf, at| {
-        dst.write_at(buf, dst_offset + at)
+    copy_pipelined(src, range.src_offset, range.len, |buf, at| {
+        dst.write_at(buf, range.dst_offset + at)
     })
 }
 
@@ -93,17 +91,15 @@ fn copy_pipelined(
 pub fn copy_by_buffer<D: Storage + ?Sized>(
     src: &dyn Storage,
     dst: &D,
-    src_offset: u64,
-    dst_offset: u64,
-    len: u64,
+    range: CopyRange,
 ) -> io::Result<()> {
     const PIECE: u64 = 4 << 20;
-    let mut buf = vec![0u8; PIECE.min(len) as usize];
+    let mut buf = vec![0u8; PIECE.min(range.len) as usize];
     let mut done = 0;
-    while done < len {
-        let n = PIECE.min(len - done) as usize;
-        src.read_at(&mut buf[..n], src_offset + done)?;
-        dst.write_at(&buf[..n], dst_offset + done)?;
+    while done < range.len {
+        let n = PIECE.min(range.len - done) as usize;
+        src.read_at(&mut buf[..n], range.src_offset + done)?;
+        dst.write_at(&buf[..n], range.dst_offset + done)?;
         done += n as u64;
     }
     Ok(())
@@ -123,7 +119,8 @@ mod tests {
         // reported, and neither leaves the other thread waiting (the test
         // would hang).
         let src = MemStorage::from_vec(vec![1u8; 5 << 20]);
-        let e = copy_overlapped(&src, &MemStorage::new(), 0, 0, 12 << 20).unwrap_err();
+        let e =
+            copy_overlapped(&src, &MemStorage::new(), CopyRange::new(0, 0, 12 << 20)).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{e}");
         let ns = MemNamespace::new();
         ns.insert("/ro", vec![]);
@@ -131,7 +128,7 @@ mod tests {
             .open(std::path::Path::new("/ro"), Access::Read)
             .unwrap();
         let src = MemStorage::from_vec(vec![1u8; 12 << 20]);
-        let e = copy_overlapped(&src, dst.as_ref(), 0, 0, 12 << 20).unwrap_err();
+        let e = copy_overlapped(&src, dst.as_ref(), CopyRange::new(0, 0, 12 << 20)).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
         // A write that fails after some pieces went through.
         let mut written = 0;
@@ -155,7 +152,12 @@ mod tests {
         let src = MemStorage::from_vec(bytes.clone());
         for copy in [copy_by_buffer::<MemStorage>, copy_overlapped::<MemStorage>] {
             let dst = MemStorage::from_vec(vec![7u8; 100]);
-            copy(&src, &dst, 300, 50, bytes.len() as u64 - 300).unwrap();
+            copy(
+                &src,
+                &dst,
+                CopyRange::new(300, 50, bytes.len() as u64 - 300),
+            )
+            .unwrap();
             let got = dst.to_vec();
             assert_eq!(&got[..50], &[7u8; 50][..]);
             assert!(got[50..] == bytes[300..]);

@@ -30,7 +30,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use crate::aligned::AlignedBuf;
-use crate::traits::Storage;
+use crate::traits::{CopyRange, Storage};
 
 /// Bytes per queued write.
 const PIECE: u64 = 2 << 20;
@@ -109,28 +109,22 @@ impl DirectWriter {
     /// Copy `len` bytes (whole pages, to a page-aligned `dst_offset`) from
     /// `src`. Returns once the last piece is queued; see the module's
     /// ordering rules.
-    pub(crate) fn copy(
-        &self,
-        src: &dyn Storage,
-        src_offset: u64,
-        dst_offset: u64,
-        len: u64,
-    ) -> io::Result<()> {
+    pub(crate) fn copy(&self, src: &dyn Storage, range: CopyRange) -> io::Result<()> {
         let queue = self.proven.load(Ordering::Relaxed);
         let mut done = 0;
-        while done < len {
-            let n = PIECE.min(len - done) as usize;
+        while done < range.len {
+            let n = PIECE.min(range.len - done) as usize;
             let mut buf = self.take_buffer();
-            if let Err(e) = src.read_at(&mut buf.as_mut_slice()[..n], src_offset + done) {
+            if let Err(e) = src.read_at(&mut buf.as_mut_slice()[..n], range.src_offset + done) {
                 self.give_back(buf);
                 return Err(e);
             }
             if queue {
-                self.queue(buf, n, dst_offset + done)?;
+                self.queue(buf, n, range.dst_offset + done)?;
             } else {
                 let r = self
                     .file
-                    .write_all_at(&buf.as_slice()[..n], dst_offset + done);
+                    .write_all_at(&buf.as_slice()[..n], range.dst_offset + done);
                 self.give_back(buf);
                 r?;
             }
@@ -274,9 +268,7 @@ mod tests {
     /// that does each at once: every read and the flushed file agree.
     #[test]
     fn queued_copies_keep_the_order_of_a_file_written_in_place() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("dst");
-        std::fs::write(&path, b"").unwrap();
+        let (_dir, path) = crate::testing::temp_file(b"");
         let dst = FsNamespace.open(&path, Access::Write).unwrap();
         let src_bytes: Vec<u8> = (0..(8u32 << 20)).map(|i| (i * 131 % 251) as u8).collect();
         let src = MemStorage::from_vec(src_bytes.clone());
@@ -294,7 +286,7 @@ mod tests {
                     let at = rng.next(6 << 8) * 4096;
                     let from = rng.next(4 << 8) * 4096;
                     let len = (1 << 20) + rng.next(3 << 8) * 4096;
-                    dst.copy_from(&src, from, at, len).unwrap();
+                    dst.copy_from(&src, CopyRange::new(from, at, len)).unwrap();
                     put(
                         &mut model,
                         at as usize,
@@ -335,20 +327,18 @@ mod tests {
     /// A queued write that fails is reported by the next settle, not lost.
     #[test]
     fn a_failed_queued_write_is_reported_by_the_next_settle() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("dst");
-        std::fs::write(&path, vec![0u8; 4 << 20]).unwrap();
+        let (_dir, path) = crate::testing::temp_file(&vec![0u8; 4 << 20]);
         // A read-only handle: every write through it fails.
         let w = DirectWriter::new(File::open(&path).unwrap());
         let src = MemStorage::from_vec(vec![9u8; 4 << 20]);
         // Unproven, the copy is written in place and fails at once.
-        assert!(w.copy(&src, 0, 0, 2 << 20).is_err());
+        assert!(w.copy(&src, CopyRange::new(0, 0, 2 << 20)).is_err());
         // Proven, it is queued; the failure comes with the settle.
         w.proven.store(true, Ordering::Relaxed);
-        w.copy(&src, 0, 0, 4 << 20).unwrap();
+        w.copy(&src, CopyRange::new(0, 0, 4 << 20)).unwrap();
         assert!(w.settle().is_err());
         assert!(w.settle().is_ok(), "reported once");
-        w.copy(&src, 0, 0, 2 << 20).unwrap();
+        w.copy(&src, CopyRange::new(0, 0, 2 << 20)).unwrap();
         assert!(w.settle_overlapping(4096, 10).is_err());
     }
 }

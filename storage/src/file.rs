@@ -16,7 +16,7 @@ use crate::aligned::{direct_aligned, DIRECT_ALIGN};
 use crate::clone::{detect_clones, CloneSupport};
 use crate::copy::copy_overlapped;
 use crate::direct_writer::DirectWriter;
-use crate::traits::{Access, Storage};
+use crate::traits::{Access, CopyRange, Storage};
 
 /// A real file, with an advisory `flock` held for its lifetime.
 #[derive(Debug)]
@@ -270,26 +270,20 @@ impl Storage for FileStorage {
     /// moves the bytes (copy_file_range) or, for long aligned copies, the
     /// direct writer does; large positional reads and writes when neither
     /// can.
-    fn copy_from(
-        &self,
-        src: &dyn Storage,
-        src_offset: u64,
-        dst_offset: u64,
-        len: u64,
-    ) -> io::Result<()> {
-        let Some((head, body)) = self.clonable_part(src, src_offset, dst_offset, len) else {
-            return self.copy_bytes(src, src_offset, dst_offset, len);
+    fn copy_from(&self, src: &dyn Storage, range: CopyRange) -> io::Result<()> {
+        let Some((head, body)) = self.clonable_part(src, range) else {
+            return self.copy_bytes(src, range);
         };
         // The unaligned edges are copied; between them, the block-aligned
         // body is cloned (and what a refused clone leaves is copied too).
         // The three ranges are disjoint, so their order does not matter.
         if head > 0 {
-            self.copy_bytes(src, src_offset, dst_offset, head)?;
+            self.copy_bytes(src, range.part(0, head))?;
         }
-        let cloned = self.clone_from(src, src_offset + head, dst_offset + head, body)?;
-        let (at, rest) = (head + cloned, len - head - cloned);
-        if rest > 0 {
-            self.copy_bytes(src, src_offset + at, dst_offset + at, rest)?;
+        let cloned = self.clone_from(src, range.part(head, body))?;
+        let at = head + cloned;
+        if at < range.len {
+            self.copy_bytes(src, range.skip(at))?;
         }
         Ok(())
     }
@@ -299,13 +293,7 @@ impl FileStorage {
     /// `copy_from` without clones: a long copy to an aligned offset goes
     /// through the direct writer, the rest through copy_file_range (an
     /// in-kernel copy) or, when that cannot, buffers.
-    fn copy_bytes(
-        &self,
-        src: &dyn Storage,
-        src_offset: u64,
-        dst_offset: u64,
-        len: u64,
-    ) -> io::Result<()> {
+    fn copy_bytes(&self, src: &dyn Storage, range: CopyRange) -> io::Result<()> {
         let mut done = 0u64;
         // Long copies to an aligned offset skip the page cache: the data
         // goes from one reused buffer to the device instead of being
@@ -314,55 +302,53 @@ impl FileStorage {
         // O_DIRECT changes only the path, not durability: `flush` is still
         // the barrier. Anything it refuses is copied the buffered way.
         if let Some(direct) = &self.direct {
-            let body = len / DIRECT_ALIGN * DIRECT_ALIGN;
+            let body = range.len / DIRECT_ALIGN * DIRECT_ALIGN;
             if body >= DIRECT_MIN
-                && dst_offset.is_multiple_of(DIRECT_ALIGN)
-                && direct.copy(src, src_offset, dst_offset, body).is_ok()
+                && range.dst_offset.is_multiple_of(DIRECT_ALIGN)
+                && direct.copy(src, range.part(0, body)).is_ok()
             {
                 done = body;
             }
         }
         // The kernel's copy and the buffered one read and write the file
         // behind the queue's back.
-        if done < len {
+        if done < range.len {
             self.settle()?;
         }
         if done == 0 {
             if let Some(src_file) = src.as_file() {
                 // So does the kernel read of another handle's file.
                 if let Some(src_st) = src.as_any().and_then(|a| a.downcast_ref::<FileStorage>()) {
-                    src_st.settle_overlapping(src_offset, len)?;
+                    src_st.settle_overlapping(range.src_offset, range.len)?;
                 }
                 // A failure: the buffered copy below moves the rest (and
                 // reports what really fails).
                 let wrote = |at, n| self.wrote(at, n);
-                (done, _) =
-                    self.kernel_copy(src_file, (src_offset, dst_offset, len), COPY_PIECE, wrote);
+                (done, _) = self.kernel_copy(src_file, range, COPY_PIECE, wrote);
             }
         }
-        if done < len {
-            copy_overlapped(src, self, src_offset + done, dst_offset + done, len - done)?;
+        if done < range.len {
+            copy_overlapped(src, self, range.skip(done))?;
         }
         Ok(())
     }
 
-    /// copy_file_range from `src` into this file: `(src_offset,
-    /// dst_offset, len)`, in calls of at most `piece` bytes, each call's
-    /// bytes told to `moved(dst offset, n)`. Stops at a call that moves
-    /// nothing or fails: the bytes moved, and that failure (the caller
-    /// copies the rest).
+    /// copy_file_range of `range` from `src` into this file, in calls of
+    /// at most `piece` bytes, each call's bytes told to `moved(dst offset,
+    /// n)`. Stops at a call that moves nothing or fails: the bytes moved,
+    /// and that failure (the caller copies the rest).
     pub(crate) fn kernel_copy(
         &self,
         src: &File,
-        (src_offset, dst_offset, len): (u64, u64, u64),
+        range: CopyRange,
         piece: u64,
         mut moved: impl FnMut(u64, u64),
     ) -> (u64, Option<rustix::io::Errno>) {
         let mut done = 0u64;
-        while done < len {
-            let mut off_in = src_offset + done;
-            let mut off_out = dst_offset + done;
-            let want = (len - done).min(piece) as usize;
+        while done < range.len {
+            let mut off_in = range.src_offset + done;
+            let mut off_out = range.dst_offset + done;
+            let want = (range.len - done).min(piece) as usize;
             match rustix::fs::copy_file_range(
                 src,
                 Some(&mut off_in),
@@ -372,7 +358,7 @@ impl FileStorage {
             ) {
                 Ok(0) => break,
                 Ok(n) => {
-                    moved(dst_offset + done, n as u64);
+                    moved(range.dst_offset + done, n as u64);
                     done += n as u64;
                 }
                 Err(e) => return (done, Some(e)),
@@ -451,7 +437,8 @@ mod tests {
         let f = tempfile::tempfile().unwrap();
         let dst = FileStorage::new(f);
         dst.write_at(&[7u8; 1024], 0).unwrap();
-        dst.copy_from(&src, 512, 1024, len as u64).unwrap();
+        dst.copy_from(&src, CopyRange::new(512, 1024, len as u64))
+            .unwrap();
         let mut got = vec![0u8; len + 1024];
         dst.read_at(&mut got, 0).unwrap();
         assert_eq!(&got[..1024], &[7u8; 1024][..]);
@@ -472,7 +459,8 @@ mod tests {
         assert_eq!(pending(&dst), 10 << 20);
         // Through copy_file_range: past 16 MiB the writeback is started
         // and the count begins again.
-        dst.copy_from(&src, 10 << 20, 10 << 20, 10 << 20).unwrap();
+        dst.copy_from(&src, CopyRange::new(10 << 20, 10 << 20, 10 << 20))
+            .unwrap();
         assert!(pending(&dst) < WRITEBACK_AHEAD, "{}", pending(&dst));
         dst.write_at(&bytes[..4096], 40 << 20).unwrap();
         assert!(pending(&dst) > 0);
@@ -485,9 +473,7 @@ mod tests {
 
     #[test]
     fn direct_copies_mix_with_buffered_writes_and_read_back_exactly() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("dst");
-        std::fs::write(&path, b"").unwrap();
+        let (_dir, path) = crate::testing::temp_file(b"");
         let ns = FsNamespace;
         let len = (5 << 20) + 1000;
         let bytes: Vec<u8> = (0..len).map(|i| (i * 131 % 251) as u8).collect();
@@ -498,11 +484,11 @@ mod tests {
         dst.write_at(&[0xEE; 8192], 1 << 20).unwrap();
         model[1 << 20..(1 << 20) + 8192].fill(0xEE);
         // Aligned: a direct body and a buffered tail.
-        dst.copy_from(&src, 0, (1 << 20) + 4096, len as u64)
+        dst.copy_from(&src, CopyRange::new(0, (1 << 20) + 4096, len as u64))
             .unwrap();
         model[(1 << 20) + 4096..][..len].copy_from_slice(&bytes);
         // Unaligned destination: buffered all the way.
-        dst.copy_from(&src, 512, (9 << 20) + 512, (2 << 20) + 512)
+        dst.copy_from(&src, CopyRange::new(512, (9 << 20) + 512, (2 << 20) + 512))
             .unwrap();
         model[(9 << 20) + 512..][..(2 << 20) + 512].copy_from_slice(&bytes[512..(2 << 20) + 1024]);
         dst.flush().unwrap();
@@ -530,13 +516,14 @@ mod tests {
             .with_direct_copies(direct);
         let d = st.direct.as_ref().unwrap();
         // The first copy is written in place, the second one queued.
-        d.copy(&src, 4096, 0, 3 << 20).unwrap();
+        d.copy(&src, CopyRange::new(4096, 0, 3 << 20)).unwrap();
         let mut got = vec![0u8; 3 << 20];
         st.read_at(&mut got, 0).unwrap();
         assert!(got == bytes[4096..4096 + (3 << 20)]);
         // Its buffers are kept, and the next copy through them (with
         // their stale bytes) is exact too.
-        d.copy(&src, 8192, 4096, (2 << 20) + 4096).unwrap();
+        d.copy(&src, CopyRange::new(8192, 4096, (2 << 20) + 4096))
+            .unwrap();
         let mut got = vec![0u8; (2 << 20) + 4096];
         st.read_at(&mut got, 4096).unwrap();
         assert!(got == bytes[8192..8192 + (2 << 20) + 4096]);
@@ -545,9 +532,7 @@ mod tests {
 
     #[test]
     fn long_aligned_writes_mix_with_buffered_ones_and_read_back_exactly() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("dst");
-        std::fs::write(&path, vec![0x11u8; 3 << 20]).unwrap();
+        let (_dir, path) = crate::testing::temp_file(&vec![0x11u8; 3 << 20]);
         let dst = FsNamespace.open(&path, Access::Write).unwrap();
         let mut model = vec![0x11u8; 3 << 20];
         // Dirty cached pages under the long write, and one just past it.

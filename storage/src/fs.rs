@@ -105,9 +105,7 @@ mod tests {
 
     #[test]
     fn file_locks_conflict() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("x");
-        std::fs::write(&p, b"hello").unwrap();
+        let (_dir, p) = crate::testing::temp_file(b"hello");
         let w = FsNamespace.open(&p, Access::Write).unwrap();
         assert_eq!(
             FsNamespace.open(&p, Access::Read).unwrap_err().kind(),

@@ -7,7 +7,8 @@
 //! can see.
 //!
 //! One job a module:
-//! - `traits`: `Storage`, `Namespace`, `Access`, `EntryKind`;
+//! - `traits`: `Storage` (and `CopyRange`, what `copy_from` moves),
+//!   `Namespace`, `Access`, `EntryKind`;
 //! - `file`: `FileStorage` (a real file: flock, writeback ahead, holes,
 //!   `punch_hole`, `prefetch`, `copy_from`); `clone`: extent sharing on
 //!   XFS/btrfs and its probe; `direct_writer`: the O_DIRECT handle that
@@ -40,4 +41,4 @@ pub use file::FileStorage;
 pub use fs::FsNamespace;
 pub use lock::{Held, LockTable, Locks};
 pub use mem::{MemHandle, MemNamespace, MemStorage};
-pub use traits::{Access, EntryKind, Namespace, Storage};
+pub use traits::{Access, CopyRange, EntryKind, Namespace, Storage};

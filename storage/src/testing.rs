@@ -1,7 +1,8 @@
-//! Checks every namespace of this crate must pass.
+//! Checks every namespace of this crate must pass, and the real files
+//! the tests of real files start from.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::traits::{Access, Namespace};
 
@@ -31,4 +32,13 @@ pub(crate) fn check_lock_rules(ns: &dyn Namespace, path: &Path) {
     );
     drop(w);
     ns.open(path, Access::Read).unwrap();
+}
+
+/// A real file holding `bytes`, alone in a fresh temporary directory
+/// (removed when the returned guard drops).
+pub(crate) fn temp_file(bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    std::fs::write(&path, bytes).unwrap();
+    (dir, path)
 }

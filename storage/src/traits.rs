@@ -10,6 +10,46 @@ use std::sync::Arc;
 
 use crate::copy::copy_by_buffer;
 
+/// What a copy moves: `len` bytes from `src_offset` in the source to
+/// `dst_offset` in the destination. One value, because every copy path
+/// (the trait's, the kernel's, clones, the direct writer, the crash
+/// recorder's page sharing) splits it into parts the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopyRange {
+    pub src_offset: u64,
+    pub dst_offset: u64,
+    pub len: u64,
+}
+
+impl CopyRange {
+    pub const fn new(src_offset: u64, dst_offset: u64, len: u64) -> Self {
+        CopyRange {
+            src_offset,
+            dst_offset,
+            len,
+        }
+    }
+
+    /// The `len` bytes that start `at` bytes into this range (both sides
+    /// move together).
+    pub const fn part(&self, at: u64, len: u64) -> Self {
+        CopyRange::new(self.src_offset + at, self.dst_offset + at, len)
+    }
+
+    /// What is left after the first `at` bytes.
+    pub const fn skip(&self, at: u64) -> Self {
+        self.part(at, self.len - at)
+    }
+
+    /// Whether the source and destination ranges share a byte, were they
+    /// in one file (a copy within a file must then not share or reorder
+    /// pieces).
+    pub const fn overlaps_itself(&self) -> bool {
+        self.src_offset < self.dst_offset.saturating_add(self.len)
+            && self.dst_offset < self.src_offset.saturating_add(self.len)
+    }
+}
+
 /// One file: positional I/O, length and a durability barrier.
 pub trait Storage: Send + Sync + Debug {
     /// Fill `buf` from `offset`. Bytes past the end of the file read as an
@@ -27,17 +67,11 @@ pub trait Storage: Send + Sync + Debug {
         Ok(self.len()? == 0)
     }
 
-    /// Copy `len` bytes from `src` at `src_offset` to `self` at `dst_offset`.
-    /// Implementations may use kernel copy offload; the default reads and
-    /// writes in 4 MiB pieces.
-    fn copy_from(
-        &self,
-        src: &dyn Storage,
-        src_offset: u64,
-        dst_offset: u64,
-        len: u64,
-    ) -> io::Result<()> {
-        copy_by_buffer(src, self, src_offset, dst_offset, len)
+    /// Copy `range.len` bytes from `src` at `range.src_offset` to `self` at
+    /// `range.dst_offset`. Implementations may use kernel copy offload; the
+    /// default reads and writes in 4 MiB pieces.
+    fn copy_from(&self, src: &dyn Storage, range: CopyRange) -> io::Result<()> {
+        copy_by_buffer(src, self, range)
     }
 
     /// The first allocated byte range at or after `offset`, as far as the
@@ -136,5 +170,26 @@ pub trait Namespace: Send + Sync + Debug {
     fn free_space(&self, dir: &Path) -> io::Result<Option<u64>> {
         let _ = dir;
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CopyRange;
+
+    #[test]
+    fn copy_range_parts_move_both_sides_and_overlap_is_symmetric() {
+        let r = CopyRange::new(100, 1000, 50);
+        assert_eq!(r.part(10, 5), CopyRange::new(110, 1010, 5));
+        assert_eq!(r.skip(20), CopyRange::new(120, 1020, 30));
+        assert_eq!(r.skip(50).len, 0);
+        assert!(!r.overlaps_itself());
+        assert!(CopyRange::new(100, 149, 50).overlaps_itself());
+        assert!(CopyRange::new(149, 100, 50).overlaps_itself());
+        assert!(!CopyRange::new(100, 150, 50).overlaps_itself());
+        assert!(!CopyRange::new(150, 100, 50).overlaps_itself());
+        assert!(!CopyRange::new(5, 5, 0).overlaps_itself());
+        // Near the top of the address space the ends saturate, not wrap.
+        assert!(CopyRange::new(u64::MAX - 1, u64::MAX - 2, 10).overlaps_itself());
     }
 }

@@ -45,7 +45,7 @@ use std::time::Instant;
 use clap::Args;
 use formats::chain::{open_image_file, ChainOptions};
 use formats::params::{CreateParams, DiskType, Identity};
-use formats::{Access, FsNamespace, Namespace};
+use formats::{Access, CopyRange, FsNamespace, Namespace};
 use serde::Serialize;
 
 #[derive(Args)]
@@ -569,9 +569,7 @@ fn raw_twin(w: &Workload, virtual_size: u64) -> formats::Result<PathBuf> {
             if let formats::chain::Source::Layer { layer, file_offset } = run.source {
                 out.copy_from(
                     chain.links[layer].image.storage().as_ref(),
-                    file_offset,
-                    run.offset,
-                    run.len,
+                    CopyRange::new(file_offset, run.offset, run.len),
                 )
                 .map_err(|e| formats::Error::io("data.raw", e))?;
             }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use clap::Args;
 use formats::chain::{Chain, Source};
 use formats::params::{CreateParams, DiskType, Identity, OpenOptions};
-use formats::{Access, Error, Namespace, Storage};
+use formats::{Access, CopyRange, Error, Namespace, Storage};
 
 use crate::cli_util::{chain_options, fs, print_error_about};
 use crate::ChainArgs;
@@ -74,7 +74,7 @@ fn to_raw(ns: &Arc<dyn Namespace>, chain: &Chain, dest: &Path, sync: bool) -> Re
     let size = chain.top().virtual_size();
     for_each_held_run(chain, |src, file_offset, offset, len| {
         // Let the kernel move the bytes where it can.
-        out.copy_from(src, file_offset, offset, len)
+        out.copy_from(src, CopyRange::new(file_offset, offset, len))
             .map_err(|e| Error::io(&name, e))
     })?;
     out.set_len(size).map_err(|e| Error::io(&name, e))?;

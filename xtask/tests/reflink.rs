@@ -12,7 +12,7 @@ use common::{ok, s, write, xtask};
 use std::path::Path;
 use std::process::{Command, Output};
 
-use formats::{Access, FsNamespace, Namespace, Storage};
+use formats::{Access, CopyRange, FsNamespace, Namespace, Storage};
 use testdata::loopfs::{FsKind, LoopMount};
 
 const MIB: u64 = 1 << 20;
@@ -55,7 +55,8 @@ fn copies_share_extents(kind: FsKind) {
     let dst = FsNamespace.open(&dst_path, Access::Write).unwrap();
     // Aligned: shared. Free space barely drops (64 MiB copied would).
     let before = m.free_bytes();
-    dst.copy_from(&*src, 0, 0, 64 * MIB).unwrap();
+    dst.copy_from(&*src, CopyRange::new(0, 0, 64 * MIB))
+        .unwrap();
     dst.flush().unwrap();
     let after = m.free_bytes();
     let used = before.saturating_sub(after);
@@ -69,21 +70,21 @@ fn copies_share_extents(kind: FsKind) {
     // Congruent but unaligned: copied head and tail around a shared body.
     let mut model = bytes.clone();
     let (so, doff, n) = (4096 + 512, 80 * MIB + 512, 5 * MIB + 700);
-    dst.copy_from(&*src, so, doff, n).unwrap();
+    dst.copy_from(&*src, CopyRange::new(so, doff, n)).unwrap();
     model.resize((doff + n) as usize, 0);
     model[doff as usize..][..n as usize].copy_from_slice(&bytes[so as usize..][..n as usize]);
     // Not congruent: all copied.
     let (so, doff, n) = (100, 90 * MIB + 7, 3 * MIB + 1);
-    dst.copy_from(&*src, so, doff, n).unwrap();
+    dst.copy_from(&*src, CopyRange::new(so, doff, n)).unwrap();
     model.resize((doff + n) as usize, 0);
     model[doff as usize..][..n as usize].copy_from_slice(&bytes[so as usize..][..n as usize]);
     // Within one file (compaction): aligned and shared, and unaligned.
     let (so, doff, n) = (8 * MIB, 96 * MIB, 16 * MIB);
-    dst.copy_from(&*dst, so, doff, n).unwrap();
+    dst.copy_from(&*dst, CopyRange::new(so, doff, n)).unwrap();
     model.resize((doff + n) as usize, 0);
     model.copy_within(so as usize..(so + n) as usize, doff as usize);
     let (so, doff, n) = (512, 120 * MIB + 4608, 2 * MIB + 9);
-    dst.copy_from(&*dst, so, doff, n).unwrap();
+    dst.copy_from(&*dst, CopyRange::new(so, doff, n)).unwrap();
     model.resize((doff + n) as usize, 0);
     model.copy_within(so as usize..(so + n) as usize, doff as usize);
     dst.flush().unwrap();

@@ -4,7 +4,9 @@
 use binrw::binrw;
 
 use super::codec;
-use crate::Result;
+use super::dynamic_header::{DynamicDiskHeader, LoadedHeader};
+use crate::error::IoContext;
+use crate::{CorruptionKind, Result, Storage};
 
 pub const BAT_UNALLOCATED: u32 = 0xFFFF_FFFF;
 
@@ -48,6 +50,29 @@ impl BlockAllocationTable {
     pub fn disk_size(count: u32) -> u64 {
         (u64::from(count) * 4 + 511) & !511
     }
+}
+
+/// Open step: the table the dynamic disk header names (Table Offset, Max
+/// Table Entries, already bounded by the header's step), which must lie
+/// inside the `len`-byte file. Returns its entries.
+pub fn load(st: &dyn Storage, name: &str, loaded: &LoadedHeader, len: u64) -> Result<Vec<u32>> {
+    let header = &loaded.header;
+    let to = header.table_offset;
+    let bat_bytes = u64::from(header.max_table_entries) * 4;
+    if to.checked_add(bat_bytes).is_none_or(|e| e > len) {
+        return Err(loaded.place().corrupt(
+            CorruptionKind::BatOutsideFile,
+            name,
+            DynamicDiskHeader::TABLE_OFFSET_OFFSET,
+            format!(
+                "Table Offset {to:#x} + {bat_bytes} BAT bytes lies outside the {len}-byte file"
+            ),
+        ));
+    }
+    let mut bb = vec![0u8; bat_bytes as usize];
+    st.read_at(&mut bb, to).ctx(name)?;
+    let bat = BlockAllocationTable::parse(&bb, header.max_table_entries, name, to)?;
+    Ok(bat.entries)
 }
 
 #[cfg(test)]

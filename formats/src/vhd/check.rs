@@ -3,7 +3,7 @@
 //! overlapping structures, a stale footer copy.
 
 use super::bat::{BlockAllocationTable, BAT_UNALLOCATED};
-use super::dynamic_header::HEADER_SIZE;
+use super::dynamic_header::{DynamicDiskHeader, HEADER_SIZE};
 use super::footer::{HardDiskFooter, FEATURES_RESERVED, FILE_FORMAT_VERSION, FOOTER_SIZE};
 use super::image::{FooterSource, VhdImage};
 use crate::error::IoContext;
@@ -25,7 +25,7 @@ pub(super) fn check(img: &VhdImage) -> Result<Vec<Finding>> {
             CorruptionKind::FooterFormatVersion,
             name,
             "hard disk footer",
-            foff + 0x0C,
+            foff + HardDiskFooter::FORMAT_VERSION_OFFSET,
             format!(
                 "File Format Version {:#010x} is not 0x00010000",
                 f.file_format_version
@@ -37,7 +37,7 @@ pub(super) fn check(img: &VhdImage) -> Result<Vec<Finding>> {
             CorruptionKind::FooterFeatures,
             name,
             "hard disk footer",
-            foff + 0x08,
+            foff + HardDiskFooter::FEATURES_OFFSET,
             "Features bit 1 (reserved, must be set) is clear",
         ));
     }
@@ -46,7 +46,7 @@ pub(super) fn check(img: &VhdImage) -> Result<Vec<Finding>> {
             CorruptionKind::FooterFeatures,
             name,
             "hard disk footer",
-            foff + 0x08,
+            foff + HardDiskFooter::FEATURES_OFFSET,
             format!("Features {:#010x} has undefined bits set", f.features),
         ));
     }
@@ -55,7 +55,7 @@ pub(super) fn check(img: &VhdImage) -> Result<Vec<Finding>> {
             CorruptionKind::SavedState,
             name,
             "hard disk footer",
-            foff + 0x54,
+            foff + HardDiskFooter::SAVED_STATE_OFFSET,
             "Saved State is set: the disk belongs to a saved VM; structural changes are refused",
         ));
     }
@@ -108,13 +108,13 @@ pub(super) fn check(img: &VhdImage) -> Result<Vec<Finding>> {
             s.header_offset,
             s.header_offset + HEADER_SIZE as u64,
             "dynamic disk header".into(),
-            foff + 0x10,
+            foff + HardDiskFooter::DATA_OFFSET_OFFSET,
         ),
         (
             s.header.table_offset,
             s.header.table_offset + BlockAllocationTable::disk_size(s.header.max_table_entries),
             "block allocation table".into(),
-            s.header_offset + 0x10,
+            s.header_offset + DynamicDiskHeader::TABLE_OFFSET_OFFSET,
         ),
     ];
     for (e, eoff, _) in &s.locators {
@@ -137,7 +137,7 @@ pub(super) fn check(img: &VhdImage) -> Result<Vec<Finding>> {
                     CorruptionKind::LocatorInNonDifferencing,
                     name,
                     "parent locator entry",
-                    s.header_offset + 0x240 + 24 * i as u64,
+                    s.header_offset + DynamicDiskHeader::locator_entry_offset(i),
                     "a dynamic (non-differencing) disk has a parent locator entry",
                 ));
             }
@@ -161,8 +161,13 @@ pub(super) fn check(img: &VhdImage) -> Result<Vec<Finding>> {
         }
     }
 
-    // Blocks: inside the file (before the end footer), no overlaps.
+    // Blocks: inside the file (before the end footer), no overlaps. Each
+    // finding names the block's BAT entry (a summary: the table).
     let span = s.block_span();
+    let entry_at = |b: u64| s.header.table_offset + 4 * b;
+    let bat_error = |kind, at: u64, message: String| {
+        Finding::error(kind, name, "block allocation table", at, message)
+    };
     let mut blocks: Vec<(u64, u32)> = Vec::new();
     let mut outside = 0usize;
     for (b, &e) in s.bat.iter().enumerate() {
@@ -182,37 +187,35 @@ pub(super) fn check(img: &VhdImage) -> Result<Vec<Finding>> {
                         "overlaps the end footer",
                     )
                 };
-                out.push(Finding::error(
+                let footer = img.footer_offset;
+                out.push(bat_error(
                     kind,
-                    name,
-                    "block allocation table",
-                    s.header.table_offset + 4 * b as u64,
-                    format!("block {b} [{start:#x}, {end:#x}) {what} (footer at {:#x}, file {len} bytes)", img.footer_offset),
+                    entry_at(b as u64),
+                    format!("block {b} [{start:#x}, {end:#x}) {what} (footer at {footer:#x}, file {len} bytes)"),
                 ));
             }
         }
         blocks.push((start, b as u32));
     }
-    if outside > MAX_PER_KIND {
-        out.push(Finding::error(
-            CorruptionKind::BlockOutsideFile,
-            name,
-            "block allocation table",
-            s.header.table_offset,
-            format!("{} more blocks outside the file", outside - MAX_PER_KIND),
-        ));
-    }
+    // Past MAX_PER_KIND findings of a kind, one more counts the rest.
+    let rest = |count: usize, kind, what: &str| {
+        let more = count.checked_sub(MAX_PER_KIND).filter(|n| *n > 0)?;
+        Some(bat_error(kind, entry_at(0), format!("{more} more {what}")))
+    };
+    out.extend(rest(
+        outside,
+        CorruptionKind::BlockOutsideFile,
+        "blocks outside the file",
+    ));
     blocks.sort_unstable();
     let mut overlaps = 0usize;
     for w in blocks.windows(2) {
         if w[1].0 < w[0].0 + span {
             overlaps += 1;
             if overlaps <= MAX_PER_KIND {
-                out.push(Finding::error(
+                out.push(bat_error(
                     CorruptionKind::BlockOverlap,
-                    name,
-                    "block allocation table",
-                    s.header.table_offset + 4 * u64::from(w[1].1),
+                    entry_at(u64::from(w[1].1)),
                     format!(
                         "block {} at {:#x} overlaps block {} at {:#x}",
                         w[1].1, w[1].0, w[0].1, w[0].0
@@ -226,11 +229,9 @@ pub(super) fn check(img: &VhdImage) -> Result<Vec<Finding>> {
         for b in blocks[first..].iter().take_while(|b| b.0 < m.1) {
             overlaps += 1;
             if overlaps <= MAX_PER_KIND {
-                out.push(Finding::error(
+                out.push(bat_error(
                     CorruptionKind::BlockOverlapsStructure,
-                    name,
-                    "block allocation table",
-                    s.header.table_offset + 4 * u64::from(b.1),
+                    entry_at(u64::from(b.1)),
                     format!(
                         "block {} [{:#x}, {:#x}) overlaps the {} [{:#x}, {:#x})",
                         b.1,
@@ -244,14 +245,10 @@ pub(super) fn check(img: &VhdImage) -> Result<Vec<Finding>> {
             }
         }
     }
-    if overlaps > MAX_PER_KIND {
-        out.push(Finding::error(
-            CorruptionKind::BlockOverlap,
-            name,
-            "block allocation table",
-            s.header.table_offset,
-            format!("{} more overlapping blocks", overlaps - MAX_PER_KIND),
-        ));
-    }
+    out.extend(rest(
+        overlaps,
+        CorruptionKind::BlockOverlap,
+        "overlapping blocks",
+    ));
     Ok(out)
 }

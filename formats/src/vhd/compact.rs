@@ -21,13 +21,13 @@
 
 use super::bat::{BlockAllocationTable, BAT_UNALLOCATED};
 use super::codec::align512;
-use super::dynamic_header::HEADER_SIZE;
+use super::dynamic_header::{DynamicDiskHeader, HEADER_SIZE};
 use super::footer::FOOTER_SIZE;
 use super::image::{FooterSource, VhdImage};
 use crate::error::IoContext;
-use crate::image::CompactReport;
+use crate::image::{CompactReport, ParentReadsZero};
 use crate::space::SpaceMap;
-use crate::{Error, Result};
+use crate::{CopyRange, Error, Result};
 
 /// Bytes moved between BAT writes at most.
 const ROUND_BYTES: u64 = 1 << 30;
@@ -136,7 +136,8 @@ pub(super) fn compact(img: &mut VhdImage) -> Result<CompactReport> {
                 for &(i, old, space) in &tail {
                     let e = &mut header.parent_locators[i];
                     let len = u64::from(e.platform_data_length);
-                    st.copy_from(st.as_ref(), old, next, len).ctx(&name)?;
+                    st.copy_from(st.as_ref(), CopyRange::new(old, next, len))
+                        .ctx(&name)?;
                     e.platform_data_offset = next;
                     next += space;
                 }
@@ -176,7 +177,7 @@ pub(super) fn compact(img: &mut VhdImage) -> Result<CompactReport> {
                                 .iter()
                                 .find(|(l, _, _)| l.platform_data_offset == old)
                                 .and_then(|(_, _, t)| t.clone());
-                            (*e, at + 0x240 + 24 * i as u64, text)
+                            (*e, at + DynamicDiskHeader::locator_entry_offset(i), text)
                         })
                         .collect();
                     s.locators = rebuilt;
@@ -221,7 +222,8 @@ pub(super) fn compact(img: &mut VhdImage) -> Result<CompactReport> {
         }
         let mut entries = s.bat.clone();
         for &(i, o, to) in &moves {
-            st.copy_from(st.as_ref(), o, to, span).ctx(&name)?;
+            st.copy_from(st.as_ref(), CopyRange::new(o, to, span))
+                .ctx(&name)?;
             entries[i] = u32::try_from(to / 512).map_err(|_| Error::Unsupported {
                 file: name.clone(),
                 message: "block offset past 2 TiB".into(),
@@ -307,7 +309,7 @@ fn footer_bytes(img: &VhdImage) -> Result<[u8; FOOTER_SIZE]> {
 /// a flush; the old places become gaps that `compact` then gives back.
 pub(super) fn release_zero_blocks(
     img: &mut VhdImage,
-    parent_reads_zero: &mut dyn FnMut(u64, u64) -> Result<bool>,
+    parent_reads_zero: &mut ParentReadsZero<'_>,
 ) -> Result<u64> {
     let name = img.name.clone();
     if !img.opts.writable {

@@ -1,13 +1,13 @@
 //! Creating fixed, dynamic and differencing images (FORMATS.md 2.7, 2.8).
 
 use super::bat::{BlockAllocationTable, BAT_UNALLOCATED};
-use super::dynamic_header::{DynamicDiskHeader, HEADER_COOKIE, HEADER_VERSION};
+use super::dynamic_header::{block_size_ok, DynamicDiskHeader, HEADER_COOKIE, HEADER_VERSION};
 use super::footer::{
     vhd_now, HardDiskFooter, DATA_OFFSET_NONE, DISK_TYPE_DIFFERENCING, DISK_TYPE_DYNAMIC,
     DISK_TYPE_FIXED, FEATURES_RESERVED, FILE_FORMAT_VERSION, FOOTER_COOKIE, HOST_OS_WINDOWS,
+    MAX_SPARSE_SIZE,
 };
 use super::geometry::chs_for_size;
-use super::image::{MAX_BLOCK_SIZE, MAX_SPARSE_SIZE};
 use super::parent_locator::{ParentLocatorEntry, PLATFORM_W2KU, PLATFORM_W2RU};
 use crate::error::IoContext;
 use crate::params::{CreateParams, DiskType, Identity, ParentSpec};
@@ -144,7 +144,7 @@ pub fn create(storage: &dyn Storage, params: &CreateParams) -> Result<()> {
         )));
     }
     let bs = params.block_size.unwrap_or(DEFAULT_BLOCK_SIZE);
-    if bs < 512 || !bs.is_multiple_of(512) || !(bs / 512).is_power_of_two() || bs > MAX_BLOCK_SIZE {
+    if !block_size_ok(bs) {
         return Err(bad(format!(
             "VHD block size {bs} must be a power-of-two number of sectors, 512 B to 256 MiB"
         )));

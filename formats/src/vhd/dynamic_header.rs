@@ -4,14 +4,22 @@
 use binrw::binrw;
 
 use super::codec;
-use super::parent_locator::ParentLocatorEntry;
+use super::parent_locator::{self, ParentLocatorEntry};
 use crate::checksum::vhd_checksum;
-use crate::Result;
+use crate::error::IoContext;
+use crate::{CorruptionKind, Error, Finding, Result, Storage};
 
 pub const HEADER_SIZE: usize = 1024;
 pub const HEADER_COOKIE: [u8; 8] = *b"cxsparse";
 pub const HEADER_CHECKSUM_FIELD: usize = 0x24;
 pub const HEADER_VERSION: u32 = 0x0001_0000;
+/// Largest block size accepted (the spec names none; 256 MiB is far above
+/// anything produced and keeps a bitmap at 64 KiB).
+pub const MAX_BLOCK_SIZE: u32 = 256 << 20;
+/// Max Table Entries may exceed what Current Size needs by this much.
+pub const BAT_SLACK_ENTRIES: u64 = 4096;
+/// What errors and findings call it.
+const STRUCTURE: &str = "dynamic disk header";
 
 #[binrw]
 #[brw(big)]
@@ -37,9 +45,23 @@ pub struct DynamicDiskHeader {
 }
 
 impl DynamicDiskHeader {
+    /// Byte offsets (in the header) of the fields that open and check
+    /// report on.
+    pub const TABLE_OFFSET_OFFSET: u64 = 0x10;
+    pub const VERSION_OFFSET: u64 = 0x18;
+    pub const MAX_TABLE_ENTRIES_OFFSET: u64 = 0x1C;
+    pub const BLOCK_SIZE_OFFSET: u64 = 0x20;
+    /// The eight parent locator entries, 24 bytes each.
+    pub const PARENT_LOCATORS_OFFSET: u64 = 0x240;
+
+    /// Offset (in the header) of parent locator entry `i`.
+    pub fn locator_entry_offset(i: usize) -> u64 {
+        Self::PARENT_LOCATORS_OFFSET + parent_locator::ENTRY_SIZE * i as u64
+    }
+
     /// Decode 1024 bytes; the flag says whether the stored checksum matches.
     pub fn parse(bytes: &[u8; HEADER_SIZE], file: &str, offset: u64) -> Result<(Self, bool)> {
-        let h: Self = codec::decode(bytes, file, "dynamic disk header", offset)?;
+        let h: Self = codec::decode(bytes, file, STRUCTURE, offset)?;
         let ok = h.checksum == vhd_checksum(bytes, HEADER_CHECKSUM_FIELD);
         Ok((h, ok))
     }
@@ -47,25 +69,126 @@ impl DynamicDiskHeader {
     /// Encode with the checksum recomputed.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let mut out = self.to_raw_bytes()?;
-        let sum = vhd_checksum(&out, HEADER_CHECKSUM_FIELD);
-        out[HEADER_CHECKSUM_FIELD..HEADER_CHECKSUM_FIELD + 4].copy_from_slice(&sum.to_be_bytes());
+        codec::put_checksum(&mut out, HEADER_CHECKSUM_FIELD);
         Ok(out)
     }
 
     /// Encode exactly as stored.
     pub fn to_raw_bytes(&self) -> Result<Vec<u8>> {
-        let v = codec::encode(self, "dynamic disk header")?;
-        if v.len() != HEADER_SIZE {
-            return Err(crate::Error::InvalidParameter(format!(
-                "dynamic disk header encoded to {} bytes",
-                v.len()
-            )));
-        }
-        Ok(v)
+        codec::encode_sized(self, STRUCTURE, HEADER_SIZE)
     }
 
     pub fn parent_name(&self) -> String {
         super::parent_locator::utf16be(&self.parent_unicode_name)
+    }
+}
+
+/// Whether `bs` is a Block Size this crate opens and creates: a
+/// power-of-two number of 512-byte sectors, at most `MAX_BLOCK_SIZE`.
+pub fn block_size_ok(bs: u32) -> bool {
+    bs >= 512 && bs.is_multiple_of(512) && (bs / 512).is_power_of_two() && bs <= MAX_BLOCK_SIZE
+}
+
+/// A dynamic disk header as open read it, and where: the steps after it
+/// (its own checks, the BAT, the locators) report at its fields.
+#[derive(Debug)]
+pub struct LoadedHeader {
+    pub header: DynamicDiskHeader,
+    pub offset: u64,
+}
+
+/// Open step: the header at `ho` (inside the file: the footer's step
+/// checked it) with its cookie; a checksum that does not match is an
+/// error unless checksums are ignored.
+pub fn load(
+    st: &dyn Storage,
+    name: &str,
+    ho: u64,
+    ignore_checksums: bool,
+    findings: &mut Vec<Finding>,
+) -> Result<LoadedHeader> {
+    let mut hb = [0u8; HEADER_SIZE];
+    st.read_at(&mut hb, ho).ctx(name)?;
+    let (header, checksum_ok) = DynamicDiskHeader::parse(&hb, name, ho)?;
+    if header.cookie != HEADER_COOKIE {
+        return Err(Error::corrupt(
+            CorruptionKind::DynamicHeaderCookie,
+            name,
+            STRUCTURE,
+            ho,
+            "cookie is not `cxsparse`",
+        ));
+    }
+    if !checksum_ok {
+        let mismatch = Error::Checksum {
+            file: name.into(),
+            structure: STRUCTURE,
+            offset: ho,
+            kind: CorruptionKind::DynamicHeaderChecksum,
+            stored: header.checksum,
+            computed: vhd_checksum(&hb, HEADER_CHECKSUM_FIELD),
+        };
+        codec::tolerate_checksum(mismatch, ignore_checksums, findings)?;
+    }
+    Ok(LoadedHeader { header, offset: ho })
+}
+
+impl LoadedHeader {
+    /// This header, for errors at its fields.
+    pub fn place(&self) -> codec::Place {
+        codec::Place {
+            structure: STRUCTURE,
+            offset: self.offset,
+        }
+    }
+
+    /// Open step: the Header Version, and a Block Size this crate handles
+    /// (`block_size_ok`).
+    pub fn validate(&self, name: &str) -> Result<()> {
+        let h = &self.header;
+        if h.header_version != HEADER_VERSION {
+            return Err(self.place().corrupt(
+                CorruptionKind::DynamicHeaderVersion,
+                name,
+                DynamicDiskHeader::VERSION_OFFSET,
+                format!(
+                    "Header Version {:#010x} is not 0x00010000",
+                    h.header_version
+                ),
+            ));
+        }
+        let bs = h.block_size;
+        if !block_size_ok(bs) {
+            return Err(self.place().corrupt(
+                CorruptionKind::InvalidBlockSize,
+                name,
+                DynamicDiskHeader::BLOCK_SIZE_OFFSET,
+                format!("Block Size {bs} is not a power-of-two number of 512-byte sectors between 512 B and 256 MiB"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Open step: Max Table Entries covers a disk of `size` bytes, and by
+    /// no more than `BAT_SLACK_ENTRIES` (it sizes the BAT read). Call
+    /// after `validate` (a valid Block Size).
+    pub fn validate_table_entries(&self, name: &str, size: u64) -> Result<()> {
+        let bs = self.header.block_size;
+        let needed = size.div_ceil(u64::from(bs));
+        let entries = u64::from(self.header.max_table_entries);
+        let message = if entries < needed {
+            format!("Max Table Entries {entries} x Block Size {bs} does not cover Current Size {size} ({needed} entries needed)")
+        } else if entries > needed + BAT_SLACK_ENTRIES {
+            format!("Max Table Entries {entries} is far more than the {needed} Current Size needs")
+        } else {
+            return Ok(());
+        };
+        Err(self.place().corrupt(
+            CorruptionKind::MaxTableEntriesInvalid,
+            name,
+            DynamicDiskHeader::MAX_TABLE_ENTRIES_OFFSET,
+            message,
+        ))
     }
 }
 
@@ -131,5 +254,26 @@ mod tests {
             arr.copy_from_slice(&good);
             prop_assert!(DynamicDiskHeader::parse(&arr, "t", 0).unwrap().1);
         }
+    }
+
+    #[test]
+    fn field_offsets_match_the_schema() {
+        type H = DynamicDiskHeader;
+        let (zero, _) = H::parse(&[0u8; HEADER_SIZE], "t", 0).unwrap();
+        let at = |set: fn(&mut H)| codec::field_offset(&zero, |h| h.to_raw_bytes().unwrap(), set);
+        assert_eq!(at(|h| h.table_offset = !0), Some(H::TABLE_OFFSET_OFFSET));
+        assert_eq!(at(|h| h.header_version = !0), Some(H::VERSION_OFFSET));
+        assert_eq!(
+            at(|h| h.max_table_entries = !0),
+            Some(H::MAX_TABLE_ENTRIES_OFFSET)
+        );
+        assert_eq!(at(|h| h.block_size = !0), Some(H::BLOCK_SIZE_OFFSET));
+        assert_eq!(at(|h| h.checksum = !0), Some(HEADER_CHECKSUM_FIELD as u64));
+        // Entry 0 starts the locator table; entry 7's Platform Data Offset
+        // is the last 8 bytes of it (24-byte entries).
+        let first = at(|h| h.parent_locators[0].platform_code = !0);
+        assert_eq!(first, Some(H::locator_entry_offset(0)));
+        let last = at(|h| h.parent_locators[7].platform_data_offset = !0);
+        assert_eq!(last, Some(H::locator_entry_offset(8) - 8));
     }
 }

@@ -5,8 +5,9 @@ use binrw::binrw;
 
 use super::codec;
 use crate::checksum::vhd_checksum;
+use crate::error::IoContext;
 use crate::params::{DiskType, Identity};
-use crate::Result;
+use crate::{CorruptionKind, Error, Finding, Result, Storage};
 
 pub const FOOTER_SIZE: usize = 512;
 pub const FOOTER_COOKIE: [u8; 8] = *b"conectix";
@@ -22,6 +23,11 @@ pub const DISK_TYPE_DIFFERENCING: u32 = 4;
 pub const HOST_OS_WINDOWS: u32 = 0x5769_326B;
 /// Data Offset of a fixed disk: "unused", written all ones (FORMATS.md 5 #14).
 pub const DATA_OFFSET_NONE: u64 = u64::MAX;
+/// Largest dynamic/differencing virtual size (FORMATS.md 1: 2040 GiB; a
+/// little slack).
+pub const MAX_SPARSE_SIZE: u64 = 2 << 40;
+/// What errors and findings call it.
+const STRUCTURE: &str = "hard disk footer";
 
 #[binrw]
 #[brw(big)]
@@ -50,9 +56,18 @@ pub struct HardDiskFooter {
 }
 
 impl HardDiskFooter {
+    /// Byte offsets (in the footer) of the fields that open and check
+    /// report on.
+    pub const FEATURES_OFFSET: u64 = 0x08;
+    pub const FORMAT_VERSION_OFFSET: u64 = 0x0C;
+    pub const DATA_OFFSET_OFFSET: u64 = 0x10;
+    pub const CURRENT_SIZE_OFFSET: u64 = 0x30;
+    pub const DISK_TYPE_OFFSET: u64 = 0x3C;
+    pub const SAVED_STATE_OFFSET: u64 = 0x54;
+
     /// Decode 512 bytes; the flag says whether the stored checksum matches.
     pub fn parse(bytes: &[u8; FOOTER_SIZE], file: &str, offset: u64) -> Result<(Self, bool)> {
-        let f: Self = codec::decode(bytes, file, "hard disk footer", offset)?;
+        let f: Self = codec::decode(bytes, file, STRUCTURE, offset)?;
         let ok = f.checksum == vhd_checksum(bytes, FOOTER_CHECKSUM_FIELD);
         Ok((f, ok))
     }
@@ -60,21 +75,14 @@ impl HardDiskFooter {
     /// Encode with the checksum field recomputed.
     pub fn to_bytes(&self) -> Result<[u8; FOOTER_SIZE]> {
         let mut out = self.to_raw_bytes()?;
-        let sum = vhd_checksum(&out, FOOTER_CHECKSUM_FIELD);
-        out[FOOTER_CHECKSUM_FIELD..FOOTER_CHECKSUM_FIELD + 4].copy_from_slice(&sum.to_be_bytes());
+        codec::put_checksum(&mut out, FOOTER_CHECKSUM_FIELD);
         Ok(out)
     }
 
     /// Encode exactly as stored, checksum field included.
     pub fn to_raw_bytes(&self) -> Result<[u8; FOOTER_SIZE]> {
-        let v = codec::encode(self, "hard disk footer")?;
+        let v = codec::encode_sized(self, STRUCTURE, FOOTER_SIZE)?;
         let mut out = [0u8; FOOTER_SIZE];
-        if v.len() != FOOTER_SIZE {
-            return Err(crate::Error::InvalidParameter(format!(
-                "hard disk footer encoded to {} bytes",
-                v.len()
-            )));
-        }
         out.copy_from_slice(&v);
         Ok(out)
     }
@@ -102,6 +110,231 @@ impl HardDiskFooter {
     /// The creator application as text (trailing spaces/NULs trimmed).
     pub fn creator_text(&self) -> String {
         fourcc_text(&self.creator_application)
+    }
+}
+
+/// Where the footer in use was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FooterSource {
+    /// EOF-512 (or EOF-511 for pre-2004 images).
+    End,
+    /// The copy at offset 0 (end footer invalid).
+    CopyAtZero,
+}
+
+/// The footer an open goes on, and where it stands.
+#[derive(Debug)]
+pub struct LoadedFooter {
+    pub footer: HardDiskFooter,
+    pub source: FooterSource,
+    /// Where the end footer is or, when none has its cookie, where one
+    /// belongs: the end of the file rounded to a sector. A footer cut off
+    /// (Xen Orchestra wrote such files) leaves the last block ending at
+    /// EOF; EOF-512 would put that block's tail "under the footer" and
+    /// make `check` report a false overlap. A writable open puts the
+    /// footer there.
+    pub end_offset: u64,
+}
+
+impl LoadedFooter {
+    /// Where the footer in use lies: what its field offsets count from.
+    pub fn at(&self) -> u64 {
+        match self.source {
+            FooterSource::End => self.end_offset,
+            FooterSource::CopyAtZero => 0,
+        }
+    }
+}
+
+/// A footer with its cookie, read at `offset`.
+struct Candidate {
+    footer: HardDiskFooter,
+    checksum_ok: bool,
+    offset: u64,
+}
+
+/// The footer with its cookie in the `size` bytes at `offset` (511 for the
+/// end footer of a pre-2004 image), or None.
+fn read_candidate(
+    st: &dyn Storage,
+    name: &str,
+    offset: u64,
+    size: usize,
+) -> Result<Option<Candidate>> {
+    let mut b = [0u8; FOOTER_SIZE];
+    st.read_at(&mut b[..size], offset).ctx(name)?;
+    let (footer, checksum_ok) = HardDiskFooter::parse(&b, name, offset)?;
+    Ok(footer.cookie_ok().then_some(Candidate {
+        footer,
+        checksum_ok,
+        offset,
+    }))
+}
+
+/// Open step: the end footer (EOF-512, then EOF-511), the copy at offset 0
+/// of a file that has room for both, and the choice between them (FORMATS.md
+/// 2.2): a valid end footer; else a valid copy of a dynamic or
+/// differencing disk, with a warning; else an end footer whose checksum
+/// fails, accepted only when checksums are ignored.
+pub fn load(
+    st: &dyn Storage,
+    name: &str,
+    len: u64,
+    ignore_checksums: bool,
+    findings: &mut Vec<Finding>,
+) -> Result<LoadedFooter> {
+    if len < FOOTER_SIZE as u64 - 1 {
+        return Err(Error::NotAnImage {
+            file: name.into(),
+            message: format!("{len} bytes is too short for a VHD footer"),
+        });
+    }
+    let mut end = None;
+    for size in [FOOTER_SIZE, FOOTER_SIZE - 1] {
+        if end.is_none() && len >= size as u64 {
+            end = read_candidate(st, name, len - size as u64, size)?;
+        }
+    }
+    let end_offset = end
+        .as_ref()
+        .map(|e| e.offset)
+        .unwrap_or_else(|| codec::align512(len).unwrap_or(len));
+    let copy = if len >= 2 * FOOTER_SIZE as u64 {
+        read_candidate(st, name, 0, FOOTER_SIZE)?
+    } else {
+        None
+    };
+    let sparse_copy = copy
+        .filter(|c| c.checksum_ok)
+        .filter(|c| c.footer.kind().is_some_and(|k| k != DiskType::Fixed));
+    let (footer, source) = match (end, sparse_copy) {
+        (Some(e), _) if e.checksum_ok => (e.footer, FooterSource::End),
+        (end, Some(c)) => {
+            let (kind, why) = match &end {
+                Some(_) => (CorruptionKind::FooterChecksum, "checksum mismatch"),
+                None => (CorruptionKind::FooterCookie, "no `conectix` cookie"),
+            };
+            findings.push(Finding::warning(
+                kind,
+                name,
+                STRUCTURE,
+                end.as_ref()
+                    .map_or(len.saturating_sub(FOOTER_SIZE as u64), |e| e.offset),
+                format!("end footer invalid ({why}); using the copy at offset 0"),
+            ));
+            (c.footer, FooterSource::CopyAtZero)
+        }
+        (Some(e), None) => {
+            let computed = vhd_checksum(&e.footer.to_raw_bytes()?, FOOTER_CHECKSUM_FIELD);
+            codec::tolerate_checksum(
+                Error::Checksum {
+                    file: name.into(),
+                    structure: STRUCTURE,
+                    offset: e.offset,
+                    kind: CorruptionKind::FooterChecksum,
+                    stored: e.footer.checksum,
+                    computed,
+                },
+                ignore_checksums,
+                findings,
+            )?;
+            (e.footer, FooterSource::End)
+        }
+        (None, None) => {
+            return Err(Error::NotAnImage {
+                file: name.into(),
+                message: "no `conectix` footer at EOF-512, EOF-511 or offset 0".into(),
+            })
+        }
+    };
+    Ok(LoadedFooter {
+        footer,
+        source,
+        end_offset,
+    })
+}
+
+impl LoadedFooter {
+    /// The footer in use, for errors at its fields.
+    pub fn place(&self) -> codec::Place {
+        codec::Place {
+            structure: STRUCTURE,
+            offset: self.at(),
+        }
+    }
+
+    /// Open step: the Disk Type is one of the three, and the Current Size
+    /// a whole number of sectors.
+    pub fn validate(&self, name: &str) -> Result<DiskType> {
+        let f = &self.footer;
+        let Some(kind) = f.kind() else {
+            return Err(self.place().corrupt(
+                CorruptionKind::DiskTypeInvalid,
+                name,
+                HardDiskFooter::DISK_TYPE_OFFSET,
+                format!(
+                    "Disk Type {} is not fixed (2), dynamic (3) or differencing (4)",
+                    f.disk_type
+                ),
+            ));
+        };
+        if !f.current_size.is_multiple_of(512) {
+            let message = format!("Current Size {} is not a multiple of 512", f.current_size);
+            return Err(self.size_invalid(name, message));
+        }
+        Ok(kind)
+    }
+
+    /// Open step of a fixed disk: the data area in front of the end
+    /// footer holds the Current Size.
+    pub fn validate_fixed(&self, name: &str) -> Result<()> {
+        let (size, end) = (self.footer.current_size, self.end_offset);
+        if size > end {
+            return Err(self.place().corrupt(
+                CorruptionKind::FixedDiskTruncated,
+                name,
+                HardDiskFooter::CURRENT_SIZE_OFFSET,
+                format!(
+                    "fixed disk Current Size {size} exceeds the {end} data bytes in front of the footer"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Open step of a dynamic or differencing disk: the Data Offset leaves
+    /// the 1024-byte dynamic disk header inside the `len`-byte file.
+    /// Returns where the header is.
+    pub fn validate_header_offset(&self, name: &str, len: u64) -> Result<u64> {
+        let ho = self.footer.data_offset;
+        let size = super::dynamic_header::HEADER_SIZE as u64;
+        if ho.checked_add(size).is_none_or(|e| e > len) {
+            return Err(self.place().corrupt(
+                CorruptionKind::DynamicHeaderOutsideFile,
+                name,
+                HardDiskFooter::DATA_OFFSET_OFFSET,
+                format!("Data Offset {ho:#x} does not leave a {size}-byte dynamic disk header inside the {len}-byte file"),
+            ));
+        }
+        Ok(ho)
+    }
+
+    /// Open step of a dynamic or differencing disk: a Current Size the
+    /// 32-bit BAT can address.
+    pub fn validate_sparse_size(&self, name: &str) -> Result<()> {
+        let size = self.footer.current_size;
+        if size > MAX_SPARSE_SIZE {
+            let message =
+                format!("Current Size {size} exceeds the 2 TiB a dynamic VHD can address");
+            return Err(self.size_invalid(name, message));
+        }
+        Ok(())
+    }
+
+    fn size_invalid(&self, name: &str, message: String) -> Error {
+        let kind = CorruptionKind::VirtualSizeInvalid;
+        self.place()
+            .corrupt(kind, name, HardDiskFooter::CURRENT_SIZE_OFFSET, message)
     }
 }
 
@@ -203,5 +436,23 @@ pub(crate) mod tests {
             prop_assert_eq!(&raw[0x3C..0x40], &f.disk_type.to_be_bytes()[..]);
             prop_assert_eq!(raw[0x54], f.saved_state);
         }
+    }
+
+    #[test]
+    fn field_offsets_match_the_schema() {
+        type F = HardDiskFooter;
+        let (zero, _) = F::parse(&[0u8; FOOTER_SIZE], "t", 0).unwrap();
+        let encode = |f: &F| f.to_raw_bytes().unwrap().to_vec();
+        let at = |set: fn(&mut F)| codec::field_offset(&zero, encode, set);
+        assert_eq!(at(|f| f.features = !0), Some(F::FEATURES_OFFSET));
+        assert_eq!(
+            at(|f| f.file_format_version = !0),
+            Some(F::FORMAT_VERSION_OFFSET)
+        );
+        assert_eq!(at(|f| f.data_offset = !0), Some(F::DATA_OFFSET_OFFSET));
+        assert_eq!(at(|f| f.current_size = !0), Some(F::CURRENT_SIZE_OFFSET));
+        assert_eq!(at(|f| f.disk_type = !0), Some(F::DISK_TYPE_OFFSET));
+        assert_eq!(at(|f| f.checksum = !0), Some(FOOTER_CHECKSUM_FIELD as u64));
+        assert_eq!(at(|f| f.saved_state = 1), Some(F::SAVED_STATE_OFFSET));
     }
 }

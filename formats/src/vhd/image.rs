@@ -1,17 +1,18 @@
-//! `VhdImage`: opening a VHD (footer, header, BAT, locators), and the read
+//! `VhdImage`: opening a VHD (footer, header, BAT, locators: each checked
+//! by the open step beside its structure, run here in order), and the read
 //! side of the `Layer` / `Image` traits.
 
 use std::sync::Arc;
 
-use super::bat::{BlockAllocationTable, BAT_UNALLOCATED};
-use super::dynamic_header::{DynamicDiskHeader, HEADER_COOKIE, HEADER_SIZE, HEADER_VERSION};
-use super::footer::{HardDiskFooter, FOOTER_SIZE};
+use super::bat::{self, BAT_UNALLOCATED};
+use super::dynamic_header::{self, DynamicDiskHeader};
+use super::footer::{self, HardDiskFooter, LoadedFooter, FOOTER_SIZE};
 use super::geometry::chs_size;
 use super::journal::{self, Recovery};
-use super::parent_locator::{decode_locator, ParentLocatorEntry, MAX_LOCATOR_DATA};
+use super::parent_locator::{self, ParentLocatorEntry};
 use super::sector_bitmap::SectorBitmap;
 use crate::error::IoContext;
-use crate::image::{Image, MergeBatch};
+use crate::image::{Image, MergeBatch, ParentReadsZero};
 use crate::layer::{push_run, Layer, Run, RunKind};
 use crate::params::{
     DiskType, Format, Identity, ImageInfo, OpenOptions, ParentLinkage, ParentLocator, PathHint,
@@ -19,23 +20,8 @@ use crate::params::{
 use crate::storage::JournalSlot;
 use crate::{CorruptionKind, Error, Finding, Result, Storage};
 
-/// Largest block size accepted (the spec names none; 256 MiB is far above
-/// anything produced and keeps a bitmap at 64 KiB).
-pub const MAX_BLOCK_SIZE: u32 = 256 << 20;
-/// Largest dynamic/differencing virtual size (FORMATS.md 1: 2040 GiB; a
-/// little slack).
-pub const MAX_SPARSE_SIZE: u64 = 2 << 40;
-/// Max Table Entries may exceed what Current Size needs by this much.
-pub const BAT_SLACK_ENTRIES: u64 = 4096;
-
-/// Where the footer in use was found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FooterSource {
-    /// EOF-512 (or EOF-511 for pre-2004 images).
-    End,
-    /// The copy at offset 0 (end footer invalid).
-    CopyAtZero,
-}
+// Named here as they always were (the limits live beside their structures).
+pub use super::footer::{FooterSource, MAX_SPARSE_SIZE};
 
 /// The dynamic/differencing part of an image.
 #[derive(Debug, Clone)]
@@ -54,6 +40,42 @@ impl Sparse {
     /// Bytes of one block on disk (bitmap + data).
     pub fn block_span(&self) -> u64 {
         self.bitmap_bytes + self.block_size
+    }
+
+    /// The open steps of a dynamic or differencing disk whose footer is
+    /// `footer`, in order: the header's place (footer), the header, its
+    /// Version and Block Size, a Current Size the BAT can address
+    /// (footer), Max Table Entries, the BAT, the parent locators.
+    fn load(
+        st: &dyn Storage,
+        name: &str,
+        len: u64,
+        footer: &LoadedFooter,
+        ignore_checksums: bool,
+        findings: &mut Vec<Finding>,
+    ) -> Result<Sparse> {
+        let ho = footer.validate_header_offset(name, len)?;
+        let loaded = dynamic_header::load(st, name, ho, ignore_checksums, findings)?;
+        loaded.validate(name)?;
+        footer.validate_sparse_size(name)?;
+        loaded.validate_table_entries(name, footer.footer.current_size)?;
+        let bat = bat::load(st, name, &loaded, len)?;
+        let differencing = footer.footer.kind() == Some(DiskType::Differencing);
+        let locators = if differencing {
+            parent_locator::load(st, name, &loaded, len, findings)?
+        } else {
+            Vec::new()
+        };
+        let block_size = u64::from(loaded.header.block_size);
+        Ok(Sparse {
+            header_offset: ho,
+            header: loaded.header,
+            bat,
+            block_size,
+            bitmap_bytes: SectorBitmap::disk_size(block_size / 512),
+            differencing,
+            locators,
+        })
     }
 }
 
@@ -76,18 +98,13 @@ pub struct VhdImage {
     pub(super) journal: Option<JournalSlot>,
 }
 
-fn read_footer_at(
-    st: &dyn Storage,
-    name: &str,
-    off: u64,
-    len: usize,
-) -> Result<(HardDiskFooter, bool)> {
-    let mut b = [0u8; FOOTER_SIZE];
-    st.read_at(&mut b[..len], off).ctx(name)?;
-    HardDiskFooter::parse(&b, name, off)
-}
-
 impl VhdImage {
+    /// Open: a pending journal is replayed (writable) or overlaid
+    /// (read-only) first; then the steps, in order: the footer (end or
+    /// copy at 0), its Disk Type and Current Size, and the fixed disk's
+    /// data area or the sparse structures (`Sparse::load`). Each step lives
+    /// beside its structure and returns the first error or pushes its
+    /// findings. A writable open then heals the footer copy.
     pub fn open(
         name: &str,
         storage: Arc<dyn Storage>,
@@ -106,149 +123,18 @@ impl VhdImage {
         }
         let st = storage.as_ref();
         let len = st.len().ctx(name)?;
-        if len < FOOTER_SIZE as u64 - 1 {
-            return Err(Error::NotAnImage {
-                file: name.into(),
-                message: format!("{len} bytes is too short for a VHD footer"),
-            });
-        }
-
-        // The end footer: EOF-512, then EOF-511 (pre-2004 images).
-        let mut end = None;
-        if len >= FOOTER_SIZE as u64 {
-            let off = len - FOOTER_SIZE as u64;
-            let (f, ok) = read_footer_at(st, name, off, FOOTER_SIZE)?;
-            if f.cookie_ok() {
-                end = Some((f, ok, off));
-            }
-        }
-        if end.is_none() {
-            let off = len - (FOOTER_SIZE as u64 - 1);
-            let (f, ok) = read_footer_at(st, name, off, FOOTER_SIZE - 1)?;
-            if f.cookie_ok() {
-                end = Some((f, ok, off));
-            }
-        }
-        // Where the end footer is, or, when none has its cookie, where one
-        // belongs: the end of the file (rounded to a sector). A footer cut
-        // off (Xen Orchestra wrote such files) leaves the last block ending
-        // at EOF; EOF-512 would put that block's tail "under the footer"
-        // and make `check` report a false overlap. A writable open puts the
-        // footer there (`repair_footer_copy`).
-        let end_offset = end
-            .as_ref()
-            .map(|e| e.2)
-            .unwrap_or_else(|| super::codec::align512(len).unwrap_or(len));
-        let copy = if len >= 2 * FOOTER_SIZE as u64 {
-            let (f, ok) = read_footer_at(st, name, 0, FOOTER_SIZE)?;
-            f.cookie_ok().then_some((f, ok))
-        } else {
-            None
-        };
-        let sparse_type = |f: &HardDiskFooter| f.kind().is_some_and(|k| k != DiskType::Fixed);
-        let (footer, source) = match (end, copy) {
-            (Some((f, true, _)), _) => (f, FooterSource::End),
-            (end, Some((c, true))) if sparse_type(&c) => {
-                let (kind, why) = match &end {
-                    Some(_) => (CorruptionKind::FooterChecksum, "checksum mismatch"),
-                    None => (CorruptionKind::FooterCookie, "no `conectix` cookie"),
-                };
-                findings.push(Finding::warning(
-                    kind,
-                    name,
-                    "hard disk footer",
-                    end.as_ref()
-                        .map_or(len.saturating_sub(FOOTER_SIZE as u64), |e| e.2),
-                    format!("end footer invalid ({why}); using the copy at offset 0"),
-                ));
-                (c, FooterSource::CopyAtZero)
-            }
-            (Some((f, false, off)), _) => {
-                let mut raw = f.to_raw_bytes()?;
-                raw[0x40..0x44].fill(0);
-                let computed = crate::checksum::vhd_checksum(&raw, 0x40);
-                if !opts.ignore_checksums {
-                    return Err(Error::Checksum {
-                        file: name.into(),
-                        structure: "hard disk footer",
-                        offset: off,
-                        kind: CorruptionKind::FooterChecksum,
-                        stored: f.checksum,
-                        computed,
-                    });
-                }
-                findings.push(Finding::error(
-                    CorruptionKind::FooterChecksum,
-                    name,
-                    "hard disk footer",
-                    off,
-                    format!(
-                        "checksum mismatch (stored {:#010x}, computed {computed:#010x}); accepted because checksums are ignored",
-                        f.checksum
-                    ),
-                ));
-                (f, FooterSource::End)
-            }
-            (None, _) => {
-                return Err(Error::NotAnImage {
-                    file: name.into(),
-                    message: "no `conectix` footer at EOF-512, EOF-511 or offset 0".into(),
-                })
-            }
-        };
-        let footer_offset = end_offset;
-        let foff = match source {
-            FooterSource::End => footer_offset,
-            FooterSource::CopyAtZero => 0,
-        };
-        let Some(kind) = footer.kind() else {
-            return Err(Error::corrupt(
-                CorruptionKind::DiskTypeInvalid,
-                name,
-                "hard disk footer",
-                foff + 0x3C,
-                format!(
-                    "Disk Type {} is not fixed (2), dynamic (3) or differencing (4)",
-                    footer.disk_type
-                ),
-            ));
-        };
-        if !footer.current_size.is_multiple_of(512) {
-            return Err(Error::corrupt(
-                CorruptionKind::VirtualSizeInvalid,
-                name,
-                "hard disk footer",
-                foff + 0x30,
-                format!(
-                    "Current Size {} is not a multiple of 512",
-                    footer.current_size
-                ),
-            ));
-        }
-        let sparse = match kind {
+        let loaded = footer::load(st, name, len, opts.ignore_checksums, &mut findings)?;
+        let sparse = match loaded.validate(name)? {
             DiskType::Fixed => {
-                if footer.current_size > footer_offset {
-                    return Err(Error::corrupt(
-                        CorruptionKind::FixedDiskTruncated,
-                        name,
-                        "hard disk footer",
-                        foff + 0x30,
-                        format!(
-                            "fixed disk Current Size {} exceeds the {footer_offset} data bytes in front of the footer",
-                            footer.current_size
-                        ),
-                    ));
-                }
+                loaded.validate_fixed(name)?;
                 None
             }
-            DiskType::Dynamic | DiskType::Differencing => Some(Self::open_sparse(
-                name,
+            DiskType::Dynamic | DiskType::Differencing => Some(Sparse::load(
                 st,
+                name,
                 len,
-                &footer,
-                foff,
-                kind == DiskType::Differencing,
-                opts,
+                &loaded,
+                opts.ignore_checksums,
                 &mut findings,
             )?),
         };
@@ -256,9 +142,9 @@ impl VhdImage {
             name: name.into(),
             storage,
             opts,
-            footer,
-            footer_source: source,
-            footer_offset,
+            footer: loaded.footer,
+            footer_source: loaded.source,
+            footer_offset: loaded.end_offset,
             sparse,
             findings,
             journal,
@@ -266,182 +152,6 @@ impl VhdImage {
         };
         img.repair_footer_copy()?;
         Ok(img)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn open_sparse(
-        name: &str,
-        st: &dyn Storage,
-        len: u64,
-        footer: &HardDiskFooter,
-        foff: u64,
-        differencing: bool,
-        opts: OpenOptions,
-        findings: &mut Vec<Finding>,
-    ) -> Result<Sparse> {
-        let ho = footer.data_offset;
-        if ho.checked_add(HEADER_SIZE as u64).is_none_or(|e| e > len) {
-            return Err(Error::corrupt(
-                CorruptionKind::DynamicHeaderOutsideFile,
-                name,
-                "hard disk footer",
-                foff + 0x10,
-                format!("Data Offset {ho:#x} does not leave a 1024-byte dynamic disk header inside the {len}-byte file"),
-            ));
-        }
-        let mut hb = [0u8; HEADER_SIZE];
-        st.read_at(&mut hb, ho).ctx(name)?;
-        let (header, hok) = DynamicDiskHeader::parse(&hb, name, ho)?;
-        if header.cookie != HEADER_COOKIE {
-            return Err(Error::corrupt(
-                CorruptionKind::DynamicHeaderCookie,
-                name,
-                "dynamic disk header",
-                ho,
-                "cookie is not `cxsparse`",
-            ));
-        }
-        if !hok {
-            let computed = crate::checksum::vhd_checksum(&hb, 0x24);
-            if !opts.ignore_checksums {
-                return Err(Error::Checksum {
-                    file: name.into(),
-                    structure: "dynamic disk header",
-                    offset: ho,
-                    kind: CorruptionKind::DynamicHeaderChecksum,
-                    stored: header.checksum,
-                    computed,
-                });
-            }
-            findings.push(Finding::error(
-                CorruptionKind::DynamicHeaderChecksum,
-                name,
-                "dynamic disk header",
-                ho,
-                format!(
-                    "checksum mismatch (stored {:#010x}, computed {computed:#010x}); accepted because checksums are ignored",
-                    header.checksum
-                ),
-            ));
-        }
-        if header.header_version != HEADER_VERSION {
-            return Err(Error::corrupt(
-                CorruptionKind::DynamicHeaderVersion,
-                name,
-                "dynamic disk header",
-                ho + 0x18,
-                format!(
-                    "Header Version {:#010x} is not 0x00010000",
-                    header.header_version
-                ),
-            ));
-        }
-        let bs = header.block_size;
-        if bs < 512
-            || !bs.is_multiple_of(512)
-            || !(bs / 512).is_power_of_two()
-            || bs > MAX_BLOCK_SIZE
-        {
-            return Err(Error::corrupt(
-                CorruptionKind::InvalidBlockSize,
-                name,
-                "dynamic disk header",
-                ho + 0x20,
-                format!("Block Size {bs} is not a power-of-two number of 512-byte sectors between 512 B and 256 MiB"),
-            ));
-        }
-        let block_size = u64::from(bs);
-        let size = footer.current_size;
-        if size > MAX_SPARSE_SIZE {
-            return Err(Error::corrupt(
-                CorruptionKind::VirtualSizeInvalid,
-                name,
-                "hard disk footer",
-                foff + 0x30,
-                format!("Current Size {size} exceeds the 2 TiB a dynamic VHD can address"),
-            ));
-        }
-        let needed = size.div_ceil(block_size);
-        let entries = u64::from(header.max_table_entries);
-        if entries < needed {
-            return Err(Error::corrupt(
-                CorruptionKind::MaxTableEntriesInvalid,
-                name,
-                "dynamic disk header",
-                ho + 0x1C,
-                format!("Max Table Entries {entries} x Block Size {bs} does not cover Current Size {size} ({needed} entries needed)"),
-            ));
-        }
-        if entries > needed + BAT_SLACK_ENTRIES {
-            return Err(Error::corrupt(
-                CorruptionKind::MaxTableEntriesInvalid,
-                name,
-                "dynamic disk header",
-                ho + 0x1C,
-                format!(
-                    "Max Table Entries {entries} is far more than the {needed} Current Size needs"
-                ),
-            ));
-        }
-        let to = header.table_offset;
-        let bat_bytes = entries * 4;
-        if to.checked_add(bat_bytes).is_none_or(|e| e > len) {
-            return Err(Error::corrupt(
-                CorruptionKind::BatOutsideFile,
-                name,
-                "dynamic disk header",
-                ho + 0x10,
-                format!(
-                    "Table Offset {to:#x} + {bat_bytes} BAT bytes lies outside the {len}-byte file"
-                ),
-            ));
-        }
-        let mut bb = vec![0u8; bat_bytes as usize];
-        st.read_at(&mut bb, to).ctx(name)?;
-        let bat = BlockAllocationTable::parse(&bb, header.max_table_entries, name, to)?.entries;
-
-        let mut locators = Vec::new();
-        if differencing {
-            for (i, e) in header.parent_locators.iter().enumerate() {
-                if !e.is_used() {
-                    continue;
-                }
-                let eoff = ho + 0x240 + 24 * i as u64;
-                let dl = e.platform_data_length;
-                let fits = e
-                    .platform_data_offset
-                    .checked_add(u64::from(dl))
-                    .is_some_and(|x| x <= len);
-                if dl > MAX_LOCATOR_DATA || !fits {
-                    findings.push(Finding::error(
-                        CorruptionKind::LocatorOutsideFile,
-                        name,
-                        "parent locator entry",
-                        eoff,
-                        format!(
-                            "{} locator data ({dl} bytes at {:#x}) lies outside the file or exceeds 64 KiB; entry ignored",
-                            e.code_text(),
-                            e.platform_data_offset
-                        ),
-                    ));
-                    locators.push((*e, eoff, None));
-                    continue;
-                }
-                let mut d = vec![0u8; dl as usize];
-                st.read_at(&mut d, e.platform_data_offset).ctx(name)?;
-                let text = decode_locator(e.platform_code, &d).map(|(s, _)| s);
-                locators.push((*e, eoff, text));
-            }
-        }
-        Ok(Sparse {
-            header_offset: ho,
-            header,
-            bat,
-            block_size,
-            bitmap_bytes: SectorBitmap::disk_size(block_size / 512),
-            differencing,
-            locators,
-        })
     }
 
     /// A writable open heals a footer copy at 0 that differs from the end
@@ -717,7 +427,7 @@ impl Image for VhdImage {
             };
             entries.push((e.code_text(), value));
             if let Some(t) = text {
-                if let Some((_, hint)) = decode_locator_hint(e.platform_code, t) {
+                if let Some(hint) = parent_locator::path_hint(e.platform_code, t.clone()) {
                     match hint {
                         PathHint::Relative(_) => rel.push(hint),
                         PathHint::AbsoluteWindows(_) => abs.push(hint),
@@ -761,10 +471,7 @@ impl Image for VhdImage {
         super::compact::compact(self)
     }
 
-    fn release_zero_blocks(
-        &mut self,
-        parent_reads_zero: &mut dyn FnMut(u64, u64) -> Result<bool>,
-    ) -> Result<u64> {
+    fn release_zero_blocks(&mut self, parent_reads_zero: &mut ParentReadsZero<'_>) -> Result<u64> {
         super::compact::release_zero_blocks(self, parent_reads_zero)
     }
 
@@ -794,18 +501,6 @@ impl Image for VhdImage {
         let mut probe = s.header.clone();
         super::create::set_parent_fields(&mut probe, parent, &mut |_| Ok(0)).map(|_| ())
     }
-}
-
-/// The hint a decoded locator text gives, by platform code.
-fn decode_locator_hint(code: u32, text: &str) -> Option<(String, PathHint)> {
-    use super::parent_locator::*;
-    let hint = match code {
-        PLATFORM_W2RU | PLATFORM_WI2R => PathHint::Relative(text.into()),
-        PLATFORM_W2KU | PLATFORM_WI2K => PathHint::AbsoluteWindows(text.into()),
-        PLATFORM_MACX => PathHint::Posix(text.into()),
-        _ => return None,
-    };
-    Some((text.into(), hint))
 }
 
 pub(super) fn hex(b: &[u8]) -> String {

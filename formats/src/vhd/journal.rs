@@ -20,7 +20,7 @@ use super::footer::{HardDiskFooter, FOOTER_SIZE};
 use crate::error::IoContext;
 use crate::params::Identity;
 use crate::storage::{Access, JournalSlot};
-use crate::{CorruptionKind, Finding, Result, Storage};
+use crate::{CopyRange, CorruptionKind, Finding, Result, Storage};
 
 pub const JOURNAL_MAGIC: [u8; 8] = *b"cfvhdjnl";
 pub const JOURNAL_VERSION: u32 = 1;
@@ -254,14 +254,16 @@ pub fn apply(
     if let Some(last) = j.records.last() {
         if let Some(at) = last.data_at {
             image
-                .copy_from(jst, at, last.offset, last.length)
+                .copy_from(jst, CopyRange::new(at, last.offset, last.length))
                 .ctx(file)?;
             image.flush().ctx(file)?;
         }
     }
     for r in &j.records {
         match r.data_at {
-            Some(at) => image.copy_from(jst, at, r.offset, r.length).ctx(file)?,
+            Some(at) => image
+                .copy_from(jst, CopyRange::new(at, r.offset, r.length))
+                .ctx(file)?,
             None => {
                 let mut done = 0;
                 while done < r.length {

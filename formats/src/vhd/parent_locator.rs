@@ -3,7 +3,10 @@
 
 use binrw::binrw;
 
+use super::dynamic_header::{DynamicDiskHeader, LoadedHeader};
+use crate::error::IoContext;
 use crate::params::PathHint;
+use crate::{CorruptionKind, Finding, Result, Storage};
 
 /// Platform codes (big-endian four-character codes).
 pub const PLATFORM_NONE: u32 = 0;
@@ -17,6 +20,8 @@ pub const PLATFORM_MACX: u32 = 0x4D61_6358;
 /// Locator data larger than this is refused before it is read: real paths
 /// are a few hundred bytes.
 pub const MAX_LOCATOR_DATA: u32 = 64 * 1024;
+/// Bytes of one entry in the dynamic disk header.
+pub const ENTRY_SIZE: u64 = 24;
 
 #[binrw]
 #[brw(big)]
@@ -53,52 +58,92 @@ impl ParentLocatorEntry {
     }
 }
 
+/// Open step of a differencing disk: every used entry of the header, with the absolute offset of the entry and its data decoded as a
+/// path. Data outside the `len`-byte file or over `MAX_LOCATOR_DATA` is an
+/// error finding, not an error: the entry is kept without text (another
+/// locator or the parent's name may still find the parent).
+pub fn load(
+    st: &dyn Storage,
+    name: &str,
+    loaded: &LoadedHeader,
+    len: u64,
+    findings: &mut Vec<Finding>,
+) -> Result<Vec<(ParentLocatorEntry, u64, Option<String>)>> {
+    let mut locators = Vec::new();
+    for (i, e) in loaded.header.parent_locators.iter().enumerate() {
+        if !e.is_used() {
+            continue;
+        }
+        let eoff = loaded
+            .place()
+            .field_at(DynamicDiskHeader::locator_entry_offset(i));
+        let dl = e.platform_data_length;
+        let fits = e
+            .platform_data_offset
+            .checked_add(u64::from(dl))
+            .is_some_and(|x| x <= len);
+        if dl > MAX_LOCATOR_DATA || !fits {
+            findings.push(Finding::error(
+                CorruptionKind::LocatorOutsideFile,
+                name,
+                "parent locator entry",
+                eoff,
+                format!(
+                    "{} locator data ({dl} bytes at {:#x}) lies outside the file or exceeds 64 KiB; entry ignored",
+                    e.code_text(),
+                    e.platform_data_offset
+                ),
+            ));
+            locators.push((*e, eoff, None));
+            continue;
+        }
+        let mut d = vec![0u8; dl as usize];
+        st.read_at(&mut d, e.platform_data_offset).ctx(name)?;
+        let text = decode_locator(e.platform_code, &d).map(|(s, _)| s);
+        locators.push((*e, eoff, text));
+    }
+    Ok(locators)
+}
+
 /// Decode locator data to a path string, and the hint it gives.
 /// Returns None for codes whose data is not a path (Mac alias) or unknown.
 pub fn decode_locator(code: u32, data: &[u8]) -> Option<(String, PathHint)> {
+    let path = match code {
+        PLATFORM_W2RU | PLATFORM_W2KU => utf16le(data),
+        PLATFORM_WI2R | PLATFORM_WI2K => single_byte(data),
+        PLATFORM_MACX => file_url_to_path(String::from_utf8_lossy(data).trim_end_matches('\0')),
+        _ => return None,
+    };
+    Some((path.clone(), path_hint(code, path)?))
+}
+
+/// What a decoded locator path says, by platform code: relative, absolute
+/// Windows or POSIX; None for a code whose data is not a path.
+pub fn path_hint(code: u32, path: String) -> Option<PathHint> {
     match code {
-        PLATFORM_W2RU => {
-            let s = utf16le(data);
-            Some((s.clone(), PathHint::Relative(s)))
-        }
-        PLATFORM_W2KU => {
-            let s = utf16le(data);
-            Some((s.clone(), PathHint::AbsoluteWindows(s)))
-        }
-        PLATFORM_WI2R => {
-            let s = single_byte(data);
-            Some((s.clone(), PathHint::Relative(s)))
-        }
-        PLATFORM_WI2K => {
-            let s = single_byte(data);
-            Some((s.clone(), PathHint::AbsoluteWindows(s)))
-        }
-        PLATFORM_MACX => {
-            let raw = String::from_utf8_lossy(data)
-                .trim_end_matches('\0')
-                .to_string();
-            let path = file_url_to_path(&raw);
-            Some((path.clone(), PathHint::Posix(path)))
-        }
+        PLATFORM_W2RU | PLATFORM_WI2R => Some(PathHint::Relative(path)),
+        PLATFORM_W2KU | PLATFORM_WI2K => Some(PathHint::AbsoluteWindows(path)),
+        PLATFORM_MACX => Some(PathHint::Posix(path)),
         _ => None,
     }
 }
 
 /// UTF-16LE, stopping at the first NUL.
 pub fn utf16le(data: &[u8]) -> String {
-    let units: Vec<u16> = data
-        .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]))
-        .take_while(|&u| u != 0)
-        .collect();
-    String::from_utf16_lossy(&units)
+    utf16_to_nul(data, u16::from_le_bytes)
 }
 
 /// UTF-16BE (Parent Unicode Name), stopping at the first NUL.
 pub fn utf16be(data: &[u8]) -> String {
+    utf16_to_nul(data, u16::from_be_bytes)
+}
+
+/// UTF-16 in the byte order `unit` reads, up to the first NUL (lossy:
+/// hostile names still print).
+fn utf16_to_nul(data: &[u8], unit: fn([u8; 2]) -> u16) -> String {
     let units: Vec<u16> = data
         .chunks_exact(2)
-        .map(|c| u16::from_be_bytes([c[0], c[1]]))
+        .map(|c| unit([c[0], c[1]]))
         .take_while(|&u| u != 0)
         .collect();
     String::from_utf16_lossy(&units)

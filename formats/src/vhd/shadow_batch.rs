@@ -56,7 +56,7 @@ use crate::combine::{Payload, WriteCombiner};
 use crate::error::IoContext;
 use crate::image::MergeBatch;
 use crate::params::{HeldBlocks, HeldBlocksChanged, Identity};
-use crate::{Error, Result, Storage};
+use crate::{CopyRange, Error, Result, Storage};
 
 /// New blocks place their data on this boundary.
 const DATA_ALIGN: u64 = 4096;
@@ -299,7 +299,7 @@ impl<'a> ShadowBatch<'a> {
             let old = self.held_base(b, entry)?;
             self.changed.rebuilt += 1;
             self.st
-                .copy_from(self.st.as_ref(), old, at, span)
+                .copy_from(self.st.as_ref(), CopyRange::new(old, at, span))
                 .ctx(&name)?;
         } else if !whole {
             self.st

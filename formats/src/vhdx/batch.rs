@@ -35,7 +35,7 @@ use crate::error::IoContext;
 use crate::image::MergeBatch;
 use crate::params::{HeldBlocks, Identity};
 use crate::storage::Storage;
-use crate::{CorruptionKind, Error, Result};
+use crate::{CopyRange, CorruptionKind, Error, Result};
 
 pub(crate) fn begin(img: &mut VhdxImage) -> Result<Box<dyn MergeBatch + '_>> {
     img.require_writable()?;
@@ -154,8 +154,11 @@ impl VhdxBatch<'_> {
         let old = self.old_entry(g.sb_index(k));
         if old.state() == bat::SB_PRESENT {
             let s = &*self.img.storage;
-            s.copy_from(s, old.file_offset(), off, sector_bitmap::BLOCK_SIZE)
-                .ctx(&self.img.name)?;
+            s.copy_from(
+                s,
+                CopyRange::new(old.file_offset(), off, sector_bitmap::BLOCK_SIZE),
+            )
+            .ctx(&self.img.name)?;
         }
         self.staged
             .insert(g.sb_index(k), BatEntry::new(bat::SB_PRESENT, off));
@@ -275,7 +278,8 @@ impl VhdxBatch<'_> {
                 self.rebuilt += 1;
                 if !whole {
                     let st = &*self.img.storage;
-                    st.copy_from(st, e.file_offset(), off, in_disk).ctx(&name)?;
+                    st.copy_from(st, CopyRange::new(e.file_offset(), off, in_disk))
+                        .ctx(&name)?;
                 }
                 self.combiner
                     .put(&*self.img.storage, off + in_off, data)

@@ -174,31 +174,28 @@ pub fn check(img: &VhdxImage) -> Vec<Finding> {
     blocks.sort_unstable();
     for w in blocks.windows(2) {
         let (a, b) = (w[0], w[1]);
-        if a.0 == b.0 {
-            f.push(Finding::error(
-                CorruptionKind::BlockOverlap,
-                name,
-                "BAT entry",
-                bat_off + b.2 * 8,
-                format!(
-                    "FileOffsetMB {} is used by BAT entries {} and {}",
-                    b.0 >> 20,
-                    a.2,
-                    b.2
-                ),
-            ));
+        let message = if a.0 == b.0 {
+            format!(
+                "FileOffsetMB {} is used by BAT entries {} and {}",
+                b.0 >> 20,
+                a.2,
+                b.2
+            )
         } else if a.0 + a.1 > b.0 {
-            f.push(Finding::error(
-                CorruptionKind::BlockOverlap,
-                name,
-                "BAT entry",
-                bat_off + b.2 * 8,
-                format!(
-                    "block at {:#x} overlaps the block of BAT entry {}",
-                    b.0, a.2
-                ),
-            ));
-        }
+            format!(
+                "block at {:#x} overlaps the block of BAT entry {}",
+                b.0, a.2
+            )
+        } else {
+            continue;
+        };
+        f.push(Finding::error(
+            CorruptionKind::BlockOverlap,
+            name,
+            "BAT entry",
+            bat_off + b.2 * 8,
+            message,
+        ));
     }
     f
 }

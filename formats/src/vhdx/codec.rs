@@ -33,6 +33,25 @@ macro_rules! le_codec {
 }
 pub(crate) use le_codec;
 
+/// A `size`-byte table (region table, metadata table): `header` first,
+/// then the 32-byte entries, as many as fit.
+pub(crate) fn table_bytes(
+    size: usize,
+    header: &[u8],
+    entries: impl IntoIterator<Item = Vec<u8>>,
+) -> Vec<u8> {
+    let mut v = vec![0u8; size];
+    v[..header.len()].copy_from_slice(header);
+    for (i, e) in entries.into_iter().enumerate() {
+        let at = header.len() + 32 * i;
+        if at + 32 > size {
+            break;
+        }
+        v[at..at + 32].copy_from_slice(&e);
+    }
+    v
+}
+
 /// Round `v` up to a multiple of `to` (a power of two), `None` on overflow.
 pub(crate) fn round_up(v: u64, to: u64) -> Option<u64> {
     v.checked_add(to - 1).map(|x| x & !(to - 1))

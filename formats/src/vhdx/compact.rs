@@ -20,9 +20,9 @@ use super::image::{VhdxImage, MIB};
 use super::log::writer;
 use super::write::Pending;
 use crate::error::IoContext;
-use crate::image::CompactReport;
+use crate::image::{CompactReport, ParentReadsZero};
 use crate::space::SpaceMap;
-use crate::{Error, Result};
+use crate::{CopyRange, Error, Result};
 
 /// Bytes moved per log entry at most: bounds the work a crash repeats.
 const ROUND_BYTES: u64 = 1 << 30;
@@ -131,7 +131,8 @@ pub(crate) fn compact(img: &mut VhdxImage) -> Result<CompactReport> {
         }
         let st = &*img.storage;
         for (m, to) in &moves {
-            st.copy_from(st, m.offset, *to, m.len).ctx(&name)?;
+            st.copy_from(st, CopyRange::new(m.offset, *to, m.len))
+                .ctx(&name)?;
             pending.bat.insert(m.index, BatEntry::new(m.state, *to));
         }
         // Flushes the copies, then commits the BAT through the log.
@@ -207,7 +208,7 @@ fn relocate_tail_log(img: &mut VhdxImage) -> Result<bool> {
 /// `compact` then reuses or gives back.
 pub(crate) fn release_zero_blocks(
     img: &mut VhdxImage,
-    parent_reads_zero: &mut dyn FnMut(u64, u64) -> Result<bool>,
+    parent_reads_zero: &mut ParentReadsZero<'_>,
 ) -> Result<u64> {
     img.require_writable()?;
     let g = img.geometry;

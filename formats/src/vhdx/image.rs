@@ -17,7 +17,7 @@ use super::metadata_table::{self as mt, MetadataTable, MetadataTableEntry};
 use super::region_table::{self as rt, RegionTable};
 use super::sector_bitmap;
 use crate::error::IoContext;
-use crate::image::{Image, MergeBatch};
+use crate::image::{Image, MergeBatch, ParentReadsZero};
 use crate::layer::{push_run, Layer, Run, RunKind};
 use crate::params::{
     DiskType, Format, Identity, ImageInfo, OpenOptions, ParentLinkage, ParentLocator, PathHint,
@@ -236,28 +236,39 @@ impl VhdxImage {
     /// Payload BAT entry of block `p`.
     pub(crate) fn payload_entry(&self, p: u64) -> Result<BatEntry> {
         let i = self.geometry.payload_index(p);
-        self.bat.get(i as usize).ok_or_else(|| {
-            corrupt(
-                CorruptionKind::BatIndexOutOfRange,
-                &self.name,
-                "BAT",
-                self.bat_region.0 + i * 8,
-                "payload block outside the BAT",
-            )
-        })
+        self.bat_entry(i, "payload block outside the BAT")
     }
 
+    /// Sector bitmap BAT entry of chunk `chunk`.
     pub(crate) fn sb_entry(&self, chunk: u64) -> Result<BatEntry> {
         let i = self.geometry.sb_index(chunk);
-        self.bat.get(i as usize).ok_or_else(|| {
-            corrupt(
-                CorruptionKind::BatIndexOutOfRange,
-                &self.name,
-                "BAT",
-                self.bat_region.0 + i * 8,
-                "sector bitmap entry outside the BAT",
-            )
-        })
+        self.bat_entry(i, "sector bitmap entry outside the BAT")
+    }
+
+    /// BAT entry `i`; an index past the table (a geometry the BAT does not
+    /// match) is corruption, reported at where the entry would be.
+    fn bat_entry(&self, i: u64, outside: &str) -> Result<BatEntry> {
+        let error = || self.bat_error(CorruptionKind::BatIndexOutOfRange, i, outside.into());
+        self.bat.get(i as usize).ok_or_else(error)
+    }
+
+    /// Corruption found through BAT entry `i` (the table's own view of it:
+    /// an index, a sector bitmap entry), reported at that entry.
+    fn bat_error(&self, kind: CorruptionKind, i: u64, message: String) -> Error {
+        corrupt(kind, &self.name, "BAT", self.bat_region.0 + i * 8, message)
+    }
+
+    /// Corruption of payload block `p` (its state, its place), reported at
+    /// its BAT entry.
+    fn payload_error(&self, kind: CorruptionKind, p: u64, message: String) -> Error {
+        let i = self.geometry.payload_index(p);
+        corrupt(
+            kind,
+            &self.name,
+            "BAT entry",
+            self.bat_region.0 + i * 8,
+            message,
+        )
     }
 
     /// Counts of payload states (index = state) and SB PRESENT entries.
@@ -310,7 +321,7 @@ impl VhdxImage {
         let sbi = g.sb_index(chunk);
         let sb = self.sb_entry(chunk)?;
         if sb.state() != bat::SB_PRESENT {
-            return Err(corrupt(CorruptionKind::SectorBitmapNotPresent, &self.name, "BAT", self.bat_region.0 + sbi * 8, format!(
+            return Err(self.bat_error(CorruptionKind::SectorBitmapNotPresent, sbi, format!(
                 "payload block {p} is PARTIALLY_PRESENT but its sector bitmap entry is not SB_BLOCK_PRESENT")));
         }
         let spb = g.sectors_per_block();
@@ -322,11 +333,9 @@ impl VhdxImage {
             .checked_add((p % g.chunk_ratio) * spb / 8)
             .filter(|s| s.checked_add(len).is_some_and(|e| e <= file_len));
         let Some(start) = start.filter(|_| sb.file_offset() >= MIB) else {
-            return Err(corrupt(
+            return Err(self.bat_error(
                 CorruptionKind::SectorBitmapOutsideFile,
-                &self.name,
-                "BAT",
-                self.bat_region.0 + sbi * 8,
+                sbi,
                 format!(
                     "sector bitmap block at {:#x} lies outside the file",
                     sb.file_offset()
@@ -361,12 +370,9 @@ impl VhdxImage {
         // Checked: a hostile entry's offset can be near 2^64.
         let end = e.file_offset().checked_add(in_disk);
         if e.file_offset() < MIB || end.is_none_or(|end| end > len) {
-            let i = g.payload_index(p);
-            return Err(corrupt(
+            return Err(self.payload_error(
                 CorruptionKind::BlockOutsideFile,
-                &self.name,
-                "BAT entry",
-                self.bat_region.0 + i * 8,
+                p,
                 format!(
                     "payload block {p} at {:#x} lies outside the {len}-byte file",
                     e.file_offset()
@@ -389,12 +395,9 @@ impl VhdxImage {
             }
             bat::PAYLOAD_PARTIALLY_PRESENT => {
                 if !g.has_parent {
-                    let i = g.payload_index(p);
-                    return Err(corrupt(
+                    return Err(self.payload_error(
                         CorruptionKind::PartialBlockInNonDifferencing,
-                        &self.name,
-                        "BAT entry",
-                        self.bat_region.0 + i * 8,
+                        p,
                         format!(
                             "payload block {p} is PARTIALLY_PRESENT in a non-differencing file"
                         ),
@@ -432,14 +435,8 @@ impl VhdxImage {
             | bat::PAYLOAD_UNDEFINED
             | bat::PAYLOAD_UNMAPPED_V095 => RunKind::Zero,
             s => {
-                let i = g.payload_index(p);
-                return Err(corrupt(
-                    CorruptionKind::BatEntryReservedState,
-                    &self.name,
-                    "BAT entry",
-                    self.bat_region.0 + i * 8,
-                    format!("payload block {p} has reserved state {s}"),
-                ));
+                let message = format!("payload block {p} has reserved state {s}");
+                return Err(self.payload_error(CorruptionKind::BatEntryReservedState, p, message));
             }
         };
         push_run(
@@ -683,10 +680,7 @@ impl Image for VhdxImage {
         super::compact::compact(self)
     }
 
-    fn release_zero_blocks(
-        &mut self,
-        parent_reads_zero: &mut dyn FnMut(u64, u64) -> Result<bool>,
-    ) -> Result<u64> {
+    fn release_zero_blocks(&mut self, parent_reads_zero: &mut ParentReadsZero<'_>) -> Result<u64> {
         super::compact::release_zero_blocks(self, parent_reads_zero)
     }
 }

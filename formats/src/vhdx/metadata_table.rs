@@ -102,18 +102,10 @@ impl MetadataTable {
 
     /// The 64 KiB table.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut v = vec![0u8; TABLE_SIZE];
         let mut h = self.header.clone();
         h.entry_count = self.entries.len() as u16;
-        v[..32].copy_from_slice(&h.encode());
-        for (i, e) in self.entries.iter().enumerate() {
-            let at = 32 + 32 * i;
-            if at + 32 > TABLE_SIZE {
-                break;
-            }
-            v[at..at + 32].copy_from_slice(&e.encode());
-        }
-        v
+        let entries = self.entries.iter().map(|e| e.encode());
+        super::codec::table_bytes(TABLE_SIZE, &h.encode(), entries)
     }
 }
 

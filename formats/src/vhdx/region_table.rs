@@ -115,18 +115,11 @@ impl RegionTable {
 
     /// The 64 KiB copy with entry count and checksum filled in.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut v = vec![0u8; SIZE];
         let mut h = self.header.clone();
         h.entry_count = self.entries.len() as u32;
         h.checksum = 0;
-        v[..16].copy_from_slice(&h.encode());
-        for (i, e) in self.entries.iter().enumerate() {
-            let at = 16 + 32 * i;
-            if at + 32 > SIZE {
-                break;
-            }
-            v[at..at + 32].copy_from_slice(&e.encode());
-        }
+        let entries = self.entries.iter().map(|e| e.encode());
+        let mut v = super::codec::table_bytes(SIZE, &h.encode(), entries);
         let crc = crc32c_zeroed(&v, CHECKSUM_FIELD);
         v[4..8].copy_from_slice(&crc.to_le_bytes());
         v

@@ -16,7 +16,7 @@ use crate::crash::pages::{Overlay, PageMap, PAGE};
 use crate::crash::trace::{Ino, Op};
 use crate::lock::{Held, Locks};
 use crate::mem::{names, not_found};
-use crate::traits::{Access, EntryKind, Namespace, Storage};
+use crate::traits::{Access, CopyRange, EntryKind, Namespace, Storage};
 
 /// The names and contents of a namespace at one instant, sharing pages.
 #[derive(Debug, Clone, Default)]
@@ -277,30 +277,23 @@ impl Storage for CrashFile {
     /// overlay makes that indistinguishable from copying bytes. While
     /// recording, or across namespaces or page phases, bytes are copied so
     /// the trace holds the data.
-    fn copy_from(
-        &self,
-        src: &dyn Storage,
-        src_offset: u64,
-        dst_offset: u64,
-        len: u64,
-    ) -> io::Result<()> {
+    fn copy_from(&self, src: &dyn Storage, range: CopyRange) -> io::Result<()> {
         let same_ns = src
             .as_any()
             .and_then(|a| a.downcast_ref::<CrashFile>())
             .filter(|s| Arc::ptr_eq(&s.ns, &self.ns));
         let Some(s) = same_ns else {
-            return copy_by_buffer(src, self, src_offset, dst_offset, len);
+            return copy_by_buffer(src, self, range);
         };
         const P: u64 = PAGE as u64;
-        let overlapping = s.ino == self.ino
-            && src_offset < dst_offset.saturating_add(len)
-            && dst_offset < src_offset.saturating_add(len);
-        if src_offset % P != dst_offset % P || overlapping || self.ns.is_recording() {
-            return copy_by_buffer(src, self, src_offset, dst_offset, len);
+        let overlapping = s.ino == self.ino && range.overlaps_itself();
+        if range.src_offset % P != range.dst_offset % P || overlapping || self.ns.is_recording() {
+            return copy_by_buffer(src, self, range);
         }
         self.writable()?;
-        let end = src_offset
-            .checked_add(len)
+        let end = range
+            .src_offset
+            .checked_add(range.len)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "copy range overflows"))?;
         if end > s.len()? {
             return Err(io::Error::new(
@@ -309,11 +302,10 @@ impl Storage for CrashFile {
             ));
         }
         // Unaligned head and tail as bytes; the whole pages between shared.
-        let head = ((P - src_offset % P) % P).min(len);
-        let pages = (len - head) / P;
-        let tail = len - head - pages * P;
-        copy_by_buffer(src, self, src_offset, dst_offset, head)?;
-        let (sp, dp) = ((src_offset + head) / P, (dst_offset + head) / P);
+        let head = ((P - range.src_offset % P) % P).min(range.len);
+        let pages = (range.len - head) / P;
+        copy_by_buffer(src, self, range.part(0, head))?;
+        let (sp, dp) = ((range.src_offset + head) / P, (range.dst_offset + head) / P);
         let mut i = 0;
         while i < pages {
             let mut inner = self.ns.lock();
@@ -327,14 +319,12 @@ impl Storage for CrashFile {
                 Some(None) => dst.zero_page(dp + i)?,
                 None => {
                     drop(inner);
-                    let at = head + i * P;
-                    copy_by_buffer(src, self, src_offset + at, dst_offset + at, P)?;
+                    copy_by_buffer(src, self, range.part(head + i * P, P))?;
                 }
             }
             i += 1;
         }
-        let at = head + pages * P;
-        copy_by_buffer(src, self, src_offset + at, dst_offset + at, tail)
+        copy_by_buffer(src, self, range.skip(head + pages * P))
     }
 
     fn flush(&self) -> io::Result<()> {
@@ -470,7 +460,8 @@ mod tests {
                     let dst = d.open(Path::new("/d"), Access::Write).unwrap();
                     (dst, vec![0xEE; 9000])
                 };
-                dst.copy_from(src.as_ref(), so, d_o, len).unwrap();
+                dst.copy_from(src.as_ref(), CopyRange::new(so, d_o, len))
+                    .unwrap();
                 let end = (d_o + len) as usize;
                 if model_dst.len() < end {
                     model_dst.resize(end, 0);
