@@ -55,7 +55,7 @@ impl Payload<'_> {
     }
 
     /// Store the whole payload at `at`.
-    fn put(&self, st: &dyn Storage, at: u64) -> io::Result<()> {
+    pub(crate) fn put(&self, st: &dyn Storage, at: u64) -> io::Result<()> {
         match *self {
             Payload::Bytes(b) => st.write_at(b, at),
             Payload::Zeros(n) => {

@@ -16,6 +16,7 @@ mod journal_batch;
 mod journal_slot;
 mod journal_writer;
 mod parent_locator;
+mod placement;
 mod sector_bitmap;
 mod shadow_batch;
 mod write;

@@ -51,6 +51,7 @@ use super::footer::FOOTER_SIZE;
 use super::image::{FooterSource, VhdImage, MAX_SPARSE_SIZE};
 use super::journal::JournalHeader;
 use super::journal_writer::JournalWriter;
+use super::placement::{self, Blocks, Layout, Piece, Reach};
 use super::sector_bitmap::SectorBitmap;
 use crate::combine::{Payload, WriteCombiner};
 use crate::error::IoContext;
@@ -332,12 +333,11 @@ impl<'a> ShadowBatch<'a> {
         };
         let old = u64::from(entry) * 512;
         if old.saturating_add(span) > self.start_len {
-            return Err(Error::corrupt(
-                crate::CorruptionKind::BlockOutsideFile,
+            return Err(placement::outside_file(
                 &self.img.name,
-                "block allocation table",
-                table_offset + 4 * b,
-                format!("block {b} at {old:#x} lies outside the file"),
+                table_offset,
+                b,
+                old,
             ));
         }
         Ok(old)
@@ -407,49 +407,12 @@ impl<'a> ShadowBatch<'a> {
     ) -> Result<()> {
         self.check_range(offset, len)?;
         self.issue_span()?;
-        let (bs, bitmap_bytes, differencing) = self.block_size();
-        let name = self.name();
-        let end = offset + len;
-        let mut pos = offset;
-        while pos < end {
-            let b = pos / bs;
-            let in_block = pos % bs;
-            let n = (bs - in_block).min(end - pos);
-            let entry = self.new_bat.get(b as usize).copied();
-            let unallocated = entry == Some(BAT_UNALLOCATED);
-            if zero && !differencing && unallocated {
-                // Dynamic: an unallocated block already reads zeros.
-                pos += n;
-                continue;
-            }
-            if let (Some(entry), true) = (entry, self.journals(b)) {
-                let base = self.held_base(b, entry)?;
-                let data = base + bitmap_bytes + in_block;
-                self.journal()?.record(data, piece(pos - offset, n))?;
-                if self.journaled.insert(b) {
-                    self.changed.journaled += 1;
-                }
-                self.set_bits(base, bitmap_bytes, in_block / 512, (in_block + n) / 512)?;
-                pos += n;
-                continue;
-            }
-            let was_fresh_new = unallocated;
-            let base = self.fresh_block(b)?;
-            let data = base + bitmap_bytes + in_block;
-            if !(zero && was_fresh_new) {
-                self.combiner
-                    .put(self.st.as_ref(), data, piece(pos - offset, n))
-                    .ctx(&name)?;
-            }
-            self.set_bits(base, bitmap_bytes, in_block / 512, (in_block + n) / 512)?;
-            pos += n;
-        }
-        Ok(())
+        placement::write(self, offset, len, zero, piece)
     }
 
     /// The bitmap of a block whose every sector is staged: the bits of its
     /// sectors set, the rest of the bitmap sectors zero (as `fresh_block`
-    /// and `set_bits` leave it).
+    /// and `set_cached_bits` leave it).
     fn full_bitmap(&self) -> Vec<u8> {
         let (bs, bitmap_bytes, _) = self.block_size();
         let mut bits = SectorBitmap {
@@ -578,8 +541,9 @@ impl<'a> ShadowBatch<'a> {
             .ok_or_else(|| Error::InvalidParameter("bitmap cache".into()))
     }
 
-    /// Set bits `[k0, k1)` of the fresh block bitmap at `base`.
-    fn set_bits(&mut self, base: u64, bitmap_bytes: u64, k0: u64, k1: u64) -> Result<()> {
+    /// Set bits `[k0, k1)` of the block bitmap at `base` (a fresh block's,
+    /// or a held one's whose changes go to the journal).
+    fn set_cached_bits(&mut self, base: u64, bitmap_bytes: u64, k0: u64, k1: u64) -> Result<()> {
         let c = self.cached_bitmap(base, bitmap_bytes)?;
         for k in k0..k1 {
             c.bits.set(k);
@@ -605,6 +569,63 @@ impl<'a> ShadowBatch<'a> {
         }
         self.bitmap = Some(CachedBitmap { dirty: false, ..c });
         Ok(())
+    }
+}
+
+/// The batch's side of the placement (`placement.rs`): nothing live
+/// changes before the commit. A new block, or a held one copied on write,
+/// goes into fresh space (`fresh_block`: inside the reservation, so the
+/// file still ends in the old footer); a held block whose changes the
+/// journal takes is reached where it is, and its data and bitmap become
+/// journal records, replayed only after the commit record. Bits collect
+/// in the one cached bitmap (`set_cached_bits`).
+impl Blocks for ShadowBatch<'_> {
+    fn layout(&self) -> Layout {
+        let (block_size, bitmap_bytes, differencing) = self.block_size();
+        Layout {
+            block_size,
+            bitmap_bytes,
+            differencing,
+        }
+    }
+
+    fn entry(&self, b: u64) -> Result<u32> {
+        self.new_bat.get(b as usize).copied().ok_or_else(|| {
+            Error::InvalidParameter(format!("{}: block {b} beyond the table", self.img.name))
+        })
+    }
+
+    fn reach(&mut self, p: Piece, entry: u32) -> Result<Reach> {
+        let b = p.block;
+        if self.journals(b) {
+            let base = self.held_base(b, entry)?;
+            if self.journaled.insert(b) {
+                self.changed.journaled += 1;
+            }
+            return Ok(Reach::Journaled(base));
+        }
+        let base = self.fresh_block(b)?;
+        Ok(if entry == BAT_UNALLOCATED {
+            Reach::New(base)
+        } else {
+            // Copied on write just now, or placed earlier by this batch.
+            Reach::InPlace(base)
+        })
+    }
+
+    fn put(&mut self, r: Reach, at: u64, data: Payload<'_>) -> Result<()> {
+        if let Reach::Journaled(_) = r {
+            return self.journal()?.record(at, data).map(drop);
+        }
+        self.combiner
+            .put(self.st.as_ref(), at, data)
+            .ctx(&self.img.name)
+    }
+
+    fn set_bits(&mut self, r: Reach, p: Piece) -> Result<()> {
+        let (k0, k1) = p.sectors();
+        let bitmap_bytes = self.block_size().1;
+        self.set_cached_bits(r.base(), bitmap_bytes, k0, k1)
     }
 }
 

@@ -6,8 +6,11 @@ use super::bat::BAT_UNALLOCATED;
 use super::codec::align512;
 use super::footer::FOOTER_SIZE;
 use super::image::VhdImage;
+use super::placement::{self, Blocks, Layout, Piece, Reach};
+use super::sector_bitmap::SectorBitmap;
+use crate::combine::Payload;
 use crate::error::IoContext;
-use crate::{CorruptionKind, Error, Result};
+use crate::{Error, Result};
 
 pub(super) static ZEROS: [u8; 64 * 1024] = [0u8; 64 * 1024];
 
@@ -35,29 +38,16 @@ impl VhdImage {
             }
             return Ok(());
         };
-        let bs = s.block_size;
-        let (differencing, end) = (s.differencing, offset + len);
-        let mut pos = offset;
-        while pos < end {
-            let b = pos / bs;
-            let in_block = pos % bs;
-            let n = (bs - in_block).min(end - pos);
-            let piece = data.map(|d| &d[(pos - offset) as usize..(pos - offset + n) as usize]);
-            let allocated = self
-                .sparse
-                .as_ref()
-                .and_then(|s| s.bat.get(b as usize).copied())
-                .is_some_and(|e| e != BAT_UNALLOCATED);
-            if !allocated && piece.is_none() && !differencing {
-                // Dynamic: an unallocated block already reads zeros.
-            } else if allocated {
-                self.write_allocated(b, in_block, piece, n)?;
-            } else {
-                self.allocate_block(b, in_block, piece, n)?;
-            }
-            pos += n;
-        }
-        Ok(())
+        let layout = Layout {
+            block_size: s.block_size,
+            bitmap_bytes: s.bitmap_bytes,
+            differencing: s.differencing,
+        };
+        let mut w = WritePath { img: self, layout };
+        placement::write(&mut w, offset, len, data.is_none(), |rel, n| match data {
+            Some(d) => Payload::Bytes(&d[rel as usize..(rel + n) as usize]),
+            None => Payload::Zeros(n),
+        })
     }
 
     fn write_zeros_at(&self, at: u64, len: u64) -> Result<()> {
@@ -88,93 +78,128 @@ impl VhdImage {
             .ctx(&self.name)?;
         Ok(true)
     }
+}
 
-    fn write_allocated(
-        &mut self,
-        b: u64,
-        in_block: u64,
-        piece: Option<&[u8]>,
-        n: u64,
-    ) -> Result<()> {
-        let Some(s) = &self.sparse else { return Ok(()) };
-        let entry = s.bat.get(b as usize).copied().unwrap_or(BAT_UNALLOCATED);
-        let base = u64::from(entry) * 512;
-        let data_at = base + s.bitmap_bytes + in_block;
-        let len = self.storage.len().ctx(&self.name)?;
-        if data_at + n > len {
-            return Err(Error::corrupt(
-                CorruptionKind::BlockOutsideFile,
-                &self.name,
-                "block allocation table",
-                s.header.table_offset + 4 * b,
-                format!("block {b} at {base:#x} lies outside the file"),
-            ));
+/// The write path's side of the placement (`placement.rs`): every change
+/// lands in place, each block piece made durable in the order below before
+/// the next one starts.
+struct WritePath<'a> {
+    img: &'a mut VhdImage,
+    layout: Layout,
+}
+
+impl WritePath<'_> {
+    fn sparse(&self) -> Result<&super::image::Sparse> {
+        self.img
+            .sparse
+            .as_ref()
+            .ok_or_else(|| Error::InvalidParameter("not a dynamic VHD".into()))
+    }
+}
+
+impl Blocks for WritePath<'_> {
+    fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    fn entry(&self, b: u64) -> Result<u32> {
+        Ok(self
+            .sparse()?
+            .bat
+            .get(b as usize)
+            .copied()
+            .unwrap_or(BAT_UNALLOCATED))
+    }
+
+    fn reach(&mut self, p: Piece, entry: u32) -> Result<Reach> {
+        let name = &self.img.name;
+        let (span, table_offset) = {
+            let s = self.sparse()?;
+            (s.block_span(), s.header.table_offset)
+        };
+        let st = &self.img.storage;
+        if entry != BAT_UNALLOCATED {
+            let base = u64::from(entry) * 512;
+            let data_at = base + self.layout.bitmap_bytes + p.in_block;
+            if data_at + p.len > st.len().ctx(name)? {
+                return Err(placement::outside_file(name, table_offset, p.block, base));
+            }
+            return Ok(Reach::InPlace(base));
         }
-        match piece {
-            Some(d) => self.storage.write_at(d, data_at).ctx(&self.name)?,
-            None => self.write_zeros_at(data_at, n)?,
+        let file_len = st.len().ctx(name)?;
+        // The new block takes the place of the end footer (spec rule); the
+        // file's real end wins if something (an abandoned batch) lies beyond.
+        let start = align512(
+            self.img
+                .footer_offset
+                .max(file_len.saturating_sub(FOOTER_SIZE as u64)),
+        )
+        .ok_or_else(|| Error::InvalidParameter("file too large".into()))?;
+        // Refused (a block past 2 TiB) before anything is written.
+        super::bat::entry_for(start, name)?;
+        let footer = self.img.footer.to_bytes()?;
+        // Ordering (a): the file must end in a valid footer at every crash
+        // point, so the footer moves to the new end, durably, before the old
+        // footer sector is overwritten by the bitmap.
+        st.write_at(&footer, start + span).ctx(name)?;
+        st.flush().ctx(name)?;
+        // (b) bitmap (the piece's bits set: `set_bits` has nothing left to
+        // do) and then data (`put`). The data area past the old end is
+        // fresh (zeros); the bitmap overwrites the old footer sector.
+        let mut bm = SectorBitmap {
+            bytes: vec![0u8; self.layout.bitmap_bytes as usize],
+        };
+        let (k0, k1) = p.sectors();
+        for k in k0..k1 {
+            bm.set(k);
         }
+        st.write_at(&bm.bytes, start).ctx(name)?;
+        Ok(Reach::New(start))
+    }
+
+    fn put(&mut self, _r: Reach, at: u64, data: Payload<'_>) -> Result<()> {
+        match data {
+            Payload::Zeros(n) => self.img.write_zeros_at(at, n),
+            d => d.put(&*self.img.storage, at).ctx(&self.img.name),
+        }
+    }
+
+    fn set_bits(&mut self, r: Reach, p: Piece) -> Result<()> {
+        let Reach::InPlace(base) = r else {
+            // A new block's bitmap was written whole by `reach`.
+            return Ok(());
+        };
+        let name = &self.img.name;
         // Ordering: data durable before the bitmap bit that exposes it, so a
         // crash shows the old (parent's) sectors, never unwritten ones.
-        self.storage.flush().ctx(&self.name)?;
-        if self.set_bits(base, in_block / 512, (in_block + n) / 512)? {
-            self.storage.flush().ctx(&self.name)?;
+        self.img.storage.flush().ctx(name)?;
+        let (k0, k1) = p.sectors();
+        if self.img.set_bits(base, k0, k1)? {
+            self.img.storage.flush().ctx(name)?;
         }
         Ok(())
     }
 
-    fn allocate_block(
-        &mut self,
-        b: u64,
-        in_block: u64,
-        piece: Option<&[u8]>,
-        n: u64,
-    ) -> Result<()> {
-        let name = self.name.clone();
-        let Some(s) = &self.sparse else { return Ok(()) };
-        let (span, bitmap_bytes, table_offset) =
-            (s.block_span(), s.bitmap_bytes, s.header.table_offset);
-        let file_len = self.storage.len().ctx(&name)?;
-        // The new block takes the place of the end footer (spec rule); the
-        // file's real end wins if something (an abandoned batch) lies beyond.
-        let start = align512(
-            self.footer_offset
-                .max(file_len.saturating_sub(FOOTER_SIZE as u64)),
-        )
-        .ok_or_else(|| Error::InvalidParameter("file too large".into()))?;
-        let sector = super::bat::entry_for(start, &name)?;
-        let new_footer_at = start + span;
-        let footer = self.footer.to_bytes()?;
-        // Ordering (a): the file must end in a valid footer at every crash
-        // point, so the footer moves to the new end, durably, before the old
-        // footer sector is overwritten by the bitmap.
-        self.storage.write_at(&footer, new_footer_at).ctx(&name)?;
-        self.storage.flush().ctx(&name)?;
-        // (b) bitmap and data. The data area past the old end is fresh
-        // (zeros); the bitmap overwrites the old footer sector.
-        let mut bitmap = vec![0u8; bitmap_bytes as usize];
-        let mut bm = super::sector_bitmap::SectorBitmap {
-            bytes: std::mem::take(&mut bitmap),
+    fn piece_done(&mut self, r: Reach, p: Piece) -> Result<()> {
+        let Reach::New(start) = r else {
+            return Ok(());
         };
-        for k in in_block / 512..(in_block + n) / 512 {
-            bm.set(k);
-        }
-        self.storage.write_at(&bm.bytes, start).ctx(&name)?;
-        if let Some(d) = piece {
-            self.storage
-                .write_at(d, start + bitmap_bytes + in_block)
-                .ctx(&name)?;
-        }
+        let name = self.img.name.clone();
+        let (span, table_offset) = {
+            let s = self.sparse()?;
+            (s.block_span(), s.header.table_offset)
+        };
+        let sector = super::bat::entry_for(start, &name)?;
+        let st = &self.img.storage;
         // (c) block durable before the BAT entry that references it.
-        self.storage.flush().ctx(&name)?;
+        st.flush().ctx(&name)?;
         // (d) the 4-byte BAT entry (one sector write, cannot tear), (e) flush.
-        self.storage
-            .write_at(&sector.to_be_bytes(), table_offset + 4 * b)
+        st.write_at(&sector.to_be_bytes(), table_offset + 4 * p.block)
             .ctx(&name)?;
-        self.storage.flush().ctx(&name)?;
-        self.footer_offset = new_footer_at;
-        if let Some(s) = &mut self.sparse {
-            if let Some(e) = s.bat.get_mut(b as usize) {
+        st.flush().ctx(&name)?;
+        self.img.footer_offset = start + span;
+        if let Some(s) = &mut self.img.sparse {
+            if let Some(e) = s.bat.get_mut(p.block as usize) {
                 *e = sector;
             }
         }

@@ -28,6 +28,7 @@ use super::image::{KnownBat, VhdxImage, MIB};
 use super::log::spool::{self, LogSpool, SpoolDone};
 use super::log::writer::{self, SectorSource};
 use super::metadata_items as items;
+use super::placement::{self, Blocks, Reach};
 use super::region_table::{self as rt};
 use super::sector_bitmap;
 use crate::combine::{Payload, WriteCombiner};
@@ -166,38 +167,6 @@ impl VhdxBatch<'_> {
         Ok(off)
     }
 
-    /// Set the bits of sectors `[s0, s0 + n)` of block `blk` in its chunk's
-    /// fresh bitmap copy (read-modify-write of the bytes involved).
-    fn set_bits(&mut self, blk: u64, s0: u64, n: u64) -> Result<()> {
-        let g = self.geometry;
-        let sb = self.sb_copy(blk / g.chunk_ratio)?;
-        let first = (blk % g.chunk_ratio) * g.sectors_per_block() + s0;
-        let (b0, b1) = (first / 8, (first + n).div_ceil(8));
-        let mut bytes = vec![0u8; (b1 - b0) as usize];
-        self.img
-            .storage
-            .read_at(&mut bytes, sb + b0)
-            .ctx(&self.img.name)?;
-        sector_bitmap::set_bits(&mut bytes, first - b0 * 8, n, true);
-        self.img
-            .storage
-            .write_at(&bytes, sb + b0)
-            .ctx(&self.img.name)
-    }
-
-    /// Clear every bit of block `blk` in its chunk's fresh bitmap copy.
-    fn clear_bits(&mut self, blk: u64) -> Result<()> {
-        let g = self.geometry;
-        let sb = self.sb_copy(blk / g.chunk_ratio)?;
-        let spb = g.sectors_per_block();
-        let start = (blk % g.chunk_ratio) * spb / 8;
-        let zeros = vec![0u8; (spb / 8) as usize];
-        self.img
-            .storage
-            .write_at(&zeros, sb + start)
-            .ctx(&self.img.name)
-    }
-
     /// The sector bits of block `blk` as staged so far: its chunk's fresh
     /// bitmap copy when the batch made one, else the committed bitmap.
     fn block_bits(&mut self, blk: u64) -> Result<Vec<u8>> {
@@ -230,109 +199,107 @@ impl VhdxBatch<'_> {
         }
         ok
     }
+}
 
-    fn write_in_block(&mut self, blk: u64, in_off: u64, data: Payload<'_>) -> Result<()> {
+/// The batch's side of the placement (`placement.rs`). Staging never
+/// changes a live byte: a block the batch placed itself is written where it
+/// is; a block the committed image holds is either copied on write into a
+/// fresh block or, with the journal strategy, changed through the spool
+/// (the log replays it in place only after the commit); new entries stay
+/// in `staged` and bits go into fresh sector-bitmap copies until the
+/// commit's log entry.
+impl Blocks for VhdxBatch<'_> {
+    fn image(&self) -> &VhdxImage {
+        self.img
+    }
+
+    fn geometry(&self) -> BatGeometry {
+        self.geometry
+    }
+
+    fn entry(&self, idx: u64) -> Result<BatEntry> {
+        Ok(VhdxBatch::entry(self, idx))
+    }
+
+    fn set_entry(&mut self, idx: u64, e: BatEntry) {
+        self.staged.insert(idx, e);
+    }
+
+    fn present(&mut self, blk: u64, e: BatEntry, whole: bool) -> Result<Reach> {
         let g = self.geometry;
-        let idx = g.payload_index(blk);
-        let lss = g.logical_sector_size;
+        // A staged present entry always names a fresh block of this batch.
+        if self.staged.contains_key(&g.payload_index(blk)) {
+            return Ok(Reach::InPlace);
+        }
         let in_disk = (g.virtual_size - blk * g.block_size).min(g.block_size);
-        let whole = in_off == 0 && data.len() == in_disk;
-        let e = self.entry(idx);
-        let staged = self.staged.contains_key(&idx);
-        let name = self.name();
-        let held = matches!(
-            e.state(),
-            bat::PAYLOAD_FULLY_PRESENT | bat::PAYLOAD_PARTIALLY_PRESENT
-        ) && !staged;
-        // Only a block wholly inside the committed file is written in
-        // place: past the end lies the fresh room, and what a BAT entry
-        // names there (a file cut short) must not meet a fresh block.
+        // Only a block wholly inside the committed file is journaled: past
+        // the end lies the fresh room, and what a BAT entry names there (a
+        // file cut short) must not meet a fresh block.
         let inside = e
             .file_offset()
             .checked_add(g.block_size)
             .is_some_and(|end| end <= self.committed_end);
-        let in_place = held
-            && (self.in_place.contains(&blk) || (!whole && inside && self.admit(blk, in_disk)));
-        match e.state() {
-            s if in_place => {
-                // Journal: the live block changes only by the log's replay
-                // after the commit.
-                if let Some(sp) = self.spool.as_mut() {
-                    sp.put(&*self.img.storage, &name, e.file_offset() + in_off, data)?;
-                }
-                if s == bat::PAYLOAD_PARTIALLY_PRESENT {
-                    self.set_bits(blk, in_off / lss, data.len() / lss)?;
-                }
-            }
-            bat::PAYLOAD_FULLY_PRESENT | bat::PAYLOAD_PARTIALLY_PRESENT if staged => {
-                self.combiner
-                    .put(&*self.img.storage, e.file_offset() + in_off, data)
-                    .ctx(&name)?;
-                if e.state() == bat::PAYLOAD_PARTIALLY_PRESENT {
-                    self.set_bits(blk, in_off / lss, data.len() / lss)?;
-                }
-            }
-            s @ (bat::PAYLOAD_FULLY_PRESENT | bat::PAYLOAD_PARTIALLY_PRESENT) => {
-                // Copy on write: the live block is never touched.
-                let off = self.img.allocate(g.block_size)?;
-                self.rebuilt += 1;
-                if !whole {
-                    let st = &*self.img.storage;
-                    st.copy_from(st, CopyRange::new(e.file_offset(), off, in_disk))
-                        .ctx(&name)?;
-                }
-                self.combiner
-                    .put(&*self.img.storage, off + in_off, data)
-                    .ctx(&name)?;
-                let partial = s == bat::PAYLOAD_PARTIALLY_PRESENT && !whole;
-                if partial {
-                    self.set_bits(blk, in_off / lss, data.len() / lss)?;
-                }
-                let state = if partial {
-                    s
-                } else {
-                    bat::PAYLOAD_FULLY_PRESENT
-                };
-                self.staged.insert(idx, BatEntry::new(state, off));
-            }
-            bat::PAYLOAD_NOT_PRESENT if g.has_parent && !whole => {
-                let off = self.img.allocate(g.block_size)?;
-                self.combiner.fresh_zeros(off, g.block_size);
-                self.combiner
-                    .put(&*self.img.storage, off + in_off, data)
-                    .ctx(&name)?;
-                // Bits a NOT_PRESENT block may have left behind mean nothing.
-                self.clear_bits(blk)?;
-                self.set_bits(blk, in_off / lss, data.len() / lss)?;
-                self.staged
-                    .insert(idx, BatEntry::new(bat::PAYLOAD_PARTIALLY_PRESENT, off));
-            }
-            bat::PAYLOAD_NOT_PRESENT
-            | bat::PAYLOAD_ZERO
-            | bat::PAYLOAD_UNMAPPED
-            | bat::PAYLOAD_UNDEFINED
-            | bat::PAYLOAD_UNMAPPED_V095 => {
-                // Fresh space reads zeros: the rest of the block keeps
-                // reading zeros (and hides any parent).
-                let off = self.img.allocate(g.block_size)?;
-                self.combiner.fresh_zeros(off, g.block_size);
-                self.combiner
-                    .put(&*self.img.storage, off + in_off, data)
-                    .ctx(&name)?;
-                self.staged
-                    .insert(idx, BatEntry::new(bat::PAYLOAD_FULLY_PRESENT, off));
-            }
-            s => {
-                return Err(Error::corrupt(
-                    CorruptionKind::BatEntryReservedState,
-                    name,
-                    "BAT entry",
-                    self.img.bat_region.0 + idx * 8,
-                    format!("payload block {blk} has reserved state {s}"),
-                ));
-            }
+        if self.in_place.contains(&blk) || (!whole && inside && self.admit(blk, in_disk)) {
+            // Journal: the live block changes only by the log's replay
+            // after the commit.
+            return Ok(Reach::ThroughLog);
         }
-        Ok(())
+        // Copy on write: the live block is never touched.
+        let off = self.img.allocate(g.block_size)?;
+        self.rebuilt += 1;
+        if !whole {
+            let st = &*self.img.storage;
+            st.copy_from(st, CopyRange::new(e.file_offset(), off, in_disk))
+                .ctx(&self.img.name)?;
+        }
+        Ok(Reach::Moved(off))
+    }
+
+    fn fresh_block(&mut self) -> Result<u64> {
+        let bs = self.geometry.block_size;
+        let off = self.img.allocate(bs)?;
+        self.combiner.fresh_zeros(off, bs);
+        Ok(off)
+    }
+
+    fn put(&mut self, at: u64, data: Payload<'_>, logged: bool) -> Result<()> {
+        let st = &*self.img.storage;
+        match self.spool.as_mut() {
+            Some(sp) if logged => sp.put(st, &self.img.name, at, data),
+            _ => self.combiner.put(st, at, data).ctx(&self.img.name),
+        }
+    }
+
+    /// Set the bits of sectors `[s0, s0 + n)` of block `blk` in its chunk's
+    /// fresh bitmap copy (read-modify-write of the bytes involved).
+    fn set_bits(&mut self, blk: u64, s0: u64, n: u64) -> Result<()> {
+        let g = self.geometry;
+        let sb = self.sb_copy(blk / g.chunk_ratio)?;
+        let first = (blk % g.chunk_ratio) * g.sectors_per_block() + s0;
+        let (b0, b1) = (first / 8, (first + n).div_ceil(8));
+        let mut bytes = vec![0u8; (b1 - b0) as usize];
+        self.img
+            .storage
+            .read_at(&mut bytes, sb + b0)
+            .ctx(&self.img.name)?;
+        sector_bitmap::set_bits(&mut bytes, first - b0 * 8, n, true);
+        self.img
+            .storage
+            .write_at(&bytes, sb + b0)
+            .ctx(&self.img.name)
+    }
+
+    /// Clear every bit of block `blk` in its chunk's fresh bitmap copy.
+    fn clear_bits(&mut self, blk: u64) -> Result<()> {
+        let g = self.geometry;
+        let sb = self.sb_copy(blk / g.chunk_ratio)?;
+        let spb = g.sectors_per_block();
+        let start = (blk % g.chunk_ratio) * spb / 8;
+        let zeros = vec![0u8; (spb / 8) as usize];
+        self.img
+            .storage
+            .write_at(&zeros, sb + start)
+            .ctx(&self.img.name)
     }
 }
 
@@ -424,43 +391,23 @@ fn patched_sectors(
 impl MergeBatch for VhdxBatch<'_> {
     fn write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         self.check_range(offset, data.len() as u64)?;
-        let g = self.geometry;
-        for p in g.pieces(offset, data.len() as u64) {
-            let bytes = &data[p.done as usize..(p.done + p.len) as usize];
-            self.write_in_block(p.block, p.in_block, Payload::Bytes(bytes))?;
-        }
-        Ok(())
+        placement::write(self, offset, data.len() as u64, |done, n| {
+            Payload::Bytes(&data[done as usize..(done + n) as usize])
+        })
     }
 
     fn copy(&mut self, offset: u64, len: u64, src: &dyn Storage, src_offset: u64) -> Result<()> {
         self.check_range(offset, len)?;
-        let g = self.geometry;
-        for p in g.pieces(offset, len) {
-            let payload = Payload::From {
-                src,
-                offset: src_offset + p.done,
-                len: p.len,
-            };
-            self.write_in_block(p.block, p.in_block, payload)?;
-        }
-        Ok(())
+        placement::write(self, offset, len, |done, n| Payload::From {
+            src,
+            offset: src_offset + done,
+            len: n,
+        })
     }
 
     fn zero(&mut self, offset: u64, len: u64) -> Result<()> {
         self.check_range(offset, len)?;
-        let g = self.geometry;
-        let fixed = self.img.file_parameters.leave_block_allocated() && !g.has_parent;
-        for p in g.pieces(offset, len) {
-            let idx = g.payload_index(p.block);
-            if g.reads_zero(self.entry(idx).state()) {
-                // Already zeros and hides any parent.
-            } else if p.whole() && !fixed {
-                self.staged.insert(idx, BatEntry::new(bat::PAYLOAD_ZERO, 0));
-            } else {
-                self.write_in_block(p.block, p.in_block, Payload::Zeros(p.len))?;
-            }
-        }
-        Ok(())
+        placement::zero(self, offset, len)
     }
 
     fn grow(&mut self, new_virtual_size: u64) -> Result<()> {
@@ -524,7 +471,7 @@ impl MergeBatch for VhdxBatch<'_> {
                 if !sector_bitmap::get_bit(&bits, k) {
                     buf.resize((n * lss) as usize, 0);
                     parent_view(blk * bs + k * lss, &mut buf)?;
-                    self.write_in_block(blk, k * lss, Payload::Bytes(&buf))?;
+                    placement::write_in_block(self, blk, k * lss, Payload::Bytes(&buf))?;
                 }
                 k += n;
             }
@@ -772,21 +719,13 @@ fn commit_steps(
         (img.bat_region.0, sectors)
     };
     if grown {
-        let m = &img.metadata_table;
-        let e = m
-            .entries
-            .iter()
-            .find(|e| e.item_id == items::VIRTUAL_DISK_SIZE && !e.is_user())
-            .ok_or_else(|| {
-                Error::corrupt(
-                    CorruptionKind::MetadataItemMissing,
-                    &name,
-                    "metadata table",
-                    img.metadata_region.0,
-                    "no Virtual Disk Size item",
-                )
-            })?;
-        let abs = img.metadata_region.0 + u64::from(e.offset);
+        let at = system_item(
+            img,
+            &img.metadata_table,
+            items::VIRTUAL_DISK_SIZE,
+            "Virtual Disk Size",
+        )?;
+        let abs = img.metadata_region.0 + at;
         patched_sectors(
             img,
             abs,
@@ -998,27 +937,39 @@ fn standalone_metadata(img: &VhdxImage) -> Result<StagedMetadata> {
             message: "not a differencing image: it has no parent to drop".into(),
         });
     }
-    let fp_entry = table
-        .entries
-        .iter()
-        .find(|e| e.item_id == items::FILE_PARAMETERS && !e.is_user())
-        .ok_or_else(|| {
-            Error::corrupt(
-                CorruptionKind::MetadataItemMissing,
-                name,
-                "metadata table",
-                img.metadata_region.0,
-                "no File Parameters item",
-            )
-        })?;
+    let fp_at = system_item(img, &table, items::FILE_PARAMETERS, "File Parameters")?;
     let fp = items::FileParameters {
         block_size: img.file_parameters.block_size,
         flags: img.file_parameters.flags & !items::HAS_PARENT,
     };
     Ok(StagedMetadata {
-        items: vec![(u64::from(fp_entry.offset), fp.encode())],
+        items: vec![(fp_at, fp.encode())],
         table,
     })
+}
+
+/// Where system item `id` (`what`, for the error) lies inside the metadata
+/// region, as `table` names it.
+fn system_item(
+    img: &VhdxImage,
+    table: &super::metadata_table::MetadataTable,
+    id: Uuid,
+    what: &str,
+) -> Result<u64> {
+    table
+        .entries
+        .iter()
+        .find(|e| e.item_id == id && !e.is_user())
+        .map(|e| u64::from(e.offset))
+        .ok_or_else(|| {
+            Error::corrupt(
+                CorruptionKind::MetadataItemMissing,
+                &img.name,
+                "metadata table",
+                img.metadata_region.0,
+                format!("no {what} item"),
+            )
+        })
 }
 
 /// Sectors of the BAT region that hold staged entries.

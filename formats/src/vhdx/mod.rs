@@ -16,6 +16,7 @@ pub mod log;
 pub mod metadata_items;
 pub mod metadata_table;
 pub mod overlay;
+mod placement;
 pub mod region_table;
 pub mod sector_bitmap;
 pub mod write;

@@ -6,13 +6,15 @@ use std::collections::BTreeMap;
 
 use uuid::Uuid;
 
-use super::bat::{self, BatEntry};
+use super::bat::{self, BatEntry, BatGeometry};
 use super::codec::round_up;
 use super::header::{VhdxHeader, SLOT_OFFSETS};
 use super::image::{VhdxImage, MIB};
 use super::log::writer::{self, EntryParams, SectorSource};
 use super::log::{replay, sequence, LogRing};
+use super::placement::{self, Blocks, Reach};
 use super::sector_bitmap;
+use crate::combine::Payload;
 use crate::error::IoContext;
 use crate::{CorruptionKind, Error, Result};
 
@@ -291,72 +293,6 @@ impl VhdxImage {
         Ok(())
     }
 
-    /// Write sectors inside one payload block (3.11 recipes).
-    pub(crate) fn write_in_block(
-        &mut self,
-        pend: &mut Pending,
-        blk: u64,
-        in_off: u64,
-        data: &[u8],
-    ) -> Result<()> {
-        let g = self.geometry;
-        let idx = g.payload_index(blk);
-        let e = self.entry_with(pend, idx)?;
-        let lss = g.logical_sector_size;
-        let in_disk = (g.virtual_size - blk * g.block_size).min(g.block_size);
-        let whole = in_off == 0 && data.len() as u64 == in_disk;
-        match e.state() {
-            bat::PAYLOAD_FULLY_PRESENT => {
-                // Overwrite in place: no metadata changes. The entry's
-                // offset is a file field: a block outside the file is
-                // refused, not written (which would extend the file to it).
-                self.check_present(blk, e)?;
-                self.storage
-                    .write_at(data, e.file_offset() + in_off)
-                    .ctx(&self.name)?;
-            }
-            bat::PAYLOAD_PARTIALLY_PRESENT => {
-                self.check_present(blk, e)?;
-                self.storage
-                    .write_at(data, e.file_offset() + in_off)
-                    .ctx(&self.name)?;
-                self.set_block_bits(pend, blk, in_off / lss, data.len() as u64 / lss, true)?;
-            }
-            bat::PAYLOAD_NOT_PRESENT if g.has_parent && !whole => {
-                // Allocate, write only the new sectors, mark them present.
-                let off = self.allocate(g.block_size)?;
-                self.storage.write_at(data, off + in_off).ctx(&self.name)?;
-                // Bits a NOT_PRESENT block may have left behind mean nothing.
-                self.set_block_bits(pend, blk, 0, g.sectors_per_block(), false)?;
-                self.set_block_bits(pend, blk, in_off / lss, data.len() as u64 / lss, true)?;
-                pend.bat
-                    .insert(idx, BatEntry::new(bat::PAYLOAD_PARTIALLY_PRESENT, off));
-            }
-            bat::PAYLOAD_NOT_PRESENT
-            | bat::PAYLOAD_ZERO
-            | bat::PAYLOAD_UNMAPPED
-            | bat::PAYLOAD_UNDEFINED
-            | bat::PAYLOAD_UNMAPPED_V095 => {
-                // Fresh space at EOF reads zeros: the rest of the block reads
-                // as the old state did (zeros), hiding any parent.
-                let off = self.allocate(g.block_size)?;
-                self.storage.write_at(data, off + in_off).ctx(&self.name)?;
-                pend.bat
-                    .insert(idx, BatEntry::new(bat::PAYLOAD_FULLY_PRESENT, off));
-            }
-            s => {
-                return Err(Error::corrupt(
-                    CorruptionKind::BatEntryReservedState,
-                    &self.name,
-                    "BAT entry",
-                    self.bat_region.0 + idx * 8,
-                    format!("payload block {blk} has reserved state {s}"),
-                ));
-            }
-        }
-        Ok(())
-    }
-
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {
         let g = self.geometry;
         crate::image::check_sector_range(
@@ -374,40 +310,73 @@ impl VhdxImage {
     }
 }
 
-pub(crate) fn write_sectors(img: &mut VhdxImage, offset: u64, data: &[u8]) -> Result<()> {
-    img.require_writable()?;
-    img.check_range(offset, data.len() as u64)?;
-    if data.is_empty() {
-        return Ok(());
-    }
-    if img.commit_threshold() == 0 {
-        return Err(Error::Unsupported {
-            file: img.name.clone(),
-            message: "log too small to write through".into(),
-        });
-    }
-    img.renew_data_write_guid()?;
-    let g = img.geometry;
-    let mut pend = Pending::default();
-    for p in g.pieces(offset, data.len() as u64) {
-        let bytes = &data[p.done as usize..(p.done + p.len) as usize];
-        img.write_in_block(&mut pend, p.block, p.in_block, bytes)?;
-        if pend.sector_estimate() >= img.commit_threshold() {
-            img.commit_pending(&mut pend)?;
-        }
-    }
-    if pend.is_empty() {
-        // In-place payload writes only: make them durable.
-        img.storage.flush().ctx(&img.name)?;
-    }
-    img.commit_pending(&mut pend)
+/// The write path's side of the placement (`placement.rs`): blocks change
+/// in place, payload first; new BAT entries and sector-bitmap sectors
+/// collect in `pend` until `commit_pending` logs them, which it does
+/// between pieces when the entry would grow past the log.
+struct WritePath<'a> {
+    img: &'a mut VhdxImage,
+    pend: Pending,
 }
 
-pub(crate) fn zero_sectors(img: &mut VhdxImage, offset: u64, len: u64) -> Result<()> {
+impl Blocks for WritePath<'_> {
+    fn image(&self) -> &VhdxImage {
+        self.img
+    }
+
+    fn geometry(&self) -> BatGeometry {
+        self.img.geometry
+    }
+
+    fn entry(&self, idx: u64) -> Result<BatEntry> {
+        self.img.entry_with(&self.pend, idx)
+    }
+
+    fn set_entry(&mut self, idx: u64, e: BatEntry) {
+        self.pend.bat.insert(idx, e);
+    }
+
+    fn present(&mut self, blk: u64, e: BatEntry, _whole: bool) -> Result<Reach> {
+        // Overwrite in place. The entry's offset is a file field: a block
+        // outside the file is refused, not written (which would extend the
+        // file to it).
+        self.img.check_present(blk, e)?;
+        Ok(Reach::InPlace)
+    }
+
+    fn fresh_block(&mut self) -> Result<u64> {
+        // Fresh space at EOF reads zeros.
+        self.img.allocate(self.img.geometry.block_size)
+    }
+
+    fn put(&mut self, at: u64, data: Payload<'_>, _logged: bool) -> Result<()> {
+        data.put(&*self.img.storage, at).ctx(&self.img.name)
+    }
+
+    fn set_bits(&mut self, blk: u64, s0: u64, n: u64) -> Result<()> {
+        self.img.set_block_bits(&mut self.pend, blk, s0, n, true)
+    }
+
+    fn clear_bits(&mut self, blk: u64) -> Result<()> {
+        let spb = self.img.geometry.sectors_per_block();
+        self.img.set_block_bits(&mut self.pend, blk, 0, spb, false)
+    }
+
+    fn piece_done(&mut self) -> Result<()> {
+        if self.pend.sector_estimate() >= self.img.commit_threshold() {
+            self.img.commit_pending(&mut self.pend)?;
+        }
+        Ok(())
+    }
+}
+
+/// The checks and first step both write-path calls share; `None`: nothing
+/// to do.
+fn begin(img: &mut VhdxImage, offset: u64, len: u64) -> Result<Option<WritePath<'_>>> {
     img.require_writable()?;
     img.check_range(offset, len)?;
     if len == 0 {
-        return Ok(());
+        return Ok(None);
     }
     if img.commit_threshold() == 0 {
         return Err(Error::Unsupported {
@@ -415,33 +384,38 @@ pub(crate) fn zero_sectors(img: &mut VhdxImage, offset: u64, len: u64) -> Result
             message: "log too small to write through".into(),
         });
     }
+    // Before the first change a reader could see.
     img.renew_data_write_guid()?;
-    let g = img.geometry;
-    let fixed = img.file_parameters.leave_block_allocated() && !g.has_parent;
-    let zeros = vec![0u8; MIB.min(len) as usize];
-    let mut pend = Pending::default();
-    for p in g.pieces(offset, len) {
-        let idx = g.payload_index(p.block);
-        if g.reads_zero(img.entry_with(&pend, idx)?.state()) {
-            // Already zeros and hides any parent.
-        } else if p.whole() && !fixed {
-            // A whole block becomes ZERO; its old space is leaked.
-            pend.bat.insert(idx, BatEntry::new(bat::PAYLOAD_ZERO, 0));
-        } else {
-            let mut done = 0;
-            while done < p.len {
-                let k = (zeros.len() as u64).min(p.len - done);
-                let at = p.in_block + done;
-                img.write_in_block(&mut pend, p.block, at, &zeros[..k as usize])?;
-                done += k;
-            }
+    Ok(Some(WritePath {
+        img,
+        pend: Pending::default(),
+    }))
+}
+
+impl WritePath<'_> {
+    fn finish(mut self) -> Result<()> {
+        if self.pend.is_empty() {
+            // In-place payload writes only: make them durable.
+            self.img.storage.flush().ctx(&self.img.name)?;
         }
-        if pend.sector_estimate() >= img.commit_threshold() {
-            img.commit_pending(&mut pend)?;
-        }
+        self.img.commit_pending(&mut self.pend)
     }
-    if pend.is_empty() {
-        img.storage.flush().ctx(&img.name)?;
-    }
-    img.commit_pending(&mut pend)
+}
+
+pub(crate) fn write_sectors(img: &mut VhdxImage, offset: u64, data: &[u8]) -> Result<()> {
+    let Some(mut w) = begin(img, offset, data.len() as u64)? else {
+        return Ok(());
+    };
+    placement::write(&mut w, offset, data.len() as u64, |done, n| {
+        Payload::Bytes(&data[done as usize..(done + n) as usize])
+    })?;
+    w.finish()
+}
+
+pub(crate) fn zero_sectors(img: &mut VhdxImage, offset: u64, len: u64) -> Result<()> {
+    let Some(mut w) = begin(img, offset, len)? else {
+        return Ok(());
+    };
+    placement::zero(&mut w, offset, len)?;
+    w.finish()
 }
