@@ -358,11 +358,10 @@ pub fn fourcc_text(b: &[u8; 4]) -> String {
 /// Seconds since 2000-01-01 UTC, the VHD time base.
 pub fn vhd_now() -> u32 {
     const VHD_EPOCH_UNIX: u64 = 946_684_800;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(VHD_EPOCH_UNIX);
-    u32::try_from(now.saturating_sub(VHD_EPOCH_UNIX)).unwrap_or(u32::MAX)
+    // Through `entropy`, so a seeded run (the simulator) stamps the same
+    // time every time and one seed reproduces its files byte for byte.
+    let now = crate::entropy::now_unix().max(VHD_EPOCH_UNIX);
+    u32::try_from(now - VHD_EPOCH_UNIX).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]
