@@ -782,7 +782,11 @@ impl MergeBatch for ShadowBatch<'_> {
                 .map(|((i, e), (_, data))| {
                     let text = super::parent_locator::decode_locator(e.platform_code, data)
                         .map(|(s, _)| s);
-                    (*e, header_at + 0x240 + 24 * i as u64, text)
+                    (
+                        *e,
+                        header_at + DynamicDiskHeader::locator_entry_offset(i),
+                        text,
+                    )
                 })
                 .collect()
         } else {
